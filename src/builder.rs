@@ -1,0 +1,433 @@
+//! [`IsleBuilder`]: how an isle's thread and VM are configured and started.
+
+use std::fmt;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use mlua::{Lua, LuaOptions, StdLib};
+
+use crate::error::IsleError;
+use crate::handle::{Handle, Shared};
+use crate::isle::Isle;
+use crate::slot::{Completer, Slot};
+use crate::vm::VmSource;
+use crate::worker::{self, BoxJob, Setup};
+
+/// Default number of requests that can wait in an isle's queue.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default Lua thread stack size: Lua's C code and Rust callbacks recurse on it.
+pub const DEFAULT_STACK_SIZE: usize = 8 << 20;
+/// Default number of compiled `eval` chunks kept per isle.
+pub const DEFAULT_CHUNK_CACHE: usize = 64;
+/// Default time given to interrupted code to unwind before the isle gives up on it.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Configures and starts an [`Isle`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use mlua_isle::Isle;
+///
+/// let isle = Isle::builder()
+///     .thread_name("scripts")
+///     .memory_limit(16 << 20)
+///     .timeout(Duration::from_secs(5))
+///     .queue_capacity(256)
+///     .spawn(|lua| lua.load("greeting = 'hi'").exec())?;
+/// assert_eq!(isle.eval::<String>("greeting")?, "hi");
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
+#[must_use = "a builder does nothing until `spawn` is called"]
+pub struct IsleBuilder {
+    thread_name: Option<String>,
+    stack_size: usize,
+    libs: StdLib,
+    options: LuaOptions,
+    factory: Option<Box<dyn FnOnce() -> mlua::Result<Lua> + Send>>,
+    memory_limit: Option<usize>,
+    timeout: Option<Duration>,
+    queue_capacity: usize,
+    chunk_cache: usize,
+    allow_binary_chunks: bool,
+    grace_period: Duration,
+}
+
+impl Default for IsleBuilder {
+    fn default() -> Self {
+        let VmSource::Std { libs, options } = VmSource::default() else {
+            unreachable!("the default VM source is the standard one")
+        };
+        IsleBuilder {
+            thread_name: None,
+            stack_size: DEFAULT_STACK_SIZE,
+            libs,
+            options,
+            factory: None,
+            memory_limit: None,
+            timeout: None,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            chunk_cache: DEFAULT_CHUNK_CACHE,
+            allow_binary_chunks: false,
+            grace_period: DEFAULT_GRACE_PERIOD,
+        }
+    }
+}
+
+impl fmt::Debug for IsleBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IsleBuilder")
+            .field("thread_name", &self.thread_name)
+            .field("stack_size", &self.stack_size)
+            .field("libs", &self.libs)
+            .field("options", &self.options)
+            .field("factory", &self.factory.as_ref().map(|_| ".."))
+            .field("memory_limit", &self.memory_limit)
+            .field("timeout", &self.timeout)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("chunk_cache", &self.chunk_cache)
+            .field("allow_binary_chunks", &self.allow_binary_chunks)
+            .field("grace_period", &self.grace_period)
+            .finish()
+    }
+}
+
+impl IsleBuilder {
+    /// A builder with the defaults: all safe standard libraries, no memory limit, no default
+    /// timeout, a queue of [`DEFAULT_QUEUE_CAPACITY`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::IsleBuilder::new().spawn(|_| Ok(()))?;
+    /// assert!(isle.is_alive());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names the Lua thread (default `mlua-isle`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().thread_name("lua-main").spawn(|_| Ok(()))?;
+    /// let name = isle.exec(|_| Ok(std::thread::current().name().map(String::from)))?;
+    /// assert_eq!(name.as_deref(), Some("lua-main"));
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.thread_name = Some(name.into());
+        self
+    }
+
+    /// Sets the Lua thread's stack size in bytes (default [`DEFAULT_STACK_SIZE`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().stack_size(16 << 20).spawn(|_| Ok(()))?;
+    /// // Deep C recursion (nested pattern matching, metamethod chains) fits in a bigger stack.
+    /// assert_eq!(isle.eval::<i64>("return select('#', ('x'):rep(100):byte(1, -1))")?, 100);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// Chooses the standard libraries the VM is created with (default
+    /// [`StdLib::ALL_SAFE`]). Unsafe libraries (`debug`, LuaJIT's `ffi`) need
+    /// [`factory`](IsleBuilder::factory) with `Lua::unsafe_new_with`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua::StdLib;
+    ///
+    /// let isle = mlua_isle::Isle::builder()
+    ///     .std_libs(StdLib::STRING | StdLib::MATH)
+    ///     .spawn(|_| Ok(()))?;
+    /// assert!(isle.eval::<bool>("return io == nil")?);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn std_libs(mut self, libs: StdLib) -> Self {
+        self.libs = libs;
+        self
+    }
+
+    /// Sets the [`LuaOptions`] the VM is created with.
+    ///
+    /// The default differs from mlua's in one way: `catch_rust_panics` is `false`, so Lua's
+    /// `pcall` cannot swallow a panic of a host function and the request reports
+    /// [`IsleError::Panic`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua::LuaOptions;
+    ///
+    /// let isle = mlua_isle::Isle::builder()
+    ///     .lua_options(LuaOptions::new().catch_rust_panics(true))
+    ///     .spawn(|lua| {
+    ///         let boom = lua.create_function(|_, ()| -> mlua::Result<()> { panic!("boom") })?;
+    ///         lua.globals().set("boom", boom)
+    ///     })?;
+    /// // With panics catchable, `pcall` turns this one into an ordinary error value.
+    /// assert!(!isle.eval::<bool>("return (pcall(boom))")?);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn lua_options(mut self, options: LuaOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Builds the VM with `factory` (on the Lua thread) instead of from
+    /// [`std_libs`](IsleBuilder::std_libs) and [`lua_options`](IsleBuilder::lua_options).
+    ///
+    /// The isle still applies its own settings to the VM the factory returns: memory limit,
+    /// text-only chunk loading, the interrupt hook.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua::{Lua, LuaOptions, StdLib};
+    ///
+    /// let isle = mlua_isle::Isle::builder()
+    ///     .factory(|| unsafe { Ok(Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new())) })
+    ///     .spawn(|_| Ok(()))?;
+    /// assert!(isle.eval::<bool>("return debug ~= nil")?);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn factory<F>(mut self, factory: F) -> Self
+    where
+        F: FnOnce() -> mlua::Result<Lua> + Send + 'static,
+    {
+        self.factory = Some(Box::new(factory));
+        self
+    }
+
+    /// Limits the memory the VM may allocate, in bytes. Allocations past it fail with a Lua
+    /// memory error ([`LuaErrorKind::Memory`](crate::LuaErrorKind::Memory)); the isle keeps
+    /// serving.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::LuaErrorKind;
+    ///
+    /// let isle = mlua_isle::Isle::builder().memory_limit(4 << 20).spawn(|_| Ok(()))?;
+    /// let err = isle.eval::<()>("return string.rep('x', 8 << 20)").unwrap_err();
+    /// assert_eq!(err.as_lua().unwrap().kind(), LuaErrorKind::Memory);
+    /// assert_eq!(isle.eval::<i64>("return 1")?, 1);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Gives every request (and `init`) this long to finish, unless the request sets its own
+    /// deadline. Time spent queued counts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let isle = mlua_isle::Isle::builder()
+    ///     .timeout(Duration::from_millis(20))
+    ///     .spawn(|_| Ok(()))?;
+    /// assert!(isle.eval::<()>("while true do end").unwrap_err().is_timeout());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how many requests may wait in the queue (default [`DEFAULT_QUEUE_CAPACITY`]).
+    /// When it is full, submitting waits for room, or fails with [`IsleError::Full`] under
+    /// [`Request::try_enqueue`](crate::Request::try_enqueue).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().queue_capacity(8).spawn(|_| Ok(()))?;
+    /// assert_eq!(isle.eval::<i64>("1")?, 1);
+    /// let err = mlua_isle::Isle::builder().queue_capacity(0).spawn(|_| Ok(())).unwrap_err();
+    /// assert!(matches!(err, mlua_isle::IsleError::Config(_)));
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity;
+        self
+    }
+
+    /// Sets how many compiled `eval` chunks the isle keeps (least recently used are evicted;
+    /// default [`DEFAULT_CHUNK_CACHE`]); 0 compiles every `eval` afresh.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().chunk_cache(0).spawn(|_| Ok(()))?;
+    /// assert_eq!(isle.eval::<i64>("1")?, 1);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn chunk_cache(mut self, chunks: usize) -> Self {
+        self.chunk_cache = chunks;
+        self
+    }
+
+    /// Lets Lua's `load`, `loadfile` and `dofile` accept precompiled (binary) chunks.
+    ///
+    /// Off by default: Lua does not verify bytecode, and a crafted binary chunk can crash the
+    /// process. Turn it on only if every script is trusted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().allow_binary_chunks(true).spawn(|_| Ok(()))?;
+    /// let n = isle.eval::<i64>("return load(string.dump(function() return 3 end))()")?;
+    /// assert_eq!(n, 3);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn allow_binary_chunks(mut self, allow: bool) -> Self {
+        self.allow_binary_chunks = allow;
+        self
+    }
+
+    /// Sets how long interrupted code gets to unwind before the isle gives up on it (default
+    /// [`DEFAULT_GRACE_PERIOD`]); used by [`Isle::shutdown_timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let isle = mlua_isle::Isle::builder()
+    ///     .grace_period(Duration::from_millis(100))
+    ///     .spawn(|_| Ok(()))?;
+    /// isle.shutdown_timeout(Duration::from_millis(100))?;
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// Starts the Lua thread, creates the VM there and runs `init` on it; returns once `init`
+    /// has finished.
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Config`] for an invalid setting (a queue capacity of 0),
+    /// [`IsleError::Spawn`] if the thread cannot be started, and [`IsleError::Init`] if creating
+    /// the VM, applying the memory limit or `init` fails, panics or exceeds the default
+    /// timeout.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until `init` has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().spawn(|lua| {
+    ///     lua.globals().set("version", 1)
+    /// })?;
+    /// assert_eq!(isle.eval::<i64>("version")?, 1);
+    ///
+    /// let err = mlua_isle::Isle::builder().spawn(|lua| lua.load("error('bad init')").exec());
+    /// assert!(matches!(err.unwrap_err(), mlua_isle::IsleError::Init(_)));
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn<F>(self, init: F) -> Result<Isle, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
+    {
+        let launched = self.launch(Box::new(init))?;
+        launched.ready.wait_until(None);
+        match launched.ready.take() {
+            Some(Ok(())) => Ok(Isle::new(launched)),
+            Some(Err(IsleError::Shutdown)) | None => {
+                // The thread ended without reporting: it panicked outside `init`.
+                let err = match launched.thread.join() {
+                    Err(panic) => IsleError::Panic(worker::panic_message(&*panic)),
+                    Ok(()) => IsleError::Shutdown,
+                };
+                Err(IsleError::Init(Box::new(err)))
+            }
+            Some(Err(err)) => {
+                let _ = launched.thread.join();
+                Err(IsleError::Init(Box::new(err)))
+            }
+        }
+    }
+
+    /// Validates the settings and starts the Lua thread; `init` reports through `ready`.
+    pub(crate) fn launch(
+        self,
+        init: Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>,
+    ) -> Result<Launched, IsleError> {
+        if self.queue_capacity == 0 {
+            return Err(IsleError::Config("queue capacity must be at least 1"));
+        }
+        let shared = Arc::new(Shared::new(self.timeout));
+        let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
+        let ready = Slot::new(shared.interrupter.clone());
+        let exited = Slot::new(shared.interrupter.clone());
+        let setup = Setup {
+            source: match self.factory {
+                Some(factory) => VmSource::Factory(factory),
+                None => VmSource::Std {
+                    libs: self.libs,
+                    options: self.options,
+                },
+            },
+            memory_limit: self.memory_limit,
+            chunk_cache: self.chunk_cache,
+            allow_binary_chunks: self.allow_binary_chunks,
+        };
+        let thread = {
+            let shared = shared.clone();
+            let rx = rx.clone();
+            let ready = Completer::new(ready.clone());
+            let exited = Completer::new(exited.clone());
+            thread::Builder::new()
+                .name(self.thread_name.unwrap_or_else(|| "mlua-isle".to_owned()))
+                .stack_size(self.stack_size)
+                .spawn(move || {
+                    // Resolved when this thread ends, however it ends.
+                    let _exited = exited;
+                    worker::run(setup, init, shared, rx, ready);
+                })
+                .map_err(IsleError::Spawn)?
+        };
+        Ok(Launched {
+            handle: Handle { tx, shared },
+            rx,
+            thread,
+            ready,
+            exited,
+            grace_period: self.grace_period,
+        })
+    }
+}
+
+/// A started Lua thread, before or after its `init` finished.
+pub(crate) struct Launched {
+    pub(crate) handle: Handle,
+    /// A second receiver, to resolve queued jobs if the Lua thread cannot.
+    pub(crate) rx: Receiver<BoxJob>,
+    pub(crate) thread: JoinHandle<()>,
+    /// Resolved by the Lua thread once `init` has finished.
+    pub(crate) ready: Arc<Slot<()>>,
+    /// Resolved when the Lua thread ends.
+    pub(crate) exited: Arc<Slot<()>>,
+    pub(crate) grace_period: Duration,
+}

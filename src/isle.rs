@@ -1,0 +1,405 @@
+//! [`Isle`]: the blocking handle to a Lua VM on its own thread.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
+
+use crate::builder::{IsleBuilder, Launched};
+use crate::current;
+use crate::error::IsleError;
+use crate::handle::Handle;
+use crate::request::Request;
+use crate::slot::Slot;
+use crate::task::Task;
+use crate::wait;
+use crate::worker::{self, BoxJob};
+
+/// A Lua VM running on a dedicated thread, driven from any thread.
+///
+/// `Isle` is `Send + Sync`: share it with `&Isle` across scoped threads or wrap it in an `Arc`.
+/// Requests run one at a time, in the order they were queued.
+///
+/// Dropping the `Isle` never blocks: the Lua thread finishes the requests already queued whose
+/// [`Task`]s are still held (dropped tasks cancel theirs), then exits on its own. Use
+/// [`shutdown`](Isle::shutdown) to wait for that and learn how it ended.
+///
+/// # Examples
+///
+/// ```
+/// use mlua_isle::Isle;
+///
+/// let isle = Isle::spawn(|lua| {
+///     lua.load("function greet(name) return 'hello ' .. name end").exec()
+/// })?;
+/// std::thread::scope(|s| {
+///     for name in ["ann", "bob"] {
+///         let isle = &isle;
+///         s.spawn(move || {
+///             let msg: String = isle.call("greet", name).unwrap();
+///             assert_eq!(msg, format!("hello {name}"));
+///         });
+///     }
+/// });
+/// isle.shutdown()?;
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
+pub struct Isle {
+    handle: Handle,
+    rx: Receiver<BoxJob>,
+    thread: Option<JoinHandle<()>>,
+    exited: Arc<Slot<()>>,
+    grace_period: Duration,
+}
+
+impl Isle {
+    pub(crate) fn new(launched: Launched) -> Self {
+        Isle {
+            handle: launched.handle,
+            rx: launched.rx,
+            thread: Some(launched.thread),
+            exited: launched.exited,
+            grace_period: launched.grace_period,
+        }
+    }
+
+    /// Starts an isle with the default settings and runs `init` on its VM; returns once `init`
+    /// has finished. See [`IsleBuilder::spawn`].
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Init`] if `init` fails or panics, [`IsleError::Spawn`] if the thread cannot
+    /// be started.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until `init` has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::spawn(|lua| lua.globals().set("x", 1))?;
+    /// assert_eq!(isle.eval::<i64>("x")?, 1);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn<F>(init: F) -> Result<Isle, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
+    {
+        IsleBuilder::new().spawn(init)
+    }
+
+    /// Returns a builder to configure the thread, the VM and the queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().queue_capacity(16).spawn(|_| Ok(()))?;
+    /// assert!(isle.is_alive());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn builder() -> IsleBuilder {
+        IsleBuilder::new()
+    }
+
+    /// Starts a request with options: a deadline, a cancel token, the queue policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let err = isle.request().timeout(Duration::from_millis(10)).eval::<()>("while true do end");
+    /// assert!(err.unwrap_err().is_timeout());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn request(&self) -> Request<'_> {
+        Request::new(&self.handle)
+    }
+
+    /// Evaluates `code` and converts the result to `T`; see [`Request::eval`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::eval`].
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until the request finishes; do not call it on an async runtime's worker thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// assert_eq!(isle.eval::<i64>("return 2 ^ 10 // 1")?, 1024);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn eval<T>(&self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().eval(code)
+    }
+
+    /// Calls the global function `name` with `args`; see [`Request::call`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::call`]; [`IsleError::NotAFunction`] names a global that is not a function.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until the request finishes; do not call it on an async runtime's worker thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// assert_eq!(isle.call::<String>("string.upper", "x").unwrap_err().to_string(),
+    ///            "global `string.upper` is not a function (it is nil)");
+    /// assert_eq!(isle.call::<i64>("select", ("#", 1, 2, 3))?, 3);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn call<T>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().call(name, args)
+    }
+
+    /// Runs `f` with the VM on the Lua thread; see [`Request::exec`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::exec`].
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until the request finishes; do not call it on an async runtime's worker thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// isle.exec(|lua| {
+    ///     let double = lua.create_function(|_, n: i64| Ok(n * 2))?;
+    ///     lua.globals().set("double", double)
+    /// })?;
+    /// assert_eq!(isle.call::<i64>("double", 21)?, 42);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn exec<T, F>(&self, f: F) -> Result<T, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.request().exec(f)
+    }
+
+    /// Queues an eval and returns its [`Task`]; see [`Request::spawn_eval`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::spawn_eval`].
+    ///
+    /// # Blocking
+    ///
+    /// Waits for room while the queue is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let task = isle.spawn_eval::<i64>("return 1")?;
+    /// assert_eq!(task.wait()?, 1);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn_eval<T>(&self, code: impl Into<Cow<'static, str>>) -> Result<Task<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().spawn_eval(code)
+    }
+
+    /// Queues a call and returns its [`Task`]; see [`Request::spawn_call`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::spawn_call`].
+    ///
+    /// # Blocking
+    ///
+    /// Waits for room while the queue is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let task = isle.spawn_call::<i64>("math.abs", -1);
+    /// // `call` looks up globals only: `math.abs` is not one.
+    /// assert!(task?.wait().is_err());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn_call<T>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<Task<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().spawn_call(name, args)
+    }
+
+    /// Queues an exec and returns its [`Task`]; see [`Request::spawn_exec`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::spawn_exec`].
+    ///
+    /// # Blocking
+    ///
+    /// Waits for room while the queue is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let task = isle.spawn_exec(|lua| lua.globals().len())?;
+    /// assert_eq!(task.wait()?, 0);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn_exec<T, F>(&self, f: F) -> Result<Task<T>, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.request().spawn_exec(f)
+    }
+
+    /// Whether the Lua thread is still serving requests.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// assert!(isle.is_alive());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn is_alive(&self) -> bool {
+        self.handle.shared.is_alive()
+    }
+
+    /// Stops accepting requests, lets the queued ones finish, then joins the Lua thread.
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Panic`] if the Lua thread panicked outside a request (for example in a
+    /// userdata destructor while the VM closed), [`IsleError::Reentrant`] when called on the
+    /// isle's own thread.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until every queued request has finished and the VM is closed. A request that
+    /// never finishes blocks it forever; see [`shutdown_timeout`](Isle::shutdown_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let task = isle.spawn_eval::<i64>("return 1")?;
+    /// isle.shutdown()?;
+    /// assert_eq!(task.wait()?, 1); // queued work finished first
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn shutdown(mut self) -> Result<(), IsleError> {
+        if current::on_isle_thread(self.handle.shared.id) {
+            return Err(IsleError::Reentrant);
+        }
+        let thread = self.thread.take();
+        drop(self);
+        join(thread)
+    }
+
+    /// Like [`shutdown`](Isle::shutdown), but after `timeout` everything still queued is
+    /// resolved with [`IsleError::Shutdown`] and the running request is interrupted (it too
+    /// ends with `Shutdown`); then the thread is joined.
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Timeout`] if the running request does not stop within the
+    /// [grace period](IsleBuilder::grace_period) after being interrupted (Rust code that
+    /// ignores cancellation, a C function that never returns): the thread is then left to end
+    /// on its own. Otherwise as [`shutdown`](Isle::shutdown).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks for at most `timeout` plus the grace period.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let stuck = isle.spawn_eval::<()>("while true do end")?;
+    /// isle.shutdown_timeout(Duration::from_millis(10))?;
+    /// assert!(stuck.wait().unwrap_err().is_shutdown());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Result<(), IsleError> {
+        if current::on_isle_thread(self.handle.shared.id) {
+            return Err(IsleError::Reentrant);
+        }
+        let deadline = wait::deadline_after(timeout);
+        let thread = self.thread.take();
+        let shared = self.handle.shared.clone();
+        let rx = self.rx.clone();
+        let exited = self.exited.clone();
+        let grace = self.grace_period;
+        drop(self);
+        if !exited.wait_until(deadline) {
+            shared.interrupter.kill();
+            // The Lua thread may be stuck: resolve what is queued from here.
+            shared.close_and_drain(&rx);
+            if !exited.wait_until(Instant::now().checked_add(grace)) {
+                return Err(IsleError::Timeout);
+            }
+        }
+        join(thread)
+    }
+}
+
+/// Joins the Lua thread, turning a panic into an error.
+fn join(thread: Option<JoinHandle<()>>) -> Result<(), IsleError> {
+    match thread.map(JoinHandle::join) {
+        Some(Err(panic)) => Err(IsleError::Panic(worker::panic_message(&*panic))),
+        _ => Ok(()),
+    }
+}
+
+impl Drop for Isle {
+    fn drop(&mut self) {
+        // The sender goes with `self.handle`: the Lua thread sees the queue disconnect once it
+        // has run what is queued, and exits. The thread is detached, never joined here.
+        self.handle.shared.close();
+    }
+}
+
+impl fmt::Debug for Isle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Isle")
+            .field("alive", &self.is_alive())
+            .field("queued", &self.handle.tx.len())
+            .finish()
+    }
+}

@@ -1,0 +1,132 @@
+//! Run a Lua VM on a thread of its own and drive it from any thread.
+//!
+//! # Why
+//!
+//! [`mlua::Lua`] is `!Send`: a VM cannot move between threads, so it does not fit in a
+//! multi-threaded server, a thread pool or a UI that must not block. An [`Isle`] confines one
+//! VM to a dedicated OS thread and hands out a `Send + Sync` handle that talks to it over a
+//! bounded queue. Only `Send` closures and values cross; the VM itself never leaves its thread,
+//! so no `unsafe impl Send` is involved.
+//!
+//! # Requests
+//!
+//! ```
+//! use mlua_isle::Isle;
+//!
+//! // `init` runs on the new thread, with the VM.
+//! let isle = Isle::spawn(|lua| {
+//!     lua.load("function fib(n) if n < 2 then return n end return fib(n-1) + fib(n-2) end")
+//!         .exec()
+//! })?;
+//!
+//! // Blocking requests: evaluate code, call a global function, run a closure on the VM.
+//! assert_eq!(isle.eval::<i64>("1 + 2")?, 3);
+//! assert_eq!(isle.call::<i64>("fib", 20)?, 6765);
+//! let globals = isle.exec(|lua| Ok(lua.globals().pairs::<String, mlua::Value>().count()))?;
+//! assert!(globals > 10);
+//!
+//! // Non-blocking: queue now, wait later.
+//! let task = isle.spawn_call::<i64>("fib", 25)?;
+//! assert_eq!(task.wait()?, 75025);
+//! # Ok::<(), mlua_isle::IsleError>(())
+//! ```
+//!
+//! Arguments and results are converted with mlua's [`IntoLuaMulti`](mlua::IntoLuaMulti) and
+//! [`FromLuaMulti`](mlua::FromLuaMulti) on the Lua thread. Requests run one at a time, in queue
+//! order. Each resolves exactly once: with its value or an [`IsleError`].
+//!
+//! # Cancellation and deadlines
+//!
+//! Every request can be given a deadline and a [`CancelToken`] through [`Isle::request`]; an
+//! isle-wide default deadline is set with [`IsleBuilder::timeout`]. A [`Task`] cancels its
+//! request when asked, or when dropped unfinished.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mlua_isle::Isle;
+//!
+//! let isle = Isle::spawn(|_| Ok(()))?;
+//! let task = isle.spawn_eval::<()>("while true do pcall(function() while true do end end) end")?;
+//! task.cancel();
+//! assert!(task.wait().unwrap_err().is_cancelled());
+//!
+//! let err = isle.request().timeout(Duration::from_millis(20)).eval::<()>("while true do end");
+//! assert!(err.unwrap_err().is_timeout());
+//! assert_eq!(isle.eval::<i64>("1")?, 1); // the VM is still usable
+//! # Ok::<(), mlua_isle::IsleError>(())
+//! ```
+//!
+//! A request cancelled while queued never starts. A running one is interrupted inside the VM:
+//! from then on every Lua instruction raises an error, so `pcall`, `xpcall` (even with a
+//! looping message handler), coroutines and metamethods cannot absorb it. Once a request's token
+//! is cancelled or its deadline has passed, its outcome is [`IsleError::Cancelled`] or
+//! [`IsleError::Timeout`], whatever the code did with the interruption.
+//!
+//! ## What cannot be interrupted
+//!
+//! The interrupt stops Lua code, not native code:
+//!
+//! - a Rust host function keeps running until it returns; long ones should check
+//!   [`checkpoint`] (or wait on [`current_token`]) and return early;
+//! - a single long C function (a huge `string.rep`, a pathological pattern match) finishes
+//!   before the interrupt is seen;
+//! - Lua runs `__gc` finalizers with hooks disabled, so a loop inside one cannot be stopped;
+//! - a script with access to the `debug` library (not loaded by default) can remove the hook.
+//!
+//! [`Isle::shutdown_timeout`] gives up on such code after a grace period instead of hanging.
+//!
+//! # Failures stay inside the request
+//!
+//! A panic in an [`exec`](Isle::exec) closure or in a host function ends that request with
+//! [`IsleError::Panic`]; Lua's `pcall` cannot swallow it (mlua's `catch_rust_panics` is off by
+//! default). A memory error (see [`IsleBuilder::memory_limit`]), a Lua error, a cancel or a
+//! timeout likewise end one request: the VM, its globals and the thread carry on.
+//!
+//! A blocking call made on the isle's own thread (from a host function) would wait for itself;
+//! it returns [`IsleError::Reentrant`] instead.
+//!
+//! # Lifecycle
+//!
+//! [`Isle::shutdown`] lets queued work finish and joins the thread, reporting a panic;
+//! [`Isle::shutdown_timeout`] stops waiting after a while. Dropping an `Isle` never blocks: the
+//! thread finishes the work still wanted and exits by itself.
+//!
+//! # Feature flags
+//!
+//! - `lua54` (default): Lua 5.4.
+//! - `vendored` (default): build Lua from source (no system Lua needed).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
+
+mod builder;
+mod current;
+mod error;
+mod handle;
+mod interrupt;
+mod isle;
+mod request;
+mod slot;
+mod task;
+mod token;
+mod vm;
+mod wait;
+mod worker;
+
+#[cfg(not(feature = "lua54"))]
+compile_error!("mlua-isle needs a Lua version: enable the `lua54` feature");
+
+pub use crate::builder::{
+    IsleBuilder, DEFAULT_CHUNK_CACHE, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_STACK_SIZE,
+};
+pub use crate::current::{checkpoint, current_deadline, current_token};
+pub use crate::error::{IsleError, LuaError, LuaErrorKind};
+pub use crate::isle::Isle;
+pub use crate::request::Request;
+pub use crate::task::Task;
+pub use crate::token::{CancelToken, DropGuard};
+
+/// The mlua version this crate is built on, re-exported so that `init` closures and host
+/// functions use the same types.
+pub use mlua;

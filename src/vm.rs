@@ -1,0 +1,220 @@
+//! The Lua VM as its own thread sees it: how it is created and guarded, and how `eval` and
+//! `call` find what to run.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use mlua::chunk::ChunkMode;
+use mlua::{FromLuaMulti, Function, IntoLuaMulti, Lua, LuaOptions, StdLib, Table, Value};
+
+use crate::error::IsleError;
+
+/// How the VM is created on the Lua thread.
+pub(crate) enum VmSource {
+    /// `Lua::new_with(libs, options)`.
+    Std { libs: StdLib, options: LuaOptions },
+    /// A user closure.
+    Factory(Box<dyn FnOnce() -> mlua::Result<Lua> + Send>),
+}
+
+impl Default for VmSource {
+    fn default() -> Self {
+        VmSource::Std {
+            libs: StdLib::ALL_SAFE,
+            // Lua's `pcall` must not swallow a Rust panic: the request reports it instead.
+            options: LuaOptions::new().catch_rust_panics(false),
+        }
+    }
+}
+
+impl fmt::Debug for VmSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmSource::Std { libs, .. } => f.debug_struct("Std").field("libs", libs).finish(),
+            VmSource::Factory(_) => f.write_str("Factory(..)"),
+        }
+    }
+}
+
+impl VmSource {
+    pub(crate) fn create(self) -> mlua::Result<Lua> {
+        match self {
+            VmSource::Std { libs, options } => Lua::new_with(libs, options),
+            VmSource::Factory(factory) => factory(),
+        }
+    }
+}
+
+/// Replaces the chunk loaders reachable from Lua with text-only ones: a crafted binary chunk
+/// can crash the process, and scripts have no business loading one.
+pub(crate) fn forbid_binary_chunks(lua: &Lua) -> mlua::Result<()> {
+    lua.load(
+        r#"
+        local load, loadfile, error = load, loadfile, error
+        if load then
+            _G.load = function(chunk, chunkname, _, ...)
+                return load(chunk, chunkname, "t", ...)
+            end
+        end
+        if loadfile then
+            local function loadfile_text(filename, _, ...)
+                return loadfile(filename, "t", ...)
+            end
+            _G.loadfile = loadfile_text
+            if dofile then
+                _G.dofile = function(filename)
+                    local f, err = loadfile_text(filename)
+                    if not f then
+                        error(err, 0)
+                    end
+                    return f()
+                end
+            end
+        end
+        "#,
+    )
+    .set_name("=[isle text-only loaders]")
+    .exec()
+}
+
+/// The VM plus what the Lua thread caches to answer requests quickly.
+pub(crate) struct Vm {
+    lua: Lua,
+    globals: Table,
+    /// Compiled `eval` chunks by source text; `None` when caching is off.
+    chunks: Option<LruCache<String, Function>>,
+}
+
+impl Vm {
+    pub(crate) fn new(lua: Lua, chunk_cache: usize) -> Self {
+        Vm {
+            globals: lua.globals(),
+            chunks: NonZeroUsize::new(chunk_cache).map(LruCache::new),
+            lua,
+        }
+    }
+
+    pub(crate) fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
+    /// Runs `code` as an expression if it is one, otherwise as a block, like Lua's REPL.
+    pub(crate) fn eval<T: FromLuaMulti>(&mut self, code: &str) -> Result<T, IsleError> {
+        let function = match self.chunks.as_mut().and_then(|c| c.get(code)) {
+            Some(function) => function.clone(),
+            None => {
+                let function = self.compile(code)?;
+                if let Some(chunks) = &mut self.chunks {
+                    chunks.put(code.to_owned(), function.clone());
+                }
+                function
+            }
+        };
+        Ok(function.call(())?)
+    }
+
+    fn compile(&self, code: &str) -> mlua::Result<Function> {
+        if !starts_with_statement_keyword(code) {
+            let expression = self
+                .lua
+                .load(format!("return {code}"))
+                .set_name(code)
+                .set_mode(ChunkMode::Text)
+                .into_function();
+            if let Ok(function) = expression {
+                return Ok(function);
+            }
+        }
+        self.lua
+            .load(code)
+            .set_name(code)
+            .set_mode(ChunkMode::Text)
+            .into_function()
+    }
+
+    /// Calls the global function `name`.
+    pub(crate) fn call<T: FromLuaMulti>(
+        &mut self,
+        name: &str,
+        args: impl IntoLuaMulti,
+    ) -> Result<T, IsleError> {
+        match self.globals.get::<Value>(name)? {
+            Value::Function(function) => Ok(function.call(args)?),
+            other => Err(IsleError::NotAFunction {
+                name: name.to_owned(),
+                type_name: other.type_name(),
+            }),
+        }
+    }
+}
+
+/// Whether `code` begins with a keyword that can only start a statement, so that trying to
+/// compile it as an expression would certainly fail.
+fn starts_with_statement_keyword(code: &str) -> bool {
+    const KEYWORDS: [&str; 9] = [
+        "return", "local", "if", "for", "while", "do", "repeat", "goto", "break",
+    ];
+    let code = code.trim_start();
+    if code.starts_with("::") {
+        return true;
+    }
+    KEYWORDS.iter().any(|kw| {
+        code.strip_prefix(kw)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_keywords_are_recognised_as_whole_words() {
+        assert!(starts_with_statement_keyword("return 1"));
+        assert!(starts_with_statement_keyword("  local x = 1"));
+        assert!(starts_with_statement_keyword("::top:: goto top"));
+        assert!(!starts_with_statement_keyword("returned"));
+        assert!(!starts_with_statement_keyword("do_it()"));
+        assert!(!starts_with_statement_keyword("1 + 1"));
+        assert!(!starts_with_statement_keyword("function() end"));
+    }
+
+    #[test]
+    fn eval_handles_expressions_and_blocks() {
+        let mut vm = Vm::new(VmSource::default().create().unwrap(), 4);
+        assert_eq!(vm.eval::<i64>("1 + 1").unwrap(), 2);
+        assert_eq!(vm.eval::<i64>("return 3").unwrap(), 3);
+        assert_eq!(vm.eval::<i64>("local x = 4; return x").unwrap(), 4);
+        assert_eq!(vm.eval::<i64>("x = 5").map(|_: i64| ()).ok(), None);
+        vm.eval::<()>("y = 6").unwrap();
+        assert_eq!(vm.eval::<i64>("y").unwrap(), 6);
+    }
+
+    #[test]
+    fn cached_chunks_run_afresh_each_time() {
+        let mut vm = Vm::new(VmSource::default().create().unwrap(), 4);
+        vm.eval::<()>("n = 0").unwrap();
+        for expected in 1..=3 {
+            assert_eq!(vm.eval::<i64>("n = n + 1; return n").unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn binary_chunks_are_refused() {
+        let lua = VmSource::default().create().unwrap();
+        forbid_binary_chunks(&lua).unwrap();
+        let (f, err): (Option<Function>, String) = lua
+            .load("return load(string.dump(function() return 1 end))")
+            .eval()
+            .unwrap();
+        assert!(f.is_none());
+        assert!(err.contains("binary"), "{err}");
+        // Text still loads, with or without an explicit environment.
+        let n: i64 = lua
+            .load("return load('return 7')() + load('return x', 'c', 'b', {x = 1})()")
+            .eval()
+            .unwrap();
+        assert_eq!(n, 8);
+    }
+}

@@ -1,0 +1,121 @@
+//! How a thread waits for another: spin briefly, yield, then park.
+//!
+//! Waking a parked thread costs a futex round trip (tens of microseconds on small VMs), far more
+//! than a typical isle request. Both the caller waiting for a result and the Lua thread waiting
+//! for work therefore poll for a short, bounded time first. The spin yields to the scheduler
+//! after its first few rounds so that a caller and a Lua thread sharing one core still make
+//! progress, and it ends after [`SPIN_BUDGET`], so an idle thread never burns a core.
+
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+/// How long a waiter polls before it parks.
+pub(crate) const SPIN_BUDGET: Duration = Duration::from_micros(50);
+
+/// Rounds of pure busy-waiting before the spinner starts yielding its time slice.
+const PURE_SPIN_ROUNDS: u32 = 64;
+
+/// Polls `ready` until it returns `true` or the spin budget is spent.
+///
+/// Returns whether `ready` returned `true`.
+pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+    for _ in 0..PURE_SPIN_ROUNDS {
+        if ready() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= SPIN_BUDGET {
+            return false;
+        }
+        thread::yield_now();
+    }
+}
+
+/// Unparks a thread when woken; lets a blocking waiter use the same [`Waker`] slots as a future.
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+thread_local! {
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+}
+
+/// A [`Waker`] that unparks the calling thread.
+pub(crate) fn thread_waker() -> Waker {
+    THREAD_WAKER.with(Waker::clone)
+}
+
+/// Parks the calling thread until it is unparked, or until `deadline` if one is given.
+pub(crate) fn park_until(deadline: Option<Instant>) {
+    match deadline {
+        None => thread::park(),
+        Some(deadline) => {
+            let now = Instant::now();
+            if deadline > now {
+                thread::park_timeout(deadline - now);
+            }
+        }
+    }
+}
+
+/// `now + timeout`, or `None` when that is too far away to represent.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn spin_until_sees_a_flag_set_by_another_thread() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let setter = {
+            let flag = flag.clone();
+            thread::spawn(move || flag.store(true, Ordering::Release))
+        };
+        setter.join().unwrap();
+        assert!(spin_until(|| flag.load(Ordering::Acquire)));
+    }
+
+    #[test]
+    fn spin_until_gives_up() {
+        assert!(!spin_until(|| false));
+    }
+
+    #[test]
+    fn thread_waker_unparks_the_waiting_thread() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let flag = flag.clone();
+            thread::spawn(move || {
+                tx.send(thread_waker()).unwrap();
+                while !flag.load(Ordering::Acquire) {
+                    park_until(None);
+                }
+            })
+        };
+        let waker = rx.recv().unwrap();
+        flag.store(true, Ordering::Release);
+        waker.wake();
+        waiter.join().unwrap();
+    }
+}

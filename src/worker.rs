@@ -1,0 +1,220 @@
+//! The Lua thread: builds the VM, then runs queued jobs one at a time until every handle is
+//! gone.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use mlua::Lua;
+
+use crate::current;
+use crate::error::IsleError;
+use crate::handle::Shared;
+use crate::interrupt::{Armed, Interrupter};
+use crate::slot::Completer;
+use crate::token::CancelToken;
+use crate::vm::{self, Vm, VmSource};
+use crate::wait;
+
+/// A unit of work for the Lua thread. Dropping it unrun resolves its request with
+/// [`IsleError::Shutdown`].
+pub(crate) trait Job: Send {
+    fn run(self: Box<Self>, worker: &mut Worker);
+}
+
+pub(crate) type BoxJob = Box<dyn Job>;
+
+/// The user's `init` closure.
+pub(crate) type Init = Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>;
+
+/// Everything the Lua thread needs to build its VM.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub(crate) source: VmSource,
+    pub(crate) memory_limit: Option<usize>,
+    pub(crate) chunk_cache: usize,
+    pub(crate) allow_binary_chunks: bool,
+}
+
+/// The Lua thread's state between jobs.
+pub(crate) struct Worker {
+    // Field order is drop order: the hook registration goes before the VM it points into.
+    armed: Armed,
+    vm: Vm,
+    interrupter: Arc<Interrupter>,
+    next_gen: u64,
+}
+
+impl Worker {
+    fn new(setup: Setup, init: Init, shared: &Shared) -> Result<Worker, IsleError> {
+        let build = || -> Result<Worker, IsleError> {
+            let lua = setup.source.create()?;
+            if let Some(limit) = setup.memory_limit {
+                lua.set_memory_limit(limit)?;
+            }
+            if !setup.allow_binary_chunks {
+                vm::forbid_binary_chunks(&lua)?;
+            }
+            let armed = Armed::install(&lua, shared.interrupter.clone())?;
+            let mut worker = Worker {
+                armed,
+                vm: Vm::new(lua, setup.chunk_cache),
+                interrupter: shared.interrupter.clone(),
+                next_gen: 1,
+            };
+            // `init` runs like a request: under the isle's default deadline.
+            let deadline = shared.default_timeout.and_then(wait::deadline_after);
+            let gen = worker.next_generation();
+            worker.armed.begin(gen, deadline);
+            let result = init(worker.vm.lua());
+            worker.armed.end();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(IsleError::Timeout);
+            }
+            result?;
+            Ok(worker)
+        };
+        catch_unwind(AssertUnwindSafe(build))
+            .unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
+    }
+
+    fn next_generation(&mut self) -> u64 {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        gen
+    }
+}
+
+/// The body of an isle's Lua thread.
+pub(crate) fn run(
+    setup: Setup,
+    init: Init,
+    shared: Arc<Shared>,
+    rx: Receiver<BoxJob>,
+    ready: Completer<()>,
+) {
+    current::set_isle_id(shared.id);
+    // Whatever way this thread ends, nothing queued is left unresolved.
+    let exit = ExitGuard {
+        shared: &shared,
+        rx: &rx,
+    };
+    let mut worker = match Worker::new(setup, init, &shared) {
+        Ok(worker) => worker,
+        Err(err) => return ready.complete(Err(err)),
+    };
+    ready.complete(Ok(()));
+
+    while let Some(job) = next_job(&rx) {
+        if shared.interrupter.is_killed() {
+            drop(job);
+            continue;
+        }
+        job.run(&mut worker);
+    }
+    // Refuse and resolve late submissions before closing the VM, whose finalizers may run long.
+    drop(exit);
+    drop(worker);
+}
+
+struct ExitGuard<'a> {
+    shared: &'a Shared,
+    rx: &'a Receiver<BoxJob>,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.close_and_drain(self.rx);
+    }
+}
+
+/// The next job, polling briefly before blocking; `None` once every sender is gone and the
+/// queue is empty.
+fn next_job(rx: &Receiver<BoxJob>) -> Option<BoxJob> {
+    let mut next = None;
+    let mut disconnected = false;
+    let found = wait::spin_until(|| match rx.try_recv() {
+        Ok(job) => {
+            next = Some(job);
+            true
+        }
+        Err(TryRecvError::Empty) => false,
+        Err(TryRecvError::Disconnected) => {
+            disconnected = true;
+            true
+        }
+    });
+    if found {
+        return next;
+    }
+    if disconnected {
+        return None;
+    }
+    rx.recv().ok()
+}
+
+/// A request: run `work` on the VM and resolve the caller's slot with the outcome.
+pub(crate) struct RequestJob<T, W> {
+    pub(crate) completer: Completer<T>,
+    pub(crate) token: CancelToken,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) work: W,
+}
+
+impl<T, W> Job for RequestJob<T, W>
+where
+    T: Send,
+    W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send,
+{
+    fn run(self: Box<Self>, worker: &mut Worker) {
+        let RequestJob {
+            completer,
+            token,
+            deadline,
+            work,
+        } = *self;
+        let gen = worker.next_generation();
+        if !completer.slot().start(gen) {
+            // Cancelled or expired while queued: already resolved, never started.
+            return;
+        }
+        if token.is_cancelled() {
+            return completer.complete(Err(IsleError::Cancelled));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return completer.complete(Err(IsleError::Timeout));
+        }
+
+        worker.armed.begin(gen, deadline);
+        current::enter(token, deadline);
+        let result = catch_unwind(AssertUnwindSafe(|| work(&mut worker.vm)));
+        let token = current::leave().expect("the request context is set while it runs");
+        worker.armed.end();
+
+        // A request stopped (or merely caught up) by a cancel or deadline reports that, whatever
+        // the code did with the interruption.
+        let outcome = if token.is_cancelled() {
+            Err(IsleError::Cancelled)
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            Err(IsleError::Timeout)
+        } else if worker.interrupter.is_killed() {
+            Err(IsleError::Shutdown)
+        } else {
+            result.unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
+        };
+        completer.complete(outcome);
+    }
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
