@@ -139,6 +139,56 @@ mod tests {
         assert_eq!(shared.gate.load(Ordering::SeqCst), CLOSED);
     }
 
+    use std::sync::{Barrier, Mutex};
+
+    use crate::slot::{Completer, Slot};
+    use crate::worker::{Job, Worker};
+
+    /// A job nobody runs: only its resolution is observed.
+    struct Unrun(#[allow(dead_code)] Completer<u32>);
+
+    impl Job for Unrun {
+        fn run(self: Box<Self>, _: &mut Worker) {
+            unreachable!("no worker in these tests")
+        }
+    }
+
+    #[test]
+    fn closing_resolves_every_job_even_from_racing_senders() {
+        for _ in 0..50 {
+            let shared = Arc::new(Shared::new(None));
+            let (tx, rx) = crossbeam_channel::bounded::<BoxJob>(4);
+            let handle = Handle {
+                tx,
+                shared: shared.clone(),
+            };
+            let slots = Mutex::new(Vec::new());
+            let barrier = Barrier::new(5);
+            thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        for _ in 0..100 {
+                            let slot = Slot::new(shared.interrupter.clone());
+                            slots.lock().unwrap().push(slot.clone());
+                            let job = Box::new(Unrun(Completer::new(slot)));
+                            let _ = handle.submit(job, WhenFull::Wait);
+                        }
+                    });
+                }
+                barrier.wait();
+                shared.close_and_drain(&rx);
+            });
+            assert!(!shared.is_alive());
+            let slots = slots.into_inner().unwrap();
+            assert_eq!(slots.len(), 400);
+            for slot in slots {
+                assert!(matches!(slot.take(), Some(Err(IsleError::Shutdown))));
+            }
+            assert!(rx.is_empty());
+        }
+    }
+
     #[test]
     fn isle_ids_are_unique() {
         assert_ne!(Shared::new(None).id, Shared::new(None).id);

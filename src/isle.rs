@@ -403,3 +403,27 @@ impl fmt::Debug for Isle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_reports_a_panic_of_the_lua_thread() {
+        let thread = std::thread::spawn(|| panic!("lua thread died"));
+        match join(Some(thread)) {
+            Err(IsleError::Panic(msg)) => assert_eq!(msg, "lua thread died"),
+            other => panic!("{other:?}"),
+        }
+        assert!(join(Some(std::thread::spawn(|| ()))).is_ok());
+    }
+
+    #[test]
+    fn isle_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Isle>();
+        check::<Task<String>>();
+        check::<crate::CancelToken>();
+        check::<IsleError>();
+    }
+}

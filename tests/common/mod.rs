@@ -1,0 +1,90 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mlua_isle::{Isle, IsleBuilder};
+
+/// Generous bound after which a test is considered hung (never a speed assertion).
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// Runs `f` on its own thread and fails the test if it does not finish within [`HANG`].
+#[track_caller]
+pub fn within_hang_guard<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(value) => {
+            worker.join().unwrap();
+            value
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // The closure panicked: surface its panic.
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hang guard: still running after {HANG:?}"),
+    }
+}
+
+/// An isle with a global `started()` that reports on the returned channel each time Lua calls
+/// it, so a test can wait until its request is really running.
+pub fn isle_with_started(builder: IsleBuilder) -> (Isle, Receiver<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let isle = builder
+        .spawn(move |lua| {
+            let started = lua.create_function(move |_, ()| {
+                let _ = tx.send(());
+                Ok(())
+            })?;
+            lua.globals().set("started", started)
+        })
+        .expect("isle starts");
+    (isle, rx)
+}
+
+/// Waits for one `started()` call, with a hang guard.
+#[track_caller]
+pub fn wait_started(rx: &Receiver<()>) {
+    rx.recv_timeout(HANG)
+        .expect("the request should have started");
+}
+
+/// Counts live values: `new` increments, `Drop` decrements.
+#[derive(Debug)]
+pub struct DropCounter(Arc<AtomicUsize>);
+
+impl DropCounter {
+    pub fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        DropCounter(live.clone())
+    }
+}
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Number of OS threads in this process (Linux).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits (with the hang guard as the only bound) until `cond` holds.
+#[track_caller]
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < HANG, "hang guard: never saw {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}

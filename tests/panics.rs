@@ -1,0 +1,110 @@
+//! Panic isolation: a panic ends its request, the isle carries on.
+
+mod common;
+
+use common::*;
+use mlua_isle::{Isle, IsleError};
+
+fn isle_with_panicking_host_function() -> Isle {
+    Isle::spawn(|lua| {
+        let boom = lua
+            .create_function(|_, msg: String| -> mlua_isle::mlua::Result<()> { panic!("{msg}") })?;
+        lua.globals().set("boom", boom)?;
+        lua.globals().set("kept", 1)
+    })
+    .unwrap()
+}
+
+fn assert_panic(result: Result<(), IsleError>, expected: &str) {
+    match result {
+        Err(IsleError::Panic(msg)) => assert_eq!(msg, expected),
+        other => panic!("expected Panic({expected:?}), got {other:?}"),
+    }
+}
+
+#[test]
+fn panic_in_exec_closure_ends_only_that_request() {
+    let isle = Isle::spawn(|_| Ok(())).unwrap();
+    assert_panic(
+        isle.exec(|_| -> mlua_isle::mlua::Result<()> { panic!("exec boom") }),
+        "exec boom",
+    );
+    assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+}
+
+#[test]
+fn panic_with_formatted_message_is_kept() {
+    let isle = Isle::spawn(|_| Ok(())).unwrap();
+    let n = 7;
+    assert_panic(
+        isle.exec(move |_| -> mlua_isle::mlua::Result<()> { panic!("bad {n}") }),
+        "bad 7",
+    );
+}
+
+#[test]
+fn panic_in_host_function_ends_the_request() {
+    let isle = isle_with_panicking_host_function();
+    assert_panic(isle.eval::<()>("boom('host boom')"), "host boom");
+    assert_panic(isle.call::<()>("boom", "via call"), "via call");
+    assert_eq!(isle.eval::<i64>("kept").unwrap(), 1);
+}
+
+#[test]
+fn lua_pcall_cannot_swallow_a_host_panic() {
+    let isle = isle_with_panicking_host_function();
+    assert_panic(
+        isle.eval::<()>("local ok = pcall(boom, 'caught?') return ok"),
+        "caught?",
+    );
+    assert_panic(
+        isle.eval::<()>("xpcall(boom, function(e) return e end, 'xcaught?')"),
+        "xcaught?",
+    );
+    assert_panic(
+        isle.eval::<()>("coroutine.wrap(function() pcall(boom, 'in coroutine') end)()"),
+        "in coroutine",
+    );
+    assert_eq!(isle.eval::<i64>("kept").unwrap(), 1);
+}
+
+#[test]
+fn panic_in_result_conversion_is_isolated() {
+    struct Picky;
+    impl mlua_isle::mlua::FromLua for Picky {
+        fn from_lua(
+            _: mlua_isle::mlua::Value,
+            _: &mlua_isle::mlua::Lua,
+        ) -> mlua_isle::mlua::Result<Self> {
+            panic!("conversion boom")
+        }
+    }
+    let isle = Isle::spawn(|_| Ok(())).unwrap();
+    match isle.eval::<Picky>("return 1") {
+        Err(IsleError::Panic(msg)) => assert_eq!(msg, "conversion boom"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(isle.eval::<i64>("3").unwrap(), 3);
+}
+
+#[test]
+fn panic_in_init_is_an_init_error() {
+    let err = Isle::spawn(|_| panic!("init boom")).unwrap_err();
+    match err {
+        IsleError::Init(inner) => {
+            assert!(matches!(*inner, IsleError::Panic(ref m) if m == "init boom"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn many_panics_in_a_row_leave_the_isle_usable() {
+    within_hang_guard(|| {
+        let isle = isle_with_panicking_host_function();
+        for i in 0..200 {
+            assert_panic(isle.eval::<()>(format!("boom('p{i}')")), &format!("p{i}"));
+        }
+        assert_eq!(isle.eval::<i64>("kept").unwrap(), 1);
+    });
+}
