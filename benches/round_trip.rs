@@ -1,2 +1,158 @@
-//! placeholder
-fn main() {}
+//! Round trips, pipelining, CPU-bound scripts and the isle lifecycle, each next to its floor
+//! measured in the same run: the same work on raw mlua on the calling thread, and a raw
+//! crossbeam round trip to another thread.
+//!
+//! Run with: `cargo bench --bench round_trip`
+
+use std::hint::black_box;
+use std::thread;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use mlua_isle::mlua::{Function, Lua};
+use mlua_isle::Isle;
+
+const FIB: &str = "function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end";
+
+fn raw_lua() -> Lua {
+    let lua = Lua::new();
+    lua.load(FIB).exec().unwrap();
+    lua.load("function f(x) return x end").exec().unwrap();
+    lua
+}
+
+fn isle() -> Isle {
+    Isle::spawn(|lua| {
+        lua.load(FIB).exec()?;
+        lua.load("function f(x) return x end").exec()
+    })
+    .unwrap()
+}
+
+fn round_trip(c: &mut Criterion) {
+    let mut group = c.benchmark_group("round_trip");
+
+    // Floors.
+    let lua = raw_lua();
+    let f: Function = lua.globals().get("f").unwrap();
+    let one = lua.load("return 1").into_function().unwrap();
+    group.bench_function("raw_mlua/eval_compiled", |b| {
+        b.iter(|| black_box(one.call::<i64>(()).unwrap()))
+    });
+    group.bench_function("raw_mlua/eval_source", |b| {
+        b.iter(|| black_box(lua.load("return 1").eval::<i64>().unwrap()))
+    });
+    group.bench_function("raw_mlua/call", |b| {
+        b.iter(|| black_box(f.call::<i64>(black_box(7)).unwrap()))
+    });
+    group.bench_function("raw_mlua/exec", |b| {
+        // An `exec` closure run in place: the work itself is nil, so this is the call overhead.
+        let exec = |lua: &Lua| -> mlua_isle::mlua::Result<i64> {
+            black_box(lua);
+            Ok(1)
+        };
+        b.iter(|| black_box(exec(&lua).unwrap()))
+    });
+    {
+        let (to_echo, echo_rx) = crossbeam_channel::bounded::<u64>(1);
+        let (echo_tx, from_echo) = crossbeam_channel::bounded::<u64>(1);
+        let echo = thread::spawn(move || {
+            while let Ok(x) = echo_rx.recv() {
+                echo_tx.send(x).unwrap();
+            }
+        });
+        group.bench_function("raw_crossbeam_round_trip", |b| {
+            b.iter(|| {
+                to_echo.send(black_box(7)).unwrap();
+                black_box(from_echo.recv().unwrap())
+            })
+        });
+        drop(to_echo);
+        echo.join().unwrap();
+    }
+
+    // Through an isle, from this (another) thread.
+    let isle = isle();
+    group.bench_function("isle/eval", |b| {
+        b.iter(|| black_box(isle.eval::<i64>("return 1").unwrap()))
+    });
+    group.bench_function("isle/call", |b| {
+        b.iter(|| black_box(isle.call::<i64>("f", black_box(7)).unwrap()))
+    });
+    group.bench_function("isle/exec", |b| {
+        b.iter(|| black_box(isle.exec(|_| Ok(1i64)).unwrap()))
+    });
+    group.finish();
+    isle.shutdown().unwrap();
+}
+
+fn pipelined(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let mut group = c.benchmark_group("pipelined");
+    group.throughput(Throughput::Elements(N as u64));
+    group.sample_size(20);
+
+    let lua = raw_lua();
+    let f: Function = lua.globals().get("f").unwrap();
+    group.bench_function("raw_mlua/call_10k", |b| {
+        b.iter(|| {
+            for i in 0..N {
+                black_box(f.call::<i64>(i as i64).unwrap());
+            }
+        })
+    });
+
+    let isle = Isle::builder()
+        .queue_capacity(N)
+        .spawn(|lua| lua.load("function f(x) return x end").exec())
+        .unwrap();
+    group.bench_function("isle/spawn_call_10k_then_wait", |b| {
+        b.iter(|| {
+            let tasks: Vec<_> = (0..N)
+                .map(|i| isle.spawn_call::<i64>("f", i as i64).unwrap())
+                .collect();
+            for task in tasks {
+                black_box(task.wait().unwrap());
+            }
+        })
+    });
+    group.finish();
+    isle.shutdown().unwrap();
+}
+
+fn cpu_bound(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_bound");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+
+    let lua = raw_lua();
+    let fib: Function = lua.globals().get("fib").unwrap();
+    group.bench_function("raw_mlua/fib27", |b| {
+        b.iter(|| black_box(fib.call::<i64>(27).unwrap()))
+    });
+    let isle = isle();
+    group.bench_function("isle/fib27", |b| {
+        b.iter(|| black_box(isle.call::<i64>("fib", 27).unwrap()))
+    });
+    group.finish();
+    isle.shutdown().unwrap();
+}
+
+fn lifecycle(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lifecycle");
+    group.bench_function("raw_thread_spawn_join", |b| {
+        b.iter(|| thread::spawn(|| black_box(1)).join().unwrap())
+    });
+    group.bench_function("raw_mlua/new", |b| b.iter(|| black_box(Lua::new())));
+    group.bench_function("isle/spawn_shutdown", |b| {
+        b.iter_batched(
+            || (),
+            |()| Isle::spawn(|_| Ok(())).unwrap().shutdown().unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, round_trip, pipelined, cpu_bound, lifecycle);
+criterion_main!(benches);
