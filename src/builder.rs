@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use mlua::{Lua, LuaOptions, StdLib};
 
 use crate::error::IsleError;
@@ -13,7 +12,7 @@ use crate::handle::{Handle, Shared};
 use crate::isle::Isle;
 use crate::slot::{Completer, Slot};
 use crate::vm::VmSource;
-use crate::worker::{self, BoxJob, Setup};
+use crate::worker::{self, Setup};
 
 /// Default number of requests that can wait in an isle's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -379,8 +378,8 @@ impl IsleBuilder {
         }
         let shared = Arc::new(Shared::new(self.timeout));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let ready = Slot::new(shared.interrupter.clone());
-        let exited = Slot::new(shared.interrupter.clone());
+        let ready = Slot::new(shared.interrupter.clone(), ());
+        let exited = Slot::new(shared.interrupter.clone(), ());
         let setup = Setup {
             source: match self.factory {
                 Some(factory) => VmSource::Factory(factory),
@@ -409,8 +408,7 @@ impl IsleBuilder {
                 .map_err(IsleError::Spawn)?
         };
         Ok(Launched {
-            handle: Handle { tx, shared },
-            rx,
+            handle: Handle { tx, rx, shared },
             thread,
             ready,
             exited,
@@ -422,8 +420,6 @@ impl IsleBuilder {
 /// A started Lua thread, before or after its `init` finished.
 pub(crate) struct Launched {
     pub(crate) handle: Handle,
-    /// A second receiver, to resolve queued jobs if the Lua thread cannot.
-    pub(crate) rx: Receiver<BoxJob>,
     pub(crate) thread: JoinHandle<()>,
     /// Resolved by the Lua thread once `init` has finished.
     pub(crate) ready: Arc<Slot<()>>,

@@ -1,14 +1,16 @@
-//! The caller's side of an isle: submitting jobs through the bounded queue, and the gate that
-//! lets the Lua thread close that queue without losing a job.
+//! The caller's side of an isle: submitting jobs through the bounded queue, and how the queue
+//! is closed without stranding a job.
 //!
-//! The queue is a bounded crossbeam channel. Closing it must not strand a job that a caller is
-//! sending at that very moment, so every send is bracketed by the gate: a caller registers as a
-//! sender (failing if the gate is closed) and deregisters after the send. Whoever closes the
-//! gate drains the channel until no sender is registered; after that, nothing can enter.
+//! The queue is a bounded crossbeam channel. Two flags describe its state: *closed* (no new
+//! submissions; what is queued still runs) and *dead* (nothing queued will run any more). When
+//! the Lua thread goes, it marks the isle dead and resolves everything queued with
+//! [`IsleError::Shutdown`]. A caller sending at that very moment might slip a job in after that
+//! last drain, so every successful send is followed by a fence and a look at the dead flag; a
+//! sender that sees it drains the queue itself. The two fences make sure one of the two sides
+//! sees the job, at the price of one fence per submission and no shared counter.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -16,12 +18,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::current;
 use crate::error::IsleError;
 use crate::interrupt::Interrupter;
-use crate::worker::BoxJob;
-
-/// Gate bit: no new job may enter the queue.
-const CLOSED: usize = 1;
-/// Gate increment for one caller in the middle of a send.
-const SENDER: usize = 2;
+use crate::worker::Queued;
 
 /// State shared by every handle of one isle and its Lua thread.
 #[derive(Debug)]
@@ -31,7 +28,7 @@ pub(crate) struct Shared {
     pub(crate) interrupter: Arc<Interrupter>,
     /// Applied to requests that set no deadline of their own.
     pub(crate) default_timeout: Option<Duration>,
-    gate: AtomicUsize,
+    closed: AtomicBool,
     alive: AtomicBool,
 }
 
@@ -42,7 +39,7 @@ impl Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed) as u64,
             interrupter: Arc::new(Interrupter::new()),
             default_timeout,
-            gate: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             alive: AtomicBool::new(true),
         }
     }
@@ -52,39 +49,26 @@ impl Shared {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Closes the gate: from now on every submission fails with [`IsleError::Shutdown`].
+    /// Refuses new submissions from now on; what is queued still runs.
     pub(crate) fn close(&self) {
-        self.gate.fetch_or(CLOSED, Ordering::SeqCst);
+        self.closed.store(true, Ordering::Release);
     }
 
-    /// Closes the gate, marks the isle dead and resolves everything still queued with
-    /// [`IsleError::Shutdown`], including jobs of callers that were mid-send.
-    pub(crate) fn close_and_drain(&self, rx: &Receiver<BoxJob>) {
+    /// Closes the queue, marks the isle dead and resolves everything still queued with
+    /// [`IsleError::Shutdown`]. Callers sending concurrently clean up after themselves.
+    pub(crate) fn close_and_drain(&self, rx: &Receiver<Queued>) {
         self.close();
-        self.alive.store(false, Ordering::Release);
-        loop {
-            let senders = self.gate.load(Ordering::SeqCst) / SENDER;
-            // Dropping a job resolves its request with `Shutdown`.
-            while let Ok(job) = rx.try_recv() {
-                drop(job);
-            }
-            if senders == 0 {
-                break;
-            }
-            thread::yield_now();
-        }
+        self.alive.store(false, Ordering::Relaxed);
+        // Pairs with the fence in `Handle::submit`.
+        fence(Ordering::SeqCst);
+        drain(rx);
     }
+}
 
-    fn enter(&self) -> bool {
-        if self.gate.fetch_add(SENDER, Ordering::SeqCst) & CLOSED != 0 {
-            self.leave();
-            return false;
-        }
-        true
-    }
-
-    fn leave(&self) {
-        self.gate.fetch_sub(SENDER, Ordering::SeqCst);
+/// Resolves every queued job with [`IsleError::Shutdown`] (dropping a job does that).
+fn drain(rx: &Receiver<Queued>) {
+    while let Ok(job) = rx.try_recv() {
+        drop(job);
     }
 }
 
@@ -100,7 +84,9 @@ pub(crate) enum WhenFull {
 /// A sending handle to one isle.
 #[derive(Debug, Clone)]
 pub(crate) struct Handle {
-    pub(crate) tx: Sender<BoxJob>,
+    pub(crate) tx: Sender<Queued>,
+    /// Lets a sender resolve its own job if the Lua thread died while it was sending.
+    pub(crate) rx: Receiver<Queued>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -108,20 +94,25 @@ impl Handle {
     /// Queues `job`. On failure the job is dropped, which resolves its request.
     ///
     /// On the isle's own thread the queue is never waited for: only that thread drains it.
-    pub(crate) fn submit(&self, job: BoxJob, when_full: WhenFull) -> Result<(), IsleError> {
-        if !self.shared.enter() {
+    pub(crate) fn submit(&self, job: Queued, when_full: WhenFull) -> Result<(), IsleError> {
+        if self.shared.closed.load(Ordering::Acquire) {
             return Err(IsleError::Shutdown);
         }
-        let result = if when_full == WhenFull::Wait && !current::on_isle_thread(self.shared.id) {
-            self.tx.send(job).map_err(|_| IsleError::Shutdown)
+        if when_full == WhenFull::Wait && !current::on_isle_thread(self.shared.id) {
+            self.tx.send(job).map_err(|_| IsleError::Shutdown)?;
         } else {
             self.tx.try_send(job).map_err(|e| match e {
                 TrySendError::Full(_) => IsleError::Full,
                 TrySendError::Disconnected(_) => IsleError::Shutdown,
-            })
-        };
-        self.shared.leave();
-        result
+            })?;
+        }
+        // Pairs with the fence in `Shared::close_and_drain`: either the Lua thread's last drain
+        // sees this job, or this load sees the isle dead and the job is drained here.
+        fence(Ordering::SeqCst);
+        if !self.shared.alive.load(Ordering::Relaxed) {
+            drain(&self.rx);
+        }
+        Ok(())
     }
 }
 
@@ -130,36 +121,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_closed_gate_refuses_senders() {
-        let shared = Shared::new(None);
-        assert!(shared.enter());
-        shared.leave();
-        shared.close();
-        assert!(!shared.enter());
-        assert_eq!(shared.gate.load(Ordering::SeqCst), CLOSED);
+    fn a_closed_queue_refuses_jobs_but_keeps_queued_ones() {
+        let shared = Arc::new(Shared::new(None));
+        let (tx, rx) = crossbeam_channel::bounded::<Queued>(4);
+        let handle = Handle { tx, rx, shared };
+        let work = |_: &mut Vm| -> Result<u32, IsleError> { Ok(1) };
+        let queued = Slot::new(handle.shared.interrupter.clone(), work);
+        handle
+            .submit(
+                Queued::new(queued.clone(), CancelToken::new(), None),
+                WhenFull::Wait,
+            )
+            .unwrap();
+        handle.shared.close();
+        let refused = Slot::new(handle.shared.interrupter.clone(), work);
+        let err = handle
+            .submit(
+                Queued::new(refused.clone(), CancelToken::new(), None),
+                WhenFull::Wait,
+            )
+            .unwrap_err();
+        assert!(err.is_shutdown());
+        assert!(matches!(refused.take(), Some(Err(IsleError::Shutdown))));
+        assert!(!queued.is_ready());
+        assert_eq!(handle.rx.len(), 1);
     }
 
     use std::sync::{Barrier, Mutex};
+    use std::thread;
 
-    use crate::slot::{Completer, Slot};
-    use crate::worker::{Job, Worker};
-
-    /// A job nobody runs: only its resolution is observed.
-    struct Unrun(#[allow(dead_code)] Completer<u32>);
-
-    impl Job for Unrun {
-        fn run(self: Box<Self>, _: &mut Worker) {
-            unreachable!("no worker in these tests")
-        }
-    }
+    use crate::slot::Slot;
+    use crate::token::CancelToken;
+    use crate::vm::Vm;
 
     #[test]
     fn closing_resolves_every_job_even_from_racing_senders() {
         for _ in 0..50 {
             let shared = Arc::new(Shared::new(None));
-            let (tx, rx) = crossbeam_channel::bounded::<BoxJob>(4);
+            let (tx, rx) = crossbeam_channel::bounded::<Queued>(4);
             let handle = Handle {
                 tx,
+                rx: rx.clone(),
                 shared: shared.clone(),
             };
             let slots = Mutex::new(Vec::new());
@@ -169,9 +171,12 @@ mod tests {
                     s.spawn(|| {
                         barrier.wait();
                         for _ in 0..100 {
-                            let slot = Slot::new(shared.interrupter.clone());
+                            let work = |_: &mut Vm| -> Result<u32, IsleError> {
+                                unreachable!("no Lua thread in this test")
+                            };
+                            let slot = Slot::new(shared.interrupter.clone(), work);
                             slots.lock().unwrap().push(slot.clone());
-                            let job = Box::new(Unrun(Completer::new(slot)));
+                            let job = Queued::new(slot, CancelToken::new(), None);
                             let _ = handle.submit(job, WhenFull::Wait);
                         }
                     });
@@ -179,6 +184,7 @@ mod tests {
                 barrier.wait();
                 shared.close_and_drain(&rx);
             });
+            // Jobs that were mid-send when the queue died were drained by their senders.
             assert!(!shared.is_alive());
             let slots = slots.into_inner().unwrap();
             assert_eq!(slots.len(), 400);

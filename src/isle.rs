@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
 use crate::builder::{IsleBuilder, Launched};
@@ -17,7 +16,7 @@ use crate::request::Request;
 use crate::slot::Slot;
 use crate::task::Task;
 use crate::wait;
-use crate::worker::{self, BoxJob};
+use crate::worker;
 
 /// A Lua VM running on a dedicated thread, driven from any thread.
 ///
@@ -50,7 +49,6 @@ use crate::worker::{self, BoxJob};
 /// ```
 pub struct Isle {
     handle: Handle,
-    rx: Receiver<BoxJob>,
     thread: Option<JoinHandle<()>>,
     exited: Arc<Slot<()>>,
     grace_period: Duration,
@@ -60,7 +58,6 @@ impl Isle {
     pub(crate) fn new(launched: Launched) -> Self {
         Isle {
             handle: launched.handle,
-            rx: launched.rx,
             thread: Some(launched.thread),
             exited: launched.exited,
             grace_period: launched.grace_period,
@@ -363,7 +360,7 @@ impl Isle {
         let deadline = wait::deadline_after(timeout);
         let thread = self.thread.take();
         let shared = self.handle.shared.clone();
-        let rx = self.rx.clone();
+        let rx = self.handle.rx.clone();
         let exited = self.exited.clone();
         let grace = self.grace_period;
         drop(self);

@@ -8,12 +8,12 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 use crate::current;
 use crate::error::IsleError;
 use crate::handle::{Handle, WhenFull};
-use crate::slot::{Completer, Slot};
+use crate::slot::Slot;
 use crate::task::Task;
 use crate::token::CancelToken;
 use crate::vm::Vm;
 use crate::wait;
-use crate::worker::RequestJob;
+use crate::worker::Queued;
 
 /// Options for one request, then the request itself.
 ///
@@ -371,17 +371,12 @@ impl<'a> Request<'a> {
             DeadlineSetting::After(timeout) => wait::deadline_after(timeout),
             DeadlineSetting::At(at) => Some(at),
         };
-        let slot = Slot::new(shared.interrupter.clone());
+        let slot = Slot::new(shared.interrupter.clone(), work);
         let token = CancelToken::for_request(self.token.as_ref(), slot.clone());
         let task = Task::new(slot.clone(), token.clone(), deadline, shared.id);
         if !slot.is_ready() {
-            let job = Box::new(RequestJob {
-                completer: Completer::new(slot),
-                token,
-                deadline,
-                work,
-            });
-            self.handle.submit(job, self.when_full)?;
+            self.handle
+                .submit(Queued::new(slot, token, deadline), self.when_full)?;
         }
         Ok(task)
     }

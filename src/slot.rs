@@ -1,10 +1,12 @@
 //! The exactly-once result slot shared by a request's caller side and the Lua thread.
 //!
-//! A slot moves `Queued → Running → Done`, or straight `Queued → Done` when the request is
-//! cancelled, expires or is abandoned before it starts. Every transition happens under one
-//! lock, so exactly one party completes it; later attempts are no-ops. The [`Completer`] held by
-//! the queued job resolves the slot with [`IsleError::Shutdown`] if the job is dropped unrun, so
-//! a request can never be left unresolved.
+//! A slot holds the request's work while it is queued and its result once it is done. It moves
+//! `Queued → Running → Done`, or straight `Queued → Done` when the request is cancelled, expires
+//! or is abandoned before it starts. Every transition happens under one lock, so exactly one
+//! party completes it; later attempts are no-ops.
+//!
+//! One allocation carries the whole request: the caller creates it, the Lua thread only borrows
+//! it, and the caller (usually) frees it, which keeps cross-thread frees off the hot path.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,84 +18,103 @@ use crate::interrupt::Interrupter;
 use crate::token::CancelHook;
 use crate::wait;
 
-pub(crate) struct Slot<T> {
+pub(crate) struct Slot<T, W = ()> {
     /// Set (under the lock) when the phase becomes `Done`; lets waiters spin without locking.
     ready: AtomicBool,
-    state: Mutex<State<T>>,
+    state: Mutex<State<T, W>>,
     /// How a cancel reaches the request once it runs.
     interrupter: Arc<Interrupter>,
 }
 
-struct State<T> {
-    phase: Phase<T>,
+struct State<T, W> {
+    phase: Phase<T, W>,
     waker: Option<Waker>,
 }
 
-enum Phase<T> {
-    Queued,
+enum Phase<T, W> {
+    /// Waiting in the queue, with the work to do.
+    Queued(W),
     /// Running on the Lua thread as the request with this generation.
     Running(u64),
     /// Resolved; `None` once the result has been taken.
     Done(Option<Result<T, IsleError>>),
 }
 
-impl<T> Slot<T> {
-    pub(crate) fn new(interrupter: Arc<Interrupter>) -> Arc<Self> {
+impl<T, W> Slot<T, W> {
+    pub(crate) fn new(interrupter: Arc<Interrupter>, work: W) -> Arc<Self> {
         Arc::new(Slot {
             ready: AtomicBool::new(false),
             state: Mutex::new(State {
-                phase: Phase::Queued,
+                phase: Phase::Queued(work),
                 waker: None,
             }),
             interrupter,
         })
     }
 
-    /// Locks the state. Nothing user-provided runs under this lock (wakers are woken after it
-    /// is released), so poisoning cannot leave it inconsistent; a poisoned lock is taken over.
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+    /// Locks the state. Nothing user-provided runs under this lock (work and results are
+    /// dropped after it is released), so poisoning cannot leave it inconsistent; a poisoned
+    /// lock is taken over.
+    fn lock(&self) -> MutexGuard<'_, State<T, W>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks the request as running with generation `gen`. Returns `false` if it was already
-    /// resolved (cancelled or expired while queued); it must then not run.
-    pub(crate) fn start(&self, gen: u64) -> bool {
+    /// Marks the request as running with generation `gen` and hands out its work. Returns
+    /// `None` if it was already resolved (cancelled or expired while queued); it must then not
+    /// run.
+    pub(crate) fn start(&self, gen: u64) -> Option<W> {
         let mut state = self.lock();
-        match state.phase {
-            Phase::Queued => {
-                state.phase = Phase::Running(gen);
-                true
+        match std::mem::replace(&mut state.phase, Phase::Running(gen)) {
+            Phase::Queued(work) => Some(work),
+            other => {
+                state.phase = other;
+                None
             }
-            _ => false,
         }
     }
 
     /// Resolves the slot unless it is already resolved. Returns whether this call resolved it.
     pub(crate) fn complete(&self, result: Result<T, IsleError>) -> bool {
-        let mut state = self.lock();
-        self.finish(&mut state, result)
+        let (resolved, _unrun_work) = {
+            let mut state = self.lock();
+            self.finish(&mut state, result)
+        };
+        resolved
     }
 
     /// Resolves the slot with `err` only if the request has not started.
     pub(crate) fn resolve_if_queued(&self, err: IsleError) -> bool {
-        let mut state = self.lock();
-        match state.phase {
-            Phase::Queued => self.finish(&mut state, Err(err)),
-            _ => false,
-        }
+        let (resolved, _unrun_work) = {
+            let mut state = self.lock();
+            match state.phase {
+                Phase::Queued(_) => self.finish(&mut state, Err(err)),
+                _ => (false, None),
+            }
+        };
+        resolved
     }
 
-    fn finish(&self, state: &mut MutexGuard<'_, State<T>>, result: Result<T, IsleError>) -> bool {
-        if matches!(state.phase, Phase::Done(_)) {
-            return false;
-        }
-        state.phase = Phase::Done(Some(result));
+    /// Moves to `Done`; returns whether it did, and the work if it never ran (to be dropped
+    /// by the caller once the lock is released).
+    fn finish(
+        &self,
+        state: &mut MutexGuard<'_, State<T, W>>,
+        result: Result<T, IsleError>,
+    ) -> (bool, Option<W>) {
+        let unrun = match std::mem::replace(&mut state.phase, Phase::Done(Some(result))) {
+            Phase::Queued(work) => Some(work),
+            Phase::Running(_) => None,
+            done @ Phase::Done(_) => {
+                state.phase = done;
+                return (false, None);
+            }
+        };
         self.ready.store(true, Ordering::Release);
         if let Some(waker) = state.waker.take() {
             // Waking under the lock is fine: wakers only unpark or schedule.
             waker.wake();
         }
-        true
+        (true, unrun)
     }
 
     /// Whether the slot is resolved (its result may already have been taken).
@@ -153,42 +174,67 @@ impl<T> Slot<T> {
     }
 }
 
-impl<T: Send> CancelHook for Slot<T> {
+impl<T: Send, W: Send> CancelHook for Slot<T, W> {
     fn cancelled(&self) {
-        let mut state = self.lock();
-        match state.phase {
-            Phase::Queued => {
-                self.finish(&mut state, Err(IsleError::Cancelled));
+        let _unrun_work = {
+            let mut state = self.lock();
+            match state.phase {
+                Phase::Queued(_) => self.finish(&mut state, Err(IsleError::Cancelled)).1,
+                Phase::Running(gen) => {
+                    self.interrupter.interrupt(gen);
+                    None
+                }
+                Phase::Done(_) => None,
             }
-            Phase::Running(gen) => self.interrupter.interrupt(gen),
-            Phase::Done(_) => {}
-        }
+        };
     }
 }
 
-/// The Lua thread's end of a slot: resolves it exactly once, with [`IsleError::Shutdown`] if
-/// dropped before [`complete`](Completer::complete) (the job was never run).
-pub(crate) struct Completer<T>(Arc<Slot<T>>);
+/// The caller's view of a slot, whatever work it carries.
+pub(crate) trait ResultSlot<T>: Send + Sync {
+    fn is_ready(&self) -> bool;
+    fn take(&self) -> Option<Result<T, IsleError>>;
+    fn wait_until(&self, deadline: Option<Instant>) -> bool;
+    fn resolve_if_queued(&self, err: IsleError) -> bool;
+    #[allow(dead_code)]
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Result<T, IsleError>>>;
+}
 
-impl<T> Completer<T> {
-    pub(crate) fn new(slot: Arc<Slot<T>>) -> Self {
-        Completer(slot)
+impl<T: Send, W: Send> ResultSlot<T> for Slot<T, W> {
+    fn is_ready(&self) -> bool {
+        Slot::is_ready(self)
     }
+    fn take(&self) -> Option<Result<T, IsleError>> {
+        Slot::take(self)
+    }
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        Slot::wait_until(self, deadline)
+    }
+    fn resolve_if_queued(&self, err: IsleError) -> bool {
+        Slot::resolve_if_queued(self, err)
+    }
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Result<T, IsleError>>> {
+        Slot::poll_take(self, cx)
+    }
+}
 
-    pub(crate) fn slot(&self) -> &Slot<T> {
-        &self.0
+/// Resolves a slot exactly once: with [`IsleError::Shutdown`] if dropped before
+/// [`complete`](Completer::complete).
+pub(crate) struct Completer<T, W = ()>(Arc<Slot<T, W>>);
+
+impl<T, W> Completer<T, W> {
+    pub(crate) fn new(slot: Arc<Slot<T, W>>) -> Self {
+        Completer(slot)
     }
 
     pub(crate) fn complete(self, result: Result<T, IsleError>) {
         self.0.complete(result);
-        // The slot is resolved now; skip the Shutdown fallback in `Drop` (it would be a no-op,
-        // but costs a lock).
-        std::mem::forget(self);
     }
 }
 
-impl<T> Drop for Completer<T> {
+impl<T, W> Drop for Completer<T, W> {
     fn drop(&mut self) {
+        // A no-op (one uncontended lock) when `complete` already resolved the slot.
         self.0.complete(Err(IsleError::Shutdown));
     }
 }
@@ -199,7 +245,7 @@ mod tests {
     use std::thread;
 
     fn slot() -> Arc<Slot<u32>> {
-        Slot::new(Arc::new(Interrupter::new()))
+        Slot::new(Arc::new(Interrupter::new()), ())
     }
 
     #[test]
@@ -216,14 +262,14 @@ mod tests {
     fn cancel_of_a_queued_slot_resolves_it_and_blocks_start() {
         let s = slot();
         s.cancelled();
-        assert!(!s.start(1));
+        assert!(s.start(1).is_none());
         assert!(s.take().unwrap().unwrap_err().is_cancelled());
     }
 
     #[test]
     fn cancel_of_a_running_slot_interrupts_instead_of_resolving() {
         let s = slot();
-        assert!(s.start(7));
+        assert!(s.start(7).is_some());
         s.cancelled();
         assert!(!s.is_ready());
         assert_eq!(s.interrupter.cancelled_generation(), 7);
@@ -242,6 +288,16 @@ mod tests {
         let s = slot();
         Completer::new(s.clone()).complete(Ok(5));
         assert_eq!(s.take().unwrap().unwrap(), 5);
+    }
+
+    #[test]
+    fn unrun_work_is_dropped_when_the_slot_resolves_without_running() {
+        let live = Arc::new(());
+        let s = Slot::<u32, Arc<()>>::new(Arc::new(Interrupter::new()), live.clone());
+        assert_eq!(Arc::strong_count(&live), 2);
+        s.cancelled();
+        assert_eq!(Arc::strong_count(&live), 1);
+        assert!(s.start(1).is_none());
     }
 
     #[test]
@@ -267,7 +323,7 @@ mod tests {
     fn racing_cancel_and_completion_resolve_exactly_once() {
         for i in 0..2000 {
             let s = slot();
-            assert!(s.start(i + 1));
+            assert!(s.start(i + 1).is_some());
             let c = {
                 let s = s.clone();
                 thread::spawn(move || s.cancelled())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::current;
 use crate::error::IsleError;
-use crate::slot::Slot;
+use crate::slot::ResultSlot;
 use crate::token::CancelToken;
 use crate::wait;
 
@@ -30,7 +30,7 @@ use crate::wait;
 /// ```
 #[must_use = "dropping a Task cancels its request; call `detach` to let it run"]
 pub struct Task<T> {
-    slot: Arc<Slot<T>>,
+    slot: Arc<dyn ResultSlot<T>>,
     token: CancelToken,
     /// When a still-queued request expires; the waiter enforces it.
     deadline: Option<Instant>,
@@ -41,7 +41,7 @@ pub struct Task<T> {
 
 impl<T> Task<T> {
     pub(crate) fn new(
-        slot: Arc<Slot<T>>,
+        slot: Arc<dyn ResultSlot<T>>,
         token: CancelToken,
         deadline: Option<Instant>,
         isle_id: u64,

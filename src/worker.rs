@@ -13,18 +13,50 @@ use crate::current;
 use crate::error::IsleError;
 use crate::handle::Shared;
 use crate::interrupt::{Armed, Interrupter};
-use crate::slot::Completer;
+use crate::slot::{Completer, Slot};
 use crate::token::CancelToken;
 use crate::vm::{self, Vm, VmSource};
 use crate::wait;
 
-/// A unit of work for the Lua thread. Dropping it unrun resolves its request with
-/// [`IsleError::Shutdown`].
-pub(crate) trait Job: Send {
-    fn run(self: Box<Self>, worker: &mut Worker);
+/// A request as the Lua thread sees it: its slot, whatever the work and result types.
+pub(crate) trait Job: Send + Sync {
+    /// Runs the request (unless it was resolved while queued) and resolves it.
+    fn run(&self, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>);
+    /// Resolves the request with [`IsleError::Shutdown`] unless it is resolved already.
+    fn abandon(&self);
 }
 
-pub(crate) type BoxJob = Box<dyn Job>;
+/// What travels through the queue. Dropping it unrun resolves its request with
+/// [`IsleError::Shutdown`], so a request can never be left unresolved.
+pub(crate) struct Queued {
+    job: Arc<dyn Job>,
+    /// `None` once the job has been handed to the Lua thread.
+    token: Option<CancelToken>,
+    deadline: Option<Instant>,
+}
+
+impl Queued {
+    pub(crate) fn new(job: Arc<dyn Job>, token: CancelToken, deadline: Option<Instant>) -> Self {
+        Queued {
+            job,
+            token: Some(token),
+            deadline,
+        }
+    }
+
+    fn run(mut self, worker: &mut Worker) {
+        let token = self.token.take().expect("a queued job runs once");
+        self.job.run(worker, token, self.deadline);
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if self.token.is_some() {
+            self.job.abandon();
+        }
+    }
+}
 
 /// The user's `init` closure.
 pub(crate) type Init = Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>;
@@ -92,7 +124,7 @@ pub(crate) fn run(
     setup: Setup,
     init: Init,
     shared: Arc<Shared>,
-    rx: Receiver<BoxJob>,
+    rx: Receiver<Queued>,
     ready: Completer<()>,
 ) {
     current::set_isle_id(shared.id);
@@ -121,7 +153,7 @@ pub(crate) fn run(
 
 struct ExitGuard<'a> {
     shared: &'a Shared,
-    rx: &'a Receiver<BoxJob>,
+    rx: &'a Receiver<Queued>,
 }
 
 impl Drop for ExitGuard<'_> {
@@ -132,7 +164,7 @@ impl Drop for ExitGuard<'_> {
 
 /// The next job, polling briefly before blocking; `None` once every sender is gone and the
 /// queue is empty.
-fn next_job(rx: &Receiver<BoxJob>) -> Option<BoxJob> {
+fn next_job(rx: &Receiver<Queued>) -> Option<Queued> {
     let mut next = None;
     let mut disconnected = false;
     let found = wait::spin_until(|| match rx.try_recv() {
@@ -155,36 +187,25 @@ fn next_job(rx: &Receiver<BoxJob>) -> Option<BoxJob> {
     rx.recv().ok()
 }
 
-/// A request: run `work` on the VM and resolve the caller's slot with the outcome.
-pub(crate) struct RequestJob<T, W> {
-    pub(crate) completer: Completer<T>,
-    pub(crate) token: CancelToken,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) work: W,
-}
-
-impl<T, W> Job for RequestJob<T, W>
+/// A request: run its work on the VM and resolve its slot with the outcome.
+impl<T, W> Job for Slot<T, W>
 where
     T: Send,
     W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send,
 {
-    fn run(self: Box<Self>, worker: &mut Worker) {
-        let RequestJob {
-            completer,
-            token,
-            deadline,
-            work,
-        } = *self;
+    fn run(&self, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>) {
         let gen = worker.next_generation();
-        if !completer.slot().start(gen) {
+        let Some(work) = self.start(gen) else {
             // Cancelled or expired while queued: already resolved, never started.
             return;
-        }
+        };
         if token.is_cancelled() {
-            return completer.complete(Err(IsleError::Cancelled));
+            self.complete(Err(IsleError::Cancelled));
+            return;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return completer.complete(Err(IsleError::Timeout));
+            self.complete(Err(IsleError::Timeout));
+            return;
         }
 
         worker.armed.begin(gen, deadline);
@@ -204,7 +225,11 @@ where
         } else {
             result.unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
         };
-        completer.complete(outcome);
+        self.complete(outcome);
+    }
+
+    fn abandon(&self) {
+        self.complete(Err(IsleError::Shutdown));
     }
 }
 

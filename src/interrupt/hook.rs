@@ -17,6 +17,8 @@ thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The idle hook interval, in instructions.
     static EVERY: Cell<c_int> = const { Cell::new(0) };
+    /// Whether the hook raised an interrupt since the last reset.
+    static RAISED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Why the request running on this thread has to stop, if it has to.
@@ -64,6 +66,7 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, _ar: *mut ffi
             // SAFETY: `state` is the running coroutine. Firing at every instruction makes a
             // caught error re-raise at the next one. `lua_error` unwinds with a longjmp; no
             // Rust value with a destructor is alive in this frame at that point.
+            RAISED.set(true);
             unsafe {
                 ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, 1);
                 ffi::lua_pushstring(state, message(stop).as_ptr());
@@ -109,11 +112,16 @@ impl CountHook {
         DEADLINE.set(deadline);
     }
 
-    /// Puts the main state back to the idle interval after a request.
-    pub(super) fn reset(&self) {
-        // SAFETY: `main` is the main state of the VM this hook was installed in; the VM
-        // outlives the hook (both live in the worker, which drops the hook first).
-        unsafe { ffi::lua_sethook(self.main, Some(count_hook), ffi::LUA_MASKCOUNT, self.every) };
+    /// Puts the main state back to the idle interval after a request that was interrupted.
+    /// (Coroutines left at every instruction reset themselves the next time the hook fires.)
+    pub(super) fn reset_if_raised(&self) {
+        if RAISED.replace(false) {
+            // SAFETY: `main` is the main state of the VM this hook was installed in; the VM
+            // outlives the hook (both live in the worker, which drops the hook first).
+            unsafe {
+                ffi::lua_sethook(self.main, Some(count_hook), ffi::LUA_MASKCOUNT, self.every)
+            };
+        }
     }
 }
 

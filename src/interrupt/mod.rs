@@ -68,11 +68,11 @@ impl Interrupter {
 
     /// Whether the running request must stop because of a cancel or kill.
     fn stop_requested(&self) -> Option<Stop> {
-        let running = self.running.load(Ordering::SeqCst);
+        let running = self.running.load(Ordering::Relaxed);
         if running == 0 {
             return None;
         }
-        match self.cancelled.load(Ordering::SeqCst) {
+        match self.cancelled.load(Ordering::Acquire) {
             KILL_ALL => Some(Stop::Killed),
             cancelled if cancelled >= running => Some(Stop::Cancelled),
             _ => None,
@@ -107,14 +107,15 @@ impl Armed {
     /// Marks the request with generation `gen` as running until [`end`](Self::end).
     pub(crate) fn begin(&self, gen: u64, deadline: Option<Instant>) {
         self.hook.set_deadline(deadline);
-        self.interrupter.running.store(gen, Ordering::SeqCst);
+        // Only this thread reads `running` (in the hook): no ordering needed.
+        self.interrupter.running.store(gen, Ordering::Relaxed);
     }
 
     /// Marks the running request as finished and clears any interrupt left behind.
     pub(crate) fn end(&self) {
-        self.interrupter.running.store(0, Ordering::SeqCst);
+        self.interrupter.running.store(0, Ordering::Relaxed);
         self.hook.set_deadline(None);
-        self.hook.reset();
+        self.hook.reset_if_raised();
     }
 
     /// Why the request in progress has to stop, if it has to.
