@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use mlua_isle::mlua::{Function, Lua};
+use mlua_isle::mlua::{Function, Lua, ObjectLike};
 use mlua_isle::Isle;
 
 const FIB: &str = "function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end";
@@ -44,6 +44,10 @@ fn round_trip(c: &mut Criterion) {
     });
     group.bench_function("raw_mlua/call", |b| {
         b.iter(|| black_box(f.call::<i64>(black_box(7)).unwrap()))
+    });
+    let globals = lua.globals();
+    group.bench_function("raw_mlua/call_global_by_name", |b| {
+        b.iter(|| black_box(globals.call_function::<i64>("f", black_box(7)).unwrap()))
     });
     group.bench_function("raw_mlua/exec", |b| {
         // An `exec` closure run in place: the work itself is nil, so this is the call overhead.
@@ -98,6 +102,15 @@ fn pipelined(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..N {
                 black_box(f.call::<i64>(i as i64).unwrap());
+            }
+        })
+    });
+    // What `call("f", x)` does on the Lua thread: look the global up, then call it.
+    let globals = lua.globals();
+    group.bench_function("raw_mlua/call_global_by_name_10k", |b| {
+        b.iter(|| {
+            for i in 0..N {
+                black_box(globals.call_function::<i64>("f", i as i64).unwrap());
             }
         })
     });

@@ -378,8 +378,8 @@ impl IsleBuilder {
         }
         let shared = Arc::new(Shared::new(self.timeout));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let ready = Slot::new(shared.interrupter.clone(), ());
-        let exited = Slot::new(shared.interrupter.clone(), ());
+        let ready = Slot::new(shared.interrupter.clone(), (), None);
+        let exited = Slot::new(shared.interrupter.clone(), (), None);
         let setup = Setup {
             source: match self.factory {
                 Some(factory) => VmSource::Factory(factory),

@@ -126,7 +126,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded::<Queued>(4);
         let handle = Handle { tx, rx, shared };
         let work = |_: &mut Vm| -> Result<u32, IsleError> { Ok(1) };
-        let queued = Slot::new(handle.shared.interrupter.clone(), work);
+        let queued = Slot::new(handle.shared.interrupter.clone(), work, None);
         handle
             .submit(
                 Queued::new(queued.clone(), CancelToken::new(), None),
@@ -134,7 +134,7 @@ mod tests {
             )
             .unwrap();
         handle.shared.close();
-        let refused = Slot::new(handle.shared.interrupter.clone(), work);
+        let refused = Slot::new(handle.shared.interrupter.clone(), work, None);
         let err = handle
             .submit(
                 Queued::new(refused.clone(), CancelToken::new(), None),
@@ -174,7 +174,7 @@ mod tests {
                             let work = |_: &mut Vm| -> Result<u32, IsleError> {
                                 unreachable!("no Lua thread in this test")
                             };
-                            let slot = Slot::new(shared.interrupter.clone(), work);
+                            let slot = Slot::new(shared.interrupter.clone(), work, None);
                             slots.lock().unwrap().push(slot.clone());
                             let job = Queued::new(slot, CancelToken::new(), None);
                             let _ = handle.submit(job, WhenFull::Wait);

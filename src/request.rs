@@ -371,8 +371,8 @@ impl<'a> Request<'a> {
             DeadlineSetting::After(timeout) => wait::deadline_after(timeout),
             DeadlineSetting::At(at) => Some(at),
         };
-        let slot = Slot::new(shared.interrupter.clone(), work);
-        let token = CancelToken::for_request(self.token.as_ref(), slot.clone());
+        let slot = Slot::new(shared.interrupter.clone(), work, self.token.as_ref());
+        let token = slot.token();
         let task = Task::new(slot.clone(), token.clone(), deadline, shared.id);
         if !slot.is_ready() {
             self.handle

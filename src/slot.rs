@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crate::error::IsleError;
 use crate::interrupt::Interrupter;
-use crate::token::CancelHook;
+use crate::token::{CancelToken, Node, TokenOwner};
 use crate::wait;
 
 pub(crate) struct Slot<T, W = ()> {
@@ -24,6 +24,8 @@ pub(crate) struct Slot<T, W = ()> {
     state: Mutex<State<T, W>>,
     /// How a cancel reaches the request once it runs.
     interrupter: Arc<Interrupter>,
+    /// The request's own cancel token, embedded here.
+    node: Node,
 }
 
 struct State<T, W> {
@@ -40,17 +42,33 @@ enum Phase<T, W> {
     Done(Option<Result<T, IsleError>>),
 }
 
-impl<T, W> Slot<T, W> {
-    pub(crate) fn new(interrupter: Arc<Interrupter>, work: W) -> Arc<Self> {
-        Arc::new(Slot {
+impl<T: Send + 'static, W: Send + 'static> Slot<T, W> {
+    /// A queued request holding `work`, with its own cancel token, a child of `parent` if
+    /// given. Use [`token`](Slot::token) to get that token: it resolves the slot at once if
+    /// `parent` was already cancelled.
+    pub(crate) fn new(
+        interrupter: Arc<Interrupter>,
+        work: W,
+        parent: Option<&CancelToken>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Self>| Slot {
             ready: AtomicBool::new(false),
             state: Mutex::new(State {
                 phase: Phase::Queued(work),
                 waker: None,
             }),
             interrupter,
+            node: Node::new(parent, me.clone()),
         })
     }
+
+    /// The request's own cancel token.
+    pub(crate) fn token(self: &Arc<Self>) -> CancelToken {
+        CancelToken::of(self.clone())
+    }
+}
+
+impl<T, W> Slot<T, W> {
 
     /// Locks the state. Nothing user-provided runs under this lock (work and results are
     /// dropped after it is released), so poisoning cannot leave it inconsistent; a poisoned
@@ -174,8 +192,12 @@ impl<T, W> Slot<T, W> {
     }
 }
 
-impl<T: Send, W: Send> CancelHook for Slot<T, W> {
-    fn cancelled(&self) {
+impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
+    fn node(&self) -> &Node {
+        &self.node
+    }
+
+    fn on_cancel(&self) {
         let _unrun_work = {
             let mut state = self.lock();
             match state.phase {
@@ -245,7 +267,7 @@ mod tests {
     use std::thread;
 
     fn slot() -> Arc<Slot<u32>> {
-        Slot::new(Arc::new(Interrupter::new()), ())
+        Slot::new(Arc::new(Interrupter::new()), (), None)
     }
 
     #[test]
@@ -261,7 +283,7 @@ mod tests {
     #[test]
     fn cancel_of_a_queued_slot_resolves_it_and_blocks_start() {
         let s = slot();
-        s.cancelled();
+        s.on_cancel();
         assert!(s.start(1).is_none());
         assert!(s.take().unwrap().unwrap_err().is_cancelled());
     }
@@ -270,7 +292,7 @@ mod tests {
     fn cancel_of_a_running_slot_interrupts_instead_of_resolving() {
         let s = slot();
         assert!(s.start(7).is_some());
-        s.cancelled();
+        s.on_cancel();
         assert!(!s.is_ready());
         assert_eq!(s.interrupter.cancelled_generation(), 7);
         assert!(s.complete(Ok(3)));
@@ -293,9 +315,9 @@ mod tests {
     #[test]
     fn unrun_work_is_dropped_when_the_slot_resolves_without_running() {
         let live = Arc::new(());
-        let s = Slot::<u32, Arc<()>>::new(Arc::new(Interrupter::new()), live.clone());
+        let s = Slot::<u32, Arc<()>>::new(Arc::new(Interrupter::new()), live.clone(), None);
         assert_eq!(Arc::strong_count(&live), 2);
-        s.cancelled();
+        s.on_cancel();
         assert_eq!(Arc::strong_count(&live), 1);
         assert!(s.start(1).is_none());
     }
@@ -326,7 +348,7 @@ mod tests {
             assert!(s.start(i + 1).is_some());
             let c = {
                 let s = s.clone();
-                thread::spawn(move || s.cancelled())
+                thread::spawn(move || s.on_cancel())
             };
             let won = s.complete(Ok(1));
             c.join().unwrap();

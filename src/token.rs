@@ -36,38 +36,64 @@ use crate::wait;
 /// ```
 #[derive(Clone)]
 pub struct CancelToken {
-    node: Arc<Node>,
+    owner: Arc<dyn TokenOwner>,
 }
 
-/// Told once when the token it is attached to is cancelled.
-pub(crate) trait CancelHook: Send + Sync {
-    /// Called on the cancelling thread, after the token is marked cancelled.
-    fn cancelled(&self);
+/// Whatever holds a token's [`Node`]: a plain token, or a request (whose slot embeds the node,
+/// saving an allocation per request and learning of its cancellation directly).
+pub(crate) trait TokenOwner: Send + Sync + 'static {
+    fn node(&self) -> &Node;
+    /// Called once, on the cancelling thread, after the node is marked cancelled.
+    fn on_cancel(&self) {}
 }
 
-struct Node {
+/// The state of one token in the tree.
+pub(crate) struct Node {
     cancelled: AtomicBool,
-    /// Fixed at construction: the request this token belongs to, if any.
-    hook: Option<Arc<dyn CancelHook>>,
     /// The parent and our key in its listener table.
-    parent: Option<(Arc<Node>, usize)>,
+    parent: Option<(CancelToken, usize)>,
     /// Taken (left empty) when the node is cancelled; nothing is added afterwards.
     listeners: Mutex<Slab<Listener>>,
 }
 
 enum Listener {
-    Child(Weak<Node>),
+    Child(Weak<dyn TokenOwner>),
     Waker(Waker),
 }
 
+/// A token that belongs to nothing else.
+struct Plain(Node);
+
+impl TokenOwner for Plain {
+    fn node(&self) -> &Node {
+        &self.0
+    }
+}
+
 impl Node {
-    fn new(hook: Option<Arc<dyn CancelHook>>) -> Self {
-        Node {
+    /// A node that is a child of `parent` (or a root): registered with the parent as `me`, or
+    /// born cancelled if the parent already is. Call it from `Arc::new_cyclic`.
+    pub(crate) fn new(parent: Option<&CancelToken>, me: Weak<dyn TokenOwner>) -> Node {
+        let mut node = Node {
             cancelled: AtomicBool::new(false),
-            hook,
             parent: None,
             listeners: Mutex::new(Slab::new()),
+        };
+        if let Some(parent) = parent {
+            let mut listeners = parent.node().listeners();
+            if parent.is_cancelled() {
+                node.cancelled = AtomicBool::new(true);
+            } else {
+                let key = listeners.insert(Listener::Child(me));
+                drop(listeners);
+                node.parent = Some((parent.clone(), key));
+            }
         }
+        node
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 
     /// Locks the listener table. A panic cannot leave the table inconsistent (every update is
@@ -77,27 +103,27 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    fn cancel(&self) {
-        let listeners = {
-            let mut listeners = self.listeners();
-            if self.cancelled.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            mem::take(&mut *listeners)
-        };
-        if let Some(hook) = &self.hook {
-            hook.cancelled();
+/// Cancels `owner`'s node and, after it, every child.
+fn cancel(owner: &dyn TokenOwner) {
+    let listeners = {
+        let node = owner.node();
+        let mut listeners = node.listeners();
+        if node.cancelled.swap(true, Ordering::AcqRel) {
+            return;
         }
-        for (_, listener) in listeners {
-            match listener {
-                Listener::Child(child) => {
-                    if let Some(child) = child.upgrade() {
-                        child.cancel();
-                    }
+        mem::take(&mut *listeners)
+    };
+    owner.on_cancel();
+    for (_, listener) in listeners {
+        match listener {
+            Listener::Child(child) => {
+                if let Some(child) = child.upgrade() {
+                    cancel(&*child);
                 }
-                Listener::Waker(waker) => waker.wake(),
             }
+            Listener::Waker(waker) => waker.wake(),
         }
     }
 }
@@ -106,7 +132,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         if let Some((parent, key)) = &self.parent {
             // After a cancel the parent's table is empty and stays so: removal is a no-op then.
-            let removed = parent.listeners().try_remove(*key);
+            let removed = parent.node().listeners().try_remove(*key);
             drop(removed);
         }
     }
@@ -123,25 +149,21 @@ impl CancelToken {
     /// ```
     pub fn new() -> Self {
         CancelToken {
-            node: Arc::new(Node::new(None)),
+            owner: Arc::new(Plain(Node::new(None, Weak::<Plain>::new()))),
         }
     }
 
-    /// A token attached to a request: `hook` is told when it is cancelled, also when `parent`
-    /// is already cancelled at creation.
-    pub(crate) fn for_request(parent: Option<&CancelToken>, hook: Arc<dyn CancelHook>) -> Self {
-        let token = match parent {
-            Some(parent) => parent.child_with(Some(hook)),
-            None => CancelToken {
-                node: Arc::new(Node::new(Some(hook))),
-            },
-        };
-        if token.is_cancelled() {
-            if let Some(hook) = &token.node.hook {
-                hook.cancelled();
-            }
+    /// The token of `owner`. If its node was born cancelled (its parent already was), the
+    /// owner is told now.
+    pub(crate) fn of(owner: Arc<dyn TokenOwner>) -> Self {
+        if owner.node().is_cancelled() {
+            owner.on_cancel();
         }
-        token
+        CancelToken { owner }
+    }
+
+    fn node(&self) -> &Node {
+        self.owner.node()
     }
 
     /// Cancels this token and every child token made from it, waking everything that waits
@@ -156,7 +178,7 @@ impl CancelToken {
     /// assert!(token.is_cancelled());
     /// ```
     pub fn cancel(&self) {
-        self.node.cancel();
+        cancel(&*self.owner);
     }
 
     /// Whether this token (or one of its ancestors) has been cancelled.
@@ -170,7 +192,7 @@ impl CancelToken {
     /// assert!(token.is_cancelled());
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        self.node.cancelled.load(Ordering::Acquire)
+        self.node().is_cancelled()
     }
 
     /// Creates a token that is cancelled when this one is, and that can also be cancelled on
@@ -192,23 +214,9 @@ impl CancelToken {
     /// assert!(child.is_cancelled());
     /// ```
     pub fn child_token(&self) -> CancelToken {
-        self.child_with(None)
-    }
-
-    fn child_with(&self, hook: Option<Arc<dyn CancelHook>>) -> CancelToken {
-        let parent = &self.node;
-        let node = Arc::new_cyclic(|weak| {
-            let mut node = Node::new(hook);
-            let mut listeners = parent.listeners();
-            if parent.cancelled.load(Ordering::Acquire) {
-                node.cancelled = AtomicBool::new(true);
-            } else {
-                let key = listeners.insert(Listener::Child(weak.clone()));
-                node.parent = Some((parent.clone(), key));
-            }
-            node
-        });
-        CancelToken { node }
+        CancelToken {
+            owner: Arc::new_cyclic(|me: &Weak<Plain>| Plain(Node::new(Some(self), me.clone()))),
+        }
     }
 
     /// Blocks the calling thread until the token is cancelled.
@@ -275,7 +283,7 @@ impl CancelToken {
     /// Registers `waker` to be woken on cancellation. Returns `None` when the token is already
     /// cancelled (the waker is then not stored).
     pub(crate) fn register_waker(&self, waker: Waker) -> Option<usize> {
-        let mut listeners = self.node.listeners();
+        let mut listeners = self.node().listeners();
         if self.is_cancelled() {
             return None;
         }
@@ -284,7 +292,7 @@ impl CancelToken {
 
     /// Removes a waker stored by [`register_waker`](Self::register_waker).
     pub(crate) fn unregister_waker(&self, key: usize) {
-        let removed = self.node.listeners().try_remove(key);
+        let removed = self.node().listeners().try_remove(key);
         drop(removed);
     }
 
@@ -364,11 +372,27 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::thread;
 
-    struct Count(AtomicUsize);
-    impl CancelHook for Count {
-        fn cancelled(&self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+    /// An owner that counts how often it is told of a cancel.
+    struct Count {
+        node: Node,
+        told: AtomicUsize,
+    }
+
+    impl TokenOwner for Count {
+        fn node(&self) -> &Node {
+            &self.node
         }
+        fn on_cancel(&self) {
+            self.told.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counted(parent: Option<&CancelToken>) -> (CancelToken, Arc<Count>) {
+        let count = Arc::new_cyclic(|me: &Weak<Count>| Count {
+            node: Node::new(parent, me.clone()),
+            told: AtomicUsize::new(0),
+        });
+        (CancelToken::of(count.clone()), count)
     }
 
     #[test]
@@ -397,35 +421,32 @@ mod tests {
         for _ in 0..1000 {
             drop(root.child_token());
         }
-        assert_eq!(root.node.listeners().len(), 0);
+        assert_eq!(root.node().listeners().len(), 0);
     }
 
     #[test]
-    fn hook_fires_once_even_if_cancelled_twice() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let token = CancelToken::for_request(None, count.clone());
+    fn owner_is_told_once_even_if_cancelled_twice() {
+        let (token, count) = counted(None);
         token.cancel();
         token.cancel();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.told.load(Ordering::SeqCst), 1);
     }
 
     #[test]
-    fn hook_fires_when_parent_is_already_cancelled() {
+    fn owner_is_told_when_parent_is_already_cancelled() {
         let parent = CancelToken::new();
         parent.cancel();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let token = CancelToken::for_request(Some(&parent), count.clone());
+        let (token, count) = counted(Some(&parent));
         assert!(token.is_cancelled());
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.told.load(Ordering::SeqCst), 1);
     }
 
     #[test]
-    fn hook_fires_through_parent() {
+    fn owner_is_told_through_parent() {
         let parent = CancelToken::new();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let _token = CancelToken::for_request(Some(&parent), count.clone());
+        let (_token, count) = counted(Some(&parent));
         parent.cancel();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.told.load(Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -463,7 +484,7 @@ mod tests {
     fn timed_out_wait_unregisters_its_waker() {
         let token = CancelToken::new();
         assert!(!token.wait_timeout(Duration::from_millis(1)));
-        assert_eq!(token.node.listeners().len(), 0);
+        assert_eq!(token.node().listeners().len(), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! after its first few rounds so that a caller and a Lua thread sharing one core still make
 //! progress, and it ends after [`SPIN_BUDGET`], so an idle thread never burns a core.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -14,20 +14,38 @@ use std::time::{Duration, Instant};
 /// How long a waiter polls before it parks.
 pub(crate) const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
-/// Rounds of pure busy-waiting before the spinner starts yielding its time slice.
-const PURE_SPIN_ROUNDS: u32 = 64;
+/// How long a waiter busy-waits before it starts yielding its time slice (when it has a core
+/// of its own).
+const PURE_SPIN: Duration = Duration::from_micros(5);
+
+/// Whether this process can run two threads at once. With a single CPU, busy-waiting only
+/// delays the thread being waited for, so waiters yield from the start.
+fn has_parallelism() -> bool {
+    static PARALLEL: OnceLock<bool> = OnceLock::new();
+    *PARALLEL.get_or_init(|| thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
 
 /// Polls `ready` until it returns `true` or the spin budget is spent.
 ///
 /// Returns whether `ready` returned `true`.
 pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
-    for _ in 0..PURE_SPIN_ROUNDS {
-        if ready() {
-            return true;
-        }
-        std::hint::spin_loop();
+    if ready() {
+        return true;
     }
     let start = Instant::now();
+    if has_parallelism() {
+        loop {
+            for _ in 0..16 {
+                if ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= PURE_SPIN {
+                break;
+            }
+        }
+    }
     loop {
         if ready() {
             return true;

@@ -6,6 +6,7 @@ use common::*;
 use mlua_isle::{Isle, IsleError};
 
 fn isle_with_panicking_host_function() -> Isle {
+    quiet_lua_thread_panics();
     Isle::spawn(|lua| {
         let boom = lua
             .create_function(|_, msg: String| -> mlua_isle::mlua::Result<()> { panic!("{msg}") })?;
@@ -24,6 +25,7 @@ fn assert_panic(result: Result<(), IsleError>, expected: &str) {
 
 #[test]
 fn panic_in_exec_closure_ends_only_that_request() {
+    quiet_lua_thread_panics();
     let isle = Isle::spawn(|_| Ok(())).unwrap();
     assert_panic(
         isle.exec(|_| -> mlua_isle::mlua::Result<()> { panic!("exec boom") }),
@@ -34,6 +36,7 @@ fn panic_in_exec_closure_ends_only_that_request() {
 
 #[test]
 fn panic_with_formatted_message_is_kept() {
+    quiet_lua_thread_panics();
     let isle = Isle::spawn(|_| Ok(())).unwrap();
     let n = 7;
     assert_panic(
@@ -79,6 +82,7 @@ fn panic_in_result_conversion_is_isolated() {
             panic!("conversion boom")
         }
     }
+    quiet_lua_thread_panics();
     let isle = Isle::spawn(|_| Ok(())).unwrap();
     match isle.eval::<Picky>("return 1") {
         Err(IsleError::Panic(msg)) => assert_eq!(msg, "conversion boom"),
@@ -89,6 +93,7 @@ fn panic_in_result_conversion_is_isolated() {
 
 #[test]
 fn panic_in_init_is_an_init_error() {
+    quiet_lua_thread_panics();
     let err = Isle::spawn(|_| panic!("init boom")).unwrap_err();
     match err {
         IsleError::Init(inner) => {

@@ -20,18 +20,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_utils::CachePadded;
 use mlua::Lua;
 
 /// The generation that means "every request": set when the isle is killed.
 const KILL_ALL: u64 = u64::MAX;
 
 /// Lets any thread interrupt the request running on one isle's Lua thread.
+///
+/// Every request holds an `Arc` to it, so its reference count changes on the callers' threads
+/// all the time; the padding keeps the Lua thread's hot fields off that cache line.
 #[derive(Debug, Default)]
 pub(crate) struct Interrupter {
     /// Generation of the request running now; 0 between requests.
-    running: AtomicU64,
+    running: CachePadded<AtomicU64>,
     /// Highest generation asked to stop.
-    cancelled: AtomicU64,
+    cancelled: CachePadded<AtomicU64>,
 }
 
 /// Why the running request is being stopped.

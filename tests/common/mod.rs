@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -12,9 +12,25 @@ use mlua_isle::{Isle, IsleBuilder};
 /// Generous bound after which a test is considered hung (never a speed assertion).
 pub const HANG: Duration = Duration::from_secs(30);
 
+/// Keeps the panics that tests provoke on Lua threads (named `mlua-isle`) out of the output;
+/// they are reported to the test as `IsleError::Panic`. Printing each one, with a backtrace
+/// when `RUST_BACKTRACE` is set, would also slow tests that provoke hundreds.
+pub fn quiet_lua_thread_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if thread::current().name() != Some("mlua-isle") {
+                default(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f` on its own thread and fails the test if it does not finish within [`HANG`].
 #[track_caller]
 pub fn within_hang_guard<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    quiet_lua_thread_panics();
     let (tx, rx) = mpsc::channel();
     let worker = thread::spawn(move || {
         let _ = tx.send(f());
