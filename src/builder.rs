@@ -371,7 +371,7 @@ impl IsleBuilder {
     /// Validates the settings and starts the Lua thread; `init` reports through `ready`.
     pub(crate) fn launch(
         self,
-        init: Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>,
+        init: worker::Init,
     ) -> Result<Launched, IsleError> {
         if self.queue_capacity == 0 {
             return Err(IsleError::Config("queue capacity must be at least 1"));

@@ -127,6 +127,11 @@ pub use crate::request::Request;
 pub use crate::task::Task;
 pub use crate::token::{CancelToken, DropGuard};
 
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The mlua version this crate is built on, re-exported so that `init` closures and host
 /// functions use the same types.
 pub use mlua;

@@ -63,10 +63,10 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, _ar: *mut ffi
             }
         }
         Some(stop) => {
+            RAISED.set(true);
             // SAFETY: `state` is the running coroutine. Firing at every instruction makes a
             // caught error re-raise at the next one. `lua_error` unwinds with a longjmp; no
             // Rust value with a destructor is alive in this frame at that point.
-            RAISED.set(true);
             unsafe {
                 ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, 1);
                 ffi::lua_pushstring(state, message(stop).as_ptr());
