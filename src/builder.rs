@@ -9,6 +9,7 @@ use mlua::{Lua, LuaOptions, StdLib};
 
 use crate::error::IsleError;
 use crate::handle::{Handle, Shared};
+use crate::interrupt::Interrupt;
 use crate::isle::Isle;
 use crate::slot::{Completer, Slot};
 use crate::vm::VmSource;
@@ -53,6 +54,7 @@ pub struct IsleBuilder {
     chunk_cache: usize,
     allow_binary_chunks: bool,
     grace_period: Duration,
+    interrupt: Interrupt,
 }
 
 impl Default for IsleBuilder {
@@ -72,6 +74,7 @@ impl Default for IsleBuilder {
             chunk_cache: DEFAULT_CHUNK_CACHE,
             allow_binary_chunks: false,
             grace_period: DEFAULT_GRACE_PERIOD,
+            interrupt: Interrupt::default(),
         }
     }
 }
@@ -90,6 +93,7 @@ impl fmt::Debug for IsleBuilder {
             .field("chunk_cache", &self.chunk_cache)
             .field("allow_binary_chunks", &self.allow_binary_chunks)
             .field("grace_period", &self.grace_period)
+            .field("interrupt", &self.interrupt)
             .finish()
     }
 }
@@ -161,9 +165,9 @@ impl IsleBuilder {
 
     /// Sets the [`LuaOptions`] the VM is created with.
     ///
-    /// The default differs from mlua's in one way: `catch_rust_panics` is `false`, so Lua's
-    /// `pcall` cannot swallow a panic of a host function and the request reports
-    /// [`IsleError::Panic`].
+    /// Whatever `catch_rust_panics` says, the isle installs its own `pcall` and `xpcall`: Lua
+    /// 5.4's semantics (yields across them included), except that a Rust panic passes through
+    /// them and ends the request with [`IsleError::Panic`].
     ///
     /// # Examples
     ///
@@ -176,8 +180,8 @@ impl IsleBuilder {
     ///         let boom = lua.create_function(|_, ()| -> mlua::Result<()> { panic!("boom") })?;
     ///         lua.globals().set("boom", boom)
     ///     })?;
-    /// // With panics catchable, `pcall` turns this one into an ordinary error value.
-    /// assert!(!isle.eval::<bool>("return (pcall(boom))")?);
+    /// let err = isle.eval::<bool>("return (pcall(boom))").unwrap_err();
+    /// assert!(err.is_panic());
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn lua_options(mut self, options: LuaOptions) -> Self {
@@ -319,6 +323,26 @@ impl IsleBuilder {
         self
     }
 
+    /// Chooses how running Lua code is interrupted (default: [`Interrupt::Signal`] with
+    /// `SIGURG` on Unix, [`Interrupt::Hook`] elsewhere); see [`Interrupt`] for the costs of
+    /// each.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{Interrupt, Isle};
+    ///
+    /// let isle = Isle::builder()
+    ///     .interrupt(Interrupt::Hook { every: 10_000 })
+    ///     .spawn(|_| Ok(()))?;
+    /// assert_eq!(isle.eval::<i64>("1")?, 1);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn interrupt(mut self, interrupt: Interrupt) -> Self {
+        self.interrupt = interrupt;
+        self
+    }
+
     /// Starts the Lua thread, creates the VM there and runs `init` on it; returns once `init`
     /// has finished.
     ///
@@ -351,8 +375,11 @@ impl IsleBuilder {
     {
         let launched = self.launch(Box::new(init))?;
         launched.ready.wait_until(None);
+        let abandoned = launched.handle.shared.is_abandoned();
         match launched.ready.take() {
             Some(Ok(())) => Ok(Isle::new(launched)),
+            // `init` could not be interrupted in time: leave its thread to end on its own.
+            Some(Err(err)) if abandoned => Err(IsleError::Init(Box::new(err))),
             Some(Err(IsleError::Shutdown)) | None => {
                 // The thread ended without reporting: it panicked outside `init`.
                 let err = match launched.thread.join() {
@@ -369,17 +396,13 @@ impl IsleBuilder {
     }
 
     /// Validates the settings and starts the Lua thread; `init` reports through `ready`.
-    pub(crate) fn launch(
-        self,
-        init: worker::Init,
-    ) -> Result<Launched, IsleError> {
+    pub(crate) fn launch(self, init: worker::Init) -> Result<Launched, IsleError> {
         if self.queue_capacity == 0 {
             return Err(IsleError::Config("queue capacity must be at least 1"));
         }
-        let shared = Arc::new(Shared::new(self.timeout));
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
+        let shared = Arc::new(Shared::new(self.timeout, self.grace_period, rx.clone()));
         let ready = Slot::new(shared.interrupter.clone(), (), None);
-        let exited = Slot::new(shared.interrupter.clone(), (), None);
         let setup = Setup {
             source: match self.factory {
                 Some(factory) => VmSource::Factory(factory),
@@ -391,12 +414,13 @@ impl IsleBuilder {
             memory_limit: self.memory_limit,
             chunk_cache: self.chunk_cache,
             allow_binary_chunks: self.allow_binary_chunks,
+            interrupt: self.interrupt,
         };
         let thread = {
             let shared = shared.clone();
             let rx = rx.clone();
             let ready = Completer::new(ready.clone());
-            let exited = Completer::new(exited.clone());
+            let exited = Completer::new(shared.exited.clone());
             thread::Builder::new()
                 .name(self.thread_name.unwrap_or_else(|| "mlua-isle".to_owned()))
                 .stack_size(self.stack_size)
@@ -408,11 +432,9 @@ impl IsleBuilder {
                 .map_err(IsleError::Spawn)?
         };
         Ok(Launched {
-            handle: Handle { tx, rx, shared },
+            handle: Handle { tx, shared },
             thread,
             ready,
-            exited,
-            grace_period: self.grace_period,
         })
     }
 }
@@ -423,7 +445,4 @@ pub(crate) struct Launched {
     pub(crate) thread: JoinHandle<()>,
     /// Resolved by the Lua thread once `init` has finished.
     pub(crate) ready: Arc<Slot<()>>,
-    /// Resolved when the Lua thread ends.
-    pub(crate) exited: Arc<Slot<()>>,
-    pub(crate) grace_period: Duration,
 }

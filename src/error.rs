@@ -38,6 +38,10 @@ pub enum IsleError {
     Panic(String),
     /// The isle is shut down (or its Lua thread is gone), so the request was not run.
     Shutdown,
+    /// The isle gave up on a request that did not stop within its grace period after being
+    /// interrupted (a loop in a `__gc` finalizer, a host function ignoring cancellation, a long
+    /// C function). It no longer accepts requests; its thread was left to end on its own.
+    Abandoned,
     /// The request queue is full and the request was made with
     /// [`Request::try_enqueue`](crate::Request::try_enqueue), or from the isle's own thread,
     /// which must never wait for room.
@@ -132,6 +136,9 @@ impl fmt::Display for IsleError {
             IsleError::Init(e) => write!(f, "isle initialization failed: {e}"),
             IsleError::Panic(msg) => write!(f, "panic on the lua thread: {msg}"),
             IsleError::Shutdown => f.write_str("isle is shut down"),
+            IsleError::Abandoned => {
+                f.write_str("isle abandoned: a request could not be interrupted in time")
+            }
             IsleError::Full => f.write_str("isle request queue is full"),
             IsleError::Reentrant => {
                 f.write_str("blocking isle call from the isle's own lua thread would deadlock")
@@ -359,6 +366,7 @@ mod tests {
             IsleError::Cancelled,
             IsleError::Timeout,
             IsleError::Shutdown,
+            IsleError::Abandoned,
             IsleError::Full,
             IsleError::Reentrant,
             IsleError::Panic("boom".into()),

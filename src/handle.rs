@@ -9,44 +9,96 @@
 //! sender that sees it drains the queue itself. The two fences make sure one of the two sides
 //! sees the job, at the price of one fence per submission and no shared counter.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::current;
 use crate::error::IsleError;
 use crate::interrupt::Interrupter;
+use crate::slot::{Resolve, Slot};
+use crate::watchdog;
 use crate::worker::Queued;
 
-/// State shared by every handle of one isle and its Lua thread.
-#[derive(Debug)]
+/// State shared by every handle of one isle, its Lua thread and the watchdog.
 pub(crate) struct Shared {
     /// Unique per isle; lets a blocking call detect that it runs on this isle's own thread.
     pub(crate) id: u64,
     pub(crate) interrupter: Arc<Interrupter>,
     /// Applied to requests that set no deadline of their own.
     pub(crate) default_timeout: Option<Duration>,
+    /// How long an interrupted request may take to stop before the isle gives up on it.
+    pub(crate) grace: Duration,
+    /// A receiver for whoever must resolve queued jobs when the Lua thread cannot.
+    pub(crate) rx: Receiver<Queued>,
     closed: AtomicBool,
     alive: AtomicBool,
+    /// Set when the isle gave up on a request that would not stop.
+    abandoned: AtomicBool,
+    /// Deadline (watchdog tick) of the running request; 0 when it has none.
+    deadline: AtomicU64,
+    /// Whether the watchdog knows this isle.
+    watched: AtomicBool,
+    /// The running request (or `init`'s readiness), so that giving up can resolve it.
+    current: Mutex<Option<Arc<dyn Resolve>>>,
+    /// Resolved when the Lua thread ends (or is given up on, with `Abandoned`).
+    pub(crate) exited: Arc<Slot<()>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("id", &self.id)
+            .field("alive", &self.is_alive())
+            .field("abandoned", &self.is_abandoned())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
-    pub(crate) fn new(default_timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        default_timeout: Option<Duration>,
+        grace: Duration,
+        rx: Receiver<Queued>,
+    ) -> Self {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+        let interrupter = Arc::new(Interrupter::new());
         Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed) as u64,
-            interrupter: Arc::new(Interrupter::new()),
+            interrupter: interrupter.clone(),
             default_timeout,
+            grace,
+            rx,
             closed: AtomicBool::new(false),
             alive: AtomicBool::new(true),
+            abandoned: AtomicBool::new(false),
+            deadline: AtomicU64::new(0),
+            watched: AtomicBool::new(false),
+            current: Mutex::new(None),
+            exited: Slot::new(interrupter.clone(), (), None),
         }
     }
 
     /// Whether the Lua thread is still serving requests.
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// Whether the isle gave up on a request that would not stop.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// The error for a submission the queue refuses.
+    fn refusal(&self) -> IsleError {
+        if self.is_abandoned() {
+            IsleError::Abandoned
+        } else {
+            IsleError::Shutdown
+        }
     }
 
     /// Refuses new submissions from now on; what is queued still runs.
@@ -56,12 +108,92 @@ impl Shared {
 
     /// Closes the queue, marks the isle dead and resolves everything still queued with
     /// [`IsleError::Shutdown`]. Callers sending concurrently clean up after themselves.
-    pub(crate) fn close_and_drain(&self, rx: &Receiver<Queued>) {
+    pub(crate) fn close_and_drain(&self) {
         self.close();
         self.alive.store(false, Ordering::Relaxed);
         // Pairs with the fence in `Handle::submit`.
         fence(Ordering::SeqCst);
-        drain(rx);
+        drain(&self.rx);
+    }
+
+    /// Publishes the request starting now and its deadline.
+    pub(crate) fn request_started(
+        self: &Arc<Self>,
+        job: Arc<dyn Resolve>,
+        deadline: Option<Instant>,
+    ) {
+        *self.lock_current() = Some(job);
+        if let Some(deadline) = deadline {
+            if !self.watched.swap(true, Ordering::AcqRel) {
+                watchdog::register(self);
+            }
+            let tick = watchdog::ticks(deadline);
+            self.deadline.store(tick, Ordering::SeqCst);
+            watchdog::deadline_published(tick);
+        }
+    }
+
+    /// Withdraws what [`request_started`](Self::request_started) published.
+    pub(crate) fn request_ended(&self) {
+        self.deadline.store(0, Ordering::SeqCst);
+        let job = self.lock_current().take();
+        drop(job);
+    }
+
+    fn lock_current(&self) -> MutexGuard<'_, Option<Arc<dyn Resolve>>> {
+        // Only set and cleared, never left half-updated: a poisoned lock is taken over.
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called by the watchdog at tick `now`: enforces the running request's deadline. Returns
+    /// the tick at which to look again, if any.
+    pub(crate) fn check_deadline(&self, now: u64) -> Option<u64> {
+        let gen = self.interrupter.running_generation();
+        let deadline = self.deadline.load(Ordering::SeqCst);
+        if gen == 0 || deadline == 0 || self.interrupter.running_generation() != gen {
+            return None;
+        }
+        if now < deadline {
+            return Some(deadline);
+        }
+        self.interrupter.expire(gen);
+        let grace = u64::try_from(self.grace.as_nanos()).unwrap_or(u64::MAX);
+        let hard_stop = deadline.saturating_add(grace);
+        if now < hard_stop {
+            return Some(hard_stop);
+        }
+        self.give_up(Some(gen), IsleError::Timeout);
+        None
+    }
+
+    /// Gives up on the Lua thread, stuck in request `gen` (any request if `None`) although it
+    /// was interrupted: that request resolves with `err` now, the queue is drained
+    /// (`Shutdown`), the isle refuses new requests ([`IsleError::Abandoned`]), and the thread
+    /// is left to end on its own: it exits as soon as the stuck code returns, if ever.
+    pub(crate) fn give_up(&self, gen: Option<u64>, err: IsleError) {
+        let job = {
+            let current = self.lock_current();
+            let running = self.interrupter.running_generation();
+            if gen.is_some_and(|gen| gen != running) || self.is_abandoned() {
+                return;
+            }
+            self.abandoned.store(true, Ordering::Release);
+            current.clone()
+        };
+        self.interrupter.kill();
+        self.close_and_drain();
+        if let Some(job) = job {
+            job.resolve(err);
+        }
+        self.exited.complete(Err(IsleError::Abandoned));
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if *self.watched.get_mut() {
+            watchdog::kick();
+        }
     }
 }
 
@@ -85,8 +217,6 @@ pub(crate) enum WhenFull {
 #[derive(Debug, Clone)]
 pub(crate) struct Handle {
     pub(crate) tx: Sender<Queued>,
-    /// Lets a sender resolve its own job if the Lua thread died while it was sending.
-    pub(crate) rx: Receiver<Queued>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -95,22 +225,23 @@ impl Handle {
     ///
     /// On the isle's own thread the queue is never waited for: only that thread drains it.
     pub(crate) fn submit(&self, job: Queued, when_full: WhenFull) -> Result<(), IsleError> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(IsleError::Shutdown);
+        let shared = &*self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(shared.refusal());
         }
-        if when_full == WhenFull::Wait && !current::on_isle_thread(self.shared.id) {
-            self.tx.send(job).map_err(|_| IsleError::Shutdown)?;
+        if when_full == WhenFull::Wait && !current::on_isle_thread(shared.id) {
+            self.tx.send(job).map_err(|_| shared.refusal())?;
         } else {
             self.tx.try_send(job).map_err(|e| match e {
                 TrySendError::Full(_) => IsleError::Full,
-                TrySendError::Disconnected(_) => IsleError::Shutdown,
+                TrySendError::Disconnected(_) => shared.refusal(),
             })?;
         }
         // Pairs with the fence in `Shared::close_and_drain`: either the Lua thread's last drain
         // sees this job, or this load sees the isle dead and the job is drained here.
         fence(Ordering::SeqCst);
-        if !self.shared.alive.load(Ordering::Relaxed) {
-            drain(&self.rx);
+        if !shared.alive.load(Ordering::Relaxed) {
+            drain(&shared.rx);
         }
         Ok(())
     }
@@ -120,11 +251,15 @@ impl Handle {
 mod tests {
     use super::*;
 
+    fn handle(capacity: usize) -> Handle {
+        let (tx, rx) = crossbeam_channel::bounded::<Queued>(capacity);
+        let shared = Arc::new(Shared::new(None, Duration::ZERO, rx));
+        Handle { tx, shared }
+    }
+
     #[test]
     fn a_closed_queue_refuses_jobs_but_keeps_queued_ones() {
-        let shared = Arc::new(Shared::new(None));
-        let (tx, rx) = crossbeam_channel::bounded::<Queued>(4);
-        let handle = Handle { tx, rx, shared };
+        let handle = handle(4);
         let work = |_: &mut Vm| -> Result<u32, IsleError> { Ok(1) };
         let queued = Slot::new(handle.shared.interrupter.clone(), work, None);
         handle
@@ -144,26 +279,20 @@ mod tests {
         assert!(err.is_shutdown());
         assert!(matches!(refused.take(), Some(Err(IsleError::Shutdown))));
         assert!(!queued.is_ready());
-        assert_eq!(handle.rx.len(), 1);
+        assert_eq!(handle.shared.rx.len(), 1);
     }
 
     use std::sync::{Barrier, Mutex};
     use std::thread;
 
-    use crate::slot::Slot;
     use crate::token::CancelToken;
     use crate::vm::Vm;
 
     #[test]
     fn closing_resolves_every_job_even_from_racing_senders() {
         for _ in 0..50 {
-            let shared = Arc::new(Shared::new(None));
-            let (tx, rx) = crossbeam_channel::bounded::<Queued>(4);
-            let handle = Handle {
-                tx,
-                rx: rx.clone(),
-                shared: shared.clone(),
-            };
+            let handle = handle(4);
+            let shared = handle.shared.clone();
             let slots = Mutex::new(Vec::new());
             let barrier = Barrier::new(5);
             thread::scope(|s| {
@@ -182,7 +311,7 @@ mod tests {
                     });
                 }
                 barrier.wait();
-                shared.close_and_drain(&rx);
+                shared.close_and_drain();
             });
             // Jobs that were mid-send when the queue died were drained by their senders.
             assert!(!shared.is_alive());
@@ -191,12 +320,12 @@ mod tests {
             for slot in slots {
                 assert!(matches!(slot.take(), Some(Err(IsleError::Shutdown))));
             }
-            assert!(rx.is_empty());
+            assert!(shared.rx.is_empty());
         }
     }
 
     #[test]
     fn isle_ids_are_unique() {
-        assert_ne!(Shared::new(None).id, Shared::new(None).id);
+        assert_ne!(handle(1).shared.id, handle(1).shared.id);
     }
 }

@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,6 @@ use crate::current;
 use crate::error::IsleError;
 use crate::handle::Handle;
 use crate::request::Request;
-use crate::slot::Slot;
 use crate::task::Task;
 use crate::wait;
 use crate::worker;
@@ -50,8 +48,6 @@ use crate::worker;
 pub struct Isle {
     handle: Handle,
     thread: Option<JoinHandle<()>>,
-    exited: Arc<Slot<()>>,
-    grace_period: Duration,
 }
 
 impl Isle {
@@ -59,8 +55,6 @@ impl Isle {
         Isle {
             handle: launched.handle,
             thread: Some(launched.thread),
-            exited: launched.exited,
-            grace_period: launched.grace_period,
         }
     }
 
@@ -301,13 +295,15 @@ impl Isle {
     /// # Errors
     ///
     /// [`IsleError::Panic`] if the Lua thread panicked outside a request (for example in a
-    /// userdata destructor while the VM closed), [`IsleError::Reentrant`] when called on the
-    /// isle's own thread.
+    /// userdata destructor while the VM closed), [`IsleError::Abandoned`] if the isle gave up on
+    /// a request that could not be interrupted (its thread is not joined), and
+    /// [`IsleError::Reentrant`] when called on the isle's own thread.
     ///
     /// # Blocking
     ///
     /// Blocks until every queued request has finished and the VM is closed. A request that
-    /// never finishes blocks it forever; see [`shutdown_timeout`](Isle::shutdown_timeout).
+    /// never finishes and has no deadline blocks it forever; see
+    /// [`shutdown_timeout`](Isle::shutdown_timeout).
     ///
     /// # Examples
     ///
@@ -318,13 +314,8 @@ impl Isle {
     /// assert_eq!(task.wait()?, 1); // queued work finished first
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
-    pub fn shutdown(mut self) -> Result<(), IsleError> {
-        if current::on_isle_thread(self.handle.shared.id) {
-            return Err(IsleError::Reentrant);
-        }
-        let thread = self.thread.take();
-        drop(self);
-        join(thread)
+    pub fn shutdown(self) -> Result<(), IsleError> {
+        self.shutdown_until(None)
     }
 
     /// Like [`shutdown`](Isle::shutdown), but after `timeout` everything still queued is
@@ -333,10 +324,11 @@ impl Isle {
     ///
     /// # Errors
     ///
-    /// [`IsleError::Timeout`] if the running request does not stop within the
+    /// [`IsleError::Abandoned`] if the running request does not stop within the
     /// [grace period](IsleBuilder::grace_period) after being interrupted (Rust code that
-    /// ignores cancellation, a C function that never returns): the thread is then left to end
-    /// on its own. Otherwise as [`shutdown`](Isle::shutdown).
+    /// ignores cancellation, a loop in a `__gc` finalizer, a C function that never returns):
+    /// it is resolved with `Shutdown` and the thread is left to end on its own. Otherwise as
+    /// [`shutdown`](Isle::shutdown).
     ///
     /// # Blocking
     ///
@@ -353,24 +345,32 @@ impl Isle {
     /// assert!(stuck.wait().unwrap_err().is_shutdown());
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Result<(), IsleError> {
-        if current::on_isle_thread(self.handle.shared.id) {
+    pub fn shutdown_timeout(self, timeout: Duration) -> Result<(), IsleError> {
+        self.shutdown_until(Some(wait::deadline_after(timeout)))
+    }
+
+    /// `deadline`: `None` to wait forever, `Some(None)` for a timeout too long to represent.
+    fn shutdown_until(mut self, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
+        let shared = self.handle.shared.clone();
+        if current::on_isle_thread(shared.id) {
             return Err(IsleError::Reentrant);
         }
-        let deadline = wait::deadline_after(timeout);
         let thread = self.thread.take();
-        let shared = self.handle.shared.clone();
-        let rx = self.handle.rx.clone();
-        let exited = self.exited.clone();
-        let grace = self.grace_period;
         drop(self);
-        if !exited.wait_until(deadline) {
-            shared.interrupter.kill();
-            // The Lua thread may be stuck: resolve what is queued from here.
-            shared.close_and_drain(&rx);
-            if !exited.wait_until(Instant::now().checked_add(grace)) {
-                return Err(IsleError::Timeout);
+        let exited = &shared.exited;
+        if let Some(deadline) = deadline {
+            if !exited.wait_until(deadline) {
+                shared.interrupter.kill();
+                // The Lua thread may be stuck: resolve what is queued from here.
+                shared.close_and_drain();
+                if !exited.wait_until(Instant::now().checked_add(shared.grace)) {
+                    shared.give_up(None, IsleError::Shutdown);
+                }
             }
+        }
+        exited.wait_until(None);
+        if matches!(exited.take(), Some(Err(IsleError::Abandoned))) {
+            return Err(IsleError::Abandoned);
         }
         join(thread)
     }

@@ -111,6 +111,7 @@ mod task;
 mod token;
 mod vm;
 mod wait;
+mod watchdog;
 mod worker;
 
 #[cfg(not(feature = "lua54"))]
@@ -122,6 +123,7 @@ pub use crate::builder::{
 };
 pub use crate::current::{checkpoint, current_deadline, current_token};
 pub use crate::error::{IsleError, LuaError, LuaErrorKind};
+pub use crate::interrupt::{without_interrupts, Interrupt};
 pub use crate::isle::Isle;
 pub use crate::request::Request;
 pub use crate::task::Task;

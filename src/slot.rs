@@ -69,7 +69,6 @@ impl<T: Send + 'static, W: Send + 'static> Slot<T, W> {
 }
 
 impl<T, W> Slot<T, W> {
-
     /// Locks the state. Nothing user-provided runs under this lock (work and results are
     /// dropped after it is released), so poisoning cannot leave it inconsistent; a poisoned
     /// lock is taken over.
@@ -212,6 +211,18 @@ impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
     }
 }
 
+/// Resolving a slot from outside the Lua thread, whatever it carries (for giving up on it).
+pub(crate) trait Resolve: Send + Sync {
+    /// Resolves the slot with `err` unless it is resolved already.
+    fn resolve(&self, err: IsleError);
+}
+
+impl<T: Send, W: Send> Resolve for Slot<T, W> {
+    fn resolve(&self, err: IsleError) {
+        self.complete(Err(err));
+    }
+}
+
 /// The caller's view of a slot, whatever work it carries.
 pub(crate) trait ResultSlot<T>: Send + Sync {
     fn is_ready(&self) -> bool;
@@ -251,6 +262,10 @@ impl<T, W> Completer<T, W> {
 
     pub(crate) fn complete(self, result: Result<T, IsleError>) {
         self.0.complete(result);
+    }
+
+    pub(crate) fn slot(&self) -> Arc<Slot<T, W>> {
+        self.0.clone()
     }
 }
 

@@ -22,8 +22,7 @@ impl Default for VmSource {
     fn default() -> Self {
         VmSource::Std {
             libs: StdLib::ALL_SAFE,
-            // Lua's `pcall` must not swallow a Rust panic: the request reports it instead.
-            options: LuaOptions::new().catch_rust_panics(false),
+            options: LuaOptions::new(),
         }
     }
 }

@@ -12,48 +12,44 @@ use mlua::Lua;
 use crate::current;
 use crate::error::IsleError;
 use crate::handle::Shared;
-use crate::interrupt::{Armed, Interrupter};
-use crate::slot::{Completer, Slot};
+use crate::interrupt::{Armed, Interrupt};
+use crate::slot::{Completer, Resolve, Slot};
 use crate::token::CancelToken;
 use crate::vm::{self, Vm, VmSource};
 use crate::wait;
 
 /// A request as the Lua thread sees it: its slot, whatever the work and result types.
-pub(crate) trait Job: Send + Sync {
+pub(crate) trait Job: Resolve + 'static {
     /// Runs the request (unless it was resolved while queued) and resolves it.
-    fn run(&self, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>);
-    /// Resolves the request with [`IsleError::Shutdown`] unless it is resolved already.
-    fn abandon(&self);
+    fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>);
 }
 
 /// What travels through the queue. Dropping it unrun resolves its request with
 /// [`IsleError::Shutdown`], so a request can never be left unresolved.
 pub(crate) struct Queued {
-    job: Arc<dyn Job>,
     /// `None` once the job has been handed to the Lua thread.
-    token: Option<CancelToken>,
+    job: Option<(Arc<dyn Job>, CancelToken)>,
     deadline: Option<Instant>,
 }
 
 impl Queued {
     pub(crate) fn new(job: Arc<dyn Job>, token: CancelToken, deadline: Option<Instant>) -> Self {
         Queued {
-            job,
-            token: Some(token),
+            job: Some((job, token)),
             deadline,
         }
     }
 
     fn run(mut self, worker: &mut Worker) {
-        let token = self.token.take().expect("a queued job runs once");
-        self.job.run(worker, token, self.deadline);
+        let (job, token) = self.job.take().expect("a queued job runs once");
+        job.run(worker, token, self.deadline);
     }
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        if self.token.is_some() {
-            self.job.abandon();
+        if let Some((job, _)) = self.job.take() {
+            job.resolve(IsleError::Shutdown);
         }
     }
 }
@@ -68,6 +64,7 @@ pub(crate) struct Setup {
     pub(crate) memory_limit: Option<usize>,
     pub(crate) chunk_cache: usize,
     pub(crate) allow_binary_chunks: bool,
+    pub(crate) interrupt: Interrupt,
 }
 
 /// The Lua thread's state between jobs.
@@ -75,12 +72,17 @@ pub(crate) struct Worker {
     // Field order is drop order: the hook registration goes before the VM it points into.
     armed: Armed,
     vm: Vm,
-    interrupter: Arc<Interrupter>,
+    shared: Arc<Shared>,
     next_gen: u64,
 }
 
 impl Worker {
-    fn new(setup: Setup, init: Init, shared: &Shared) -> Result<Worker, IsleError> {
+    fn new(
+        setup: Setup,
+        init: Init,
+        shared: &Arc<Shared>,
+        ready: Arc<Slot<()>>,
+    ) -> Result<Worker, IsleError> {
         let build = || -> Result<Worker, IsleError> {
             let lua = setup.source.create()?;
             if let Some(limit) = setup.memory_limit {
@@ -89,19 +91,21 @@ impl Worker {
             if !setup.allow_binary_chunks {
                 vm::forbid_binary_chunks(&lua)?;
             }
-            let armed = Armed::install(&lua, shared.interrupter.clone())?;
+            let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
             let mut worker = Worker {
                 armed,
                 vm: Vm::new(lua, setup.chunk_cache),
-                interrupter: shared.interrupter.clone(),
+                shared: shared.clone(),
                 next_gen: 1,
             };
             // `init` runs like a request: under the isle's default deadline.
             let deadline = shared.default_timeout.and_then(wait::deadline_after);
             let gen = worker.next_generation();
             worker.armed.begin(gen, deadline);
+            shared.request_started(ready, deadline);
             let result = init(worker.vm.lua());
             worker.armed.end();
+            shared.request_ended();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(IsleError::Timeout);
             }
@@ -129,11 +133,8 @@ pub(crate) fn run(
 ) {
     current::set_isle_id(shared.id);
     // Whatever way this thread ends, nothing queued is left unresolved.
-    let exit = ExitGuard {
-        shared: &shared,
-        rx: &rx,
-    };
-    let mut worker = match Worker::new(setup, init, &shared) {
+    let exit = ExitGuard { shared: &shared };
+    let mut worker = match Worker::new(setup, init, &shared, ready.slot()) {
         Ok(worker) => worker,
         Err(err) => return ready.complete(Err(err)),
     };
@@ -145,6 +146,10 @@ pub(crate) fn run(
             continue;
         }
         job.run(&mut worker);
+        if shared.is_abandoned() {
+            // Given up on while stuck in that job: leave without touching the queue again.
+            break;
+        }
     }
     // Refuse and resolve late submissions before closing the VM, whose finalizers may run long.
     drop(exit);
@@ -153,12 +158,11 @@ pub(crate) fn run(
 
 struct ExitGuard<'a> {
     shared: &'a Shared,
-    rx: &'a Receiver<Queued>,
 }
 
 impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
-        self.shared.close_and_drain(self.rx);
+        self.shared.close_and_drain();
     }
 }
 
@@ -190,10 +194,10 @@ fn next_job(rx: &Receiver<Queued>) -> Option<Queued> {
 /// A request: run its work on the VM and resolve its slot with the outcome.
 impl<T, W> Job for Slot<T, W>
 where
-    T: Send,
-    W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send,
+    T: Send + 'static,
+    W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
 {
-    fn run(&self, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>) {
+    fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>) {
         let gen = worker.next_generation();
         let Some(work) = self.start(gen) else {
             // Cancelled or expired while queued: already resolved, never started.
@@ -209,10 +213,13 @@ where
         }
 
         worker.armed.begin(gen, deadline);
+        // After `begin`: the watchdog must see the generation this deadline belongs to.
+        worker.shared.request_started(self.clone(), deadline);
         current::enter(token, deadline);
         let result = catch_unwind(AssertUnwindSafe(|| work(&mut worker.vm)));
         let token = current::leave().expect("the request context is set while it runs");
         worker.armed.end();
+        worker.shared.request_ended();
 
         // A request stopped (or merely caught up) by a cancel or deadline reports that, whatever
         // the code did with the interruption.
@@ -220,16 +227,12 @@ where
             Err(IsleError::Cancelled)
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             Err(IsleError::Timeout)
-        } else if worker.interrupter.is_killed() {
+        } else if worker.shared.interrupter.is_killed() {
             Err(IsleError::Shutdown)
         } else {
             result.unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
         };
         self.complete(outcome);
-    }
-
-    fn abandon(&self) {
-        self.complete(Err(IsleError::Shutdown));
     }
 }
 

@@ -223,7 +223,7 @@ fn every_request_resolves_exactly_once_under_a_random_mix() {
             live.load(Ordering::SeqCst) == 0
         });
         eventually("the thread count back to its baseline", || {
-            thread_count() == baseline
+            thread_count() <= baseline
         });
     });
 }
@@ -243,7 +243,7 @@ fn dropped_isle_with_an_abandoned_infinite_loop_does_not_leak_its_thread() {
             drop(task); // abandoning the loop cancels it; the thread then exits
         }
         eventually("the thread count back to its baseline", || {
-            thread_count() == baseline
+            thread_count() <= baseline
         });
     });
 }
@@ -261,7 +261,7 @@ fn many_isles_come_and_go_without_leaking_threads() {
             }
         }
         eventually("the thread count back to its baseline", || {
-            thread_count() == baseline
+            thread_count() <= baseline
         });
     });
 }

@@ -1,40 +1,53 @@
-//! The count hook: the only code that calls into Lua's C API directly.
+//! The interrupt hook and the per-thread state it reads.
+//!
+//! Everything here that a signal handler touches is an atomic in a `const`-initialised
+//! thread-local without destructor, written on the Lua thread before any signal can target it.
 
 use std::cell::Cell;
 use std::ffi::{c_int, CStr};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use mlua::{ffi, Lua};
 
-use super::{Interrupter, Stop};
+use super::{chain, Interrupter, Stop};
 
 thread_local! {
     /// The interrupter of the isle whose VM runs on this thread; null when there is none.
-    static INTERRUPTER: Cell<*const Interrupter> = const { Cell::new(ptr::null()) };
-    /// The running request's deadline.
+    static ACTIVE: AtomicPtr<Interrupter> = const { AtomicPtr::new(ptr::null_mut()) };
+    /// Whether a hook was armed or fired since the last request ended.
+    static TOUCHED: AtomicBool = const { AtomicBool::new(false) };
+    /// The idle interval of a permanent count hook; 0 when hooks are only set on demand.
+    static EVERY: AtomicI32 = const { AtomicI32::new(0) };
+    /// The running request's deadline, checked by a permanent hook (never by a signal handler).
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// The idle hook interval, in instructions.
-    static EVERY: Cell<c_int> = const { Cell::new(0) };
-    /// Whether the hook raised an interrupt since the last reset.
-    static RAISED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Why the request running on this thread has to stop, if it has to.
+///
+/// Signal-safe when hooks are set on demand (it then reads atomics only).
 pub(super) fn pending() -> Option<Stop> {
-    let interrupter = INTERRUPTER.get();
+    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
     if interrupter.is_null() {
         return None;
     }
-    // SAFETY: the pointer is non-null only while the `CountHook` that set it is alive on this
-    // thread, and that hook owns an `Arc` keeping the interrupter alive.
+    // SAFETY: the pointer is non-null only while the `Registration` that set it is alive on
+    // this thread, and that registration owns an `Arc` keeping the interrupter alive.
     let interrupter = unsafe { &*interrupter };
     if let Some(stop) = interrupter.stop_requested() {
         return Some(stop);
     }
+    if every() == 0 {
+        return None;
+    }
     let deadline = DEADLINE.get()?;
     (Instant::now() >= deadline).then_some(Stop::Timeout)
+}
+
+fn every() -> c_int {
+    EVERY.with(|e| e.load(Ordering::Relaxed))
 }
 
 fn message(stop: Stop) -> &'static CStr {
@@ -45,30 +58,53 @@ fn message(stop: Stop) -> &'static CStr {
     }
 }
 
-/// Runs every `EVERY` instructions on every coroutine (each inherits it from its creator), and
-/// at every instruction once it has raised an interrupt on that coroutine.
-unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
-    let every = EVERY.get();
-    if every == 0 {
-        return;
-    }
+/// Makes `state` run the interrupt hook at its next instruction.
+///
+/// # Safety
+///
+/// `state` must be a live `lua_State` of the VM on this thread. May be called from a signal
+/// handler on this thread: `lua_sethook` only stores the hook fields.
+pub(super) unsafe fn arm(state: *mut ffi::lua_State) {
+    TOUCHED.with(|t| t.store(true, Ordering::Relaxed));
+    // SAFETY: guaranteed by the caller.
+    unsafe { ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1) };
+}
+
+/// Runs at every instruction of a coroutine it is armed on (and every `EVERY` instructions of
+/// every coroutine when permanent).
+unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
     match pending() {
         None => {
-            // Back to the idle interval on coroutines a past interrupt left at every
-            // instruction.
-            // SAFETY: `state` is the running coroutine, handed to us by Lua.
-            if unsafe { ffi::lua_gethookcount(state) } != every {
-                // SAFETY: as above; `lua_sethook` only stores the hook fields.
-                unsafe { ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, every) };
+            let every = every();
+            // SAFETY: `state` is the running coroutine, handed to us by Lua; `lua_sethook` and
+            // `lua_gethookcount` only touch its hook fields.
+            unsafe {
+                if every == 0 {
+                    // Left over from an earlier interrupt: remove it.
+                    ffi::lua_sethook(state, None, 0, 0);
+                } else if ffi::lua_gethookcount(state) != every {
+                    ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, every);
+                }
             }
         }
         Some(stop) => {
-            RAISED.set(true);
-            // SAFETY: `state` is the running coroutine. Firing at every instruction makes a
-            // caught error re-raise at the next one. `lua_error` unwinds with a longjmp; no
-            // Rust value with a destructor is alive in this frame at that point.
+            if !TOUCHED.with(|t| t.load(Ordering::Relaxed)) {
+                // First sight of this interrupt (a permanent hook found it): reach the whole
+                // resume chain, so each level stops as soon as control returns to it.
+                chain::arm_all();
+            }
+            // SAFETY: `state` is the running coroutine. Firing at every instruction makes an
+            // interrupted coroutine yield, or a caught error re-raise, at the next one. A count
+            // hook may yield (with no values) in Lua 5.4; `lua_yield` then returns here and Lua
+            // yields once the hook returns, with hooks re-enabled for the coroutine. Otherwise
+            // `lua_error` unwinds with a longjmp; no Rust value with a destructor is alive in
+            // this frame at that point.
             unsafe {
-                ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, 1);
+                ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
+                if ffi::lua_isyieldable(state) != 0 {
+                    ffi::lua_yield(state, 0);
+                    return;
+                }
                 ffi::lua_pushstring(state, message(stop).as_ptr());
                 ffi::lua_error(state)
             }
@@ -76,59 +112,86 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, _ar: *mut ffi
     }
 }
 
-/// The installed hook of one VM; clears the thread's registration when dropped.
-pub(super) struct CountHook {
+/// This thread's registration as the home of one VM; clears it when dropped.
+pub(super) struct Registration {
+    /// The VM's main state, where requests run.
     main: *mut ffi::lua_State,
+    /// The permanent hook's interval, 0 when hooks are set on demand.
     every: c_int,
     _interrupter: Arc<Interrupter>,
 }
 
-impl CountHook {
+impl Registration {
+    /// Registers `interrupter` for this thread and, with `every`, installs a permanent hook.
     pub(super) fn install(
         lua: &Lua,
         interrupter: &Arc<Interrupter>,
-        every: u32,
+        every: Option<u32>,
     ) -> mlua::Result<Self> {
-        let every = c_int::try_from(every).unwrap_or(c_int::MAX).max(1);
-        INTERRUPTER.set(Arc::as_ptr(interrupter));
-        EVERY.set(every);
+        let every = every.map_or(0, |e| c_int::try_from(e).unwrap_or(c_int::MAX).max(1));
         let mut main = ptr::null_mut();
         // SAFETY: `exec_raw` calls the closure with the VM's main state inside a protected
         // call; `lua_sethook` only stores the hook fields and cannot raise.
         unsafe {
             lua.exec_raw::<()>((), |state| {
                 main = state;
-                ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, every);
+                if every > 0 {
+                    ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, every);
+                }
             })?;
         }
-        Ok(CountHook {
+        EVERY.with(|e| e.store(every, Ordering::Relaxed));
+        ACTIVE.with(|a| a.store(Arc::as_ptr(interrupter).cast_mut(), Ordering::Release));
+        Ok(Registration {
             main,
             every,
             _interrupter: interrupter.clone(),
         })
     }
 
-    pub(super) fn set_deadline(&self, deadline: Option<Instant>) {
-        DEADLINE.set(deadline);
+    pub(super) fn main_state(&self) -> *mut ffi::lua_State {
+        self.main
     }
 
-    /// Puts the main state back to the idle interval after a request that was interrupted.
-    /// (Coroutines left at every instruction reset themselves the next time the hook fires.)
-    pub(super) fn reset_if_raised(&self) {
-        if RAISED.replace(false) {
-            // SAFETY: `main` is the main state of the VM this hook was installed in; the VM
-            // outlives the hook (both live in the worker, which drops the hook first).
-            unsafe {
-                ffi::lua_sethook(self.main, Some(count_hook), ffi::LUA_MASKCOUNT, self.every)
-            };
+    pub(super) fn set_deadline(&self, deadline: Option<Instant>) {
+        if self.every > 0 {
+            DEADLINE.set(deadline);
+        }
+    }
+
+    /// Arms the hook on the main state (outside a signal handler).
+    pub(super) fn arm_base(&self) {
+        // SAFETY: `main` is the main state of the VM this registration belongs to; the VM
+        // outlives the registration (the worker drops the registration first).
+        unsafe { arm(self.main) };
+    }
+
+    /// After a request during which a hook was armed or fired: puts the main state back to
+    /// its idle hook (coroutines reset themselves the next time their hook fires).
+    pub(super) fn disarm_base_if_touched(&self) {
+        if !TOUCHED.with(|t| t.swap(false, Ordering::Relaxed)) {
+            return;
+        }
+        // SAFETY: as in `arm_base`.
+        unsafe {
+            if self.every > 0 {
+                ffi::lua_sethook(
+                    self.main,
+                    Some(interrupt_hook),
+                    ffi::LUA_MASKCOUNT,
+                    self.every,
+                );
+            } else {
+                ffi::lua_sethook(self.main, None, 0, 0);
+            }
         }
     }
 }
 
-impl Drop for CountHook {
+impl Drop for Registration {
     fn drop(&mut self) {
-        INTERRUPTER.set(ptr::null());
+        ACTIVE.with(|a| a.store(ptr::null_mut(), Ordering::Release));
+        EVERY.with(|e| e.store(0, Ordering::Relaxed));
         DEADLINE.set(None);
-        EVERY.set(0);
     }
 }

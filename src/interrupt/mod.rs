@@ -1,27 +1,119 @@
-//! How a running request is stopped: the only place that touches Lua's debug hooks.
+//! How a running request is stopped: the only module that touches Lua's C API directly.
 //!
-//! The caller side ([`Interrupter`]) is Lua-free: a cancel raises the *cancelled generation* to
-//! the generation of the request it targets. The Lua side ([`Armed`]) tags each running request
-//! with its generation; the interrupt is pending exactly while the running generation is at most
-//! the cancelled one, so a cancel that arrives after its request finished can never stop the
-//! next one.
+//! # Generations
 //!
-//! While an interrupt is pending, the Lua code is stopped by raising an error from a count hook
-//! at *every* instruction, on whichever coroutine runs: a `pcall` can catch the error, but the
-//! very next instruction raises it again, so the request unwinds to the top.
+//! The caller side ([`Interrupter`]) is Lua-free. Each running request is tagged with a
+//! *generation*; a cancel raises the *cancelled generation* to that of the request it targets,
+//! and a passed deadline raises the *expired generation*. An interrupt is pending exactly while
+//! the running generation is at most one of them, so a cancel that arrives after its request
+//! finished can never stop the next one.
 //!
-//! Lua runs an `xpcall` message handler with hooks disabled when the error came from a hook, so
-//! `xpcall` is wrapped: while an interrupt is pending its handler passes the error through
-//! without calling the user's handler.
+//! # Stopping Lua code
+//!
+//! While an interrupt is pending, a count hook fires at *every* instruction of every coroutine
+//! it is set on. In a coroutine that can yield, the hook yields it (the coroutine stays intact
+//! and its resumer continues); anywhere else it raises an error. A `pcall` can catch that error,
+//! but the very next instruction raises it again, so the request unwinds to the top. Lua runs an
+//! `xpcall` message handler with hooks disabled when the error came from a hook, so `xpcall` is
+//! wrapped: while an interrupt is pending its handler passes the error through.
+//!
+//! # Arming the hook
+//!
+//! - [`Interrupt::Hook`]: a count hook is installed on the VM for good and checks every
+//!   `every` instructions; every coroutine inherits it. Simple, portable, and it makes Lua take
+//!   its slower tracing path on every instruction.
+//! - [`Interrupt::Signal`] (Unix): no hook at all while idle. A cancel (or the watchdog, at a
+//!   deadline) sends a signal to the isle's thread; the handler, running on that thread, sets the
+//!   hook on every coroutine that is running or waiting for one it resumed. `lua_sethook` is
+//!   documented as safe to call from a signal handler. To know those coroutines, the VM's
+//!   `coroutine.resume`, `coroutine.wrap` and `coroutine.close` are wrapped to record the chain
+//!   of resumed coroutines, and resumes driven from Rust are recorded through mlua's thread event
+//!   callback. When the request ends, the generation is cleared first, then the hooks: any hook
+//!   left on a coroutine removes itself the next time it fires with nothing pending.
 
+mod chain;
 mod hook;
+mod pcall;
+#[cfg(unix)]
+mod signal;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+#[cfg(unix)]
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 use mlua::Lua;
+
+/// How an isle interrupts running Lua code; see [`IsleBuilder::interrupt`].
+///
+/// [`IsleBuilder::interrupt`]: crate::IsleBuilder::interrupt
+///
+/// # Examples
+///
+/// ```
+/// use mlua_isle::{Interrupt, Isle};
+///
+/// // A permanent count hook instead of the default signal: portable, but CPU-bound Lua
+/// // code runs about half as fast.
+/// let isle = Isle::builder().interrupt(Interrupt::Hook { every: 1000 }).spawn(|_| Ok(()))?;
+/// let task = isle.spawn_eval::<()>("while true do end")?;
+/// task.cancel();
+/// assert!(task.wait().unwrap_err().is_cancelled());
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Interrupt {
+    /// Unix only, the default there. Nothing is installed while no interrupt is pending, so
+    /// Lua runs at full speed; a cancel or deadline sends `signal` to the isle's thread, whose
+    /// handler arms a hook. Costs: a signal handler for `signal` is installed process-wide (it
+    /// chains to any handler installed before it, and does nothing on threads that are not
+    /// running a request being interrupted), and a blocking system call in a host function may
+    /// return `EINTR` when its request is interrupted (see
+    /// [`without_interrupts`](crate::without_interrupts)). The default signal is `SIGURG`,
+    /// whose default action is to be ignored, so a stray one is harmless; choose another if
+    /// your application uses `SIGURG`.
+    Signal {
+        /// The signal number, for example `libc::SIGURG`.
+        signal: i32,
+    },
+    /// A count hook installed for the whole life of the VM, checking for interrupts every
+    /// `every` instructions (the interrupt latency). Works everywhere. Costs: while any hook is
+    /// installed, Lua executes every instruction through its tracing path, so CPU-bound Lua
+    /// code runs roughly 2× slower whatever `every` is.
+    Hook {
+        /// Instructions between two checks (at least 1).
+        every: u32,
+    },
+}
+
+impl Interrupt {
+    /// The signal [`Interrupt::Signal`] uses by default.
+    #[cfg(unix)]
+    pub const DEFAULT_SIGNAL: i32 = libc::SIGURG;
+
+    /// The interval [`Interrupt::Hook`] uses by default (where it is the default).
+    pub const DEFAULT_EVERY: u32 = 1000;
+}
+
+impl Default for Interrupt {
+    fn default() -> Self {
+        #[cfg(unix)]
+        {
+            Interrupt::Signal {
+                signal: Interrupt::DEFAULT_SIGNAL,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Interrupt::Hook {
+                every: Interrupt::DEFAULT_EVERY,
+            }
+        }
+    }
+}
 
 /// The generation that means "every request": set when the isle is killed.
 const KILL_ALL: u64 = u64::MAX;
@@ -36,6 +128,12 @@ pub(crate) struct Interrupter {
     running: CachePadded<AtomicU64>,
     /// Highest generation asked to stop.
     cancelled: CachePadded<AtomicU64>,
+    /// Highest generation whose deadline passed.
+    expired: AtomicU64,
+    /// Where to send the interrupt signal; cleared before the Lua thread exits, and only used
+    /// under the lock, so a signal never targets a thread that is gone.
+    #[cfg(unix)]
+    target: Mutex<Option<signal::Target>>,
 }
 
 /// Why the running request is being stopped.
@@ -54,15 +152,31 @@ impl Interrupter {
     /// Asks the request with generation `gen` to stop, if it is (still, or about to be) running.
     pub(crate) fn interrupt(&self, gen: u64) {
         self.cancelled.fetch_max(gen, Ordering::SeqCst);
+        self.poke(gen);
+    }
+
+    /// Tells the request with generation `gen` that its deadline has passed.
+    pub(crate) fn expire(&self, gen: u64) {
+        self.expired.fetch_max(gen, Ordering::SeqCst);
+        self.poke(gen);
     }
 
     /// Stops the running request and every later one.
     pub(crate) fn kill(&self) {
         self.cancelled.store(KILL_ALL, Ordering::SeqCst);
+        let running = self.running_generation();
+        if running != 0 {
+            self.poke(running);
+        }
     }
 
     pub(crate) fn is_killed(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst) == KILL_ALL
+    }
+
+    /// The generation of the request running now, 0 between requests.
+    pub(crate) fn running_generation(&self) -> u64 {
+        self.running.load(Ordering::SeqCst)
     }
 
     #[cfg(test)]
@@ -70,24 +184,41 @@ impl Interrupter {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Whether the running request must stop because of a cancel or kill.
+    /// Wakes the Lua thread up to the interrupt if request `gen` is the one running. (If it is
+    /// about to run, it sees the raised generation itself when it starts.)
+    fn poke(&self, gen: u64) {
+        #[cfg(unix)]
+        if self.running.load(Ordering::SeqCst) == gen {
+            let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(target) = &*target {
+                target.send();
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = gen;
+    }
+
+    /// Whether the running request must stop. Reads only atomics: safe in a signal handler.
     fn stop_requested(&self) -> Option<Stop> {
-        let running = self.running.load(Ordering::Relaxed);
+        let running = self.running.load(Ordering::SeqCst);
         if running == 0 {
             return None;
         }
-        match self.cancelled.load(Ordering::Acquire) {
-            KILL_ALL => Some(Stop::Killed),
-            cancelled if cancelled >= running => Some(Stop::Cancelled),
-            _ => None,
+        match self.cancelled.load(Ordering::SeqCst) {
+            KILL_ALL => return Some(Stop::Killed),
+            cancelled if cancelled >= running => return Some(Stop::Cancelled),
+            _ => {}
         }
+        (self.expired.load(Ordering::SeqCst) >= running).then_some(Stop::Timeout)
     }
 }
 
 /// The Lua-thread side: installed once per VM, then bracketing every request.
 pub(crate) struct Armed {
-    hook: hook::CountHook,
+    hook: hook::Registration,
     interrupter: Arc<Interrupter>,
+    #[cfg(unix)]
+    signal: Option<signal::Installed>,
 }
 
 impl std::fmt::Debug for Armed {
@@ -96,68 +227,106 @@ impl std::fmt::Debug for Armed {
     }
 }
 
-/// How often (in VM instructions) the idle hook checks for a pending interrupt.
-pub(crate) const DEFAULT_CHECK_EVERY: u32 = 1000;
-
 impl Armed {
     /// Installs the interrupt machinery into `lua`. Must run on the Lua thread, before any
-    /// user code, so that every coroutine inherits the hook.
-    pub(crate) fn install(lua: &Lua, interrupter: Arc<Interrupter>) -> mlua::Result<Self> {
-        let hook = hook::CountHook::install(lua, &interrupter, DEFAULT_CHECK_EVERY)?;
-        guard_xpcall(lua)?;
-        Ok(Armed { hook, interrupter })
+    /// user code.
+    pub(crate) fn install(
+        lua: &Lua,
+        interrupter: Arc<Interrupter>,
+        mode: Interrupt,
+    ) -> mlua::Result<Self> {
+        let every = match mode {
+            Interrupt::Hook { every } => Some(every),
+            Interrupt::Signal { .. } => None,
+        };
+        let hook = hook::Registration::install(lua, &interrupter, every)?;
+        let probe = pcall::probe(lua)?;
+        chain::install(lua, hook.main_state(), &probe)?;
+        pcall::install(lua, &probe)?;
+        #[cfg(unix)]
+        let signal = match mode {
+            Interrupt::Signal { signal } => Some(signal::Installed::install(
+                lua,
+                &interrupter,
+                &hook,
+                signal,
+            )?),
+            Interrupt::Hook { .. } => None,
+        };
+        #[cfg(not(unix))]
+        if let Interrupt::Signal { .. } = mode {
+            return Err(mlua::Error::runtime(
+                "Interrupt::Signal is only available on Unix; use Interrupt::Hook",
+            ));
+        }
+        Ok(Armed {
+            hook,
+            interrupter,
+            #[cfg(unix)]
+            signal,
+        })
     }
 
     /// Marks the request with generation `gen` as running until [`end`](Self::end).
     pub(crate) fn begin(&self, gen: u64, deadline: Option<Instant>) {
         self.hook.set_deadline(deadline);
-        // Only this thread reads `running` (in the hook): no ordering needed.
-        self.interrupter.running.store(gen, Ordering::Relaxed);
+        self.interrupter.running.store(gen, Ordering::SeqCst);
+        // A cancel that came before `running` was set did not signal: arm now.
+        #[cfg(unix)]
+        if self.signal.is_some() && self.interrupter.stop_requested().is_some() {
+            self.hook.arm_base();
+        }
     }
 
-    /// Marks the running request as finished and clears any interrupt left behind.
+    /// Marks the running request as finished and removes what an interrupt left behind.
     pub(crate) fn end(&self) {
-        self.interrupter.running.store(0, Ordering::Relaxed);
+        self.interrupter.running.store(0, Ordering::SeqCst);
         self.hook.set_deadline(None);
-        self.hook.reset_if_raised();
-    }
-
-    /// Why the request in progress has to stop, if it has to.
-    #[allow(dead_code)]
-    pub(crate) fn pending(&self) -> Option<Stop> {
-        hook::pending()
+        self.hook.disarm_base_if_touched();
+        chain::end_request();
     }
 }
 
-/// Replaces the global `xpcall` with one whose message handler is skipped while an interrupt is
-/// pending (Lua runs that handler with hooks disabled, so a looping handler could not be
-/// stopped otherwise).
-fn guard_xpcall(lua: &Lua) -> mlua::Result<()> {
-    let globals = lua.globals();
-    let Ok(xpcall) = globals.get::<mlua::Function>("xpcall") else {
-        return Ok(());
-    };
-    let pending = lua.create_function(|_, ()| Ok(hook::pending().is_some()))?;
-    let guarded: mlua::Function = lua
-        .load(
-            r#"
-            local xpcall, pending, type = ...
-            return function(f, handler, ...)
-                if type(handler) ~= "function" then
-                    return xpcall(f, handler, ...)
-                end
-                return xpcall(f, function(e)
-                    if pending() then
-                        return e
-                    end
-                    return handler(e)
-                end, ...)
-            end
-            "#,
-        )
-        .set_name("=[isle xpcall guard]")
-        .call((xpcall, pending, globals.get::<mlua::Value>("type")?))?;
-    globals.set("xpcall", guarded)
+impl Drop for Armed {
+    fn drop(&mut self) {
+        chain::uninstall();
+    }
+}
+
+/// Runs `f` with the isle's interrupt signal blocked on the calling thread, then delivers any
+/// signal that arrived meanwhile.
+///
+/// Use it around a blocking system call in a host function that must not be cut short with
+/// `EINTR` (`poll`, `select`, `epoll_wait`, `nanosleep` and friends return `EINTR` when a signal
+/// is handled during the call, even with `SA_RESTART`). An isle only signals its thread when the
+/// running request is being cancelled or has passed its deadline, so outside this function such
+/// a call returns early exactly then — often what you want. Outside an isle's thread, or with
+/// [`Interrupt::Hook`], `f` simply runs.
+///
+/// # Examples
+///
+/// ```
+/// use mlua_isle::{without_interrupts, Isle};
+///
+/// let isle = Isle::spawn(|lua| {
+///     let nap = lua.create_function(|_, ms: u64| {
+///         without_interrupts(|| std::thread::sleep(std::time::Duration::from_millis(ms)));
+///         Ok(())
+///     })?;
+///     lua.globals().set("nap", nap)
+/// })?;
+/// isle.call::<()>("nap", 1)?;
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
+pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(unix)]
+    {
+        signal::without_interrupts(f)
+    }
+    #[cfg(not(unix))]
+    {
+        f()
+    }
 }
 
 #[cfg(test)]
@@ -171,9 +340,18 @@ mod tests {
         i.running.store(0, Ordering::SeqCst);
         i.running.store(2, Ordering::SeqCst);
         i.interrupt(1);
+        i.expire(1);
         assert_eq!(i.stop_requested(), None);
         i.interrupt(2);
         assert_eq!(i.stop_requested(), Some(Stop::Cancelled));
+    }
+
+    #[test]
+    fn an_expired_generation_is_a_timeout() {
+        let i = Interrupter::new();
+        i.running.store(3, Ordering::SeqCst);
+        i.expire(3);
+        assert_eq!(i.stop_requested(), Some(Stop::Timeout));
     }
 
     #[test]

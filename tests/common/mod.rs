@@ -88,19 +88,34 @@ impl Drop for DropCounter {
     }
 }
 
-/// Number of OS threads in this process (Linux).
+/// Number of OS threads of this process that the library started (Lua threads and the
+/// watchdog, all named `mlua-isle…`), read from `/proc` (Linux). Threads of the test harness
+/// come and go as tests start; they are not counted.
 pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    thread_names()
+        .iter()
+        .filter(|name| name.starts_with("mlua-isle"))
+        .count()
 }
 
-/// Waits (with the hang guard as the only bound) until `cond` holds.
+/// Waits until `cond` holds, failing after a generous bound (shorter than [`HANG`], so that
+/// this more precise message wins).
 #[track_caller]
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < HANG, "hang guard: never saw {what}");
+        assert!(start.elapsed() < HANG / 2, "hang guard: never saw {what}");
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Names of this process's threads (Linux), for diagnostics.
+pub fn thread_names() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
 }

@@ -1,0 +1,139 @@
+//! The VM's `pcall` and `xpcall`: Lua 5.4's semantics (including yields across them), except
+//! that they never catch a Rust panic, and that `xpcall` skips its message handler while an
+//! interrupt is pending.
+//!
+//! A panic in a host function reaches Lua as an error object that mlua re-raises as a panic as
+//! soon as it converts that object back to a Rust value. After a protected call fails, the
+//! error object is handed to a tiny Rust function (the *probe*): an ordinary error passes, a
+//! panic is raised again outside the protected call, so the request ends with
+//! [`IsleError::Panic`](crate::IsleError::Panic) whatever the script wraps around it.
+//!
+//! Lua runs an `xpcall` message handler with hooks disabled when the error was raised from a
+//! hook, so a looping handler could not be interrupted: while an interrupt is pending, the
+//! handler is skipped and the error passed through.
+
+use std::ffi::c_int;
+use std::ptr;
+
+use mlua::{ffi, Lua};
+
+use super::hook;
+
+/// The probe: a Rust function whose argument conversion re-raises a panic carried by an error
+/// object (mlua resumes a panic when it converts its error object to a Rust value).
+pub(super) fn probe(lua: &Lua) -> mlua::Result<mlua::Function> {
+    lua.create_function(|_, _: mlua::Value| Ok(()))
+}
+
+/// Installs `pcall` and `xpcall` into `lua`'s globals.
+pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
+    let globals = lua.globals();
+    for (name, function) in [
+        ("pcall", isle_pcall as ffi::lua_CFunction),
+        ("xpcall", isle_xpcall),
+    ] {
+        // SAFETY: `exec_raw` pushes `probe` and runs the closure in a protected call;
+        // `lua_pushcclosure` takes it as the single upvalue and leaves the closure as result.
+        let guarded: mlua::Function = unsafe {
+            lua.exec_raw(probe.clone(), |state| {
+                ffi::lua_pushcclosure(state, function, 1);
+            })?
+        };
+        globals.raw_set(name, guarded)?;
+    }
+    Ok(())
+}
+
+/// Raises again the error object at `index` if it carries a Rust panic; otherwise returns.
+///
+/// # Safety
+///
+/// `state` must be the running state inside a C function; `probe` the index of the probe.
+pub(super) unsafe fn reraise_panic(state: *mut ffi::lua_State, index: c_int, probe: c_int) {
+    // SAFETY: guaranteed by the caller; two stack slots are checked first.
+    unsafe {
+        let index = ffi::lua_absindex(state, index);
+        ffi::luaL_checkstack(state, 2, ptr::null());
+        ffi::lua_pushvalue(state, probe);
+        ffi::lua_pushvalue(state, index);
+        ffi::lua_call(state, 1, 0);
+    }
+}
+
+/// `pcall(f, ...)`, upvalue 1 the probe.
+unsafe extern "C-unwind" fn isle_pcall(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors Lua 5.4's `luaB_pcall`.
+    unsafe {
+        ffi::luaL_checkany(state, 1);
+        ffi::lua_pushboolean(state, 1);
+        ffi::lua_insert(state, 1);
+        let nargs = ffi::lua_gettop(state) - 2;
+        let status = ffi::lua_pcallk(state, nargs, ffi::LUA_MULTRET, 0, 0, Some(finish_pcall));
+        finish_pcall(state, status, 0)
+    }
+}
+
+/// `xpcall(f, handler, ...)`, upvalue 1 the probe.
+unsafe extern "C-unwind" fn isle_xpcall(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; mirrors Lua 5.4's `luaB_xpcall`, with the handler
+    // wrapped by `guarded_handler`.
+    unsafe {
+        let n = ffi::lua_gettop(state);
+        ffi::luaL_checktype(state, 2, ffi::LUA_TFUNCTION);
+        ffi::luaL_checkstack(state, 3, ptr::null());
+        ffi::lua_pushvalue(state, 2);
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+        ffi::lua_pushcclosure(state, guarded_handler, 2);
+        ffi::lua_replace(state, 2);
+        ffi::lua_pushboolean(state, 1);
+        ffi::lua_pushvalue(state, 1);
+        ffi::lua_rotate(state, 3, 2);
+        let status = ffi::lua_pcallk(state, n - 2, ffi::LUA_MULTRET, 2, 2, Some(finish_pcall));
+        finish_pcall(state, status, 2)
+    }
+}
+
+/// Continuation of both: results after the `extra` slots below them, or `false` and the error.
+unsafe extern "C-unwind" fn finish_pcall(
+    state: *mut ffi::lua_State,
+    status: c_int,
+    extra: ffi::lua_KContext,
+) -> c_int {
+    // SAFETY: called by `isle_pcall`/`isle_xpcall` or by Lua as their continuation, in the same
+    // C function (upvalue 1 is the probe); on error the error object is on top of the stack.
+    unsafe {
+        if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+            reraise_panic(state, -1, ffi::lua_upvalueindex(1));
+            ffi::luaL_checkstack(state, 2, ptr::null());
+            ffi::lua_pushboolean(state, 0);
+            ffi::lua_pushvalue(state, -2);
+            return 2;
+        }
+        ffi::lua_gettop(state) - extra as c_int
+    }
+}
+
+/// The message handler `xpcall` really installs: upvalue 1 the user's handler, upvalue 2 the
+/// probe.
+unsafe extern "C-unwind" fn guarded_handler(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a message handler with the error object as argument 1.
+    unsafe {
+        ffi::lua_settop(state, 1);
+        if hook::pending().is_some() {
+            // Hooks may be disabled right now: do not run user code that could loop.
+            return 1;
+        }
+        ffi::luaL_checkstack(state, 3, ptr::null());
+        // A panic must not reach the user's handler: probe it in protected mode. If the probe
+        // fails, the error object it raised carries the panic on.
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
+        ffi::lua_pushvalue(state, 1);
+        if ffi::lua_pcall(state, 1, 0, 0) != ffi::LUA_OK {
+            return 1;
+        }
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(state, 1);
+        ffi::lua_call(state, 1, 1);
+        1
+    }
+}

@@ -1,0 +1,137 @@
+//! Arming the hook on demand from a signal handler (Unix).
+//!
+//! The handler runs on the isle's thread and only reads atomics in `const` thread-locals (no
+//! allocation, no lock) before calling `lua_sethook` on the coroutines recorded here: the
+//! chain of coroutines being resumed from Lua (through the wrapped `coroutine` functions) and
+//! those resumed from Rust (through mlua's thread event callback).
+
+use std::ffi::c_int;
+use std::ptr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mlua::Lua;
+
+use super::hook::{self, Registration};
+use super::{chain, Interrupter};
+
+thread_local! {
+    /// The interrupt signal of the isle on this thread; 0 when there is none.
+    static SIGNAL: AtomicI32 = const { AtomicI32::new(0) };
+}
+
+/// Where an interrupt signal goes: one thread, one signal.
+#[derive(Debug)]
+pub(super) struct Target {
+    thread: libc::pthread_t,
+    signal: c_int,
+}
+
+// SAFETY: a `pthread_t` is an identifier that any thread may use to signal the thread it names.
+// It stays valid because the Lua thread removes its `Target` (under the interrupter's lock, which
+// every sender holds while signalling) before it exits.
+unsafe impl Send for Target {}
+
+impl Target {
+    pub(super) fn send(&self) {
+        // SAFETY: see the `Send` impl: the thread named by `thread` has not exited.
+        unsafe { libc::pthread_kill(self.thread, self.signal) };
+    }
+}
+
+/// The handler: arm every coroutine of the resume chain if the running request has to stop.
+fn on_signal() {
+    if hook::pending().is_some() {
+        chain::arm_all();
+    }
+}
+
+/// Installs the process-wide handler for `signal` once.
+fn ensure_handler(signal: c_int) -> mlua::Result<()> {
+    static INSTALLED: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if installed.contains(&signal) {
+        return Ok(());
+    }
+    // SAFETY: `on_signal` is async-signal-safe: it reads atomics in `const` thread-locals
+    // without destructors and calls `lua_sethook`, which Lua documents as callable from a
+    // signal handler. signal-hook-registry chains to any handler installed before.
+    unsafe { signal_hook_registry::register(signal, on_signal) }.map_err(|e| {
+        mlua::Error::runtime(format!("cannot install a handler for signal {signal}: {e}"))
+    })?;
+    installed.push(signal);
+    Ok(())
+}
+
+/// Changes whether `signal` is blocked on the calling thread; returns the previous mask.
+fn set_blocked(signal: c_int, how: c_int) -> libc::sigset_t {
+    // SAFETY: the sets are initialised by `sigemptyset` before use; `pthread_sigmask` only
+    // changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(how, &set, &mut old);
+        old
+    }
+}
+
+/// See [`crate::without_interrupts`].
+pub(super) fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    let signal = SIGNAL.with(|s| s.load(Ordering::Relaxed));
+    if signal == 0 {
+        return f();
+    }
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the mask saved below on the same thread; a pending signal is
+            // delivered now.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, ptr::null_mut()) };
+        }
+    }
+    let _restore = Restore(set_blocked(signal, libc::SIG_BLOCK));
+    f()
+}
+
+/// The signal machinery of one VM.
+pub(super) struct Installed {
+    interrupter: Arc<Interrupter>,
+}
+
+impl Installed {
+    pub(super) fn install(
+        _lua: &Lua,
+        interrupter: &Arc<Interrupter>,
+        _hook: &Registration,
+        signal: c_int,
+    ) -> mlua::Result<Self> {
+        ensure_handler(signal)?;
+        SIGNAL.with(|s| s.store(signal, Ordering::Relaxed));
+        // Only now may signals come: everything the handler reads is in place.
+        // SAFETY: `pthread_self` names the calling thread.
+        let thread = unsafe { libc::pthread_self() };
+        *interrupter
+            .target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Target { thread, signal });
+        // Threads inherit their creator's mask; make sure the signal can reach this one.
+        set_blocked(signal, libc::SIG_UNBLOCK);
+        Ok(Installed {
+            interrupter: interrupter.clone(),
+        })
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        // No signal may target this thread from now on.
+        *self
+            .interrupter
+            .target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        SIGNAL.with(|s| s.store(0, Ordering::Relaxed));
+    }
+}

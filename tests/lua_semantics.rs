@@ -1,0 +1,197 @@
+//! The isle replaces `pcall`, `xpcall` and some `coroutine` functions; scripts must not notice.
+
+mod common;
+
+use common::*;
+use mlua_isle::{Interrupt, Isle, IsleBuilder};
+
+fn modes() -> [IsleBuilder; 2] {
+    [
+        Isle::builder(),
+        Isle::builder().interrupt(Interrupt::Hook { every: 1000 }),
+    ]
+}
+
+fn check(script: &'static str) {
+    for builder in modes() {
+        let isle = builder.spawn(|_| Ok(())).unwrap();
+        let ok: bool = isle
+            .eval(script)
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"));
+        assert!(ok, "script returned false:\n{script}");
+    }
+}
+
+#[test]
+fn pcall_returns_status_and_values() {
+    check(
+        "local ok, a, b = pcall(function(x) return x, x + 1 end, 1)
+         local bad, err = pcall(error, 'boom', 0)
+         local t = {}
+         local bad2, err2 = pcall(error, t)
+         return ok and a == 1 and b == 2 and not bad and err == 'boom' and not bad2 and err2 == t",
+    );
+}
+
+#[test]
+fn pcall_with_many_results_is_fine() {
+    check(
+        "local r = table.pack(pcall(table.unpack, {}, 1, 250))
+         return r[1] == true and r.n == 251",
+    );
+}
+
+#[test]
+fn pcall_without_arguments_is_an_argument_error() {
+    check("local ok, err = pcall(pcall) return not ok and err:find('bad argument #1') ~= nil");
+}
+
+#[test]
+fn yields_cross_pcall_and_xpcall_inside_coroutines() {
+    check(
+        "local co = coroutine.wrap(function()
+           local ok, v = pcall(coroutine.yield, 1)
+           local ok2, w = xpcall(coroutine.yield, print, 2)
+           return v + w
+         end)
+         return co() == 1 and co(5) == 2 and co(10) == 15",
+    );
+    check(
+        "local co = coroutine.create(function()
+           local ok, v = pcall(function() return coroutine.yield('in') end)
+           return ok and v
+         end)
+         local _, first = coroutine.resume(co)
+         local _, second = coroutine.resume(co, 'out')
+         return first == 'in' and second == 'out'",
+    );
+}
+
+#[test]
+fn xpcall_calls_its_handler_for_ordinary_errors() {
+    check(
+        "local ok, msg = xpcall(error, function(e) return 'handled: ' .. e end, 'oops', 0)
+         local ok2, a, b = xpcall(function(x, y) return y, x end, print, 1, 2)
+         return not ok and msg == 'handled: oops' and ok2 and a == 2 and b == 1",
+    );
+}
+
+#[test]
+fn xpcall_requires_a_function_handler() {
+    check(
+        "local ok, err = pcall(xpcall, print) return not ok and err:find('bad argument #2') ~= nil",
+    );
+}
+
+#[test]
+fn coroutine_functions_keep_their_semantics() {
+    check(
+        "local co = coroutine.create(function(a, b)
+           local c = coroutine.yield(a + b)
+           return c * 2
+         end)
+         local ok1, s = coroutine.resume(co, 1, 2)
+         local ok2, d = coroutine.resume(co, 5)
+         local ok3, e = coroutine.resume(co)
+         return ok1 and s == 3 and ok2 and d == 10 and not ok3
+           and e == 'cannot resume dead coroutine' and coroutine.status(co) == 'dead'",
+    );
+    check(
+        "local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+         local sum = 0
+         for v in gen do sum = sum + v end
+         return sum == 6",
+    );
+    check(
+        "local ok, err = pcall(coroutine.create, 42)
+         local ok2, err2 = pcall(coroutine.wrap, nil)
+         return not ok and err:find('bad argument #1') ~= nil and not ok2",
+    );
+}
+
+#[test]
+fn error_messages_match_plain_lua() {
+    // Each script returns a string; the isle must return exactly what a plain VM returns.
+    let scripts = [
+        "local f = coroutine.wrap(function() error('inner') end)
+         local ok, err = pcall(f) return err",
+        "local f = coroutine.wrap(function() error('inner') end)
+         local ok, err = pcall(function() f() end) return err",
+        "local f = coroutine.wrap(function() local x = nil; return x.y end)
+         local ok, err = pcall(function() return f() end) return err",
+        "local f = coroutine.wrap(function() end) f()
+         local ok, err = pcall(f) return err",
+        "local co = coroutine.create(function() error('x', 2) end)
+         local ok, err = coroutine.resume(co) return tostring(err)",
+        "local ok, err = pcall(coroutine.resume, 1) return err",
+        "local ok, err = pcall(coroutine.close, coroutine.running()) return err",
+        "local ok, err = pcall(function() coroutine.close(coroutine.running()) end) return err",
+        "local ok, err = pcall(coroutine.create, 42) return err",
+        "local ok, err = pcall(function() return coroutine.wrap({}) end) return err",
+        "local ok, err = pcall(error) return tostring(err)",
+        "local ok, err = pcall(function() local t = setmetatable({}, {__index = function() error('deep') end}) return t.x end) return err",
+    ];
+    let plain = mlua_isle::mlua::Lua::new();
+    for script in scripts {
+        let expected: String = plain.load(script).set_name("=s").eval().unwrap();
+        for builder in modes() {
+            let isle = builder.spawn(|_| Ok(())).unwrap();
+            let got: String = isle
+                .exec(move |lua| lua.load(script).set_name("=s").eval())
+                .unwrap();
+            assert_eq!(got, expected, "{script}");
+        }
+    }
+}
+
+#[test]
+fn coroutine_close_runs_close_handlers() {
+    check(
+        "closed = false
+         local co = coroutine.create(function()
+           local x <close> = setmetatable({}, {__close = function() closed = true end})
+           coroutine.yield()
+         end)
+         coroutine.resume(co)
+         local ok = coroutine.close(co)
+         return ok and closed and coroutine.status(co) == 'dead'",
+    );
+}
+
+#[test]
+fn errors_in_coroutines_keep_their_values() {
+    check(
+        "local t = {}
+         local co = coroutine.create(function() error(t) end)
+         local ok, err = coroutine.resume(co)
+         return not ok and err == t",
+    );
+}
+
+#[test]
+fn a_host_panic_passes_through_every_protected_call() {
+    quiet_lua_thread_panics();
+    for builder in modes() {
+        let isle = builder
+            .spawn(|lua| {
+                let boom = lua.create_function(|_, ()| -> mlua_isle::mlua::Result<()> {
+                    panic!("through")
+                })?;
+                lua.globals().set("boom", boom)
+            })
+            .unwrap();
+        for script in [
+            "pcall(boom)",
+            "xpcall(boom, function(e) return e end)",
+            "pcall(pcall, boom)",
+            "coroutine.wrap(function() pcall(boom) end)()",
+            "local co = coroutine.create(function() pcall(boom) end) return coroutine.resume(co)",
+        ] {
+            match isle.eval::<()>(script) {
+                Err(mlua_isle::IsleError::Panic(msg)) => assert_eq!(msg, "through", "{script}"),
+                other => panic!("{script}: {other:?}"),
+            }
+        }
+        assert_eq!(isle.eval::<i64>("1").unwrap(), 1);
+    }
+}
