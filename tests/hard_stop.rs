@@ -1,0 +1,157 @@
+//! Hard stop: code no interrupt can reach (here a loop in a `__gc` finalizer, which Lua runs
+//! with hooks disabled) makes the isle give up once the deadline plus the grace period has
+//! passed.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use mlua_isle::{Interrupt, Isle, IsleBuilder, IsleError};
+
+/// Tests here count the process's threads, so they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const STUCK_IN_GC: &str = "setmetatable({}, {__gc = function() while not released() do end end})
+                           started()
+                           collectgarbage()";
+
+/// A builder whose VM has `released()`, true once the returned flag is set.
+fn releasable(builder: IsleBuilder) -> (IsleBuilder, Arc<AtomicBool>) {
+    let release = Arc::new(AtomicBool::new(false));
+    (builder.grace_period(Duration::from_millis(100)), release)
+}
+
+/// An isle with `released()` and `started()` (reporting on the returned channel).
+fn spawn_releasable(builder: IsleBuilder, release: &Arc<AtomicBool>) -> (Isle, Receiver<()>) {
+    let release = release.clone();
+    let (tx, rx) = mpsc::channel();
+    let isle = builder
+        .spawn(move |lua| {
+            let released = lua.create_function(move |_, ()| Ok(release.load(Ordering::SeqCst)))?;
+            lua.globals().set("released", released)?;
+            let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+            lua.globals().set("started", started)?;
+            lua.globals().set("kept", 1)
+        })
+        .unwrap();
+    (isle, rx)
+}
+
+fn gives_up_on_a_finalizer_loop(interrupt: Interrupt) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(move || {
+        let baseline = thread_count();
+        let (builder, release) = releasable(Isle::builder().interrupt(interrupt));
+        let (isle, started) = spawn_releasable(builder, &release);
+        let stuck = isle
+            .request()
+            .timeout(Duration::from_millis(200))
+            .spawn_eval::<()>(STUCK_IN_GC)
+            .unwrap();
+        wait_started(&started);
+        let queued = isle.spawn_eval::<i64>("return kept").unwrap();
+        // The caller gets `Timeout` while the finalizer still loops...
+        assert!(matches!(stuck.wait(), Err(IsleError::Timeout)));
+        // ...queued work resolves `Shutdown`, and the isle refuses new work.
+        assert!(matches!(queued.wait(), Err(IsleError::Shutdown)));
+        assert!(!isle.is_alive());
+        assert!(matches!(isle.eval::<i64>("1"), Err(IsleError::Abandoned)));
+        assert!(matches!(
+            isle.spawn_eval::<i64>("1"),
+            Err(IsleError::Abandoned)
+        ));
+        // The abandoned thread ends by itself once the stuck code returns.
+        release.store(true, Ordering::SeqCst);
+        assert!(matches!(isle.shutdown(), Err(IsleError::Abandoned)));
+        eventually("the abandoned thread to end", || thread_count() <= baseline);
+    });
+}
+
+#[test]
+fn a_finalizer_loop_is_given_up_with_the_signal_interrupt() {
+    gives_up_on_a_finalizer_loop(Interrupt::default());
+}
+
+#[test]
+fn a_finalizer_loop_is_given_up_with_the_hook_interrupt() {
+    gives_up_on_a_finalizer_loop(Interrupt::Hook { every: 1000 });
+}
+
+#[test]
+fn a_host_function_ignoring_its_deadline_is_given_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let (builder, release) = releasable(Isle::builder());
+        let (isle, _started) = spawn_releasable(builder, &release);
+        let stuck = isle
+            .request()
+            .timeout(Duration::from_millis(30))
+            .spawn_exec(|lua| {
+                let released: mlua_isle::mlua::Function = lua.globals().get("released")?;
+                while !released.call::<bool>(())? {
+                    std::hint::spin_loop();
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(stuck.wait(), Err(IsleError::Timeout)));
+        assert!(!isle.is_alive());
+        release.store(true, Ordering::SeqCst);
+    });
+}
+
+#[test]
+fn an_init_that_cannot_be_interrupted_fails_spawn() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let release = Arc::new(AtomicBool::new(false));
+        let flag = release.clone();
+        let err = Isle::builder()
+            .timeout(Duration::from_millis(30))
+            .grace_period(Duration::from_millis(50))
+            .spawn(move |lua| {
+                let released = lua.create_function(move |_, ()| Ok(flag.load(Ordering::SeqCst)))?;
+                lua.globals().set("released", released)?;
+                lua.globals()
+                    .set("started", lua.create_function(|_, ()| Ok(()))?)?;
+                lua.load(STUCK_IN_GC).exec()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&err, IsleError::Init(inner) if inner.is_timeout()),
+            "{err:?}"
+        );
+        release.store(true, Ordering::SeqCst);
+    });
+}
+
+#[test]
+fn requests_that_finish_within_the_grace_period_keep_the_isle() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        // A finalizer that loops for a while, shorter than the grace period: the request ends
+        // `Timeout` once it returns, and the isle carries on.
+        let isle = Isle::builder()
+            .grace_period(Duration::from_secs(20))
+            .spawn(|_| Ok(()))
+            .unwrap();
+        let err = isle
+            .request()
+            .timeout(Duration::from_millis(20))
+            .eval::<()>(
+                "setmetatable({}, {__gc = function()
+                   local t = os.clock() while os.clock() - t < 0.1 do end
+                 end})
+                 collectgarbage()
+                 while true do end",
+            )
+            .unwrap_err();
+        assert!(err.is_timeout());
+        assert!(isle.is_alive());
+        assert_eq!(isle.eval::<i64>("3").unwrap(), 3);
+    });
+}
