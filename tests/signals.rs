@@ -20,6 +20,7 @@ fn isle_with_debug(interrupt: Interrupt) -> (Isle, std::sync::mpsc::Receiver<()>
     isle_with_started(
         Isle::builder()
             .interrupt(interrupt)
+            // SAFETY: the debug library is only used by these tests' own scripts.
             .factory(|| unsafe { Ok(Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new())) }),
     )
 }
