@@ -1,32 +1,24 @@
-//! Round trips, pipelining, CPU-bound scripts and the isle lifecycle, each next to its floor
+//! Round trips, pipelining and the isle lifecycle, each next to its floor
 //! measured in the same run: the same work on raw mlua on the calling thread, and a raw
-//! crossbeam round trip to another thread.
+//! crossbeam round trip to another thread. CPU-bound scripts are in `benches/interrupt.rs`.
 //!
 //! Run with: `cargo bench --bench round_trip`
 
 use std::hint::black_box;
 use std::thread;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mlua_isle::mlua::{Function, Lua, ObjectLike};
 use mlua_isle::Isle;
 
-const FIB: &str = "function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end";
-
 fn raw_lua() -> Lua {
     let lua = Lua::new();
-    lua.load(FIB).exec().unwrap();
     lua.load("function f(x) return x end").exec().unwrap();
     lua
 }
 
 fn isle() -> Isle {
-    Isle::spawn(|lua| {
-        lua.load(FIB).exec()?;
-        lua.load("function f(x) return x end").exec()
-    })
-    .unwrap()
+    Isle::spawn(|lua| lua.load("function f(x) return x end").exec()).unwrap()
 }
 
 fn round_trip(c: &mut Criterion) {
@@ -133,24 +125,6 @@ fn pipelined(c: &mut Criterion) {
     isle.shutdown().unwrap();
 }
 
-fn cpu_bound(c: &mut Criterion) {
-    let mut group = c.benchmark_group("cpu_bound");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(10));
-
-    let lua = raw_lua();
-    let fib: Function = lua.globals().get("fib").unwrap();
-    group.bench_function("raw_mlua/fib27", |b| {
-        b.iter(|| black_box(fib.call::<i64>(27).unwrap()))
-    });
-    let isle = isle();
-    group.bench_function("isle/fib27", |b| {
-        b.iter(|| black_box(isle.call::<i64>("fib", 27).unwrap()))
-    });
-    group.finish();
-    isle.shutdown().unwrap();
-}
-
 fn lifecycle(c: &mut Criterion) {
     let mut group = c.benchmark_group("lifecycle");
     group.bench_function("raw_thread_spawn_join", |b| {
@@ -167,5 +141,5 @@ fn lifecycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trip, pipelined, cpu_bound, lifecycle);
+criterion_group!(benches, round_trip, pipelined, lifecycle);
 criterion_main!(benches);

@@ -304,8 +304,13 @@ impl IsleBuilder {
         self
     }
 
-    /// Sets how long interrupted code gets to unwind before the isle gives up on it (default
-    /// [`DEFAULT_GRACE_PERIOD`]); used by [`Isle::shutdown_timeout`].
+    /// Sets how long a request may keep running after its deadline (or after
+    /// [`Isle::shutdown_timeout`] interrupted it) before the isle gives up on it (default
+    /// [`DEFAULT_GRACE_PERIOD`]). Giving up resolves the request at once, resolves queued ones
+    /// with [`IsleError::Shutdown`], makes the isle refuse new ones with
+    /// [`IsleError::Abandoned`], and leaves its thread to end on its own (keeping its memory
+    /// until then). Only code that no interrupt reaches runs that long: a loop in a `__gc`
+    /// finalizer, a long C function, a host function that ignores its deadline.
     ///
     /// # Examples
     ///

@@ -57,10 +57,21 @@
 //! ```
 //!
 //! A request cancelled while queued never starts. A running one is interrupted inside the VM:
-//! from then on every Lua instruction raises an error, so `pcall`, `xpcall` (even with a
-//! looping message handler), coroutines and metamethods cannot absorb it. Once a request's token
-//! is cancelled or its deadline has passed, its outcome is [`IsleError::Cancelled`] or
+//! from then on every Lua instruction, on every coroutine involved, stops it again (a coroutine
+//! that can yield is yielded, anything else raises an error), so `pcall`, `xpcall` (even with
+//! a looping message handler), coroutines and metamethods cannot absorb it. Once a request's
+//! token is cancelled or its deadline has passed, its outcome is [`IsleError::Cancelled`] or
 //! [`IsleError::Timeout`], whatever the code did with the interruption.
+//!
+//! ## Interruption costs nothing while unused
+//!
+//! On Unix the default [`Interrupt::Signal`] installs no hook at all while no interrupt is
+//! pending, so Lua runs at full speed. A cancel, or the watchdog thread at a deadline, sends a
+//! signal (`SIGURG` by default) to the isle's thread; its handler arms a debug hook on the
+//! running coroutine chain, and the hook removes itself once the request has unwound.
+//! [`Interrupt::Hook`] keeps a count hook installed instead: portable, but Lua runs about half
+//! as fast whenever any hook is set. See [`Interrupt`] for the details and
+//! [`without_interrupts`] for host functions making blocking system calls.
 //!
 //! ## What cannot be interrupted
 //!
@@ -73,13 +84,18 @@
 //! - Lua runs `__gc` finalizers with hooks disabled, so a loop inside one cannot be stopped;
 //! - a script with access to the `debug` library (not loaded by default) can remove the hook.
 //!
-//! [`Isle::shutdown_timeout`] gives up on such code after a grace period instead of hanging.
+//! For such code there is a hard stop: when a request is still running a
+//! [grace period](IsleBuilder::grace_period) after its deadline, the isle gives up on it. The
+//! caller gets [`IsleError::Timeout`] at once, queued requests [`IsleError::Shutdown`], new
+//! ones [`IsleError::Abandoned`]; the isle's thread is left to end on its own when the stuck
+//! code returns, and keeps its memory until then. [`Isle::shutdown_timeout`] gives up the same
+//! way.
 //!
 //! # Failures stay inside the request
 //!
 //! A panic in an [`exec`](Isle::exec) closure or in a host function ends that request with
-//! [`IsleError::Panic`]; Lua's `pcall` cannot swallow it (mlua's `catch_rust_panics` is off by
-//! default). A memory error (see [`IsleBuilder::memory_limit`]), a Lua error, a cancel or a
+//! [`IsleError::Panic`]: the isle's `pcall`, `xpcall` and `coroutine.resume` let it through
+//! (otherwise they behave exactly like Lua's own). A memory error (see [`IsleBuilder::memory_limit`]), a Lua error, a cancel or a
 //! timeout likewise end one request: the VM, its globals and the thread carry on.
 //!
 //! A blocking call made on the isle's own thread (from a host function) would wait for itself;
@@ -95,6 +111,20 @@
 //!
 //! - `lua54` (default): Lua 5.4.
 //! - `vendored` (default): build Lua from source (no system Lua needed).
+//!
+//! # Caveats
+//!
+//! - The isle replaces `pcall`, `xpcall` and `coroutine.create`/`wrap`/`resume`/`close` with
+//!   versions that keep Lua 5.4's semantics (including yields across `pcall`), let Rust panics
+//!   through and keep interrupts reachable. A VM built by a [factory](IsleBuilder::factory) gets
+//!   them too.
+//! - Lua leaves debug hooks disabled for good in a coroutine that was killed by an error raised
+//!   from a hook. Coroutines created from Lua get a protected base frame that repairs this; a
+//!   coroutine created or reset from Rust (`Lua::create_thread`, `Thread::reset`) that was
+//!   interrupted where it could not yield should not be resumed again unless its body runs
+//!   under `pcall`.
+//! - Setting your own debug hook (`Lua::set_hook`) or thread event callback
+//!   (`Lua::set_thread_event_callback`) on an isle's VM replaces the isle's.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]

@@ -1,0 +1,109 @@
+//! The cost of being interruptible: CPU-bound scripts through an idle isle against raw mlua on
+//! one thread (the floor, measured in the same run), with the default signal-armed interrupt
+//! and with the permanent count hook; and the latency of a cancel.
+//!
+//! Run with: `cargo bench --bench interrupt`
+
+use std::hint::black_box;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use mlua_isle::mlua::{Function, Lua};
+use mlua_isle::{Interrupt, Isle};
+
+const SCRIPTS: &str = r#"
+function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+function numeric() local s = 0 for i = 1, 30000000 do s = s + i % 7 end return s end
+function strings()
+  local t = {}
+  for i = 1, 200000 do t[#t + 1] = tostring(i) .. "x" end
+  local n = 0
+  for _, v in ipairs(t) do n = n + #v end
+  return n
+end
+"#;
+
+const CASES: [(&str, &str, i64); 3] = [
+    ("fib27", "fib", 27),
+    ("numeric_30m", "numeric", 0),
+    ("string_table", "strings", 0),
+];
+
+fn cpu_bound(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_bound");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+
+    let lua = Lua::new();
+    lua.load(SCRIPTS).exec().unwrap();
+    for (name, function, arg) in CASES {
+        let f: Function = lua.globals().get(function).unwrap();
+        group.bench_function(format!("raw_mlua/{name}"), |b| {
+            b.iter(|| black_box(f.call::<i64>(arg).unwrap()))
+        });
+    }
+    for (label, interrupt) in [
+        ("isle_signal", Interrupt::default()),
+        ("isle_hook", Interrupt::Hook { every: 1000 }),
+    ] {
+        let isle = Isle::builder()
+            .interrupt(interrupt)
+            .spawn(|lua| lua.load(SCRIPTS).exec())
+            .unwrap();
+        for (name, function, arg) in CASES {
+            group.bench_function(format!("{label}/{name}"), |b| {
+                b.iter(|| black_box(isle.call::<i64>(function, arg).unwrap()))
+            });
+        }
+        isle.shutdown().unwrap();
+    }
+    group.finish();
+}
+
+/// Time from `cancel()` to `wait()` returning, for a request known to be running `script`.
+fn cancel_latency(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cancel_latency");
+    group.sample_size(30);
+    let scripts = [
+        ("tight_loop", "started() while true do end"),
+        (
+            "pcall_loop",
+            "started() while true do pcall(function() while true do end end) end",
+        ),
+    ];
+    for (label, interrupt) in [
+        ("signal", Interrupt::default()),
+        ("hook", Interrupt::Hook { every: 1000 }),
+    ] {
+        let (tx, started) = mpsc::channel::<()>();
+        let isle = Isle::builder()
+            .interrupt(interrupt)
+            .spawn(move |lua| {
+                let f = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+                lua.globals().set("started", f)
+            })
+            .unwrap();
+        for (name, script) in scripts {
+            group.bench_function(format!("{label}/{name}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let task = isle.spawn_eval::<()>(script).unwrap();
+                        started.recv().unwrap();
+                        let start = Instant::now();
+                        task.cancel();
+                        let _ = black_box(task.wait());
+                        total += start.elapsed();
+                    }
+                    total
+                })
+            });
+        }
+        isle.shutdown().unwrap();
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cpu_bound, cancel_latency);
+criterion_main!(benches);
