@@ -380,24 +380,8 @@ impl IsleBuilder {
     {
         let launched = self.launch(Box::new(init))?;
         launched.ready.wait_until(None);
-        let abandoned = launched.handle.shared.is_abandoned();
-        match launched.ready.take() {
-            Some(Ok(())) => Ok(Isle::new(launched)),
-            // `init` could not be interrupted in time: leave its thread to end on its own.
-            Some(Err(err)) if abandoned => Err(IsleError::Init(Box::new(err))),
-            Some(Err(IsleError::Shutdown)) | None => {
-                // The thread ended without reporting: it panicked outside `init`.
-                let err = match launched.thread.join() {
-                    Err(panic) => IsleError::Panic(worker::panic_message(&*panic)),
-                    Ok(()) => IsleError::Shutdown,
-                };
-                Err(IsleError::Init(Box::new(err)))
-            }
-            Some(Err(err)) => {
-                let _ = launched.thread.join();
-                Err(IsleError::Init(Box::new(err)))
-            }
-        }
+        let outcome = launched.ready.take();
+        launched.started(outcome).map(Isle::new)
     }
 
     /// Validates the settings and starts the Lua thread; `init` reports through `ready`.
@@ -441,6 +425,32 @@ impl IsleBuilder {
             thread,
             ready,
         })
+    }
+}
+
+impl Launched {
+    /// Interprets the outcome of `init` (`None`: the thread ended without reporting).
+    pub(crate) fn started(self, outcome: Option<Result<(), IsleError>>) -> Result<Self, IsleError> {
+        let abandoned = self.handle.shared.is_abandoned();
+        match outcome {
+            Some(Ok(())) => Ok(self),
+            // `init` could not be interrupted in time: leave its thread to end on its own.
+            Some(Err(err)) if abandoned => Err(IsleError::Init(Box::new(err))),
+            Some(Err(IsleError::Shutdown)) | None => {
+                // The thread ended without reporting: it panicked outside `init`. (It has
+                // ended, so joining does not block.)
+                let err = match self.thread.join() {
+                    Err(panic) => IsleError::Panic(worker::panic_message(&*panic)),
+                    Ok(()) => IsleError::Shutdown,
+                };
+                Err(IsleError::Init(Box::new(err)))
+            }
+            Some(Err(err)) => {
+                // `init` failed and the thread is ending: joining waits only for that.
+                let _ = self.thread.join();
+                Err(IsleError::Init(Box::new(err)))
+            }
+        }
     }
 }
 

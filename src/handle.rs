@@ -46,6 +46,12 @@ pub(crate) struct Shared {
     current: Mutex<Option<Arc<dyn Resolve>>>,
     /// Resolved when the Lua thread ends (or is given up on, with `Abandoned`).
     pub(crate) exited: Arc<Slot<()>>,
+    /// Notified by the Lua thread each time it takes a job: room for async senders.
+    #[cfg(feature = "tokio")]
+    pub(crate) room: event_listener::Event,
+    /// Notified by senders each time they queue a job, for a Lua thread serving coroutines.
+    #[cfg(feature = "tokio")]
+    pub(crate) arrived: event_listener::Event,
 }
 
 impl fmt::Debug for Shared {
@@ -79,6 +85,10 @@ impl Shared {
             watched: AtomicBool::new(false),
             current: Mutex::new(None),
             exited: Slot::new(interrupter.clone(), (), None),
+            #[cfg(feature = "tokio")]
+            room: event_listener::Event::new(),
+            #[cfg(feature = "tokio")]
+            arrived: event_listener::Event::new(),
         }
     }
 
@@ -99,6 +109,11 @@ impl Shared {
         } else {
             IsleError::Shutdown
         }
+    }
+
+    /// Whether new submissions are refused.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Refuses new submissions from now on; what is queued still runs.
@@ -237,13 +252,66 @@ impl Handle {
                 TrySendError::Disconnected(_) => shared.refusal(),
             })?;
         }
+        self.sent();
+        Ok(())
+    }
+
+    /// After a successful send.
+    fn sent(&self) {
+        let shared = &*self.shared;
         // Pairs with the fence in `Shared::close_and_drain`: either the Lua thread's last drain
         // sees this job, or this load sees the isle dead and the job is drained here.
         fence(Ordering::SeqCst);
         if !shared.alive.load(Ordering::Relaxed) {
             drain(&shared.rx);
         }
+        // A Lua thread that also serves coroutines waits for jobs on this event.
+        #[cfg(feature = "tokio")]
+        shared.arrived.notify(1);
+    }
+
+    /// Queues `job` without blocking the caller's thread: waits asynchronously for room.
+    ///
+    /// Cancel safe: dropped while waiting, it drops the job, which resolves its request.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn submit_async(
+        &self,
+        mut job: Queued,
+        when_full: WhenFull,
+    ) -> Result<(), IsleError> {
+        let shared = &*self.shared;
+        loop {
+            if shared.closed.load(Ordering::Acquire) {
+                return Err(shared.refusal());
+            }
+            job = match self.tx.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(shared.refusal()),
+                Err(TrySendError::Full(_)) if when_full == WhenFull::Fail => {
+                    return Err(IsleError::Full)
+                }
+                Err(TrySendError::Full(job)) => job,
+            };
+            // Listen first, then try again, so that room made in between is not missed.
+            let room = shared.room.listen();
+            job = match self.tx.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(shared.refusal()),
+                Err(TrySendError::Full(job)) => job,
+            };
+            room.await;
+        }
+        self.sent();
         Ok(())
+    }
+
+    /// Wakes an idle Lua thread so that it notices the queue was closed (best effort: a full
+    /// queue means the thread is busy and will notice by itself).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wake(&self) {
+        if self.tx.try_send(Queued::wake()).is_ok() {
+            self.sent();
+        }
     }
 }
 

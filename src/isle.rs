@@ -11,7 +11,7 @@ use crate::builder::{IsleBuilder, Launched};
 use crate::current;
 use crate::error::IsleError;
 use crate::handle::Handle;
-use crate::request::Request;
+use crate::request::{IsleHandle, Request};
 use crate::task::Task;
 use crate::wait;
 use crate::worker;
@@ -110,7 +110,7 @@ impl Isle {
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn request(&self) -> Request<'_> {
-        Request::new(&self.handle)
+        Request::new(self)
     }
 
     /// Evaluates `code` and converts the result to `T`; see [`Request::eval`].
@@ -376,8 +376,14 @@ impl Isle {
     }
 }
 
+impl IsleHandle for Isle {
+    fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
 /// Joins the Lua thread, turning a panic into an error.
-fn join(thread: Option<JoinHandle<()>>) -> Result<(), IsleError> {
+pub(crate) fn join(thread: Option<JoinHandle<()>>) -> Result<(), IsleError> {
     match thread.map(JoinHandle::join) {
         Some(Err(panic)) => Err(IsleError::Panic(worker::panic_message(&*panic))),
         _ => Ok(()),

@@ -129,6 +129,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(feature = "tokio")]
+mod async_isle;
+#[cfg(feature = "tokio")]
+mod async_task;
 mod builder;
 mod current;
 mod error;
@@ -147,6 +151,12 @@ mod worker;
 #[cfg(not(feature = "lua54"))]
 compile_error!("mlua-isle needs a Lua version: enable the `lua54` feature");
 
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use crate::async_isle::{AsyncIsle, AsyncIsleDriver};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use crate::async_task::AsyncTask;
 pub use crate::builder::{
     IsleBuilder, DEFAULT_CHUNK_CACHE, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE_CAPACITY,
     DEFAULT_STACK_SIZE,
@@ -157,7 +167,7 @@ pub use crate::interrupt::{without_interrupts, Interrupt};
 pub use crate::isle::Isle;
 pub use crate::request::Request;
 pub use crate::task::Task;
-pub use crate::token::{CancelToken, DropGuard};
+pub use crate::token::{CancelToken, Cancellation, DropGuard};
 
 // The README's examples are compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,6 +1,7 @@
 //! [`Request`]: per-request options (deadline, cancel token, queue policy) and submission.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
@@ -8,6 +9,7 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 use crate::current;
 use crate::error::IsleError;
 use crate::handle::{Handle, WhenFull};
+use crate::isle::Isle;
 use crate::slot::Slot;
 use crate::task::Task;
 use crate::token::CancelToken;
@@ -47,11 +49,34 @@ use crate::worker::Queued;
 /// ```
 #[derive(Debug, Clone)]
 #[must_use = "a request does nothing until one of its methods is called"]
-pub struct Request<'a> {
-    handle: &'a Handle,
+pub struct Request<'a, I = Isle> {
+    pub(crate) isle: &'a I,
     deadline: DeadlineSetting,
     token: Option<CancelToken>,
-    when_full: WhenFull,
+    pub(crate) when_full: WhenFull,
+}
+
+/// The isle handles a [`Request`] can be made on.
+pub(crate) trait IsleHandle {
+    fn handle(&self) -> &Handle;
+}
+
+/// A request made ready to be queued: its slot (holding the work), its token, its deadline.
+pub(crate) struct Prepared<T, W> {
+    pub(crate) slot: Arc<Slot<T, W>>,
+    pub(crate) token: CancelToken,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl<T: Send + 'static, W: Send + 'static> Prepared<T, W> {
+    /// The job to queue, unless the request is already resolved (its token was cancelled).
+    pub(crate) fn job(&self) -> Option<Queued>
+    where
+        W: FnOnce(&mut Vm) -> Result<T, IsleError>,
+    {
+        (!self.slot.is_ready())
+            .then(|| Queued::new(self.slot.clone(), self.token.clone(), self.deadline))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,10 +87,10 @@ enum DeadlineSetting {
     At(Instant),
 }
 
-impl<'a> Request<'a> {
-    pub(crate) fn new(handle: &'a Handle) -> Self {
+impl<'a, I> Request<'a, I> {
+    pub(crate) fn new(isle: &'a I) -> Self {
         Request {
-            handle,
+            isle,
             deadline: DeadlineSetting::IsleDefault,
             token: None,
             when_full: WhenFull::Wait,
@@ -170,6 +195,32 @@ impl<'a> Request<'a> {
         self
     }
 
+    /// Creates the request's slot and token around `work`.
+    pub(crate) fn prepare<T, W>(&self, work: W) -> Prepared<T, W>
+    where
+        I: IsleHandle,
+        T: Send + 'static,
+        W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
+    {
+        let shared = &self.isle.handle().shared;
+        let deadline = match self.deadline {
+            DeadlineSetting::IsleDefault => shared.default_timeout.and_then(wait::deadline_after),
+            DeadlineSetting::None => None,
+            DeadlineSetting::After(timeout) => wait::deadline_after(timeout),
+            DeadlineSetting::At(at) => Some(at),
+        };
+        let slot = Slot::new(shared.interrupter.clone(), work, self.token.as_ref());
+        let token = slot.token();
+        Prepared {
+            slot,
+            token,
+            deadline,
+        }
+    }
+}
+
+/// The blocking verbs.
+impl Request<'_, Isle> {
     /// Evaluates `code` and converts its result to `T`, blocking until done.
     ///
     /// `code` is tried as an expression first, then as a block (as Lua's REPL does), so both
@@ -353,7 +404,7 @@ impl<'a> Request<'a> {
 
     /// Refuses blocking requests made on the isle's own thread before anything is queued.
     fn blocking(self) -> Result<Self, IsleError> {
-        if current::on_isle_thread(self.handle.shared.id) {
+        if current::on_isle_thread(self.isle.handle().shared.id) {
             return Err(IsleError::Reentrant);
         }
         Ok(self)
@@ -364,20 +415,16 @@ impl<'a> Request<'a> {
         T: Send + 'static,
         W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
     {
-        let shared = &self.handle.shared;
-        let deadline = match self.deadline {
-            DeadlineSetting::IsleDefault => shared.default_timeout.and_then(wait::deadline_after),
-            DeadlineSetting::None => None,
-            DeadlineSetting::After(timeout) => wait::deadline_after(timeout),
-            DeadlineSetting::At(at) => Some(at),
-        };
-        let slot = Slot::new(shared.interrupter.clone(), work, self.token.as_ref());
-        let token = slot.token();
-        let task = Task::new(slot.clone(), token.clone(), deadline, shared.id);
-        if !slot.is_ready() {
-            self.handle
-                .submit(Queued::new(slot, token, deadline), self.when_full)?;
+        let handle = self.isle.handle();
+        let prepared = self.prepare(work);
+        if let Some(job) = prepared.job() {
+            handle.submit(job, self.when_full)?;
         }
-        Ok(task)
+        Ok(Task::new(
+            prepared.slot,
+            prepared.token,
+            prepared.deadline,
+            handle.shared.id,
+        ))
     }
 }

@@ -171,8 +171,25 @@ impl<T, W> Slot<T, W> {
         }
     }
 
+    /// Polls for the slot being resolved, without taking the result.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if matches!(state.phase, Phase::Done(_)) {
+            return Poll::Ready(());
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
     /// Polls for the result from an async context.
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Result<T, IsleError>>> {
         let mut state = self.lock();
         match &mut state.phase {
@@ -229,7 +246,7 @@ pub(crate) trait ResultSlot<T>: Send + Sync {
     fn take(&self) -> Option<Result<T, IsleError>>;
     fn wait_until(&self, deadline: Option<Instant>) -> bool;
     fn resolve_if_queued(&self, err: IsleError) -> bool;
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Result<T, IsleError>>>;
 }
 

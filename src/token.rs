@@ -1,10 +1,12 @@
 //! [`CancelToken`]: a shareable, hierarchical cancellation flag.
 
 use std::fmt;
+use std::future::Future;
 use std::mem;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -290,6 +292,47 @@ impl CancelToken {
         Some(listeners.insert(Listener::Waker(waker)))
     }
 
+    /// Replaces the waker stored under `key`; returns `false` when the token is cancelled.
+    fn update_waker(&self, key: usize, waker: &Waker) -> bool {
+        let mut listeners = self.node().listeners();
+        if self.is_cancelled() {
+            return false;
+        }
+        if let Some(Listener::Waker(stored)) = listeners.get_mut(key) {
+            if !stored.will_wake(waker) {
+                *stored = waker.clone();
+            }
+        }
+        true
+    }
+
+    /// Returns a future that completes when the token is cancelled (at once if it already is).
+    ///
+    /// The future owns a clone of the token, so it is `'static` and `Send`. No wake-up is lost:
+    /// it checks the token, registers its waker, and checks again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future only unregisters its waker.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let token = mlua_isle::CancelToken::new();
+    /// let waiting = token.cancelled();
+    /// token.cancel();
+    /// waiting.await; // completes
+    /// # }
+    /// ```
+    pub fn cancelled(&self) -> Cancellation {
+        Cancellation {
+            token: self.clone(),
+            key: None,
+        }
+    }
+
     /// Removes a waker stored by [`register_waker`](Self::register_waker).
     pub(crate) fn unregister_waker(&self, key: usize) {
         let removed = self.node().listeners().try_remove(key);
@@ -323,6 +366,63 @@ impl fmt::Debug for CancelToken {
         f.debug_struct("CancelToken")
             .field("is_cancelled", &self.is_cancelled())
             .finish()
+    }
+}
+
+/// The future returned by [`CancelToken::cancelled`]: completes when the token is cancelled.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let token = mlua_isle::CancelToken::new();
+/// let canceller = token.clone();
+/// tokio::spawn(async move { canceller.cancel() });
+/// token.cancelled().await;
+/// assert!(token.is_cancelled());
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Cancellation {
+    token: CancelToken,
+    /// Where our waker is stored in the token's listener table, once registered.
+    key: Option<usize>,
+}
+
+impl Future for Cancellation {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        let registered = match self.key {
+            Some(key) => self.token.update_waker(key, cx.waker()),
+            None => match self.token.register_waker(cx.waker().clone()) {
+                Some(key) => {
+                    self.key = Some(key);
+                    true
+                }
+                None => false,
+            },
+        };
+        // Registration happens under the lock that `cancel` takes: if it succeeded, a later
+        // cancel wakes us; if it failed, the token is already cancelled.
+        if registered && !self.token.is_cancelled() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+impl Drop for Cancellation {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.token.unregister_waker(key);
+        }
     }
 }
 
@@ -485,6 +585,34 @@ mod tests {
         let token = CancelToken::new();
         assert!(!token.wait_timeout(Duration::from_millis(1)));
         assert_eq!(token.node().listeners().len(), 0);
+    }
+
+    #[test]
+    fn cancelled_future_wakes_on_cancel_and_unregisters_on_drop() {
+        use std::sync::atomic::AtomicBool;
+        use std::task::Wake;
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let token = CancelToken::new();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = Box::pin(token.cancelled());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(fut.as_mut().poll(&mut cx).is_pending()); // re-poll keeps one registration
+        assert_eq!(token.node().listeners().len(), 1);
+        token.clone().cancel();
+        assert!(flag.0.load(Ordering::SeqCst));
+        assert!(fut.as_mut().poll(&mut cx).is_ready());
+        let other = CancelToken::new();
+        let mut dropped = Box::pin(other.cancelled());
+        assert!(dropped.as_mut().poll(&mut cx).is_pending());
+        drop(dropped);
+        assert_eq!(other.node().listeners().len(), 0);
     }
 
     #[test]

@@ -9,12 +9,23 @@
 //! - at the deadline plus the isle's grace period, if the same request still runs, gives the
 //!   isle up (see `Shared::give_up`).
 //!
-//! The thread exits when no registered isle is left, so an idle process has no watchdog.
-//! Publishing a deadline costs two atomic operations; the watchdog is only woken when the new
-//! deadline is earlier than the one it sleeps until.
+//! The watchdog also serves `Sleep`, a runtime-agnostic timer future: async waiters use it
+//! for deadlines, so the async API works on any executor, with or without a timer driver.
+//!
+//! The thread exits when no registered isle and no timer is left, so an idle process has no
+//! watchdog. Publishing a deadline costs two atomic operations; the watchdog is only woken when
+//! the new deadline is earlier than the one it sleeps until.
 
+use std::collections::BTreeMap;
+#[cfg(feature = "tokio")]
+use std::future::Future;
+#[cfg(feature = "tokio")]
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::task::Waker;
+#[cfg(feature = "tokio")]
+use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,9 +47,12 @@ struct Watchdog {
     next_wake: AtomicU64,
 }
 
-#[derive(Default)]
 struct State {
     isles: Vec<Weak<Shared>>,
+    /// Wakers of `Sleep` futures by (tick, sequence number).
+    timers: BTreeMap<(u64, u64), Waker>,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    next_timer: u64,
     running: bool,
     /// Set by [`kick`]: something changed since the last scan.
     kicked: bool,
@@ -47,6 +61,8 @@ struct State {
 static WATCHDOG: Watchdog = Watchdog {
     state: Mutex::new(State {
         isles: Vec::new(),
+        timers: BTreeMap::new(),
+        next_timer: 0,
         running: false,
         kicked: false,
     }),
@@ -65,16 +81,86 @@ impl Watchdog {
 pub(crate) fn register(isle: &Arc<Shared>) {
     let mut state = WATCHDOG.lock();
     state.isles.push(Arc::downgrade(isle));
+    wake_up(&mut state);
+}
+
+/// Makes sure the thread runs and rescans.
+fn wake_up(state: &mut State) {
     state.kicked = true;
     if !state.running {
         let spawned = thread::Builder::new()
             .name("mlua-isle-watchdog".to_owned())
             .spawn(run);
-        // Without a watchdog, deadlines are still enforced by the interrupt hook where it is
-        // permanent and by waiters for queued requests; only the hard stop is lost.
+        // Without a watchdog, deadlines are still enforced by a permanent interrupt hook and by
+        // blocking waiters; only the hard stop and async timers are lost.
         state.running = spawned.is_ok();
     }
     WATCHDOG.wake.notify_one();
+}
+
+/// A future that completes at a point in time, served by the watchdog thread.
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub(crate) struct Sleep {
+    tick: u64,
+    /// Our key in the timer table, once registered.
+    entry: Option<(u64, u64)>,
+}
+
+#[cfg(feature = "tokio")]
+impl Sleep {
+    pub(crate) fn until(at: Instant) -> Self {
+        Sleep {
+            tick: ticks(at),
+            entry: None,
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if ticks(Instant::now()) >= self.tick {
+            if let Some(entry) = self.entry.take() {
+                WATCHDOG.lock().timers.remove(&entry);
+            }
+            return Poll::Ready(());
+        }
+        let mut state = WATCHDOG.lock();
+        match self.entry {
+            Some(entry) => {
+                if let Some(waker) = state.timers.get_mut(&entry) {
+                    if !waker.will_wake(cx.waker()) {
+                        *waker = cx.waker().clone();
+                    }
+                } else {
+                    // Fired meanwhile: the wake-up may have been lost on an old waker.
+                    cx.waker().wake_by_ref();
+                }
+            }
+            None => {
+                let entry = (self.tick, state.next_timer);
+                state.next_timer += 1;
+                state.timers.insert(entry, cx.waker().clone());
+                self.entry = Some(entry);
+                if self.tick < WATCHDOG.next_wake.load(Ordering::SeqCst) {
+                    wake_up(&mut state);
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            WATCHDOG.lock().timers.remove(&entry);
+        }
+    }
 }
 
 /// Tells the watchdog that a deadline at `tick` was published.
@@ -93,25 +179,35 @@ pub(crate) fn kick() {
 
 fn run() {
     loop {
-        let isles: Vec<Arc<Shared>> = {
+        // While scanning, every newly published deadline kicks: one published after its isle
+        // was scanned is then not missed.
+        WATCHDOG.next_wake.store(u64::MAX, Ordering::SeqCst);
+        let (isles, next_timer): (Vec<Arc<Shared>>, u64) = {
             let mut state = WATCHDOG.lock();
             state.isles.retain(|isle| isle.strong_count() > 0);
-            if state.isles.is_empty() {
+            if state.isles.is_empty() && state.timers.is_empty() {
                 state.running = false;
                 return;
             }
             state.kicked = false;
-            state.isles.iter().filter_map(Weak::upgrade).collect()
+            let now = ticks(Instant::now());
+            while let Some(entry) = state.timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                entry.remove().wake();
+            }
+            let next_timer = state.timers.keys().next().map_or(u64::MAX, |k| k.0);
+            let isles = state.isles.iter().filter_map(Weak::upgrade).collect();
+            (isles, next_timer)
         };
-        // While scanning, every newly published deadline kicks: one published after its isle
-        // was scanned is then not missed.
-        WATCHDOG.next_wake.store(u64::MAX, Ordering::SeqCst);
         let now = ticks(Instant::now());
         let next = isles
             .iter()
             .filter_map(|isle| isle.check_deadline(now))
             .min()
-            .unwrap_or(u64::MAX);
+            .unwrap_or(u64::MAX)
+            .min(next_timer);
         WATCHDOG.next_wake.store(next, Ordering::SeqCst);
         // Dropped outside the lock: dropping the last reference to an isle kicks the watchdog.
         drop(isles);
@@ -132,6 +228,31 @@ fn run() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn sleep_completes_after_its_time() {
+        let start = Instant::now();
+        let waker = crate::wait::thread_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut sleep = Box::pin(Sleep::until(start + Duration::from_millis(5)));
+        while sleep.as_mut().poll(&mut cx).is_pending() {
+            thread::park_timeout(Duration::from_secs(5));
+        }
+        assert!(start.elapsed() >= Duration::from_millis(5));
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn dropped_sleep_leaves_no_timer() {
+        let waker = crate::wait::thread_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut sleep = Box::pin(Sleep::until(Instant::now() + Duration::from_secs(3600)));
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        let entry = sleep.entry.unwrap();
+        drop(sleep);
+        assert!(!WATCHDOG.lock().timers.contains_key(&entry));
+    }
 
     #[test]
     fn ticks_are_monotonic_and_never_zero() {

@@ -27,7 +27,7 @@ pub(crate) trait Job: Resolve + 'static {
 /// What travels through the queue. Dropping it unrun resolves its request with
 /// [`IsleError::Shutdown`], so a request can never be left unresolved.
 pub(crate) struct Queued {
-    /// `None` once the job has been handed to the Lua thread.
+    /// `None` for a wake-up marker, and once the job has been handed to the Lua thread.
     job: Option<(Arc<dyn Job>, CancelToken)>,
     deadline: Option<Instant>,
 }
@@ -40,9 +40,19 @@ impl Queued {
         }
     }
 
+    /// A marker that only wakes the Lua thread up (to notice that the queue was closed).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wake() -> Self {
+        Queued {
+            job: None,
+            deadline: None,
+        }
+    }
+
     fn run(mut self, worker: &mut Worker) {
-        let (job, token) = self.job.take().expect("a queued job runs once");
-        job.run(worker, token, self.deadline);
+        if let Some((job, token)) = self.job.take() {
+            job.run(worker, token, self.deadline);
+        }
     }
 }
 
@@ -141,6 +151,8 @@ pub(crate) fn run(
     ready.complete(Ok(()));
 
     while let Some(job) = next_job(&rx) {
+        #[cfg(feature = "tokio")]
+        shared.room.notify(1);
         if shared.interrupter.is_killed() {
             drop(job);
             continue;
@@ -148,6 +160,11 @@ pub(crate) fn run(
         job.run(&mut worker);
         if shared.is_abandoned() {
             // Given up on while stuck in that job: leave without touching the queue again.
+            break;
+        }
+        if shared.is_closed() && rx.is_empty() {
+            // Closed while handles still exist (an async driver's shutdown): what was
+            // accepted is done. Late senders drain their own jobs once this thread is gone.
             break;
         }
     }

@@ -1,0 +1,767 @@
+//! The async API (`tokio` feature): [`AsyncIsle`], a cheap handle to share between tasks, and
+//! [`AsyncIsleDriver`], which owns the isle's lifecycle.
+//!
+//! It is the same isle as [`Isle`](crate::Isle) — same builder, same Lua thread, same requests
+//! — with waits that yield to the executor instead of blocking the thread.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
+
+use crate::async_task::AsyncTask;
+use crate::builder::{IsleBuilder, Launched};
+use crate::current;
+use crate::error::IsleError;
+use crate::handle::{Handle, Shared};
+use crate::isle;
+use crate::request::{IsleHandle, Request};
+use crate::vm::Vm;
+use crate::wait;
+use crate::watchdog::Sleep;
+
+/// An async handle to a Lua VM running on its own thread.
+///
+/// `Clone` is cheap (one reference count); clones share the isle. The isle's thread ends once
+/// every `AsyncIsle` is dropped and the accepted work is done, or when its
+/// [`AsyncIsleDriver`] shuts it down.
+///
+/// Requests are the ones of [`Isle`](crate::Isle), awaited instead of waited for; while the
+/// queue is full, submitting waits (asynchronously) for room.
+///
+/// # Examples
+///
+/// ```
+/// use mlua_isle::AsyncIsle;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mlua_isle::IsleError> {
+/// let (isle, driver) = AsyncIsle::spawn(|lua| {
+///     lua.load("function greet(name) return 'hello ' .. name end").exec()
+/// })
+/// .await?;
+/// let clone = isle.clone();
+/// let greeting = tokio::spawn(async move { clone.call::<String>("greet", "tokio").await });
+/// assert_eq!(greeting.await.unwrap()?, "hello tokio");
+/// driver.shutdown().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AsyncIsle {
+    handle: Arc<Handle>,
+}
+
+/// Owns an [`AsyncIsle`]'s lifecycle: shut it down and learn how it ended.
+///
+/// Dropping the driver never blocks and does not stop the isle: its thread ends once every
+/// `AsyncIsle` is dropped and the accepted work is done.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mlua_isle::IsleError> {
+/// let (isle, driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+/// assert!(driver.is_alive());
+/// driver.shutdown().await?;
+/// assert!(isle.eval::<i64>("1").await.unwrap_err().is_shutdown());
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncIsleDriver {
+    /// Weak, so that the driver does not keep the queue open.
+    handle: Weak<Handle>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IsleBuilder {
+    /// Starts the isle like [`spawn`](IsleBuilder::spawn), but waits for `init`
+    /// asynchronously, and returns the async handle and its driver.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](IsleBuilder::spawn).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes lets the isle start anyway; its thread ends at
+    /// once after `init`, as no handle is left.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, driver) = mlua_isle::AsyncIsle::builder()
+    ///     .queue_capacity(64)
+    ///     .spawn_async(|lua| lua.globals().set("x", 1))
+    ///     .await?;
+    /// assert_eq!(isle.eval::<i64>("x").await?, 1);
+    /// driver.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_async<F>(self, init: F) -> Result<(AsyncIsle, AsyncIsleDriver), IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
+    {
+        let launched = self.launch(Box::new(init))?;
+        let outcome = poll_fn(|cx| launched.ready.poll_take(cx)).await;
+        let Launched { handle, thread, .. } = launched.started(outcome)?;
+        let shared = handle.shared.clone();
+        let handle = Arc::new(handle);
+        let driver = AsyncIsleDriver {
+            handle: Arc::downgrade(&handle),
+            shared,
+            thread: Some(thread),
+        };
+        Ok((AsyncIsle { handle }, driver))
+    }
+}
+
+impl AsyncIsle {
+    /// Starts an isle with the default settings and runs `init` on its VM; see
+    /// [`IsleBuilder::spawn_async`].
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Init`] if `init` fails or panics, [`IsleError::Spawn`] if the thread cannot
+    /// be started.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`IsleBuilder::spawn_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|lua| lua.globals().set("x", 2)).await?;
+    /// assert_eq!(isle.eval::<i64>("x * 21").await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn<F>(init: F) -> Result<(AsyncIsle, AsyncIsleDriver), IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
+    {
+        IsleBuilder::new().spawn_async(init).await
+    }
+
+    /// Returns the builder; finish with [`IsleBuilder::spawn_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, _driver) = mlua_isle::AsyncIsle::builder().spawn_async(|_| Ok(())).await?;
+    /// assert!(isle.is_alive());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> IsleBuilder {
+        IsleBuilder::new()
+    }
+
+    /// Starts a request with options: a deadline, a cancel token, the queue policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let err = isle
+    ///     .request()
+    ///     .timeout(Duration::from_millis(10))
+    ///     .eval::<()>("while true do end")
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn request(&self) -> Request<'_, AsyncIsle> {
+        Request::new(self)
+    }
+
+    /// Evaluates `code`; see [`Request::eval`](Request#method.eval-1).
+    ///
+    /// # Errors
+    ///
+    /// As the blocking [`Isle::eval`](crate::Isle::eval), without `Reentrant`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// assert_eq!(isle.eval::<i64>("1 + 1").await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn eval<T>(&self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().eval(code).await
+    }
+
+    /// Calls the global function `name` with `args`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Isle::call`](crate::Isle::call), without `Reentrant`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// assert_eq!(isle.call::<String>("tostring", 5).await?, "5");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn call<T>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().call(name, args).await
+    }
+
+    /// Runs `f` with the VM on the Lua thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Isle::exec`](crate::Isle::exec), without `Reentrant`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let n = isle.exec(|lua| lua.load("return 3").eval::<i64>()).await?;
+    /// assert_eq!(n, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn exec<T, F>(&self, f: F) -> Result<T, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.request().exec(f).await
+    }
+
+    /// Queues an eval and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Shutdown`] when the isle no longer accepts requests.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while waiting for room in the queue, nothing is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.spawn_eval::<i64>("return 1").await?;
+    /// assert_eq!(task.await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_eval<T>(
+        &self,
+        code: impl Into<Cow<'static, str>>,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().spawn_eval(code).await
+    }
+
+    /// Queues a call and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.spawn_call::<i64>("select", ("#", 1, 2)).await?;
+    /// assert_eq!(task.await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_call<T>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().spawn_call(name, args).await
+    }
+
+    /// Queues an exec and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.spawn_exec(|_| Ok("done")).await?;
+    /// assert_eq!(task.await?, "done");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_exec<T, F>(&self, f: F) -> Result<AsyncTask<T>, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.request().spawn_exec(f).await
+    }
+
+    /// Whether the Lua thread is still serving requests.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// assert!(isle.is_alive());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_alive(&self) -> bool {
+        self.handle.shared.is_alive()
+    }
+}
+
+impl IsleHandle for AsyncIsle {
+    fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// The async verbs; the options are those of every [`Request`].
+impl Request<'_, AsyncIsle> {
+    /// Evaluates `code` and converts its result to `T`; see the blocking
+    /// [`Request::eval`](Request#method.eval).
+    ///
+    /// # Errors
+    ///
+    /// As the blocking `eval`, without `Reentrant`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let n: i64 = isle.request().no_timeout().eval("2 ^ 8 // 1").await?;
+    /// assert_eq!(n, 256);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn eval<T>(self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.spawn_eval(code).await?.await
+    }
+
+    /// Calls the global function `name` with `args`.
+    ///
+    /// # Errors
+    ///
+    /// As the blocking `call`, without `Reentrant`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// assert_eq!(isle.request().call::<i64>("math.floor", 1.5).await.is_err(), true);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn call<T>(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.spawn_call(name, args).await?.await
+    }
+
+    /// Runs `f` with the VM on the Lua thread.
+    ///
+    /// # Errors
+    ///
+    /// As the blocking `exec`, without `Reentrant`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// isle.request().exec(|lua| lua.globals().set("y", 1)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn exec<T, F>(self, f: F) -> Result<T, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_exec(f).await?.await
+    }
+
+    /// Queues an eval and returns its [`AsyncTask`], waiting for room in the queue (or
+    /// failing with [`IsleError::Full`] under [`try_enqueue`](Request::try_enqueue)).
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Shutdown`] when the isle no longer accepts requests, [`IsleError::Full`]
+    /// with `try_enqueue`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while waiting for room, nothing is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.request().try_enqueue().spawn_eval::<i64>("7").await?;
+    /// assert_eq!(task.await?, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_eval<T>(
+        self,
+        code: impl Into<Cow<'static, str>>,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        let code = code.into();
+        self.submit(move |vm: &mut Vm| vm.eval::<T>(&code)).await
+    }
+
+    /// Queues a call and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](Request#method.spawn_eval-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while waiting for room, nothing is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.request().spawn_call::<String>("type", 1).await?;
+    /// assert_eq!(task.await?, "number");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_call<T>(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        let name = name.into();
+        self.submit(move |vm: &mut Vm| vm.call::<T>(&name, args))
+            .await
+    }
+
+    /// Queues an exec and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](Request#method.spawn_eval-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while waiting for room, nothing is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.request().spawn_exec(|_| Ok(1u8)).await?;
+    /// assert_eq!(task.await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_exec<T, F>(self, f: F) -> Result<AsyncTask<T>, IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(move |vm: &mut Vm| f(vm.lua()).map_err(IsleError::from))
+            .await
+    }
+
+    async fn submit<T, W>(self, work: W) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
+    {
+        let prepared = self.prepare(work);
+        if let Some(job) = prepared.job() {
+            self.isle.handle().submit_async(job, self.when_full).await?;
+        }
+        Ok(AsyncTask::new(
+            prepared.slot,
+            prepared.token,
+            prepared.deadline,
+        ))
+    }
+}
+
+impl AsyncIsleDriver {
+    /// Whether the Lua thread is still serving requests.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (_isle, driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// assert!(driver.is_alive());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_alive(&self) -> bool {
+        self.shared.is_alive()
+    }
+
+    /// Stops accepting requests (from every [`AsyncIsle`] clone), lets the accepted ones
+    /// finish, then joins the Lua thread.
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Panic`] if the Lua thread panicked outside a request,
+    /// [`IsleError::Abandoned`] if the isle gave up on a request that could not be
+    /// interrupted, [`IsleError::Reentrant`] when awaited on the isle's own thread.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future does not undo the shutdown: the isle still finishes its accepted
+    /// work and ends.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.spawn_eval::<i64>("return 1").await?;
+    /// driver.shutdown().await?;
+    /// assert_eq!(task.await?, 1); // accepted work finished
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown(self) -> Result<(), IsleError> {
+        self.shutdown_until(None).await
+    }
+
+    /// Like [`shutdown`](AsyncIsleDriver::shutdown), but after `timeout` everything still
+    /// queued or running — coroutine requests included — is stopped and resolved with
+    /// [`IsleError::Shutdown`]; then the thread is joined.
+    ///
+    /// # Errors
+    ///
+    /// [`IsleError::Abandoned`] if the running request does not stop within the grace period
+    /// after being interrupted (its thread is then left to end on its own); otherwise as
+    /// [`shutdown`](AsyncIsleDriver::shutdown).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`shutdown`](AsyncIsleDriver::shutdown).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let stuck = isle.spawn_eval::<()>("while true do end").await?;
+    /// driver.shutdown_timeout(Duration::from_millis(10)).await?;
+    /// assert!(stuck.await.unwrap_err().is_shutdown());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown_timeout(self, timeout: Duration) -> Result<(), IsleError> {
+        self.shutdown_until(Some(wait::deadline_after(timeout)))
+            .await
+    }
+
+    /// `deadline`: `None` to wait forever, `Some(None)` for a timeout too long to represent.
+    async fn shutdown_until(mut self, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
+        let shared = self.shared.clone();
+        if current::on_isle_thread(shared.id) {
+            return Err(IsleError::Reentrant);
+        }
+        shared.close();
+        if let Some(handle) = self.handle.upgrade() {
+            handle.wake();
+        }
+        if let Some(deadline) = deadline {
+            if !exited_by(&shared, deadline).await {
+                shared.interrupter.kill();
+                shared.close_and_drain();
+                if !exited_by(&shared, Instant::now().checked_add(shared.grace)).await {
+                    shared.give_up(None, IsleError::Shutdown);
+                }
+            }
+        }
+        exited_by(&shared, None).await;
+        if matches!(shared.exited.take(), Some(Err(IsleError::Abandoned))) {
+            return Err(IsleError::Abandoned);
+        }
+        // The thread has ended (or is ending): joining does not block for long.
+        isle::join(self.thread.take())
+    }
+}
+
+/// Waits until the isle's thread has ended (or was given up on), or until `deadline`; returns
+/// whether it has.
+async fn exited_by(shared: &Shared, deadline: Option<Instant>) -> bool {
+    let mut sleep = deadline.map(|d| Box::pin(Sleep::until(d)));
+    let exited = &shared.exited;
+    poll_fn(|cx| {
+        if exited.poll_ready(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        match &mut sleep {
+            Some(sleep) => sleep.as_mut().poll(cx).map(|()| false),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+impl fmt::Debug for AsyncIsle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncIsle")
+            .field("alive", &self.is_alive())
+            .field("queued", &self.handle.tx.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for AsyncIsleDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncIsleDriver")
+            .field("alive", &self.is_alive())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_and_futures_are_send() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<AsyncIsle>();
+        send_sync::<AsyncIsleDriver>();
+        send_sync::<AsyncTask<String>>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (isle, driver) = runtime.block_on(AsyncIsle::spawn(|_| Ok(()))).unwrap();
+        send(&isle.eval::<i64>("1"));
+        send(&isle.request().call::<i64>("f", 1));
+        send(&AsyncIsle::spawn(|_| Ok(())));
+        send(&driver.shutdown());
+    }
+}
