@@ -18,12 +18,15 @@ use crate::async_task::AsyncTask;
 use crate::builder::{IsleBuilder, Launched};
 use crate::current;
 use crate::error::IsleError;
+use crate::executor::Coroutine;
 use crate::handle::{Handle, Shared};
 use crate::isle;
 use crate::request::{IsleHandle, Request};
+use crate::slot::Slot;
 use crate::vm::Vm;
 use crate::wait;
 use crate::watchdog::Sleep;
+use crate::worker::Job;
 
 /// An async handle to a Lua VM running on its own thread.
 ///
@@ -374,6 +377,147 @@ impl AsyncIsle {
         self.request().spawn_exec(f).await
     }
 
+    /// Evaluates `code` as a coroutine on the isle's thread. The code may call async Rust
+    /// functions (registered with `Lua::create_async_function`): while it awaits one, the
+    /// isle serves other requests and coroutines. The isle's thread runs a current-thread tokio
+    /// runtime for these, so async host functions can use tokio's timers, channels and (with
+    /// tokio's `net`/`fs` features) I/O.
+    ///
+    /// # Errors
+    ///
+    /// As [`eval`](AsyncIsle::eval).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request, which drops the Rust future the coroutine is
+    /// awaiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|lua| {
+    ///     let sleep = lua.create_async_function(|_, ms: u64| async move {
+    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///         Ok(ms)
+    ///     })?;
+    ///     lua.globals().set("sleep", sleep)
+    /// })
+    /// .await?;
+    /// assert_eq!(isle.coroutine_eval::<u64>("return sleep(5)").await?, 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn coroutine_eval<T>(
+        &self,
+        code: impl Into<Cow<'static, str>>,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().coroutine_eval(code).await
+    }
+
+    /// Calls the global function `name` with `args` as a coroutine; see
+    /// [`coroutine_eval`](AsyncIsle::coroutine_eval).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](AsyncIsle::call).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`coroutine_eval`](AsyncIsle::coroutine_eval).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|lua| {
+    /// #     lua.load("function twice(x) coroutine.yield() return 2 * x end").exec()
+    /// # }).await?;
+    /// assert_eq!(isle.coroutine_call::<i64>("twice", 21).await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn coroutine_call<T>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().coroutine_call(name, args).await
+    }
+
+    /// Queues a coroutine eval and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.spawn_coroutine_eval::<i64>("return 3").await?;
+    /// assert_eq!(task.await?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_coroutine_eval<T>(
+        &self,
+        code: impl Into<Cow<'static, str>>,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().spawn_coroutine_eval(code).await
+    }
+
+    /// Queues a coroutine call and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.spawn_coroutine_call::<String>("type", true).await?;
+    /// assert_eq!(task.await?, "boolean");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_coroutine_call<T>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().spawn_coroutine_call(name, args).await
+    }
+
     /// Whether the Lua thread is still serving requests.
     ///
     /// # Examples
@@ -585,10 +729,156 @@ impl Request<'_, AsyncIsle> {
             .await
     }
 
+    /// Evaluates `code` as a coroutine that may await async Rust functions (registered with
+    /// `Lua::create_async_function`); while it awaits, the isle serves other requests and
+    /// coroutines. See [`AsyncIsle::coroutine_eval`].
+    ///
+    /// # Errors
+    ///
+    /// As [`eval`](Request#method.eval-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request, which drops the Rust future the coroutine is
+    /// awaiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let n: i64 = isle
+    ///     .request()
+    ///     .timeout(Duration::from_secs(5))
+    ///     .coroutine_eval("coroutine.yield() return 4")
+    ///     .await?;
+    /// assert_eq!(n, 4);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn coroutine_eval<T>(self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.spawn_coroutine_eval(code).await?.await
+    }
+
+    /// Calls the global function `name` with `args` as a coroutine; see
+    /// [`coroutine_eval`](Request#method.coroutine_eval).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Request#method.call-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`coroutine_eval`](Request#method.coroutine_eval).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let s: String = isle.request().coroutine_call("tostring", 9).await?;
+    /// assert_eq!(s, "9");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn coroutine_call<T>(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.spawn_coroutine_call(name, args).await?.await
+    }
+
+    /// Queues a [`coroutine_eval`](Request#method.coroutine_eval) and returns its
+    /// [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](Request#method.spawn_eval-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while waiting for room, nothing is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.request().spawn_coroutine_eval::<i64>("return 1").await?;
+    /// assert_eq!(task.await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_coroutine_eval<T>(
+        self,
+        code: impl Into<Cow<'static, str>>,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        let code = code.into();
+        self.submit(Coroutine(move |vm: &mut Vm| {
+            let chunk = vm.chunk(&code)?;
+            vm.coroutine::<T>(chunk, ())
+        }))
+        .await
+    }
+
+    /// Queues a [`coroutine_call`](Request#method.coroutine_call) and returns its
+    /// [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](Request#method.spawn_eval-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while waiting for room, nothing is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.request().spawn_coroutine_call::<i64>("select", ("#", 1)).await?;
+    /// assert_eq!(task.await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_coroutine_call<T>(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        let name = name.into();
+        self.submit(Coroutine(move |vm: &mut Vm| {
+            let function = vm.global_function(&name)?;
+            vm.coroutine::<T>(function, args)
+        }))
+        .await
+    }
+
     async fn submit<T, W>(self, work: W) -> Result<AsyncTask<T>, IsleError>
     where
         T: Send + 'static,
-        W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
+        W: Send + 'static,
+        Slot<T, W>: Job,
     {
         let prepared = self.prepare(work);
         if let Some(job) = prepared.job() {
@@ -694,7 +984,7 @@ impl AsyncIsleDriver {
         }
         if let Some(deadline) = deadline {
             if !exited_by(&shared, deadline).await {
-                shared.interrupter.kill();
+                shared.kill();
                 shared.close_and_drain();
                 if !exited_by(&shared, Instant::now().checked_add(shared.grace)).await {
                     shared.give_up(None, IsleError::Shutdown);

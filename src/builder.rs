@@ -421,7 +421,7 @@ impl IsleBuilder {
                 .map_err(IsleError::Spawn)?
         };
         Ok(Launched {
-            handle: Handle { tx, shared },
+            handle: Handle::new(tx, shared),
             thread,
             ready,
         })

@@ -20,6 +20,7 @@ use crate::current;
 use crate::error::IsleError;
 use crate::interrupt::Interrupter;
 use crate::slot::{Resolve, Slot};
+use crate::token::CancelToken;
 use crate::watchdog;
 use crate::worker::Queued;
 
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     current: Mutex<Option<Arc<dyn Resolve>>>,
     /// Resolved when the Lua thread ends (or is given up on, with `Abandoned`).
     pub(crate) exited: Arc<Slot<()>>,
+    /// Cancelled when the isle is killed: wakes suspended coroutine requests.
+    pub(crate) killed: CancelToken,
     /// Notified by the Lua thread each time it takes a job: room for async senders.
     #[cfg(feature = "tokio")]
     pub(crate) room: event_listener::Event,
@@ -85,6 +88,7 @@ impl Shared {
             watched: AtomicBool::new(false),
             current: Mutex::new(None),
             exited: Slot::new(interrupter.clone(), (), None),
+            killed: CancelToken::new(),
             #[cfg(feature = "tokio")]
             room: event_listener::Event::new(),
             #[cfg(feature = "tokio")]
@@ -114,6 +118,14 @@ impl Shared {
     /// Whether new submissions are refused.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops the running request and every later one (suspended coroutine requests included).
+    pub(crate) fn kill(&self) {
+        self.interrupter.kill();
+        self.killed.cancel();
+        #[cfg(feature = "tokio")]
+        self.arrived.notify(usize::MAX);
     }
 
     /// Refuses new submissions from now on; what is queued still runs.
@@ -195,7 +207,7 @@ impl Shared {
             self.abandoned.store(true, Ordering::Release);
             current.clone()
         };
-        self.interrupter.kill();
+        self.kill();
         self.close_and_drain();
         if let Some(job) = job {
             job.resolve(err);
@@ -229,10 +241,37 @@ pub(crate) enum WhenFull {
 }
 
 /// A sending handle to one isle.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Handle {
+    // Field order is drop order: the sender goes first, then the Lua thread is told.
     pub(crate) tx: Sender<Queued>,
     pub(crate) shared: Arc<Shared>,
+    #[cfg(feature = "tokio")]
+    _disconnect: Disconnect,
+}
+
+/// Tells a Lua thread waiting on `arrived` to look at the queue once the handle's sender is
+/// gone (the queue may now be disconnected).
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+struct Disconnect(Arc<Shared>);
+
+#[cfg(feature = "tokio")]
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        self.0.arrived.notify(usize::MAX);
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(tx: Sender<Queued>, shared: Arc<Shared>) -> Self {
+        Handle {
+            tx,
+            #[cfg(feature = "tokio")]
+            _disconnect: Disconnect(shared.clone()),
+            shared,
+        }
+    }
 }
 
 impl Handle {
@@ -322,7 +361,7 @@ mod tests {
     fn handle(capacity: usize) -> Handle {
         let (tx, rx) = crossbeam_channel::bounded::<Queued>(capacity);
         let shared = Arc::new(Shared::new(None, Duration::ZERO, rx));
-        Handle { tx, shared }
+        Handle::new(tx, shared)
     }
 
     #[test]
@@ -353,7 +392,6 @@ mod tests {
     use std::sync::{Barrier, Mutex};
     use std::thread;
 
-    use crate::token::CancelToken;
     use crate::vm::Vm;
 
     #[test]

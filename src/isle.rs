@@ -360,7 +360,7 @@ impl Isle {
         let exited = &shared.exited;
         if let Some(deadline) = deadline {
             if !exited.wait_until(deadline) {
-                shared.interrupter.kill();
+                shared.kill();
                 // The Lua thread may be stuck: resolve what is queued from here.
                 shared.close_and_drain();
                 if !exited.wait_until(Instant::now().checked_add(shared.grace)) {

@@ -136,6 +136,8 @@ mod async_task;
 mod builder;
 mod current;
 mod error;
+#[cfg(feature = "tokio")]
+mod executor;
 mod handle;
 mod interrupt;
 mod isle;

@@ -15,7 +15,7 @@ use crate::task::Task;
 use crate::token::CancelToken;
 use crate::vm::Vm;
 use crate::wait;
-use crate::worker::Queued;
+use crate::worker::{Job, Queued};
 
 /// Options for one request, then the request itself.
 ///
@@ -72,7 +72,7 @@ impl<T: Send + 'static, W: Send + 'static> Prepared<T, W> {
     /// The job to queue, unless the request is already resolved (its token was cancelled).
     pub(crate) fn job(&self) -> Option<Queued>
     where
-        W: FnOnce(&mut Vm) -> Result<T, IsleError>,
+        Slot<T, W>: Job,
     {
         (!self.slot.is_ready())
             .then(|| Queued::new(self.slot.clone(), self.token.clone(), self.deadline))
@@ -200,7 +200,7 @@ impl<'a, I> Request<'a, I> {
     where
         I: IsleHandle,
         T: Send + 'static,
-        W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
+        W: Send + 'static,
     {
         let shared = &self.isle.handle().shared;
         let deadline = match self.deadline {

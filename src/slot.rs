@@ -90,6 +90,20 @@ impl<T, W> Slot<T, W> {
         }
     }
 
+    /// Tags a running request with the generation of its next stretch of execution (coroutine
+    /// requests run in several). Returns `false` if it was resolved meanwhile.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn rerun(&self, gen: u64) -> bool {
+        let mut state = self.lock();
+        match state.phase {
+            Phase::Running(_) => {
+                state.phase = Phase::Running(gen);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Resolves the slot unless it is already resolved. Returns whether this call resolved it.
     pub(crate) fn complete(&self, result: Result<T, IsleError>) -> bool {
         let (resolved, _unrun_work) = {

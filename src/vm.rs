@@ -87,8 +87,9 @@ pub(crate) struct Vm {
 
 impl Vm {
     pub(crate) fn new(lua: Lua, chunk_cache: usize) -> Self {
+        let globals = lua.globals();
         Vm {
-            globals: lua.globals(),
+            globals,
             chunks: NonZeroUsize::new(chunk_cache).map(LruCache::new),
             lua,
         }
@@ -100,17 +101,19 @@ impl Vm {
 
     /// Runs `code` as an expression if it is one, otherwise as a block, like Lua's REPL.
     pub(crate) fn eval<T: FromLuaMulti>(&mut self, code: &str) -> Result<T, IsleError> {
-        let function = match self.chunks.as_mut().and_then(|c| c.get(code)) {
-            Some(function) => function.clone(),
-            None => {
-                let function = self.compile(code)?;
-                if let Some(chunks) = &mut self.chunks {
-                    chunks.put(code.to_owned(), function.clone());
-                }
-                function
-            }
-        };
-        Ok(function.call(())?)
+        Ok(self.chunk(code)?.call(())?)
+    }
+
+    /// The compiled chunk for `code` (from the cache when possible).
+    pub(crate) fn chunk(&mut self, code: &str) -> mlua::Result<Function> {
+        if let Some(function) = self.chunks.as_mut().and_then(|c| c.get(code)) {
+            return Ok(function.clone());
+        }
+        let function = self.compile(code)?;
+        if let Some(chunks) = &mut self.chunks {
+            chunks.put(code.to_owned(), function.clone());
+        }
+        Ok(function)
     }
 
     fn compile(&self, code: &str) -> mlua::Result<Function> {
@@ -138,13 +141,32 @@ impl Vm {
         name: &str,
         args: impl IntoLuaMulti,
     ) -> Result<T, IsleError> {
+        Ok(self.global_function(name)?.call(args)?)
+    }
+
+    /// The global function `name`.
+    pub(crate) fn global_function(&self, name: &str) -> Result<Function, IsleError> {
         match self.globals.get::<Value>(name)? {
-            Value::Function(function) => Ok(function.call(args)?),
+            Value::Function(function) => Ok(function),
             other => Err(IsleError::NotAFunction {
                 name: name.to_owned(),
                 type_name: other.type_name(),
             }),
         }
+    }
+
+    /// Runs `function` with `args` as a coroutine that may await async Rust functions; returns
+    /// the future driving it. The coroutine gets a protected base frame (as those created by
+    /// Lua's `coroutine.create` do); dropping the future while the coroutine awaits drops the
+    /// awaited Rust future at once.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn coroutine<T: FromLuaMulti + 'static>(
+        &self,
+        function: Function,
+        args: impl IntoLuaMulti,
+    ) -> Result<crate::executor::LuaFuture<T>, IsleError> {
+        let body = crate::interrupt::protected_body(&self.lua, function)?;
+        Ok(Box::pin(body.call_async::<T>(args)))
     }
 }
 

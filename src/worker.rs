@@ -2,7 +2,10 @@
 //! gone.
 
 use std::any::Any;
+use std::cell::Cell;
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +25,11 @@ use crate::wait;
 pub(crate) trait Job: Resolve + 'static {
     /// Runs the request (unless it was resolved while queued) and resolves it.
     fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>);
+
+    /// Whether the request needs the Lua thread's async executor (a coroutine request).
+    fn needs_executor(&self) -> bool {
+        false
+    }
 }
 
 /// What travels through the queue. Dropping it unrun resolves its request with
@@ -49,10 +57,24 @@ impl Queued {
         }
     }
 
-    fn run(mut self, worker: &mut Worker) {
+    pub(crate) fn run(mut self, worker: &mut Worker) {
         if let Some((job, token)) = self.job.take() {
             job.run(worker, token, self.deadline);
         }
+    }
+
+    /// Resolves the job with `err` instead of running it.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn fail(mut self, err: IsleError) {
+        if let Some((job, _)) = self.job.take() {
+            job.resolve(err);
+        }
+    }
+
+    pub(crate) fn needs_executor(&self) -> bool {
+        self.job
+            .as_ref()
+            .is_some_and(|(job, _)| job.needs_executor())
     }
 }
 
@@ -80,10 +102,14 @@ pub(crate) struct Setup {
 /// The Lua thread's state between jobs.
 pub(crate) struct Worker {
     // Field order is drop order: the hook registration goes before the VM it points into.
-    armed: Armed,
-    vm: Vm,
-    shared: Arc<Shared>,
-    next_gen: u64,
+    // (Coroutine tasks share it; they are all dropped before the worker.)
+    pub(crate) armed: Rc<Armed>,
+    pub(crate) vm: Vm,
+    pub(crate) shared: Arc<Shared>,
+    next_gen: Rc<Cell<u64>>,
+    /// Set while the Lua thread runs its async executor (for coroutine requests).
+    #[cfg(feature = "tokio")]
+    pub(crate) executor: Option<crate::executor::Executor>,
 }
 
 impl Worker {
@@ -102,11 +128,13 @@ impl Worker {
                 vm::forbid_binary_chunks(&lua)?;
             }
             let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
-            let mut worker = Worker {
-                armed,
+            let worker = Worker {
+                armed: Rc::new(armed),
                 vm: Vm::new(lua, setup.chunk_cache),
                 shared: shared.clone(),
-                next_gen: 1,
+                next_gen: Rc::new(Cell::new(1)),
+                #[cfg(feature = "tokio")]
+                executor: None,
             };
             // `init` runs like a request: under the isle's default deadline.
             let deadline = shared.default_timeout.and_then(wait::deadline_after);
@@ -126,10 +154,16 @@ impl Worker {
             .unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
     }
 
-    fn next_generation(&mut self) -> u64 {
-        let gen = self.next_gen;
-        self.next_gen += 1;
+    pub(crate) fn next_generation(&self) -> u64 {
+        let gen = self.next_gen.get();
+        self.next_gen.set(gen + 1);
         gen
+    }
+
+    /// The generation counter, shared with coroutine tasks.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn generations(&self) -> Rc<Cell<u64>> {
+        self.next_gen.clone()
     }
 }
 
@@ -150,27 +184,71 @@ pub(crate) fn run(
     };
     ready.complete(Ok(()));
 
-    while let Some(job) = next_job(&rx) {
+    // Serve on this thread until the first coroutine request; from then on (if ever), inside
+    // an async executor that also drives the coroutines.
+    #[cfg_attr(not(feature = "tokio"), allow(clippy::never_loop))]
+    while let Some(first) = serve(&mut worker, &rx) {
         #[cfg(feature = "tokio")]
-        shared.room.notify(1);
-        if shared.interrupter.is_killed() {
-            drop(job);
-            continue;
-        }
-        job.run(&mut worker);
-        if shared.is_abandoned() {
-            // Given up on while stuck in that job: leave without touching the queue again.
+        if crate::executor::serve(&mut worker, &rx, first) {
             break;
         }
-        if shared.is_closed() && rx.is_empty() {
-            // Closed while handles still exist (an async driver's shutdown): what was
-            // accepted is done. Late senders drain their own jobs once this thread is gone.
-            break;
-        }
+        #[cfg(not(feature = "tokio"))]
+        drop(first);
     }
     // Refuse and resolve late submissions before closing the VM, whose finalizers may run long.
     drop(exit);
     drop(worker);
+}
+
+/// Serves plain requests on this thread. Returns the first request that needs the async
+/// executor, or `None` once the isle is done.
+fn serve(worker: &mut Worker, rx: &Receiver<Queued>) -> Option<Queued> {
+    while let Some(job) = next_job(rx) {
+        if job.needs_executor() {
+            return Some(job);
+        }
+        if handle_job(worker, rx, job).is_break() {
+            break;
+        }
+    }
+    None
+}
+
+/// Runs one job taken from the queue; `Break` when the Lua thread has to stop serving.
+pub(crate) fn handle_job(
+    worker: &mut Worker,
+    rx: &Receiver<Queued>,
+    job: Queued,
+) -> ControlFlow<()> {
+    let shared = worker.shared.clone();
+    #[cfg(feature = "tokio")]
+    shared.room.notify(1);
+    if shared.interrupter.is_killed() {
+        drop(job);
+        return ControlFlow::Continue(());
+    }
+    job.run(worker);
+    if shared.is_abandoned() {
+        // Given up on while stuck in that job: leave without touching the queue again.
+        return ControlFlow::Break(());
+    }
+    if shared.is_closed() && rx.is_empty() && worker.idle() {
+        // Closed while handles still exist (an async driver's shutdown): what was accepted
+        // is done. Late senders drain their own jobs once this thread is gone.
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
+}
+
+impl Worker {
+    /// Whether no coroutine request is in progress.
+    pub(crate) fn idle(&self) -> bool {
+        #[cfg(feature = "tokio")]
+        if let Some(executor) = &self.executor {
+            return executor.active() == 0;
+        }
+        true
+    }
 }
 
 struct ExitGuard<'a> {
@@ -185,7 +263,7 @@ impl Drop for ExitGuard<'_> {
 
 /// The next job, polling briefly before blocking; `None` once every sender is gone and the
 /// queue is empty.
-fn next_job(rx: &Receiver<Queued>) -> Option<Queued> {
+pub(crate) fn next_job(rx: &Receiver<Queued>) -> Option<Queued> {
     let mut next = None;
     let mut disconnected = false;
     let found = wait::spin_until(|| match rx.try_recv() {
@@ -238,18 +316,26 @@ where
         worker.armed.end();
         worker.shared.request_ended();
 
-        // A request stopped (or merely caught up) by a cancel or deadline reports that, whatever
-        // the code did with the interruption.
-        let outcome = if token.is_cancelled() {
-            Err(IsleError::Cancelled)
-        } else if deadline.is_some_and(|d| Instant::now() >= d) {
-            Err(IsleError::Timeout)
-        } else if worker.shared.interrupter.is_killed() {
-            Err(IsleError::Shutdown)
-        } else {
-            result.unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
-        };
-        self.complete(outcome);
+        self.complete(outcome(&worker.shared, &token, deadline, result));
+    }
+}
+
+/// What a request that ran reports: a cancel, a passed deadline or a kill wins over whatever
+/// the code did with the interruption.
+pub(crate) fn outcome<T>(
+    shared: &Shared,
+    token: &CancelToken,
+    deadline: Option<Instant>,
+    result: std::thread::Result<Result<T, IsleError>>,
+) -> Result<T, IsleError> {
+    if token.is_cancelled() {
+        Err(IsleError::Cancelled)
+    } else if deadline.is_some_and(|d| Instant::now() >= d) {
+        Err(IsleError::Timeout)
+    } else if shared.interrupter.is_killed() {
+        Err(IsleError::Shutdown)
+    } else {
+        result.unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
     }
 }
 

@@ -388,6 +388,18 @@ unsafe extern "C-unwind" fn finish_body(
     }
 }
 
+/// `function` wrapped in a coroutine's protected base frame, for coroutines created from Rust.
+#[cfg(feature = "tokio")]
+pub(super) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Result<mlua::Function> {
+    // SAFETY: `exec_raw` pushes `function` and runs the closure in a protected call;
+    // `lua_pushcclosure` takes it as the single upvalue and leaves the closure as result.
+    unsafe {
+        lua.exec_raw(function, |state| {
+            ffi::lua_pushcclosure(state, coroutine_body, 1)
+        })
+    }
+}
+
 /// Replaces `coroutine.create`, `wrap`, `resume` and `close` with the versions above.
 fn wrap_coroutine_functions(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     let Ok(coroutine) = lua.globals().get::<mlua::Table>("coroutine") else {

@@ -293,6 +293,13 @@ impl Drop for Armed {
     }
 }
 
+/// `function` wrapped so that, as the body of a coroutine created from Rust, it gets the same
+/// protected base frame as coroutines created by Lua's `coroutine.create`.
+#[cfg(feature = "tokio")]
+pub(crate) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Result<mlua::Function> {
+    chain::protected_body(lua, function)
+}
+
 /// Runs `f` with the isle's interrupt signal blocked on the calling thread, then delivers any
 /// signal that arrived meanwhile.
 ///

@@ -1,0 +1,374 @@
+//! The Lua thread's async executor (`tokio` feature), started with the first coroutine
+//! request.
+//!
+//! A coroutine request runs its Lua code as a coroutine that may call async Rust functions
+//! (`Lua::create_async_function`). While it awaits one, the Lua thread serves other requests
+//! and other coroutines. To that end the thread runs a current-thread tokio runtime (timers
+//! and, if tokio's `net`/`fs` features are on in the application, I/O) with a `LocalSet`:
+//! the queue is served by one local task, which runs plain requests to completion in turn, and
+//! every coroutine request is another local task. Async host functions can therefore use
+//! tokio's timers, I/O and channels directly.
+//!
+//! Each time a coroutine task resumes its coroutine it runs as a request of its own
+//! generation, so cancellation, deadlines and the hard stop work as for plain requests; while
+//! it is suspended, a cancel, a passed deadline or the isle being killed completes the task at
+//! once, dropping the coroutine and the Rust future it was awaiting.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use event_listener::Event;
+
+use crate::current;
+use crate::error::IsleError;
+use crate::handle::Shared;
+use crate::interrupt::Armed;
+use crate::slot::{Resolve, Slot};
+use crate::token::{CancelToken, Cancellation};
+use crate::vm::Vm;
+use crate::wait;
+use crate::watchdog::Sleep;
+use crate::worker::{self, Job, Queued, Worker};
+
+/// The future driving one coroutine on the VM.
+pub(crate) type LuaFuture<T> = Pin<Box<dyn Future<Output = mlua::Result<T>>>>;
+
+/// The work of a coroutine request: creates its coroutine on the VM.
+pub(crate) struct Coroutine<S>(pub(crate) S);
+
+/// What coroutine tasks share with the Lua thread.
+struct Context_ {
+    armed: Rc<Armed>,
+    shared: Arc<Shared>,
+    generations: Rc<Cell<u64>>,
+    /// Coroutine requests in progress.
+    active: Cell<usize>,
+    /// Notified when `active` drops to 0.
+    idle: Event,
+}
+
+impl Context_ {
+    fn next_generation(&self) -> u64 {
+        let gen = self.generations.get();
+        self.generations.set(gen + 1);
+        gen
+    }
+}
+
+/// The executor's handle, kept in the [`Worker`] while it runs.
+pub(crate) struct Executor {
+    context: Rc<Context_>,
+}
+
+impl Executor {
+    /// Coroutine requests in progress.
+    pub(crate) fn active(&self) -> usize {
+        self.context.active.get()
+    }
+}
+
+/// Serves the queue inside an async executor, starting with `first`. Returns `true` once the
+/// isle is done, `false` if the executor could not be started (`first` is then resolved with
+/// the error and plain serving resumes).
+pub(crate) fn serve(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) -> bool {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            first.fail(IsleError::Spawn(err));
+            return false;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    worker.executor = Some(Executor {
+        context: Rc::new(Context_ {
+            armed: worker.armed.clone(),
+            shared: worker.shared.clone(),
+            generations: worker.generations(),
+            active: Cell::new(0),
+            idle: Event::new(),
+        }),
+    });
+    local.block_on(&runtime, main_loop(worker, rx, first));
+    // Coroutine tasks still alive (the isle was given up on) are dropped here, before the VM.
+    drop(local);
+    drop(runtime);
+    worker.executor = None;
+    true
+}
+
+/// The local task that serves the queue.
+async fn main_loop(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) {
+    let shared = worker.shared.clone();
+    let mut next = Some(first);
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match next_job(worker, rx).await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        if worker::handle_job(worker, rx, job).is_break() {
+            return;
+        }
+        if worker.executor.as_ref().is_some_and(|e| e.active() > 0) {
+            // Let the coroutines (and their timers and I/O) move between plain requests.
+            tokio::task::yield_now().await;
+        }
+    }
+    // No handle is left: finish the coroutine requests in progress.
+    let context = worker.executor.as_ref().map(|e| e.context.clone());
+    if let Some(context) = context {
+        while context.active.get() > 0 && !shared.is_abandoned() {
+            let idle = context.idle.listen();
+            if context.active.get() == 0 {
+                break;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// The next job, letting the other local tasks run while there is none; `None` once every
+/// sender is gone and the queue is empty.
+async fn next_job(worker: &Worker, rx: &Receiver<Queued>) -> Option<Queued> {
+    let shared = &worker.shared;
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        if (shared.is_closed() || shared.interrupter.is_killed()) && worker.idle() {
+            // Shut down (or killed) and nothing left in progress.
+            return None;
+        }
+        if start.elapsed() < wait::SPIN_BUDGET {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        // Senders notify after queueing (and the last handle after disconnecting): listen,
+        // then look again, so that nothing sent in between is missed.
+        let arrived = shared.arrived.listen();
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => arrived.await,
+        }
+    }
+}
+
+/// A coroutine request: start its coroutine on the VM, then hand it to a local task.
+impl<T, S> Job for Slot<T, Coroutine<S>>
+where
+    T: Send + 'static,
+    S: FnOnce(&mut Vm) -> Result<LuaFuture<T>, IsleError> + Send + 'static,
+{
+    fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>) {
+        let gen = worker.next_generation();
+        let Some(Coroutine(start)) = self.start(gen) else {
+            return;
+        };
+        if token.is_cancelled() {
+            self.complete(Err(IsleError::Cancelled));
+            return;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            self.complete(Err(IsleError::Timeout));
+            return;
+        }
+        let Some(executor) = &worker.executor else {
+            self.complete(Err(IsleError::Shutdown));
+            return;
+        };
+        let context = executor.context.clone();
+        // Creating the coroutine runs no Lua code.
+        let future = match catch_unwind(AssertUnwindSafe(|| start(&mut worker.vm))) {
+            Ok(Ok(future)) => future,
+            Ok(Err(err)) => {
+                self.complete(Err(err));
+                return;
+            }
+            Err(panic) => {
+                let message = worker::panic_message(&*panic);
+                self.complete(Err(IsleError::Panic(message)));
+                return;
+            }
+        };
+        context.active.set(context.active.get() + 1);
+        tokio::task::spawn_local(CoroutineTask {
+            slot: self,
+            future: Some(future),
+            token,
+            deadline,
+            context,
+            cancelled: None,
+            killed: None,
+            expiry: None,
+        });
+    }
+
+    fn needs_executor(&self) -> bool {
+        true
+    }
+}
+
+/// The local task of one coroutine request.
+struct CoroutineTask<T, S> {
+    slot: Arc<Slot<T, Coroutine<S>>>,
+    /// `None` once the request is resolved.
+    future: Option<LuaFuture<T>>,
+    token: CancelToken,
+    deadline: Option<Instant>,
+    context: Rc<Context_>,
+    // Wake-ups while the coroutine is suspended.
+    cancelled: Option<Cancellation>,
+    killed: Option<Cancellation>,
+    expiry: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T, S> CoroutineTask<T, S>
+where
+    T: Send + 'static,
+    S: Send + 'static,
+{
+    /// Why the request must end now, if it must.
+    fn stop(&self) -> Option<IsleError> {
+        if self.token.is_cancelled() {
+            Some(IsleError::Cancelled)
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(IsleError::Timeout)
+        } else if self.context.shared.interrupter.is_killed() {
+            Some(IsleError::Shutdown)
+        } else {
+            None
+        }
+    }
+
+    /// Runs `f` as a stretch of the request with a generation of its own: interruptible, with
+    /// its deadline published and the request visible to host functions. Returns `None` if
+    /// the request was resolved meanwhile (the isle gave up on it).
+    fn stretch<R>(&mut self, stopping: bool, f: impl FnOnce(&mut Self) -> R) -> Option<R> {
+        let context = self.context.clone();
+        let gen = context.next_generation();
+        if !self.slot.rerun(gen) {
+            return None;
+        }
+        if stopping {
+            // Dropping a suspended coroutine resumes it to unwind: make any Lua code it runs
+            // stop at once.
+            context.shared.interrupter.interrupt(gen);
+        }
+        context.armed.begin(gen, self.deadline);
+        context
+            .shared
+            .request_started(self.slot.clone() as Arc<dyn Resolve>, self.deadline);
+        current::enter(self.token.clone(), self.deadline);
+        let result = f(self);
+        let _ = current::leave();
+        context.armed.end();
+        context.shared.request_ended();
+        Some(result)
+    }
+
+    /// Resolves the request with `result`, after dropping the coroutine (and so the Rust future
+    /// it may be awaiting).
+    fn finish(&mut self, result: Result<T, IsleError>) {
+        if let Some(future) = self.future.take() {
+            let dropped = self.stretch(true, |_| {
+                catch_unwind(AssertUnwindSafe(move || drop(future))).is_ok()
+            });
+            let _ = dropped;
+        }
+        self.slot.complete(result);
+    }
+
+    /// Registers for the wake-ups that end a suspended request; `true` if one is due already.
+    fn stop_due(&mut self, cx: &mut Context<'_>) -> bool {
+        let cancelled = self.cancelled.get_or_insert_with(|| self.token.cancelled());
+        if Pin::new(cancelled).poll(cx).is_ready() {
+            return true;
+        }
+        let killed = self
+            .killed
+            .get_or_insert_with(|| self.context.shared.killed.cancelled());
+        if Pin::new(killed).poll(cx).is_ready() {
+            return true;
+        }
+        match self.deadline {
+            Some(deadline) => self
+                .expiry
+                .get_or_insert_with(|| Box::pin(Sleep::until(deadline)))
+                .as_mut()
+                .poll(cx)
+                .is_ready(),
+            None => false,
+        }
+    }
+}
+
+impl<T, S> Future for CoroutineTask<T, S>
+where
+    T: Send + 'static,
+    S: Send + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(err) = this.stop() {
+                this.finish(Err(err));
+                return Poll::Ready(());
+            }
+            let polled = this.stretch(false, |this| {
+                let future = this.future.as_mut().expect("polled only while unresolved");
+                catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)))
+            });
+            let result = match polled {
+                // Resolved meanwhile (given up on).
+                None => {
+                    this.future = None;
+                    return Poll::Ready(());
+                }
+                Some(Ok(Poll::Pending)) => {
+                    if this.stop_due(cx) {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                Some(Ok(Poll::Ready(result))) => Ok(result.map_err(IsleError::from)),
+                Some(Err(panic)) => Err(panic),
+            };
+            let shared = this.context.shared.clone();
+            let outcome = worker::outcome(&shared, &this.token, this.deadline, result);
+            this.finish(outcome);
+            return Poll::Ready(());
+        }
+    }
+}
+
+impl<T, S> Drop for CoroutineTask<T, S> {
+    fn drop(&mut self) {
+        // Dropped unfinished (the executor is going away): still resolve the request.
+        self.slot.complete(Err(IsleError::Shutdown));
+        let active = self.context.active.get() - 1;
+        self.context.active.set(active);
+        if active == 0 {
+            self.context.idle.notify(usize::MAX);
+            // The queue's server may be waiting for this to stop.
+            self.context.shared.arrived.notify(usize::MAX);
+        }
+    }
+}
