@@ -888,6 +888,7 @@ impl Request<'_, AsyncIsle> {
             prepared.slot,
             prepared.token,
             prepared.deadline,
+            self.isle.handle.shared.id,
         ))
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::current;
 use crate::error::IsleError;
 use crate::slot::ResultSlot;
 use crate::token::CancelToken;
@@ -14,6 +15,9 @@ use crate::watchdog::Sleep;
 
 /// A request submitted through an [`AsyncIsle`](crate::AsyncIsle); awaiting it yields the
 /// request's result.
+///
+/// Awaiting it on the isle's own thread outside a coroutine request (for instance with a
+/// `block_on` in a host function) would deadlock; it resolves [`IsleError::Reentrant`] instead.
 ///
 /// Dropping an `AsyncTask` that has not finished cancels its request (a queued request then
 /// never starts), so dropping the future of `isle.eval(..).await` mid-flight cancels too; call
@@ -43,6 +47,7 @@ pub struct AsyncTask<T> {
     /// When a still-queued request expires; the task enforces it while awaited.
     deadline: Option<Instant>,
     expiry: Option<Pin<Box<Sleep>>>,
+    isle_id: u64,
     /// Set once the result is taken or the task detached: dropping then cancels nothing.
     released: bool,
 }
@@ -52,12 +57,14 @@ impl<T> AsyncTask<T> {
         slot: Arc<dyn ResultSlot<T>>,
         token: CancelToken,
         deadline: Option<Instant>,
+        isle_id: u64,
     ) -> Self {
         AsyncTask {
             slot,
             token,
             deadline,
             expiry: None,
+            isle_id,
             released: false,
         }
     }
@@ -143,6 +150,11 @@ impl<T> Future for AsyncTask<T> {
     type Output = Result<T, IsleError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.slot.is_ready() && current::would_block_isle(self.isle_id) {
+            // Blocking on this from a plain request (e.g. with `block_on` in a host function)
+            // would wait for the thread that is waiting.
+            return Poll::Ready(Err(IsleError::Reentrant));
+        }
         loop {
             if let Poll::Ready(result) = self.slot.poll_take(cx) {
                 self.released = true;

@@ -275,7 +275,9 @@ where
             .shared
             .request_started(self.slot.clone() as Arc<dyn Resolve>, self.deadline);
         current::enter(self.token.clone(), self.deadline);
+        current::set_in_coroutine(true);
         let result = f(self);
+        current::set_in_coroutine(false);
         let _ = current::leave();
         context.armed.end();
         context.shared.request_ended();

@@ -326,7 +326,11 @@ impl Handle {
             job = match self.tx.try_send(job) {
                 Ok(()) => break,
                 Err(TrySendError::Disconnected(_)) => return Err(shared.refusal()),
-                Err(TrySendError::Full(_)) if when_full == WhenFull::Fail => {
+                // Only the isle's own thread drains the queue: never wait for room there
+                // (except in a coroutine request, which yields to that thread's executor).
+                Err(TrySendError::Full(_))
+                    if when_full == WhenFull::Fail || current::would_block_isle(shared.id) =>
+                {
                     return Err(IsleError::Full)
                 }
                 Err(TrySendError::Full(job)) => job,

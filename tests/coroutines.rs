@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -275,6 +276,48 @@ async fn dropping_every_handle_lets_running_coroutines_finish() {
     driver.shutdown().await.unwrap();
 }
 
+async fn awaiting_the_isle_from_its_own_thread() {
+    let slot: Arc<std::sync::OnceLock<AsyncIsle>> = Arc::default();
+    let for_lua = slot.clone();
+    let (isle, _driver) = AsyncIsle::spawn(move |lua| {
+        let me = for_lua.clone();
+        // A plain host function blocking on a request of its own isle: `Reentrant`.
+        let block = lua.create_function(move |_, ()| {
+            let isle = me.get().expect("set after spawn").clone();
+            let mut future = std::pin::pin!(async move { isle.eval::<i64>("1").await });
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            for _ in 0..1000 {
+                if let std::task::Poll::Ready(result) = future.as_mut().poll(&mut cx) {
+                    return Ok(matches!(result, Err(IsleError::Reentrant)));
+                }
+            }
+            Ok(false)
+        })?;
+        lua.globals().set("block", block)?;
+        let me = for_lua.clone();
+        // An async host function awaiting a request of its own isle: fine in a coroutine.
+        let nested = lua.create_async_function(move |_, code: String| {
+            let isle = me.get().expect("set after spawn").clone();
+            async move {
+                isle.eval::<i64>(code)
+                    .await
+                    .map_err(mlua_isle::mlua::Error::from)
+            }
+        })?;
+        lua.globals().set("nested", nested)
+    })
+    .await
+    .unwrap();
+    slot.set(isle.clone()).ok().unwrap();
+    assert!(isle.eval::<bool>("return block()").await.unwrap());
+    assert_eq!(
+        isle.coroutine_eval::<i64>("return nested('40 + 2')")
+            .await
+            .unwrap(),
+        42
+    );
+}
+
 /// Polls `cond` (yielding to the runtime) until it holds, under a generous bound.
 async fn eventually_async(mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -295,4 +338,5 @@ on_both_runtimes! {
     shutdown_timeout => shutdown_timeout_stops_awaiting_coroutines();
     graceful_shutdown => graceful_shutdown_waits_for_coroutines();
     handles_dropped => dropping_every_handle_lets_running_coroutines_finish();
+    reentrancy => awaiting_the_isle_from_its_own_thread();
 }
