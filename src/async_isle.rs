@@ -880,15 +880,20 @@ impl Request<'_, AsyncIsle> {
         W: Send + 'static,
         Slot<T, W>: Job,
     {
+        let handle = self.isle.handle();
         let prepared = self.prepare(work);
         if let Some(job) = prepared.job() {
-            self.isle.handle().submit_async(job, self.when_full).await?;
+            handle.submit_async(job, self.when_full).await?;
         }
+        // Alone in the queue, the request is likely answered within microseconds: worth a
+        // brief wait on the first poll. Behind others, the caller had better yield at once.
+        let spin = handle.tx.len() <= 1;
         Ok(AsyncTask::new(
             prepared.slot,
             prepared.token,
             prepared.deadline,
-            self.isle.handle.shared.id,
+            handle.shared.id,
+            spin,
         ))
     }
 }

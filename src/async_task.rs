@@ -11,6 +11,7 @@ use crate::current;
 use crate::error::IsleError;
 use crate::slot::ResultSlot;
 use crate::token::CancelToken;
+use crate::wait;
 use crate::watchdog::Sleep;
 
 /// A request submitted through an [`AsyncIsle`](crate::AsyncIsle); awaiting it yields the
@@ -48,6 +49,8 @@ pub struct AsyncTask<T> {
     deadline: Option<Instant>,
     expiry: Option<Pin<Box<Sleep>>>,
     isle_id: u64,
+    /// Whether the first poll has waited briefly for the result (or should not).
+    spun: bool,
     /// Set once the result is taken or the task detached: dropping then cancels nothing.
     released: bool,
 }
@@ -58,6 +61,7 @@ impl<T> AsyncTask<T> {
         token: CancelToken,
         deadline: Option<Instant>,
         isle_id: u64,
+        spin: bool,
     ) -> Self {
         AsyncTask {
             slot,
@@ -65,6 +69,7 @@ impl<T> AsyncTask<T> {
             deadline,
             expiry: None,
             isle_id,
+            spun: !spin,
             released: false,
         }
     }
@@ -154,6 +159,13 @@ impl<T> Future for AsyncTask<T> {
             // Blocking on this from a plain request (e.g. with `block_on` in a host function)
             // would wait for the thread that is waiting.
             return Poll::Ready(Err(IsleError::Reentrant));
+        }
+        if !self.spun {
+            // The isle usually answers within microseconds, far sooner than the executor
+            // could park and wake this thread again: look for the result briefly first.
+            self.spun = true;
+            let slot = &self.slot;
+            wait::spin_until(|| slot.is_ready());
         }
         loop {
             if let Poll::Ready(result) = self.slot.poll_take(cx) {

@@ -154,6 +154,10 @@ async fn next_job(worker: &Worker, rx: &Receiver<Queued>) -> Option<Queued> {
             // Shut down (or killed) and nothing left in progress.
             return None;
         }
+        if worker.idle() {
+            // No coroutine needs this thread meanwhile: wait as the plain server does.
+            return worker::next_job(rx);
+        }
         if start.elapsed() < wait::SPIN_BUDGET {
             tokio::task::yield_now().await;
             continue;

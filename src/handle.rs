@@ -51,10 +51,10 @@ pub(crate) struct Shared {
     pub(crate) killed: CancelToken,
     /// Notified by the Lua thread each time it takes a job: room for async senders.
     #[cfg(feature = "tokio")]
-    pub(crate) room: event_listener::Event,
+    pub(crate) room: Wakeup,
     /// Notified by senders each time they queue a job, for a Lua thread serving coroutines.
     #[cfg(feature = "tokio")]
-    pub(crate) arrived: event_listener::Event,
+    pub(crate) arrived: Wakeup,
 }
 
 impl fmt::Debug for Shared {
@@ -90,9 +90,9 @@ impl Shared {
             exited: Slot::new(interrupter.clone(), (), None),
             killed: CancelToken::new(),
             #[cfg(feature = "tokio")]
-            room: event_listener::Event::new(),
+            room: Wakeup::default(),
             #[cfg(feature = "tokio")]
-            arrived: event_listener::Event::new(),
+            arrived: Wakeup::default(),
         }
     }
 
@@ -228,6 +228,64 @@ impl Drop for Shared {
 fn drain(rx: &Receiver<Queued>) {
     while let Ok(job) = rx.try_recv() {
         drop(job);
+    }
+}
+
+/// An event that costs one fence and one load to notify while nobody listens (the hot paths
+/// notify on every request, async waiters are rare).
+#[cfg(feature = "tokio")]
+#[derive(Debug, Default)]
+pub(crate) struct Wakeup {
+    event: event_listener::Event,
+    listeners: AtomicUsize,
+}
+
+#[cfg(feature = "tokio")]
+impl Wakeup {
+    /// Starts listening. Check the awaited condition again after this call, before awaiting:
+    /// a change made before it may not be notified.
+    pub(crate) fn listen(&self) -> Listening<'_> {
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+        Listening {
+            wakeup: self,
+            listener: self.event.listen(),
+        }
+    }
+
+    /// Wakes up to `n` listeners. Call it after changing the awaited condition.
+    pub(crate) fn notify(&self, n: usize) {
+        // Pairs with the increment in `listen`: either the listener sees the change when it
+        // checks again, or this load sees the listener.
+        fence(Ordering::SeqCst);
+        if self.listeners.load(Ordering::SeqCst) > 0 {
+            self.event.notify(n);
+        }
+    }
+}
+
+/// A registered listener of a [`Wakeup`]; a future.
+#[cfg(feature = "tokio")]
+pub(crate) struct Listening<'a> {
+    wakeup: &'a Wakeup,
+    listener: event_listener::EventListener,
+}
+
+#[cfg(feature = "tokio")]
+impl std::future::Future for Listening<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.listener).poll(cx)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.wakeup.listeners.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
