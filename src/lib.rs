@@ -91,6 +91,45 @@
 //! code returns, and keeps its memory until then. [`Isle::shutdown_timeout`] gives up the same
 //! way.
 //!
+//! # Async (`tokio` feature)
+//!
+//! [`AsyncIsle`] is the same isle with waits that yield to the executor: a cheap `Clone`
+//! handle for your tasks, plus an [`AsyncIsleDriver`] that owns the lifecycle. Requests return
+//! [`AsyncTask`] futures; dropping one (or the future of `isle.eval(..).await`) cancels its
+//! request. A full queue makes submission wait asynchronously for room.
+//!
+//! Coroutine requests ([`AsyncIsle::coroutine_eval`], [`AsyncIsle::coroutine_call`]) run Lua
+//! code as a coroutine that may call async Rust functions (`Lua::create_async_function`);
+//! while it awaits, the isle serves other requests and coroutines. For these, the isle's thread
+//! runs its own current-thread tokio runtime, so async host functions can use tokio's timers,
+//! channels and (with tokio's `net`/`fs` features enabled in your application) I/O.
+//!
+//! ```
+//! # #[cfg(feature = "tokio")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), mlua_isle::IsleError> {
+//! use std::time::Duration;
+//! use mlua_isle::AsyncIsle;
+//!
+//! let (isle, driver) = AsyncIsle::spawn(|lua| {
+//!     let sleep = lua.create_async_function(|_, ms: u64| async move {
+//!         tokio::time::sleep(Duration::from_millis(ms)).await;
+//!         Ok(ms)
+//!     })?;
+//!     lua.globals().set("sleep", sleep)
+//! })
+//! .await?;
+//! let (a, b) = tokio::join!(
+//!     isle.coroutine_eval::<u64>("return sleep(20)"),
+//!     isle.eval::<i64>("1 + 1"), // served while the coroutine sleeps
+//! );
+//! assert_eq!((a?, b?), (20, 2));
+//! driver.shutdown().await
+//! # }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
+//! ```
+//!
 //! # Failures stay inside the request
 //!
 //! A panic in an [`exec`](Isle::exec) closure or in a host function ends that request with
@@ -111,6 +150,7 @@
 //!
 //! - `lua54` (default): Lua 5.4.
 //! - `vendored` (default): build Lua from source (no system Lua needed).
+//! - `tokio`: the async API and coroutine requests.
 //!
 //! # Caveats
 //!
@@ -171,8 +211,8 @@ pub use crate::request::Request;
 pub use crate::task::Task;
 pub use crate::token::{CancelToken, Cancellation, DropGuard};
 
-// The README's examples are compiled and run as doctests.
-#[cfg(doctest)]
+// The README's examples are compiled and run as doctests (they use the `tokio` feature).
+#[cfg(all(doctest, feature = "tokio"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
