@@ -24,11 +24,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use event_listener::Event;
 
 use crate::current;
 use crate::error::IsleError;
-use crate::handle::Shared;
+use crate::handle::{Shared, Wakeup};
 use crate::interrupt::Armed;
 use crate::slot::{Resolve, Slot};
 use crate::token::{CancelToken, Cancellation};
@@ -51,7 +50,7 @@ struct Context_ {
     /// Coroutine requests in progress.
     active: Cell<usize>,
     /// Notified when `active` drops to 0.
-    idle: Event,
+    idle: Wakeup,
 }
 
 impl Context_ {
@@ -95,7 +94,7 @@ pub(crate) fn serve(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) -
             shared: worker.shared.clone(),
             generations: worker.generations(),
             active: Cell::new(0),
-            idle: Event::new(),
+            idle: Wakeup::default(),
         }),
     });
     local.block_on(&runtime, main_loop(worker, rx, first));
@@ -289,13 +288,17 @@ where
     }
 
     /// Resolves the request with `result`, after dropping the coroutine (and so the Rust future
-    /// it may be awaiting).
-    fn finish(&mut self, result: Result<T, IsleError>) {
+    /// it may be awaiting). A coroutine stopped before it finished is resumed by that drop to
+    /// unwind: that runs as an interrupted stretch, so no Lua code it runs can loop.
+    fn finish(&mut self, result: Result<T, IsleError>, finished: bool) {
         if let Some(future) = self.future.take() {
-            let dropped = self.stretch(true, |_| {
-                catch_unwind(AssertUnwindSafe(move || drop(future))).is_ok()
-            });
-            let _ = dropped;
+            if finished {
+                drop(future);
+            } else {
+                let _ = self.stretch(true, |_| {
+                    catch_unwind(AssertUnwindSafe(move || drop(future))).is_ok()
+                });
+            }
         }
         self.slot.complete(result);
     }
@@ -335,14 +338,14 @@ where
         let this = self.get_mut();
         loop {
             if let Some(err) = this.stop() {
-                this.finish(Err(err));
+                this.finish(Err(err), false);
                 return Poll::Ready(());
             }
             let polled = this.stretch(false, |this| {
                 let future = this.future.as_mut().expect("polled only while unresolved");
                 catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)))
             });
-            let result = match polled {
+            let (result, finished) = match polled {
                 // Resolved meanwhile (given up on).
                 None => {
                     this.future = None;
@@ -354,12 +357,12 @@ where
                     }
                     return Poll::Pending;
                 }
-                Some(Ok(Poll::Ready(result))) => Ok(result.map_err(IsleError::from)),
-                Some(Err(panic)) => Err(panic),
+                Some(Ok(Poll::Ready(result))) => (Ok(result.map_err(IsleError::from)), true),
+                Some(Err(panic)) => (Err(panic), false),
             };
             let shared = this.context.shared.clone();
             let outcome = worker::outcome(&shared, &this.token, this.deadline, result);
-            this.finish(outcome);
+            this.finish(outcome, finished);
             return Poll::Ready(());
         }
     }

@@ -22,9 +22,18 @@ impl Default for VmSource {
     fn default() -> Self {
         VmSource::Std {
             libs: StdLib::ALL_SAFE,
-            options: LuaOptions::new(),
+            options: default_options(),
         }
     }
+}
+
+/// The `LuaOptions` an isle uses by default.
+fn default_options() -> LuaOptions {
+    let options = LuaOptions::new();
+    // Coroutine requests run on coroutines that mlua can recycle once they finish.
+    #[cfg(feature = "tokio")]
+    let options = options.thread_pool_size(64);
+    options
 }
 
 impl fmt::Debug for VmSource {
