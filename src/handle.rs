@@ -131,6 +131,9 @@ impl Shared {
     /// Refuses new submissions from now on; what is queued still runs.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // Async submitters waiting for room must learn that none will come.
+        #[cfg(feature = "tokio")]
+        self.room.notify(usize::MAX);
     }
 
     /// Closes the queue, marks the isle dead and resolves everything still queued with

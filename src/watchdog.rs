@@ -158,7 +158,13 @@ impl Future for Sleep {
 impl Drop for Sleep {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            WATCHDOG.lock().timers.remove(&entry);
+            let mut state = WATCHDOG.lock();
+            if state.timers.remove(&entry).is_some() {
+                // The watchdog may be sleeping until this timer: let it rescan (and end if
+                // nothing is left to watch).
+                state.kicked = true;
+                WATCHDOG.wake.notify_one();
+            }
         }
     }
 }
