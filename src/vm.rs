@@ -92,6 +92,9 @@ pub(crate) struct Vm {
     globals: Table,
     /// Compiled `eval` chunks by source text; `None` when caching is off.
     chunks: Option<LruCache<String, Function>>,
+    /// Coroutine bodies (see [`Vm::coroutine`]) by the address of the function they wrap.
+    #[cfg(feature = "tokio")]
+    bodies: Option<LruCache<usize, (Function, Function)>>,
 }
 
 impl Vm {
@@ -100,6 +103,8 @@ impl Vm {
         Vm {
             globals,
             chunks: NonZeroUsize::new(chunk_cache).map(LruCache::new),
+            #[cfg(feature = "tokio")]
+            bodies: NonZeroUsize::new(chunk_cache).map(LruCache::new),
             lua,
         }
     }
@@ -170,11 +175,23 @@ impl Vm {
     /// awaited Rust future at once.
     #[cfg(feature = "tokio")]
     pub(crate) fn coroutine<T: FromLuaMulti + 'static>(
-        &self,
+        &mut self,
         function: Function,
         args: impl IntoLuaMulti,
     ) -> Result<crate::executor::LuaFuture<T>, IsleError> {
-        let body = crate::interrupt::protected_body(&self.lua, function)?;
+        let key = function.to_pointer() as usize;
+        let cached = self.bodies.as_mut().and_then(|b| b.get(&key)).cloned();
+        let body = match cached {
+            Some((_, body)) => body,
+            None => {
+                let body = crate::interrupt::protected_body(&self.lua, function.clone())?;
+                if let Some(bodies) = &mut self.bodies {
+                    // The entry holds `function`, so its address cannot be reused meanwhile.
+                    bodies.put(key, (function, body.clone()));
+                }
+                body
+            }
+        };
         Ok(Box::pin(body.call_async::<T>(args)))
     }
 }
