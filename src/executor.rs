@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use crate::current;
 use crate::error::IsleError;
 use crate::handle::{Shared, Wakeup};
-use crate::interrupt::Armed;
+use crate::interrupt::{self, Armed};
 use crate::slot::{Resolve, Slot};
 use crate::token::{CancelToken, Cancellation};
 use crate::vm::Vm;
@@ -44,6 +44,7 @@ pub(crate) struct Coroutine<S>(pub(crate) S);
 
 /// What coroutine tasks share with the Lua thread.
 struct Context_ {
+    lua: mlua::Lua,
     armed: Rc<Armed>,
     shared: Arc<Shared>,
     generations: Rc<Cell<u64>>,
@@ -90,6 +91,7 @@ pub(crate) fn serve(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) -
     let local = tokio::task::LocalSet::new();
     worker.executor = Some(Executor {
         context: Rc::new(Context_ {
+            lua: worker.vm.lua().clone(),
             armed: worker.armed.clone(),
             shared: worker.shared.clone(),
             generations: worker.generations(),
@@ -219,6 +221,7 @@ where
             cancelled: None,
             killed: None,
             expiry: None,
+            interrupted: false,
         });
     }
 
@@ -239,6 +242,8 @@ struct CoroutineTask<T, S> {
     cancelled: Option<Cancellation>,
     killed: Option<Cancellation>,
     expiry: Option<Pin<Box<Sleep>>>,
+    /// Whether an interrupt suspended the coroutine in the middle of Lua code.
+    interrupted: bool,
 }
 
 impl<T, S> CoroutineTask<T, S>
@@ -290,13 +295,25 @@ where
     /// Resolves the request with `result`, after dropping the coroutine (and so the Rust future
     /// it may be awaiting). A coroutine stopped before it finished is resumed by that drop to
     /// unwind: that runs as an interrupted stretch, so no Lua code it runs can loop.
+    ///
+    /// A coroutine suspended by an interrupt (rather than by awaiting) is only reset by that
+    /// drop: the Rust future it was about to await is then garbage, and a full collection
+    /// drops it now instead of at some later cycle. Finalizers run with hooks off, so the
+    /// interrupt does not cut them short.
     fn finish(&mut self, result: Result<T, IsleError>, finished: bool) {
         if let Some(future) = self.future.take() {
             if finished {
                 drop(future);
             } else {
+                let collect = self.interrupted.then(|| self.context.lua.clone());
                 let _ = self.stretch(true, |_| {
-                    catch_unwind(AssertUnwindSafe(move || drop(future))).is_ok()
+                    catch_unwind(AssertUnwindSafe(move || {
+                        drop(future);
+                        if let Some(lua) = collect {
+                            let _ = lua.gc_collect();
+                        }
+                    }))
+                    .is_ok()
                 });
             }
         }
@@ -343,7 +360,10 @@ where
             }
             let polled = this.stretch(false, |this| {
                 let future = this.future.as_mut().expect("polled only while unresolved");
-                catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)))
+                let _ = interrupt::take_yielded();
+                let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+                this.interrupted |= interrupt::take_yielded();
+                polled
             });
             let (result, finished) = match polled {
                 // Resolved meanwhile (given up on).

@@ -57,8 +57,8 @@ impl<F: std::future::Future + Unpin> std::future::Future for Counted<F> {
     }
 }
 
-/// An isle with `sleep(ms)` (a tokio timer), `forever()` (never completes; counted in `live`)
-/// and `started()` (reported on the returned channel).
+/// An isle with `sleep(ms)` (a tokio timer), `forever()` (never completes; counted in `live`),
+/// `hold()` (a userdata counted in `live`) and `started()` (reported on the returned channel).
 async fn isle(
     live: Arc<AtomicUsize>,
 ) -> (
@@ -67,6 +67,7 @@ async fn isle(
     tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let live_for_hold = live.clone();
     let (isle, driver) = AsyncIsle::spawn(move |lua| {
         let sleep = lua.create_async_function(|_, ms: u64| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -85,6 +86,10 @@ async fn isle(
             }
         })?;
         lua.globals().set("forever", forever)?;
+        let held = live_for_hold.clone();
+        let hold =
+            lua.create_function(move |lua, ()| lua.create_any_userdata(DropCounter::new(&held)))?;
+        lua.globals().set("hold", hold)?;
         let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
         lua.globals().set("started", started)?;
         lua.globals().set("kept", "yes")
@@ -168,6 +173,25 @@ async fn dropping_the_task_cancels_and_drops_the_awaited_future() {
     drop(task);
     eventually_async(|| live.load(Ordering::SeqCst) == 0).await;
     assert_eq!(isle.eval::<i64>("1").await.unwrap(), 1);
+}
+
+async fn cancelling_a_busy_coroutine_releases_its_values() {
+    for script in [
+        "local held = hold() started() while true do end",
+        "local held = hold() started() local f = forever while true do end",
+        "local held <close> = setmetatable({}, {__close = function() while true do end end}) \
+         local kept = hold() started() while true do end",
+        "local co = coroutine.wrap(function() local held = hold() started() while true do end end) co()",
+    ] {
+        let live = Arc::new(AtomicUsize::new(0));
+        let (isle, _driver, mut started) = isle(live.clone()).await;
+        let task = isle.spawn_coroutine_eval::<()>(script).await.unwrap();
+        started.recv().await.unwrap();
+        task.cancel();
+        assert!(matches!(task.await, Err(IsleError::Cancelled)), "{script}");
+        assert_eq!(live.load(Ordering::SeqCst), 0, "{script}");
+        assert_eq!(isle.eval::<String>("kept").await.unwrap(), "yes");
+    }
 }
 
 async fn a_deadline_ends_an_awaiting_coroutine() {
@@ -332,6 +356,7 @@ on_both_runtimes! {
     plain_while_awaiting => plain_requests_run_while_a_coroutine_awaits();
     cancel_drops_future => cancel_drops_the_awaited_future();
     drop_task => dropping_the_task_cancels_and_drops_the_awaited_future();
+    busy_released => cancelling_a_busy_coroutine_releases_its_values();
     deadline => a_deadline_ends_an_awaiting_coroutine();
     busy_interrupted => a_busy_coroutine_is_interrupted_uncatchably();
     errors_and_panics => coroutine_errors_and_panics_are_reported();

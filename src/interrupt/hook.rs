@@ -23,6 +23,13 @@ thread_local! {
     static EVERY: AtomicI32 = const { AtomicI32::new(0) };
     /// The running request's deadline, checked by a permanent hook (never by a signal handler).
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Whether the hook made a coroutine yield since [`take_yielded`] was last called.
+    static YIELDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether an interrupt made a coroutine yield since the last call; clears the flag.
+pub(crate) fn take_yielded() -> bool {
+    YIELDED.replace(false)
 }
 
 /// Why the request running on this thread has to stop, if it has to.
@@ -102,6 +109,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut
             unsafe {
                 ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
                 if ffi::lua_isyieldable(state) != 0 {
+                    YIELDED.set(true);
                     ffi::lua_yield(state, 0);
                     return;
                 }

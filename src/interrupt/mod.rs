@@ -33,6 +33,7 @@
 
 mod chain;
 mod hook;
+pub(crate) use hook::take_yielded;
 mod pcall;
 #[cfg(unix)]
 mod signal;
