@@ -131,6 +131,20 @@ fn lifecycle(c: &mut Criterion) {
         b.iter(|| thread::spawn(|| black_box(1)).join().unwrap())
     });
     group.bench_function("raw_mlua/new", |b| b.iter(|| black_box(Lua::new())));
+    // The floor of an isle's life: a thread that creates a VM, reports it ready, then closes
+    // it and is joined.
+    group.bench_function("raw_thread_with_mlua", |b| {
+        b.iter(|| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let thread = thread::spawn(move || {
+                let lua = Lua::new();
+                tx.send(()).unwrap();
+                drop(lua);
+            });
+            rx.recv().unwrap();
+            thread.join().unwrap();
+        })
+    });
     group.bench_function("isle/spawn_shutdown", |b| {
         b.iter_batched(
             || (),

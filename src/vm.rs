@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::num::NonZeroUsize;
+use std::sync::OnceLock;
 
 use lru::LruCache;
 use mlua::chunk::ChunkMode;
@@ -54,36 +55,54 @@ impl VmSource {
     }
 }
 
+/// The Lua code that replaces the chunk loaders with text-only ones.
+const TEXT_ONLY_LOADERS: &str = r#"
+    local load, loadfile, error = load, loadfile, error
+    if load then
+        _G.load = function(chunk, chunkname, _, ...)
+            return load(chunk, chunkname, "t", ...)
+        end
+    end
+    if loadfile then
+        local function loadfile_text(filename, _, ...)
+            return loadfile(filename, "t", ...)
+        end
+        _G.loadfile = loadfile_text
+        if dofile then
+            _G.dofile = function(filename)
+                local f, err = loadfile_text(filename)
+                if not f then
+                    error(err, 0)
+                end
+                return f()
+            end
+        end
+    end
+"#;
+
+/// [`TEXT_ONLY_LOADERS`] compiled by the first VM of the process: loading it is several times
+/// cheaper than parsing it again, which shows in the cost of spawning an isle.
+static TEXT_ONLY_LOADERS_BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
+
 /// Replaces the chunk loaders reachable from Lua with text-only ones: a crafted binary chunk
 /// can crash the process, and scripts have no business loading one.
 pub(crate) fn forbid_binary_chunks(lua: &Lua) -> mlua::Result<()> {
-    lua.load(
-        r#"
-        local load, loadfile, error = load, loadfile, error
-        if load then
-            _G.load = function(chunk, chunkname, _, ...)
-                return load(chunk, chunkname, "t", ...)
-            end
-        end
-        if loadfile then
-            local function loadfile_text(filename, _, ...)
-                return loadfile(filename, "t", ...)
-            end
-            _G.loadfile = loadfile_text
-            if dofile then
-                _G.dofile = function(filename)
-                    local f, err = loadfile_text(filename)
-                    if not f then
-                        error(err, 0)
-                    end
-                    return f()
-                end
-            end
-        end
-        "#,
-    )
-    .set_name("=[isle text-only loaders]")
-    .exec()
+    let loaders = match TEXT_ONLY_LOADERS_BYTECODE.get() {
+        // Produced by this process's own Lua from our own source.
+        Some(bytecode) => lua
+            .load(&bytecode[..])
+            .set_mode(ChunkMode::Binary)
+            .into_function()?,
+        None => {
+            let loaders = lua
+                .load(TEXT_ONLY_LOADERS)
+                .set_name("=[isle text-only loaders]")
+                .into_function()?;
+            let _ = TEXT_ONLY_LOADERS_BYTECODE.set(loaders.dump(false));
+            loaders
+        }
+    };
+    loaders.call(())
 }
 
 /// The VM plus what the Lua thread caches to answer requests quickly.

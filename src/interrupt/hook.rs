@@ -28,6 +28,7 @@ thread_local! {
 }
 
 /// Whether an interrupt made a coroutine yield since the last call; clears the flag.
+#[cfg(feature = "tokio")]
 pub(crate) fn take_yielded() -> bool {
     YIELDED.replace(false)
 }

@@ -33,6 +33,7 @@
 
 mod chain;
 mod hook;
+#[cfg(feature = "tokio")]
 pub(crate) use hook::take_yielded;
 mod pcall;
 #[cfg(unix)]
