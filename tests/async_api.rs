@@ -1,4 +1,3 @@
-#![cfg(feature = "tokio")]
 //! The async API (`AsyncIsle`, `AsyncIsleDriver`, `AsyncTask`), on both tokio runtime flavours:
 //! cancellation (explicit, by token, by dropping futures), deadlines, memory limits, panics,
 //! backpressure, exactly-once delivery under load and the driver's lifecycle.
@@ -8,6 +7,7 @@
 //! spawned task (so it must be `Send`), inside the hang guard. Tests that count the process's
 //! threads take an exclusive lock, all others a shared one, so that no other test's isle is
 //! alive while threads are counted.
+#![cfg(feature = "tokio")]
 
 mod common;
 use common::*;
