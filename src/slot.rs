@@ -106,46 +106,46 @@ impl<T, W> Slot<T, W> {
 
     /// Resolves the slot unless it is already resolved. Returns whether this call resolved it.
     pub(crate) fn complete(&self, result: Result<T, IsleError>) -> bool {
-        let (resolved, _unrun_work) = {
+        let done = {
             let mut state = self.lock();
             self.finish(&mut state, result)
         };
-        resolved
+        done.wake()
     }
 
     /// Resolves the slot with `err` only if the request has not started.
     pub(crate) fn resolve_if_queued(&self, err: IsleError) -> bool {
-        let (resolved, _unrun_work) = {
+        let done = {
             let mut state = self.lock();
             match state.phase {
                 Phase::Queued(_) => self.finish(&mut state, Err(err)),
-                _ => (false, None),
+                _ => Finished::default(),
             }
         };
-        resolved
+        done.wake()
     }
 
-    /// Moves to `Done`; returns whether it did, and the work if it never ran (to be dropped
-    /// by the caller once the lock is released).
+    /// Moves to `Done`. What it returns is to be handled once the lock is released: the
+    /// waiter is woken then, so that it does not find the lock still held.
     fn finish(
         &self,
         state: &mut MutexGuard<'_, State<T, W>>,
         result: Result<T, IsleError>,
-    ) -> (bool, Option<W>) {
+    ) -> Finished<W> {
         let unrun = match std::mem::replace(&mut state.phase, Phase::Done(Some(result))) {
             Phase::Queued(work) => Some(work),
             Phase::Running(_) => None,
             done @ Phase::Done(_) => {
                 state.phase = done;
-                return (false, None);
+                return Finished::default();
             }
         };
         self.ready.store(true, Ordering::Release);
-        if let Some(waker) = state.waker.take() {
-            // Waking under the lock is fine: wakers only unpark or schedule.
-            waker.wake();
+        Finished {
+            resolved: true,
+            waker: state.waker.take(),
+            unrun,
         }
-        (true, unrun)
     }
 
     /// Whether the slot is resolved (its result may already have been taken).
@@ -228,10 +228,10 @@ impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
     }
 
     fn on_cancel(&self) {
-        let _unrun_work = {
+        let done = {
             let mut state = self.lock();
             match state.phase {
-                Phase::Queued(_) => self.finish(&mut state, Err(IsleError::Cancelled)).1,
+                Phase::Queued(_) => Some(self.finish(&mut state, Err(IsleError::Cancelled))),
                 Phase::Running(gen) => {
                     self.interrupter.interrupt(gen);
                     None
@@ -239,6 +239,39 @@ impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
                 Phase::Done(_) => None,
             }
         };
+        if let Some(done) = done {
+            done.wake();
+        }
+    }
+}
+
+/// What resolving a slot leaves to do once its lock is released.
+struct Finished<W> {
+    resolved: bool,
+    waker: Option<Waker>,
+    /// The work of a request that never ran: dropped after the lock, as it may run user code,
+    /// and before the waiter wakes, so that a resolved request holds nothing of the caller's.
+    unrun: Option<W>,
+}
+
+impl<W> Default for Finished<W> {
+    fn default() -> Self {
+        Finished {
+            resolved: false,
+            waker: None,
+            unrun: None,
+        }
+    }
+}
+
+impl<W> Finished<W> {
+    /// Drops the unrun work, wakes the waiter; returns whether the slot was resolved.
+    fn wake(self) -> bool {
+        drop(self.unrun);
+        if let Some(waker) = self.waker {
+            waker.wake();
+        }
+        self.resolved
     }
 }
 
