@@ -55,6 +55,8 @@ pub struct IsleBuilder {
     allow_binary_chunks: bool,
     grace_period: Duration,
     interrupt: Interrupt,
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    jit: bool,
 }
 
 impl Default for IsleBuilder {
@@ -75,13 +77,16 @@ impl Default for IsleBuilder {
             allow_binary_chunks: false,
             grace_period: DEFAULT_GRACE_PERIOD,
             interrupt: Interrupt::default(),
+            #[cfg(any(feature = "luajit", feature = "luajit52"))]
+            jit: false,
         }
     }
 }
 
 impl fmt::Debug for IsleBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IsleBuilder")
+        let mut f = f.debug_struct("IsleBuilder");
+        f
             .field("thread_name", &self.thread_name)
             .field("stack_size", &self.stack_size)
             .field("libs", &self.libs)
@@ -93,8 +98,10 @@ impl fmt::Debug for IsleBuilder {
             .field("chunk_cache", &self.chunk_cache)
             .field("allow_binary_chunks", &self.allow_binary_chunks)
             .field("grace_period", &self.grace_period)
-            .field("interrupt", &self.interrupt)
-            .finish()
+            .field("interrupt", &self.interrupt);
+        #[cfg(any(feature = "luajit", feature = "luajit52"))]
+        f.field("jit", &self.jit);
+        f.finish()
     }
 }
 
@@ -348,6 +355,30 @@ impl IsleBuilder {
         self
     }
 
+    /// LuaJIT only: whether the JIT compiler may run (default: off).
+    ///
+    /// LuaJIT runs no hook inside compiled code, so with the JIT on, a loop that got compiled
+    /// (`while true do end` is, after a few dozen iterations) cannot be cancelled nor stopped
+    /// at its deadline; only the [hard stop](Self::grace_period) ends the request, giving up
+    /// the isle. With the JIT off (the default), every request is interruptible and Lua code
+    /// runs in LuaJIT's interpreter (itself faster than PUC Lua's); `jit.on()` then raises an
+    /// error. Turn it on for trusted, CPU-heavy code that you are prepared to lose to the hard
+    /// stop rather than cancel.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let isle = mlua_isle::Isle::builder().jit(true).spawn(|_| Ok(()))?;
+    /// assert!(isle.eval::<bool>("jit.status()")?);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "luajit", feature = "luajit52"))))]
+    pub fn jit(mut self, enabled: bool) -> Self {
+        self.jit = enabled;
+        self
+    }
+
     /// Starts the Lua thread, creates the VM there and runs `init` on it; returns once `init`
     /// has finished.
     ///
@@ -404,6 +435,8 @@ impl IsleBuilder {
             chunk_cache: self.chunk_cache,
             allow_binary_chunks: self.allow_binary_chunks,
             interrupt: self.interrupt,
+            #[cfg(any(feature = "luajit", feature = "luajit52"))]
+            jit: self.jit,
         };
         let thread = {
             let shared = shared.clone();

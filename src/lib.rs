@@ -190,8 +190,75 @@ mod wait;
 mod watchdog;
 mod worker;
 
-#[cfg(not(feature = "lua54"))]
-compile_error!("mlua-isle needs a Lua version: enable the `lua54` feature");
+#[cfg(not(any(
+    feature = "lua54",
+    feature = "lua55",
+    feature = "lua53",
+    feature = "lua52",
+    feature = "lua51",
+    feature = "luajit",
+    feature = "luajit52",
+    feature = "luau"
+)))]
+compile_error!(
+    "mlua-isle needs a Lua version: enable exactly one of the features `lua54`, `lua55`, \
+     `lua53`, `lua52`, `lua51`, `luajit`, `luajit52` or `luau`"
+);
+
+#[cfg(any(
+    all(
+        feature = "lua54",
+        any(
+            feature = "lua55",
+            feature = "lua53",
+            feature = "lua52",
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52",
+            feature = "luau"
+        )
+    ),
+    all(
+        feature = "lua55",
+        any(
+            feature = "lua53",
+            feature = "lua52",
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52",
+            feature = "luau"
+        )
+    ),
+    all(
+        feature = "lua53",
+        any(
+            feature = "lua52",
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52",
+            feature = "luau"
+        )
+    ),
+    all(
+        feature = "lua52",
+        any(
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52",
+            feature = "luau"
+        )
+    ),
+    all(
+        feature = "lua51",
+        any(feature = "luajit", feature = "luajit52", feature = "luau")
+    ),
+    all(feature = "luajit", any(feature = "luajit52", feature = "luau")),
+    all(feature = "luajit52", feature = "luau"),
+))]
+compile_error!(
+    "mlua-isle: more than one Lua version feature is enabled; enable exactly one (to use a \
+     version other than the default `lua54`, set `default-features = false`)"
+);
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

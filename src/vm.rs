@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::num::NonZeroUsize;
+#[cfg(not(feature = "luau"))]
 use std::sync::OnceLock;
 
 use lru::LruCache;
@@ -56,6 +57,7 @@ impl VmSource {
 }
 
 /// The Lua code that replaces the chunk loaders with text-only ones.
+#[cfg(not(any(feature = "lua51", feature = "luau")))]
 const TEXT_ONLY_LOADERS: &str = r#"
     local load, loadfile, error = load, loadfile, error
     if load then
@@ -80,12 +82,95 @@ const TEXT_ONLY_LOADERS: &str = r#"
     end
 "#;
 
+/// The Lua code that replaces the chunk loaders with text-only ones: Lua 5.1's loaders have no
+/// `mode` argument, so the first byte of the chunk is checked instead, and `loadfile` reads the
+/// file through `io.open` (without the `io` library it reports that it is not available).
+#[cfg(feature = "lua51")]
+const TEXT_ONLY_LOADERS: &str = r#"
+    local load, loadstring, error, type, byte, find = load, loadstring, error, type, string.byte, string.find
+    local open = io and io.open
+    local refused = "attempt to load a binary chunk (mode is 't')"
+    if loadstring then
+        _G.loadstring = function(s, chunkname)
+            if type(s) == "string" and byte(s, 1) == 27 then
+                return nil, refused
+            end
+            return loadstring(s, chunkname)
+        end
+    end
+    if load then
+        _G.load = function(reader, chunkname)
+            if type(reader) ~= "function" then
+                return load(reader, chunkname)
+            end
+            local first, binary = true, false
+            local f, err = load(function()
+                local piece = reader()
+                if first and type(piece) == "string" and piece ~= "" then
+                    first = false
+                    if byte(piece, 1) == 27 then
+                        binary = true
+                        return nil
+                    end
+                end
+                return piece
+            end, chunkname)
+            if binary then
+                return nil, refused
+            end
+            return f, err
+        end
+    end
+    local function loadfile_text(filename)
+        if not open then
+            return nil, "loadfile is not available without the io library"
+        end
+        if filename == nil then
+            return nil, "loadfile from standard input is not available"
+        end
+        local file, err = open(filename, "rb")
+        if not file then
+            return nil, "cannot open " .. tostring(filename)
+        end
+        local source = file:read("*a") or ""
+        file:close()
+        if byte(source, 1) == 35 then
+            -- Like Lua, skip a first line starting with '#', keeping line numbers.
+            local eol = find(source, "\n", 1, true)
+            source = eol and source:sub(eol) or ""
+        end
+        if byte(source, 1) == 27 then
+            return nil, refused
+        end
+        return loadstring(source, "@" .. filename)
+    end
+    _G.loadfile = loadfile_text
+    _G.dofile = function(filename)
+        local f, err = loadfile_text(filename)
+        if not f then
+            error(err, 0)
+        end
+        return f()
+    end
+"#;
+
 /// [`TEXT_ONLY_LOADERS`] compiled by the first VM of the process: loading it is several times
 /// cheaper than parsing it again, which shows in the cost of spawning an isle.
+#[cfg(not(feature = "luau"))]
 static TEXT_ONLY_LOADERS_BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
 
 /// Replaces the chunk loaders reachable from Lua with text-only ones: a crafted binary chunk
 /// can crash the process, and scripts have no business loading one.
+///
+/// Luau cannot load bytecode from Lua at all: nothing to do there.
+#[cfg(feature = "luau")]
+pub(crate) fn forbid_binary_chunks(_lua: &Lua) -> mlua::Result<()> {
+    Ok(())
+}
+
+/// Replaces the chunk loaders reachable from Lua with text-only ones: a crafted binary chunk
+/// can crash the process, and scripts have no business loading one.
+#[cfg(not(feature = "luau"))]
 pub(crate) fn forbid_binary_chunks(lua: &Lua) -> mlua::Result<()> {
     let loaders = match TEXT_ONLY_LOADERS_BYTECODE.get() {
         // Produced by this process's own Lua from our own source.

@@ -97,6 +97,9 @@ pub(crate) struct Setup {
     pub(crate) chunk_cache: usize,
     pub(crate) allow_binary_chunks: bool,
     pub(crate) interrupt: Interrupt,
+    /// Whether LuaJIT's compiler may run.
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    pub(crate) jit: bool,
 }
 
 /// The Lua thread's state between jobs.
@@ -126,6 +129,10 @@ impl Worker {
             }
             if !setup.allow_binary_chunks {
                 vm::forbid_binary_chunks(&lua)?;
+            }
+            #[cfg(any(feature = "luajit", feature = "luajit52"))]
+            if !setup.jit {
+                crate::interrupt::turn_off_jit(&lua)?;
             }
             let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
             let worker = Worker {

@@ -2,7 +2,7 @@
 //! stale signals harmless, blocking host functions, coroutines that outlive an interrupt.
 //!
 //! These tests also run under valgrind (memcheck) in CI.
-#![cfg(unix)]
+#![cfg(all(unix, not(feature = "luau")))]
 
 mod common;
 

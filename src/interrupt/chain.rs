@@ -8,7 +8,8 @@
 //! handlers inside the coroutine) and, for resumes driven from Rust, by mlua's thread event
 //! callback. The records are atomics in `const` thread-locals, readable from a signal handler.
 //!
-//! `coroutine.create` and `coroutine.wrap` also give every coroutine a protected base frame.
+//! On Lua 5.4 and 5.5, `coroutine.create` and `coroutine.wrap` also give every coroutine a
+//! protected base frame.
 //! When an interrupt kills a coroutine from inside its hook, Lua leaves hooks disabled in that
 //! coroutine for good, so its pending `__close` handlers (run later by `coroutine.close`, or at
 //! once by a wrapped coroutine) could never be interrupted. The base frame catches the error,
@@ -22,7 +23,7 @@ use std::sync::atomic::{compiler_fence, AtomicPtr, AtomicUsize, Ordering};
 use mlua::thread::{ThreadEvent, ThreadStatus, ThreadTriggers};
 use mlua::{ffi, Lua};
 
-use super::{hook, pcall};
+use super::{hook, probe};
 
 /// Most coroutines a resume chain records; Lua itself stops nesting resumes at about 200.
 const CHAIN_CAP: usize = 256;
@@ -166,11 +167,12 @@ fn remove_rust(anchors: &mut Vec<mlua::Thread>, i: usize) {
     anchors.swap_remove(i);
 }
 
-/// Pushes `co` on the resume chain (arming it if an interrupt is pending); false if full.
-fn chain_push(co: *mut ffi::lua_State) -> bool {
+/// Pushes `co` on the resume chain (arming it if an interrupt is pending); returns the depth
+/// to restore once the resume is over, or `None` if the chain is full.
+fn chain_push(co: *mut ffi::lua_State) -> Option<usize> {
     let depth = DEPTH.with(|d| d.load(Ordering::Relaxed));
     if depth >= CHAIN_CAP {
-        return false;
+        return None;
     }
     CHAIN.with(|chain| chain[depth].store(co, Ordering::Relaxed));
     compiler_fence(Ordering::SeqCst);
@@ -179,11 +181,15 @@ fn chain_push(co: *mut ffi::lua_State) -> bool {
         // SAFETY: `co` is the coroutine about to be resumed, on its resumer's stack.
         unsafe { hook::arm(co) };
     }
-    true
+    Some(depth)
 }
 
-fn chain_pop() {
-    DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed));
+/// Restores the chain to `depth` (as it was before the matching push). Restoring rather than
+/// popping one entry also drops whatever was pushed inside a coroutine that did not unwind
+/// normally: since Lua 5.5 a coroutine can close itself, which leaves every C frame in it at
+/// once, so the wrappers running there never get to pop their entries.
+fn chain_restore(depth: usize) {
+    DEPTH.with(|d| d.store(depth, Ordering::Relaxed));
 }
 
 /// Calls the function at `original` with the arguments on the stack while `co` is on the
@@ -204,11 +210,11 @@ unsafe fn call_on_chain(
         ffi::luaL_checkstack(state, 2, ptr::null());
         ffi::lua_pushvalue(state, original);
         ffi::lua_insert(state, 1);
-        let pushed = !co.is_null() && chain_push(co);
-        // A protected call, so that the chain is popped whatever happens.
+        let pushed = if co.is_null() { None } else { chain_push(co) };
+        // A protected call, so that the chain is restored whatever happens.
         let status = ffi::lua_pcall(state, nargs, ffi::LUA_MULTRET, 0);
-        if pushed {
-            chain_pop();
+        if let Some(depth) = pushed {
+            chain_restore(depth);
         }
         if status == ffi::LUA_OK {
             Ok(ffi::lua_gettop(state))
@@ -265,7 +271,7 @@ unsafe fn pass_panic_on(state: *mut ffi::lua_State, n: c_int) -> c_int {
     // probe.
     unsafe {
         if n >= 2 && ffi::lua_toboolean(state, 1) == 0 {
-            pcall::reraise_panic(state, 2, ffi::lua_upvalueindex(2));
+            probe::reraise_panic(state, 2, ffi::lua_upvalueindex(2));
         }
         n
     }
@@ -289,6 +295,7 @@ unsafe fn prefix_position(state: *mut ffi::lua_State) {
     }
 }
 
+#[cfg(any(feature = "lua54", feature = "lua55"))]
 /// Checks that argument 1 is a function (as Lua's `create` and `wrap` do) and replaces it with
 /// a protected base frame calling it.
 ///
@@ -306,6 +313,7 @@ unsafe fn protect_body(state: *mut ffi::lua_State) {
     }
 }
 
+#[cfg(any(feature = "lua54", feature = "lua55"))]
 /// `coroutine.create`, giving the coroutine a protected base frame.
 unsafe extern "C-unwind" fn guarded_create(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua with the original `create` as upvalue 1.
@@ -324,6 +332,7 @@ unsafe extern "C-unwind" fn guarded_wrap(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua with the original `wrap` as upvalue 1; its result is a C closure
     // whose first upvalue is the new coroutine. Errors unwind with no Rust value alive here.
     unsafe {
+        #[cfg(any(feature = "lua54", feature = "lua55"))]
         protect_body(state);
         let nargs = ffi::lua_gettop(state);
         ffi::luaL_checkstack(state, 3, ptr::null());
@@ -358,6 +367,7 @@ unsafe extern "C-unwind" fn guarded_wrapped(state: *mut ffi::lua_State) -> c_int
     }
 }
 
+#[cfg(any(feature = "lua54", feature = "lua55"))]
 /// A coroutine's protected base frame: calls upvalue 1 with the arguments and returns its
 /// results; an error is caught (which re-enables hooks in the coroutine) and raised again.
 unsafe extern "C-unwind" fn coroutine_body(state: *mut ffi::lua_State) -> c_int {
@@ -373,6 +383,7 @@ unsafe extern "C-unwind" fn coroutine_body(state: *mut ffi::lua_State) -> c_int 
     }
 }
 
+#[cfg(any(feature = "lua54", feature = "lua55"))]
 unsafe extern "C-unwind" fn finish_body(
     state: *mut ffi::lua_State,
     status: c_int,
@@ -389,7 +400,7 @@ unsafe extern "C-unwind" fn finish_body(
 }
 
 /// `function` wrapped in a coroutine's protected base frame, for coroutines created from Rust.
-#[cfg(feature = "tokio")]
+#[cfg(all(feature = "tokio", any(feature = "lua54", feature = "lua55")))]
 pub(super) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Result<mlua::Function> {
     // SAFETY: `exec_raw` pushes `function` and runs the closure in a protected call;
     // `lua_pushcclosure` takes it as the single upvalue and leaves the closure as result.
@@ -405,9 +416,10 @@ fn wrap_coroutine_functions(lua: &Lua, probe: &mlua::Function) -> mlua::Result<(
     let Ok(coroutine) = lua.globals().get::<mlua::Table>("coroutine") else {
         return Ok(());
     };
-    let wrappers: [(&str, ffi::lua_CFunction); 4] = [
-        ("create", guarded_create),
-        ("wrap", guarded_wrap),
+    let wrappers = [
+        #[cfg(any(feature = "lua54", feature = "lua55"))]
+        ("create", guarded_create as ffi::lua_CFunction),
+        ("wrap", guarded_wrap as ffi::lua_CFunction),
         ("resume", guarded_resume),
         ("close", guarded_close),
     ];

@@ -103,12 +103,15 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut
             }
             // SAFETY: `state` is the running coroutine. Firing at every instruction makes an
             // interrupted coroutine yield, or a caught error re-raise, at the next one. A count
-            // hook may yield (with no values) in Lua 5.4; `lua_yield` then returns here and Lua
+            // hook may yield (with no values) since Lua 5.3; `lua_yield` then returns here and Lua
             // yields once the hook returns, with hooks re-enabled for the coroutine. Otherwise
             // `lua_error` unwinds with a longjmp; no Rust value with a destructor is alive in
             // this frame at that point.
             unsafe {
                 ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
+                // Lua 5.1, 5.2 and LuaJIT cannot tell whether the coroutine may yield here:
+                // they always raise.
+                #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
                 if ffi::lua_isyieldable(state) != 0 {
                     YIELDED.set(true);
                     ffi::lua_yield(state, 0);

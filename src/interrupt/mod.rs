@@ -31,17 +31,39 @@
 //!   callback. When the request ends, the generation is cleared first, then the hooks: any hook
 //!   left on a coroutine removes itself the next time it fires with nothing pending.
 
+#[cfg(not(feature = "luau"))]
 mod chain;
+#[cfg(not(feature = "luau"))]
 mod hook;
+#[cfg(feature = "luau")]
+mod luau;
+#[cfg(feature = "luau")]
+use luau as hook;
 #[cfg(feature = "tokio")]
 pub(crate) use hook::take_yielded;
+#[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
 mod pcall;
-#[cfg(unix)]
+#[cfg(not(any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+mod pcall_lua;
+#[cfg(not(any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+use pcall_lua as pcall;
+#[cfg(any(feature = "luajit", feature = "luajit52"))]
+mod jit;
+#[cfg(any(feature = "luajit", feature = "luajit52"))]
+pub(crate) use jit::turn_off as turn_off_jit;
+mod probe;
+#[cfg(all(unix, not(feature = "luau")))]
 mod signal;
+
+/// Where a cancel delivers an on-demand interrupt.
+#[cfg(all(unix, not(feature = "luau")))]
+use signal::Target;
+#[cfg(feature = "luau")]
+use luau::Target;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-#[cfg(unix)]
+#[cfg(any(unix, feature = "luau"))]
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -77,23 +99,38 @@ pub enum Interrupt {
     /// [`without_interrupts`](crate::without_interrupts)). The default signal is `SIGURG`,
     /// whose default action is to be ignored, so a stray one is harmless; choose another if
     /// your application uses `SIGURG`.
+    ///
+    /// Not available with Luau, which has no debug hooks (see [`Interrupt::OnDemand`]).
+    #[cfg(all(unix, not(feature = "luau")))]
     Signal {
         /// The signal number, for example `libc::SIGURG`.
         signal: i32,
     },
-    /// A count hook installed for the whole life of the VM, checking for interrupts every
-    /// `every` instructions (the interrupt latency). Works everywhere. Costs: while any hook is
-    /// installed, Lua executes every instruction through its tracing path, so CPU-bound Lua
-    /// code runs roughly 2× slower whatever `every` is.
+    /// Luau only, the default there. Nothing is installed while no interrupt is pending; a
+    /// cancel or deadline sets Luau's interrupt callback from the thread that noticed it
+    /// (Luau allows that from any thread), and the callback stops the code at its next
+    /// safepoint (a call or a loop back-edge). No signal, no cost while idle.
+    #[cfg(feature = "luau")]
+    OnDemand,
+    /// A hook installed for the whole life of the VM. Works everywhere.
+    ///
+    /// On PUC Lua and LuaJIT: a count hook checking for interrupts every `every` instructions
+    /// (the interrupt latency). Costs: while any hook is installed, Lua executes every
+    /// instruction through its tracing path, so CPU-bound Lua code runs roughly 2× slower
+    /// whatever `every` is.
+    ///
+    /// On Luau: the interrupt callback, called at every safepoint, which also checks the
+    /// request's deadline on the clock every `every` safepoints. Costs: a Rust call at every
+    /// safepoint, roughly 2× on tight loops.
     Hook {
-        /// Instructions between two checks (at least 1).
+        /// Instructions (Luau: safepoints) between two checks (at least 1).
         every: u32,
     },
 }
 
 impl Interrupt {
     /// The signal [`Interrupt::Signal`] uses by default.
-    #[cfg(unix)]
+    #[cfg(all(unix, not(feature = "luau")))]
     pub const DEFAULT_SIGNAL: i32 = libc::SIGURG;
 
     /// The interval [`Interrupt::Hook`] uses by default (where it is the default).
@@ -102,13 +139,17 @@ impl Interrupt {
 
 impl Default for Interrupt {
     fn default() -> Self {
-        #[cfg(unix)]
+        #[cfg(feature = "luau")]
+        {
+            Interrupt::OnDemand
+        }
+        #[cfg(all(unix, not(feature = "luau")))]
         {
             Interrupt::Signal {
                 signal: Interrupt::DEFAULT_SIGNAL,
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(not(any(unix, feature = "luau")))]
         {
             Interrupt::Hook {
                 every: Interrupt::DEFAULT_EVERY,
@@ -132,10 +173,11 @@ pub(crate) struct Interrupter {
     cancelled: CachePadded<AtomicU64>,
     /// Highest generation whose deadline passed.
     expired: AtomicU64,
-    /// Where to send the interrupt signal; cleared before the Lua thread exits, and only used
-    /// under the lock, so a signal never targets a thread that is gone.
-    #[cfg(unix)]
-    target: Mutex<Option<signal::Target>>,
+    /// Where to deliver an on-demand interrupt (the isle's thread, or Luau's callbacks);
+    /// cleared before the Lua thread exits, and only used under the lock, so an interrupt is
+    /// never delivered to a thread or VM that is gone.
+    #[cfg(any(unix, feature = "luau"))]
+    target: Mutex<Option<Target>>,
 }
 
 /// Why the running request is being stopped.
@@ -189,14 +231,14 @@ impl Interrupter {
     /// Wakes the Lua thread up to the interrupt if request `gen` is the one running. (If it is
     /// about to run, it sees the raised generation itself when it starts.)
     fn poke(&self, gen: u64) {
-        #[cfg(unix)]
+        #[cfg(any(unix, feature = "luau"))]
         if self.running.load(Ordering::SeqCst) == gen {
             let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(target) = &*target {
                 target.send();
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(not(any(unix, feature = "luau")))]
         let _ = gen;
     }
 
@@ -219,8 +261,10 @@ impl Interrupter {
 pub(crate) struct Armed {
     hook: hook::Registration,
     interrupter: Arc<Interrupter>,
-    #[cfg(unix)]
-    signal: Option<signal::Installed>,
+    /// Whether interrupts are delivered on demand (nothing installed while idle).
+    on_demand: bool,
+    #[cfg(all(unix, not(feature = "luau")))]
+    _signal: Option<signal::Installed>,
 }
 
 impl std::fmt::Debug for Armed {
@@ -239,13 +283,17 @@ impl Armed {
     ) -> mlua::Result<Self> {
         let every = match mode {
             Interrupt::Hook { every } => Some(every),
+            #[cfg(all(unix, not(feature = "luau")))]
             Interrupt::Signal { .. } => None,
+            #[cfg(feature = "luau")]
+            Interrupt::OnDemand => None,
         };
         let hook = hook::Registration::install(lua, &interrupter, every)?;
-        let probe = pcall::probe(lua)?;
+        let probe = probe::create(lua)?;
+        #[cfg(not(feature = "luau"))]
         chain::install(lua, hook.main_state(), &probe)?;
         pcall::install(lua, &probe)?;
-        #[cfg(unix)]
+        #[cfg(all(unix, not(feature = "luau")))]
         let signal = match mode {
             Interrupt::Signal { signal } => Some(signal::Installed::install(
                 lua,
@@ -255,17 +303,12 @@ impl Armed {
             )?),
             Interrupt::Hook { .. } => None,
         };
-        #[cfg(not(unix))]
-        if let Interrupt::Signal { .. } = mode {
-            return Err(mlua::Error::runtime(
-                "Interrupt::Signal is only available on Unix; use Interrupt::Hook",
-            ));
-        }
         Ok(Armed {
             hook,
             interrupter,
-            #[cfg(unix)]
-            signal,
+            on_demand: every.is_none(),
+            #[cfg(all(unix, not(feature = "luau")))]
+            _signal: signal,
         })
     }
 
@@ -273,9 +316,8 @@ impl Armed {
     pub(crate) fn begin(&self, gen: u64, deadline: Option<Instant>) {
         self.hook.set_deadline(deadline);
         self.interrupter.running.store(gen, Ordering::SeqCst);
-        // A cancel that came before `running` was set did not signal: arm now.
-        #[cfg(unix)]
-        if self.signal.is_some() && self.interrupter.stop_requested().is_some() {
+        // A cancel that came before `running` was set was not delivered: arm now.
+        if self.on_demand && self.interrupter.stop_requested().is_some() {
             self.hook.arm_base();
         }
     }
@@ -285,10 +327,12 @@ impl Armed {
         self.interrupter.running.store(0, Ordering::SeqCst);
         self.hook.set_deadline(None);
         self.hook.disarm_base_if_touched();
+        #[cfg(not(feature = "luau"))]
         chain::end_request();
     }
 }
 
+#[cfg(not(feature = "luau"))]
 impl Drop for Armed {
     fn drop(&mut self) {
         chain::uninstall();
@@ -299,7 +343,16 @@ impl Drop for Armed {
 /// protected base frame as coroutines created by Lua's `coroutine.create`.
 #[cfg(feature = "tokio")]
 pub(crate) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Result<mlua::Function> {
-    chain::protected_body(lua, function)
+    #[cfg(any(feature = "lua54", feature = "lua55"))]
+    {
+        chain::protected_body(lua, function)
+    }
+    // Before 5.4 a coroutine killed by an interrupt has no `__close` handlers left to run.
+    #[cfg(not(any(feature = "lua54", feature = "lua55")))]
+    {
+        let _ = lua;
+        Ok(function)
+    }
 }
 
 /// Runs `f` with the isle's interrupt signal blocked on the calling thread, then delivers any
@@ -328,11 +381,11 @@ pub(crate) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Resul
 /// # Ok::<(), mlua_isle::IsleError>(())
 /// ```
 pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(unix)]
+    #[cfg(all(unix, not(feature = "luau")))]
     {
         signal::without_interrupts(f)
     }
-    #[cfg(not(unix))]
+    #[cfg(not(all(unix, not(feature = "luau"))))]
     {
         f()
     }

@@ -1,12 +1,10 @@
-//! The VM's `pcall` and `xpcall`: Lua 5.4's semantics (including yields across them), except
+//! The VM's `pcall` and `xpcall` on Lua 5.3, 5.4 and 5.5, written in C-style Rust: Lua's
+//! semantics (including yields across them), except
 //! that they never catch a Rust panic, and that `xpcall` skips its message handler while an
 //! interrupt is pending.
 //!
-//! A panic in a host function reaches Lua as an error object that mlua re-raises as a panic as
-//! soon as it converts that object back to a Rust value. After a protected call fails, the
-//! error object is handed to a tiny Rust function (the *probe*): an ordinary error passes, a
-//! panic is raised again outside the protected call, so the request ends with
-//! [`IsleError::Panic`](crate::IsleError::Panic) whatever the script wraps around it.
+//! After a protected call fails, the error object goes through the [probe](super::probe): a
+//! Rust panic is raised again outside the protected call.
 //!
 //! Lua runs an `xpcall` message handler with hooks disabled when the error was raised from a
 //! hook, so a looping handler could not be interrupted: while an interrupt is pending, the
@@ -18,12 +16,7 @@ use std::ptr;
 use mlua::{ffi, Lua};
 
 use super::hook;
-
-/// The probe: a Rust function whose argument conversion re-raises a panic carried by an error
-/// object (mlua resumes a panic when it converts its error object to a Rust value).
-pub(super) fn probe(lua: &Lua) -> mlua::Result<mlua::Function> {
-    lua.create_function(|_, _: mlua::Value| Ok(()))
-}
+use super::probe::reraise_panic;
 
 /// Installs `pcall` and `xpcall` into `lua`'s globals.
 pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
@@ -42,22 +35,6 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
         globals.raw_set(name, guarded)?;
     }
     Ok(())
-}
-
-/// Raises again the error object at `index` if it carries a Rust panic; otherwise returns.
-///
-/// # Safety
-///
-/// `state` must be the running state inside a C function; `probe` the index of the probe.
-pub(super) unsafe fn reraise_panic(state: *mut ffi::lua_State, index: c_int, probe: c_int) {
-    // SAFETY: guaranteed by the caller; two stack slots are checked first.
-    unsafe {
-        let index = ffi::lua_absindex(state, index);
-        ffi::luaL_checkstack(state, 2, ptr::null());
-        ffi::lua_pushvalue(state, probe);
-        ffi::lua_pushvalue(state, index);
-        ffi::lua_call(state, 1, 0);
-    }
 }
 
 /// `pcall(f, ...)`, upvalue 1 the probe.

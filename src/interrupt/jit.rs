@@ -1,0 +1,37 @@
+//! LuaJIT's compiler, whose machine code runs no hooks: an isle turns it off unless told
+//! otherwise (see [`IsleBuilder::jit`](crate::IsleBuilder::jit)).
+
+use std::ffi::c_int;
+
+use mlua::{ffi, Lua};
+
+extern "C-unwind" {
+    /// `luaJIT_setmode` from LuaJIT's `luajit.h` (not declared by mlua's bindings).
+    fn luaJIT_setmode(state: *mut ffi::lua_State, idx: c_int, mode: c_int) -> c_int;
+}
+
+/// `LUAJIT_MODE_ENGINE`: the mode of the whole compiler.
+const LUAJIT_MODE_ENGINE: c_int = 0;
+/// `LUAJIT_MODE_OFF`.
+const LUAJIT_MODE_OFF: c_int = 0x0000;
+
+/// Turns the JIT compiler of `lua` off, and makes `jit.on()` say why it cannot be turned on.
+pub(crate) fn turn_off(lua: &Lua) -> mlua::Result<()> {
+    // SAFETY: `exec_raw` calls the closure with the VM's main state inside a protected call;
+    // turning the engine off only clears a flag and updates LuaJIT's dispatch table.
+    unsafe {
+        lua.exec_raw::<()>((), |state| {
+            luaJIT_setmode(state, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+        })?;
+    }
+    if let Ok(jit) = lua.globals().get::<mlua::Table>("jit") {
+        let refuse = lua.create_function(|_, ()| -> mlua::Result<()> {
+            Err(mlua::Error::runtime(
+                "the JIT compiler is off in this isle, so that its requests can be interrupted \
+                 (see IsleBuilder::jit)",
+            ))
+        })?;
+        jit.raw_set("on", refuse)?;
+    }
+    Ok(())
+}

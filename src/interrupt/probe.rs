@@ -1,0 +1,40 @@
+//! Telling a Rust panic from an ordinary error, from Lua.
+//!
+//! A panic in a host function reaches Lua as an error object that mlua re-raises as a panic as
+//! soon as it converts that object back to a Rust value. The isle's protected calls hand the
+//! error object of a failed call to a tiny Rust function, the *probe*: an ordinary error
+//! passes, a panic is raised again outside the protected call, so the request ends with
+//! [`IsleError::Panic`](crate::IsleError::Panic) whatever the script wraps around it.
+
+#[cfg(not(feature = "luau"))]
+use std::ffi::c_int;
+#[cfg(not(feature = "luau"))]
+use std::ptr;
+
+#[cfg(not(feature = "luau"))]
+use mlua::ffi;
+use mlua::Lua;
+
+/// The probe: a Rust function whose argument conversion re-raises a panic carried by an error
+/// object (mlua resumes a panic when it converts its error object to a Rust value).
+pub(super) fn create(lua: &Lua) -> mlua::Result<mlua::Function> {
+    lua.create_function(|_, _: mlua::Value| Ok(()))
+}
+
+/// Raises again the error object at `index` if it carries a Rust panic; otherwise returns.
+///
+/// # Safety
+///
+/// `state` must be the running state inside a C function; `probe` the index of the probe.
+#[cfg(not(feature = "luau"))]
+pub(super) unsafe fn reraise_panic(state: *mut ffi::lua_State, index: c_int, probe: c_int) {
+    // SAFETY: guaranteed by the caller; two stack slots are checked first.
+    unsafe {
+        let index = ffi::lua_absindex(state, index);
+        ffi::luaL_checkstack(state, 2, ptr::null());
+        ffi::lua_pushvalue(state, probe);
+        ffi::lua_pushvalue(state, index);
+        ffi::lua_call(state, 1, 0);
+    }
+}
+
