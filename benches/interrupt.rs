@@ -1,8 +1,14 @@
 //! The cost of being interruptible: CPU-bound scripts through an idle isle against raw mlua on
-//! one thread (the floor, measured in the same run), with the default signal-armed interrupt
-//! and with the permanent count hook; and the latency of a cancel.
+//! one thread (the floor, measured in the same run), with the default interrupt (signal-armed
+//! hook; on Luau the interrupt callback set on demand) and with the permanent hook; and the
+//! latency of a cancel.
 //!
-//! Run with: `cargo bench --bench interrupt`
+//! Run with: `cargo bench --bench interrupt`; for another Lua version, for example
+//! `cargo bench --bench interrupt --no-default-features --features luajit,vendored`.
+//!
+//! On LuaJIT an isle runs with the JIT compiler off by default, so the floor is raw mlua with
+//! the compiler off too (`raw_mlua`); `raw_mlua_jit_on` and `isle_jit_on` show the compiler's
+//! effect.
 
 use std::hint::black_box;
 use std::sync::mpsc;
@@ -35,22 +41,35 @@ fn cpu_bound(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
 
-    let lua = Lua::new();
-    lua.load(SCRIPTS).exec().unwrap();
-    for (name, function, arg) in CASES {
-        let f: Function = lua.globals().get(function).unwrap();
-        group.bench_function(format!("raw_mlua/{name}"), |b| {
-            b.iter(|| black_box(f.call::<i64>(arg).unwrap()))
-        });
+    let floors = [
+        ("raw_mlua", false),
+        #[cfg(any(feature = "luajit", feature = "luajit52"))]
+        ("raw_mlua_jit_on", true),
+    ];
+    for (label, jit) in floors {
+        let lua = Lua::new();
+        if cfg!(any(feature = "luajit", feature = "luajit52")) && !jit {
+            lua.load("jit.off()").exec().unwrap();
+        }
+        lua.load(SCRIPTS).exec().unwrap();
+        for (name, function, arg) in CASES {
+            let f: Function = lua.globals().get(function).unwrap();
+            group.bench_function(format!("{label}/{name}"), |b| {
+                b.iter(|| black_box(f.call::<i64>(arg).unwrap()))
+            });
+        }
     }
-    for (label, interrupt) in [
-        ("isle_signal", Interrupt::default()),
-        ("isle_hook", Interrupt::Hook { every: 1000 }),
-    ] {
-        let isle = Isle::builder()
-            .interrupt(interrupt)
-            .spawn(|lua| lua.load(SCRIPTS).exec())
-            .unwrap();
+    let isles = [
+        ("isle_default", Isle::builder()),
+        (
+            "isle_hook",
+            Isle::builder().interrupt(Interrupt::Hook { every: 1000 }),
+        ),
+        #[cfg(any(feature = "luajit", feature = "luajit52"))]
+        ("isle_jit_on", Isle::builder().jit(true)),
+    ];
+    for (label, builder) in isles {
+        let isle = builder.spawn(|lua| lua.load(SCRIPTS).exec()).unwrap();
         for (name, function, arg) in CASES {
             group.bench_function(format!("{label}/{name}"), |b| {
                 b.iter(|| black_box(isle.call::<i64>(function, arg).unwrap()))
@@ -73,7 +92,7 @@ fn cancel_latency(c: &mut Criterion) {
         ),
     ];
     for (label, interrupt) in [
-        ("signal", Interrupt::default()),
+        ("default", Interrupt::default()),
         ("hook", Interrupt::Hook { every: 1000 }),
     ] {
         let (tx, started) = mpsc::channel::<()>();

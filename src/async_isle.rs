@@ -560,7 +560,7 @@ impl Request<'_, AsyncIsle> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), mlua_isle::IsleError> {
     /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
-    /// let n: i64 = isle.request().no_timeout().eval("2 ^ 8 // 1").await?;
+    /// let n: i64 = isle.request().no_timeout().eval("2 ^ 8").await?;
     /// assert_eq!(n, 256);
     /// # Ok(())
     /// # }

@@ -18,7 +18,23 @@ use crate::worker::{self, Setup};
 /// Default number of requests that can wait in an isle's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// Default Lua thread stack size: Lua's C code and Rust callbacks recurse on it.
+///
+/// PUC Lua and Luau limit how deeply C calls nest (about 200), which keeps the C stack small.
+/// LuaJIT does not: a script recursing through a C function that calls back into Lua
+/// (`string.gsub` with a function, say) nests until Lua's own stack is full, and each level
+/// can take several KiB of C stack. The LuaJIT default is therefore large; it is only
+/// reserved address space until a script really recurses that deep.
+#[cfg(not(any(feature = "luajit", feature = "luajit52")))]
 pub const DEFAULT_STACK_SIZE: usize = 8 << 20;
+/// Default Lua thread stack size: Lua's C code and Rust callbacks recurse on it.
+///
+/// PUC Lua and Luau limit how deeply C calls nest (about 200), which keeps the C stack small.
+/// LuaJIT does not: a script recursing through a C function that calls back into Lua
+/// (`string.gsub` with a function, say) nests until Lua's own stack is full, and each level
+/// can take several KiB of C stack. The LuaJIT default is therefore large; it is only
+/// reserved address space until a script really recurses that deep.
+#[cfg(any(feature = "luajit", feature = "luajit52"))]
+pub const DEFAULT_STACK_SIZE: usize = 256 << 20;
 /// Default number of compiled `eval` chunks kept per isle.
 pub const DEFAULT_CHUNK_CACHE: usize = 64;
 /// Default time given to interrupted code to unwind before the isle gives up on it.
@@ -86,8 +102,7 @@ impl Default for IsleBuilder {
 impl fmt::Debug for IsleBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut f = f.debug_struct("IsleBuilder");
-        f
-            .field("thread_name", &self.thread_name)
+        f.field("thread_name", &self.thread_name)
             .field("stack_size", &self.stack_size)
             .field("libs", &self.libs)
             .field("options", &self.options)
@@ -231,7 +246,7 @@ impl IsleBuilder {
     /// use mlua_isle::LuaErrorKind;
     ///
     /// let isle = mlua_isle::Isle::builder().memory_limit(4 << 20).spawn(|_| Ok(()))?;
-    /// let err = isle.eval::<()>("return string.rep('x', 8 << 20)").unwrap_err();
+    /// let err = isle.eval::<()>("return string.rep('x', 8 * 1024 * 1024)").unwrap_err();
     /// assert_eq!(err.as_lua().unwrap().kind(), LuaErrorKind::Memory);
     /// assert_eq!(isle.eval::<i64>("return 1")?, 1);
     /// # Ok::<(), mlua_isle::IsleError>(())
@@ -296,14 +311,19 @@ impl IsleBuilder {
     /// Lets Lua's `load`, `loadfile` and `dofile` accept precompiled (binary) chunks.
     ///
     /// Off by default: Lua does not verify bytecode, and a crafted binary chunk can crash the
-    /// process. Turn it on only if every script is trusted.
+    /// process. Turn it on only if every script is trusted. (Luau cannot load bytecode from
+    /// Lua at all; there this setting changes nothing.)
     ///
     /// # Examples
     ///
     /// ```
     /// let isle = mlua_isle::Isle::builder().allow_binary_chunks(true).spawn(|_| Ok(()))?;
-    /// let n = isle.eval::<i64>("return load(string.dump(function() return 3 end))()")?;
+    /// assert!(isle.is_alive());
+    /// # #[cfg(not(feature = "luau"))] {
+    /// let dumped = "string.dump(function() return 3 end)";
+    /// let n = isle.eval::<i64>(format!("return (loadstring or load)({dumped})()"))?;
     /// assert_eq!(n, 3);
+    /// # }
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn allow_binary_chunks(mut self, allow: bool) -> Self {
@@ -335,9 +355,9 @@ impl IsleBuilder {
         self
     }
 
-    /// Chooses how running Lua code is interrupted (default: [`Interrupt::Signal`] with
-    /// `SIGURG` on Unix, [`Interrupt::Hook`] elsewhere); see [`Interrupt`] for the costs of
-    /// each.
+    /// Chooses how running Lua code is interrupted (default: `Interrupt::Signal` with `SIGURG`
+    /// on Unix, `Interrupt::OnDemand` with Luau, [`Interrupt::Hook`] elsewhere); see
+    /// [`Interrupt`] for the costs of each.
     ///
     /// # Examples
     ///

@@ -301,11 +301,22 @@ where
     /// drops it now instead of at some later cycle. Finalizers run with hooks off, so the
     /// interrupt does not cut them short.
     fn finish(&mut self, result: Result<T, IsleError>, finished: bool) {
+        // Before Lua 5.4 nothing closes the stack of a coroutine that is dropped or dies, so a
+        // stopped request's values (the future it awaited included) would wait for the next
+        // garbage collection: collect at once. From 5.4 on, dropping the coroutine closes its
+        // stack (mlua closes the awaited future), but one interrupted while running Lua code
+        // still holds its values until collected.
+        const CLOSES_STACKS: bool = cfg!(any(feature = "lua54", feature = "lua55"));
+        let stopped = matches!(
+            result,
+            Err(IsleError::Cancelled | IsleError::Timeout | IsleError::Shutdown)
+        );
         if let Some(future) = self.future.take() {
-            if finished {
+            let collect =
+                (self.interrupted || (stopped && !CLOSES_STACKS)).then(|| self.context.lua.clone());
+            if finished && collect.is_none() {
                 drop(future);
             } else {
-                let collect = self.interrupted.then(|| self.context.lua.clone());
                 let _ = self.stretch(true, |_| {
                     catch_unwind(AssertUnwindSafe(move || {
                         drop(future);

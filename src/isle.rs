@@ -127,7 +127,7 @@ impl Isle {
     ///
     /// ```
     /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
-    /// assert_eq!(isle.eval::<i64>("return 2 ^ 10 // 1")?, 1024);
+    /// assert_eq!(isle.eval::<i64>("return 2 ^ 10")?, 1024);
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn eval<T>(&self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>

@@ -148,23 +148,31 @@
 //!
 //! # Feature flags
 //!
-//! - `lua54` (default): Lua 5.4.
+//! - The Lua version, exactly one of: `lua54` (default), `lua55`, `lua53`, `lua52`, `lua51`,
+//!   `luajit`, `luajit52`, `luau`. To pick another than 5.4, turn the defaults off:
+//!   `mlua-isle = { version = "0.1", default-features = false, features = ["luau", "vendored"] }`.
+//!   Cancellation, deadlines and memory limits work on every version; the README's version
+//!   table says which mechanism each uses and what differs.
 //! - `vendored` (default): build Lua from source (no system Lua needed).
 //! - `tokio`: the async API and coroutine requests.
 //!
 //! # Caveats
 //!
 //! - The isle replaces `pcall`, `xpcall` and `coroutine.create`/`wrap`/`resume`/`close` with
-//!   versions that keep Lua 5.4's semantics (including yields across `pcall`), let Rust panics
-//!   through and keep interrupts reachable. A VM built by a [factory](IsleBuilder::factory) gets
+//!   versions that keep the Lua version's own semantics (including yields across `pcall` where
+//!   the version has them), let Rust panics through and keep interrupts reachable. A VM built by a [factory](IsleBuilder::factory) gets
 //!   them too.
 //! - Lua leaves debug hooks disabled for good in a coroutine that was killed by an error raised
 //!   from a hook. Coroutines created from Lua get a protected base frame that repairs this; a
 //!   coroutine created or reset from Rust (`Lua::create_thread`, `Thread::reset`) that was
 //!   interrupted where it could not yield should not be resumed again unless its body runs
 //!   under `pcall`.
-//! - Setting your own debug hook (`Lua::set_hook`) or thread event callback
-//!   (`Lua::set_thread_event_callback`) on an isle's VM replaces the isle's.
+//! - Setting your own debug hook (`Lua::set_hook`), thread event callback
+//!   (`Lua::set_thread_event_callback`) or, on Luau, interrupt (`Lua::set_interrupt`) on an
+//!   isle's VM replaces the isle's.
+//! - LuaJIT: the JIT compiler is off unless [`IsleBuilder::jit`] turns it on, because hooks do
+//!   not run in compiled code; LuaJIT does not limit how deeply C calls nest, so its default
+//!   thread stack is large ([`DEFAULT_STACK_SIZE`]).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]

@@ -110,6 +110,14 @@ pub(crate) struct Worker {
     pub(crate) vm: Vm,
     pub(crate) shared: Arc<Shared>,
     next_gen: Rc<Cell<u64>>,
+    /// Whether the VM has a memory limit.
+    #[cfg(any(
+        feature = "lua51",
+        feature = "luajit",
+        feature = "luajit52",
+        feature = "luau"
+    ))]
+    memory_limited: bool,
     /// Set while the Lua thread runs its async executor (for coroutine requests).
     #[cfg(feature = "tokio")]
     pub(crate) executor: Option<crate::executor::Executor>,
@@ -140,6 +148,13 @@ impl Worker {
                 vm: Vm::new(lua, setup.chunk_cache),
                 shared: shared.clone(),
                 next_gen: Rc::new(Cell::new(1)),
+                #[cfg(any(
+                    feature = "lua51",
+                    feature = "luajit",
+                    feature = "luajit52",
+                    feature = "luau"
+                ))]
+                memory_limited: setup.memory_limit.is_some(),
                 #[cfg(feature = "tokio")]
                 executor: None,
             };
@@ -323,7 +338,26 @@ where
         worker.armed.end();
         worker.shared.request_ended();
 
-        self.complete(outcome(&worker.shared, &token, deadline, result));
+        let outcome = outcome(&worker.shared, &token, deadline, result);
+        // Lua 5.1, LuaJIT and Luau do not collect garbage before reporting that an allocation
+        // failed, so what a failed request left behind could make the next one fail too.
+        #[cfg(any(
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52",
+            feature = "luau"
+        ))]
+        let collect = outcome.is_err() && worker.memory_limited;
+        self.complete(outcome);
+        #[cfg(any(
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52",
+            feature = "luau"
+        ))]
+        if collect {
+            let _ = worker.vm.lua().gc_collect();
+        }
     }
 }
 

@@ -170,7 +170,9 @@ fn cancel_stops_coroutine_that_yields_in_a_loop() {
     );
 }
 
+/// `__close` exists from Lua 5.4 on.
 #[test]
+#[cfg(any(feature = "lua54", feature = "lua55"))]
 fn cancel_stops_loop_in_close_metamethod() {
     assert_cancel_stops(
         "started()
@@ -180,7 +182,9 @@ fn cancel_stops_loop_in_close_metamethod() {
     );
 }
 
+/// `__close` exists from Lua 5.4 on.
 #[test]
+#[cfg(any(feature = "lua54", feature = "lua55"))]
 fn cancel_stops_loop_in_close_metamethod_during_unwind() {
     assert_cancel_stops(
         "started()
@@ -215,9 +219,13 @@ fn cancel_stops_loops_in_other_metamethods() {
         "local t = setmetatable({}, {__add = function() while true do end end}) return t + 1",
         "local t = setmetatable({}, {__eq = function() while true do end end}) return t == setmetatable({}, getmetatable(t))",
         "local t = setmetatable({}, {__lt = function() while true do end end}) return t < t",
+        // Lua 5.1 honours `__len` only for userdata.
+        #[cfg(not(feature = "lua51"))]
         "local t = setmetatable({}, {__len = function() while true do end end}) return #t",
         "local t = setmetatable({}, {__concat = function() while true do end end}) return t .. 'x'",
         "local t = setmetatable({}, {__unm = function() while true do end end}) return -t",
+        // `__pairs` is honoured by PUC Lua 5.2 to 5.5.
+        #[cfg(any(feature = "lua52", feature = "lua53", feature = "lua54", feature = "lua55"))]
         "local t = setmetatable({}, {__pairs = function() while true do end end}) for _ in pairs(t) do end",
     ] {
         let script: &'static str = Box::leak(format!("started() {script}").into_boxed_str());

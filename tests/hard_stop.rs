@@ -1,6 +1,6 @@
 //! Hard stop: code no interrupt can reach (here a loop in a `__gc` finalizer, which Lua runs
-//! with hooks disabled) makes the isle give up once the deadline plus the grace period has
-//! passed.
+//! with hooks disabled; on Luau, which has no finalizers in Lua, a host function ignoring its
+//! deadline) makes the isle give up once the deadline plus the grace period has passed.
 
 mod common;
 
@@ -15,9 +15,45 @@ use mlua_isle::{Interrupt, Isle, IsleBuilder, IsleError};
 /// Tests here count the process's threads, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+#[cfg(not(any(
+    feature = "lua51",
+    feature = "luajit",
+    feature = "luajit52",
+    feature = "luau"
+)))]
 const STUCK_IN_GC: &str = "setmetatable({}, {__gc = function() while not released() do end end})
                            started()
                            collectgarbage()";
+
+/// Lua 5.1 runs `__gc` only for userdata: a proxy from `newproxy`.
+#[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
+const STUCK_IN_GC: &str = "local p = newproxy(true)
+                           getmetatable(p).__gc = function() while not released() do end end
+                           p = nil
+                           started()
+                           collectgarbage()";
+
+/// Luau has no `__gc` for Lua code: a host function that ignores its deadline instead.
+#[cfg(feature = "luau")]
+const STUCK_IN_GC: &str = "started() spin_until_released()";
+
+/// Defines `released()`, true once `release` is set, and `spin_until_released()`, a host
+/// function that ignores its deadline.
+fn define_released(
+    lua: &mlua_isle::mlua::Lua,
+    release: Arc<AtomicBool>,
+) -> mlua_isle::mlua::Result<()> {
+    let flag = release.clone();
+    let released = lua.create_function(move |_, ()| Ok(flag.load(Ordering::SeqCst)))?;
+    lua.globals().set("released", released)?;
+    let spin = lua.create_function(move |_, ()| {
+        while !release.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        Ok(())
+    })?;
+    lua.globals().set("spin_until_released", spin)
+}
 
 /// A builder whose VM has `released()`, true once the returned flag is set.
 fn releasable(builder: IsleBuilder) -> (IsleBuilder, Arc<AtomicBool>) {
@@ -31,8 +67,7 @@ fn spawn_releasable(builder: IsleBuilder, release: &Arc<AtomicBool>) -> (Isle, R
     let (tx, rx) = mpsc::channel();
     let isle = builder
         .spawn(move |lua| {
-            let released = lua.create_function(move |_, ()| Ok(release.load(Ordering::SeqCst)))?;
-            lua.globals().set("released", released)?;
+            define_released(lua, release)?;
             let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
             lua.globals().set("started", started)?;
             lua.globals().set("kept", 1)
@@ -114,8 +149,7 @@ fn an_init_that_cannot_be_interrupted_fails_spawn() {
             .timeout(Duration::from_millis(30))
             .grace_period(Duration::from_millis(50))
             .spawn(move |lua| {
-                let released = lua.create_function(move |_, ()| Ok(flag.load(Ordering::SeqCst)))?;
-                lua.globals().set("released", released)?;
+                define_released(lua, flag)?;
                 lua.globals()
                     .set("started", lua.create_function(|_, ()| Ok(()))?)?;
                 lua.load(STUCK_IN_GC).exec()

@@ -218,12 +218,20 @@ fn eval_reports_syntax_and_conversion_errors_by_kind() {
 #[test]
 fn binary_chunks_are_refused_by_eval() {
     let isle = Isle::spawn(|_| Ok(())).unwrap();
+    #[cfg(not(feature = "luau"))]
     let bytecode = isle
         .exec(|lua| {
             let f = lua.load("return 1").into_function()?;
             Ok(String::from_utf8_lossy(&f.dump(false)).into_owned())
         })
         .unwrap();
+    #[cfg(feature = "luau")]
+    let bytecode = String::from_utf8_lossy(
+        &mlua_isle::mlua::chunk::Compiler::new()
+            .compile("return 1")
+            .unwrap(),
+    )
+    .into_owned();
     assert!(isle.eval::<i64>(bytecode).is_err());
 }
 

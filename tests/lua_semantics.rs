@@ -36,17 +36,22 @@ fn pcall_returns_status_and_values() {
 #[test]
 fn pcall_with_many_results_is_fine() {
     check(
-        "local r = table.pack(pcall(table.unpack, {}, 1, 250))
-         return r[1] == true and r.n == 251",
+        "local unpack = table.unpack or unpack
+         local n = select('#', pcall(unpack, {}, 1, 250))
+         local ok = pcall(unpack, {}, 1, 250)
+         return ok == true and n == 251",
     );
 }
 
 #[test]
 fn pcall_without_arguments_is_an_argument_error() {
-    check("local ok, err = pcall(pcall) return not ok and err:find('bad argument #1') ~= nil");
+    // Luau says "missing argument #1", the others "bad argument #1".
+    check("local ok, err = pcall(pcall) return not ok and err:find('argument #1') ~= nil");
 }
 
+/// Lua 5.1 cannot yield across `pcall` (LuaJIT can).
 #[test]
+#[cfg(not(feature = "lua51"))]
 fn yields_cross_pcall_and_xpcall_inside_coroutines() {
     check(
         "local co = coroutine.wrap(function()
@@ -78,9 +83,7 @@ fn xpcall_calls_its_handler_for_ordinary_errors() {
 
 #[test]
 fn xpcall_requires_a_function_handler() {
-    check(
-        "local ok, err = pcall(xpcall, print) return not ok and err:find('bad argument #2') ~= nil",
-    );
+    check("local ok, err = pcall(xpcall, print) return not ok and err:find('argument #2') ~= nil");
 }
 
 #[test]
@@ -105,7 +108,7 @@ fn coroutine_functions_keep_their_semantics() {
     check(
         "local ok, err = pcall(coroutine.create, 42)
          local ok2, err2 = pcall(coroutine.wrap, nil)
-         return not ok and err:find('bad argument #1') ~= nil and not ok2",
+         return not ok and err:find('argument #1') ~= nil and not ok2",
     );
 }
 
@@ -144,7 +147,9 @@ fn error_messages_match_plain_lua() {
     }
 }
 
+/// `coroutine.close` and `<close>` exist from Lua 5.4 on.
 #[test]
+#[cfg(any(feature = "lua54", feature = "lua55"))]
 fn coroutine_close_runs_close_handlers() {
     check(
         "closed = false

@@ -24,7 +24,7 @@ fn allocation_past_the_limit_is_a_memory_error() {
     within_hang_guard(|| {
         let isle = limited();
         assert_memory_error(isle.eval::<()>("local t = {} for i = 1, 1e8 do t[i] = i end"));
-        assert_memory_error(isle.eval::<()>("return string.rep('x', 64 << 20)"));
+        assert_memory_error(isle.eval::<()>("return string.rep('x', 64 * 1024 * 1024)"));
         assert_memory_error(isle.eval::<()>("local s = 'x' while true do s = s .. s end"));
     });
 }
@@ -64,7 +64,7 @@ fn memory_held_by_a_global_can_be_released_from_rust() {
 fn memory_error_caught_by_pcall_is_an_ordinary_lua_error() {
     let isle = limited();
     let caught: bool = isle
-        .eval("return not pcall(string.rep, 'x', 64 << 20)")
+        .eval("return not pcall(string.rep, 'x', 64 * 1024 * 1024)")
         .unwrap();
     assert!(caught);
     assert_eq!(isle.eval::<i64>("1").unwrap(), 1);
@@ -74,7 +74,7 @@ fn memory_error_caught_by_pcall_is_an_ordinary_lua_error() {
 fn init_beyond_the_limit_fails_spawn() {
     let err = Isle::builder()
         .memory_limit(1 << 20)
-        .spawn(|lua| lua.load("big = string.rep('x', 4 << 20)").exec())
+        .spawn(|lua| lua.load("big = string.rep('x', 4 * 1024 * 1024)").exec())
         .unwrap_err();
     match err {
         IsleError::Init(inner) => {

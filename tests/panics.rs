@@ -61,7 +61,7 @@ fn lua_pcall_cannot_swallow_a_host_panic() {
         "caught?",
     );
     assert_panic(
-        isle.eval::<()>("xpcall(boom, function(e) return e end, 'xcaught?')"),
+        isle.eval::<()>("xpcall(function() boom('xcaught?') end, function(e) return e end)"),
         "xcaught?",
     );
     assert_panic(

@@ -25,7 +25,8 @@ use mlua::{ffi, Lua};
 
 use super::{hook, probe};
 
-/// Most coroutines a resume chain records; Lua itself stops nesting resumes at about 200.
+/// Most coroutines a resume chain records, and the deepest resumes may nest: PUC Lua itself
+/// stops nesting C calls at about 200; LuaJIT has no limit, and would overflow the stack.
 const CHAIN_CAP: usize = 256;
 /// Most coroutines resumed from Rust that are tracked at once during one request.
 const RUST_CAP: usize = 64;
@@ -211,6 +212,14 @@ unsafe fn call_on_chain(
         ffi::lua_pushvalue(state, original);
         ffi::lua_insert(state, 1);
         let pushed = if co.is_null() { None } else { chain_push(co) };
+        if !co.is_null() && pushed.is_none() {
+            // Deeper than PUC Lua ever nests C calls. LuaJIT sets no limit of its own and
+            // would overflow the thread's stack.
+            ffi::luaL_error(
+                state,
+                c"C stack overflow (coroutines nested too deeply)".as_ptr(),
+            );
+        }
         // A protected call, so that the chain is restored whatever happens.
         let status = ffi::lua_pcall(state, nargs, ffi::LUA_MULTRET, 0);
         if let Some(depth) = pushed {
@@ -232,7 +241,7 @@ unsafe extern "C-unwind" fn guarded_resume(state: *mut ffi::lua_State) -> c_int 
     // frame.
     unsafe {
         // Checked here, so that the error names this function as Lua's would.
-        ffi::luaL_checktype(state, 1, ffi::LUA_TTHREAD);
+        check_coroutine(state);
         let co = ffi::lua_tothread(state, 1);
         match call_on_chain(state, co, ffi::lua_upvalueindex(1)) {
             Ok(n) => pass_panic_on(state, n),
@@ -246,7 +255,7 @@ unsafe extern "C-unwind" fn guarded_resume(state: *mut ffi::lua_State) -> c_int 
 unsafe extern "C-unwind" fn guarded_close(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: as `guarded_resume`.
     unsafe {
-        ffi::luaL_checktype(state, 1, ffi::LUA_TTHREAD);
+        check_coroutine(state);
         let co = ffi::lua_tothread(state, 1);
         match call_on_chain(state, co, ffi::lua_upvalueindex(1)) {
             Ok(n) => pass_panic_on(state, n),
@@ -256,6 +265,24 @@ unsafe extern "C-unwind" fn guarded_close(state: *mut ffi::lua_State) -> c_int {
                 prefix_position(state);
                 ffi::lua_error(state)
             }
+        }
+    }
+}
+
+/// Raises the argument error Lua's own `coroutine` functions raise unless argument 1 is a
+/// coroutine.
+///
+/// # Safety
+///
+/// `state` must be the running state, inside a C function call.
+unsafe fn check_coroutine(state: *mut ffi::lua_State) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        #[cfg(any(feature = "lua54", feature = "lua55"))]
+        ffi::luaL_checktype(state, 1, ffi::LUA_TTHREAD);
+        #[cfg(not(any(feature = "lua54", feature = "lua55")))]
+        if ffi::lua_type(state, 1) != ffi::LUA_TTHREAD {
+            ffi::luaL_argerror(state, 1, c"coroutine expected".as_ptr());
         }
     }
 }
@@ -334,6 +361,11 @@ unsafe extern "C-unwind" fn guarded_wrap(state: *mut ffi::lua_State) -> c_int {
     unsafe {
         #[cfg(any(feature = "lua54", feature = "lua55"))]
         protect_body(state);
+        // Lua 5.1's check, raised here so that the error names `wrap` and its caller.
+        #[cfg(feature = "lua51")]
+        if ffi::lua_isfunction(state, 1) == 0 || ffi::lua_iscfunction(state, 1) != 0 {
+            ffi::luaL_argerror(state, 1, c"Lua function expected".as_ptr());
+        }
         let nargs = ffi::lua_gettop(state);
         ffi::luaL_checkstack(state, 3, ptr::null());
         ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));

@@ -1,5 +1,12 @@
-//! LuaJIT's compiler, whose machine code runs no hooks: an isle turns it off unless told
-//! otherwise (see [`IsleBuilder::jit`](crate::IsleBuilder::jit)).
+//! What LuaJIT needs on top of the hook mechanism.
+//!
+//! - Its compiler's machine code runs no hooks: an isle turns it off unless told otherwise
+//!   (see [`IsleBuilder::jit`](crate::IsleBuilder::jit)).
+//! - `load` with a reader function runs the reader inside a protected call that, when the
+//!   reader is stopped by the hook's error, returns that error as `nil, message` *and leaves
+//!   LuaJIT's hooks disabled* (its "hook active" flag is never cleared). `load` is therefore
+//!   wrapped: while an interrupt is pending, a failed `load` raises its error again, and the
+//!   next protected call that catches it (or the request's own) re-enables hooks.
 
 use std::ffi::c_int;
 
@@ -14,6 +21,32 @@ extern "C-unwind" {
 const LUAJIT_MODE_ENGINE: c_int = 0;
 /// `LUAJIT_MODE_OFF`.
 const LUAJIT_MODE_OFF: c_int = 0x0000;
+
+/// Wraps the VM's `load` as described above.
+pub(super) fn guard_load(lua: &Lua) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let Ok(load) = globals.get::<mlua::Function>("load") else {
+        return Ok(());
+    };
+    let pending = lua.create_function(|_, ()| Ok(super::hook::pending().is_some()))?;
+    let error = globals.get::<mlua::Function>("error")?;
+    let guarded: mlua::Function = lua
+        .load(
+            r#"
+            local load, pending, error = ...
+            return function(...)
+                local f, err = load(...)
+                if f == nil and pending() then
+                    error(err, 0)
+                end
+                return f, err
+            end
+            "#,
+        )
+        .set_name("=[isle load]")
+        .call((load, pending, error))?;
+    globals.raw_set("load", guarded)
+}
 
 /// Turns the JIT compiler of `lua` off, and makes `jit.on()` say why it cannot be turned on.
 pub(crate) fn turn_off(lua: &Lua) -> mlua::Result<()> {

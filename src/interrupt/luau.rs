@@ -62,7 +62,9 @@ fn deadline_passed() -> bool {
         return false;
     }
     COUNTDOWN.set(EVERY.get());
-    DEADLINE.get().is_some_and(|deadline| Instant::now() >= deadline)
+    DEADLINE
+        .get()
+        .is_some_and(|deadline| Instant::now() >= deadline)
 }
 
 fn message(stop: Stop) -> &'static CStr {

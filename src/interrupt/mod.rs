@@ -17,6 +17,19 @@
 //! `xpcall` message handler with hooks disabled when the error came from a hook, so `xpcall` is
 //! wrapped: while an interrupt is pending its handler passes the error through.
 //!
+//! # Lua versions
+//!
+//! - Lua 5.3 to 5.5 yield an interrupted coroutine that can yield; Lua 5.1, 5.2 and LuaJIT
+//!   cannot tell, and always raise.
+//! - `pcall`/`xpcall` are C functions here ([`pcall`]) on Lua 5.1 and 5.3 to 5.5, and Lua
+//!   wrappers around the originals on Lua 5.2, LuaJIT and Luau, which can yield across their
+//!   own `pcall` but have no continuations of 5.3's shape.
+//! - Only Lua 5.4 and 5.5 need the protected coroutine base frame (they alone have `__close`).
+//! - LuaJIT's hooks are global rather than per coroutine, run nowhere in compiled code (the
+//!   JIT is off by default), and need the `load` guard of [`jit`].
+//! - Luau has no hooks: [`luau`] sets its VM-wide interrupt callback instead, from whichever
+//!   thread notices the cancel or deadline; no signal, no resume chain.
+//!
 //! # Arming the hook
 //!
 //! - [`Interrupt::Hook`]: a count hook is installed on the VM for good and checks every
@@ -37,15 +50,30 @@ mod chain;
 mod hook;
 #[cfg(feature = "luau")]
 mod luau;
-#[cfg(feature = "luau")]
-use luau as hook;
 #[cfg(feature = "tokio")]
 pub(crate) use hook::take_yielded;
-#[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+#[cfg(feature = "luau")]
+use luau as hook;
+#[cfg(any(
+    feature = "lua51",
+    feature = "lua53",
+    feature = "lua54",
+    feature = "lua55"
+))]
 mod pcall;
-#[cfg(not(any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+#[cfg(any(
+    feature = "lua52",
+    feature = "luajit",
+    feature = "luajit52",
+    feature = "luau"
+))]
 mod pcall_lua;
-#[cfg(not(any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+#[cfg(any(
+    feature = "lua52",
+    feature = "luajit",
+    feature = "luajit52",
+    feature = "luau"
+))]
 use pcall_lua as pcall;
 #[cfg(any(feature = "luajit", feature = "luajit52"))]
 mod jit;
@@ -55,11 +83,11 @@ mod probe;
 #[cfg(all(unix, not(feature = "luau")))]
 mod signal;
 
+#[cfg(feature = "luau")]
+use luau::Target;
 /// Where a cancel delivers an on-demand interrupt.
 #[cfg(all(unix, not(feature = "luau")))]
 use signal::Target;
-#[cfg(feature = "luau")]
-use luau::Target;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -137,6 +165,8 @@ impl Interrupt {
     pub const DEFAULT_EVERY: u32 = 1000;
 }
 
+// The default depends on the Lua version and the platform; for some it is derivable.
+#[allow(clippy::derivable_impls)]
 impl Default for Interrupt {
     fn default() -> Self {
         #[cfg(feature = "luau")]
@@ -293,6 +323,8 @@ impl Armed {
         #[cfg(not(feature = "luau"))]
         chain::install(lua, hook.main_state(), &probe)?;
         pcall::install(lua, &probe)?;
+        #[cfg(any(feature = "luajit", feature = "luajit52"))]
+        jit::guard_load(lua)?;
         #[cfg(all(unix, not(feature = "luau")))]
         let signal = match mode {
             Interrupt::Signal { signal } => Some(signal::Installed::install(

@@ -1,7 +1,8 @@
-//! The VM's `pcall` and `xpcall` on Lua 5.3, 5.4 and 5.5, written in C-style Rust: Lua's
-//! semantics (including yields across them), except
-//! that they never catch a Rust panic, and that `xpcall` skips its message handler while an
-//! interrupt is pending.
+//! The VM's `pcall` and `xpcall` on Lua 5.1, 5.3, 5.4 and 5.5, written in C-style Rust: Lua
+//! 5.4's semantics (including yields across them, from 5.3 on), except that they never catch a
+//! Rust panic, and that `xpcall` skips its message handler while an interrupt is pending. (On
+//! Lua 5.1 they also make room on the stack for the status they add, which Lua 5.1's own
+//! `pcall` forgets when the call returns many results.)
 //!
 //! After a protected call fails, the error object goes through the [probe](super::probe): a
 //! Rust panic is raised again outside the protected call.
@@ -37,6 +38,47 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     Ok(())
 }
 
+/// The context a continuation receives.
+#[cfg(not(feature = "lua51"))]
+type Context = ffi::lua_KContext;
+/// The context a continuation would receive (Lua 5.1 has no continuations).
+#[cfg(feature = "lua51")]
+type Context = isize;
+
+/// Calls the function below the `nargs` arguments on top of the stack in protected mode, all
+/// results kept. Where Lua has continuations, a yield may cross it: `finish_pcall` (with
+/// `extra`) then finishes the call.
+///
+/// # Safety
+///
+/// `state` must be the running state inside `isle_pcall` or `isle_xpcall`.
+unsafe fn call_protected(
+    state: *mut ffi::lua_State,
+    nargs: c_int,
+    errfunc: c_int,
+    extra: Context,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        #[cfg(not(feature = "lua51"))]
+        {
+            ffi::lua_pcallk(
+                state,
+                nargs,
+                ffi::LUA_MULTRET,
+                errfunc,
+                extra,
+                Some(finish_pcall),
+            )
+        }
+        #[cfg(feature = "lua51")]
+        {
+            let _ = extra;
+            ffi::lua_pcall(state, nargs, ffi::LUA_MULTRET, errfunc)
+        }
+    }
+}
+
 /// `pcall(f, ...)`, upvalue 1 the probe.
 unsafe extern "C-unwind" fn isle_pcall(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua as a C function; mirrors Lua 5.4's `luaB_pcall`.
@@ -45,7 +87,7 @@ unsafe extern "C-unwind" fn isle_pcall(state: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushboolean(state, 1);
         ffi::lua_insert(state, 1);
         let nargs = ffi::lua_gettop(state) - 2;
-        let status = ffi::lua_pcallk(state, nargs, ffi::LUA_MULTRET, 0, 0, Some(finish_pcall));
+        let status = call_protected(state, nargs, 0, 0);
         finish_pcall(state, status, 0)
     }
 }
@@ -65,7 +107,7 @@ unsafe extern "C-unwind" fn isle_xpcall(state: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushboolean(state, 1);
         ffi::lua_pushvalue(state, 1);
         ffi::lua_rotate(state, 3, 2);
-        let status = ffi::lua_pcallk(state, n - 2, ffi::LUA_MULTRET, 2, 2, Some(finish_pcall));
+        let status = call_protected(state, n - 2, 2, 2);
         finish_pcall(state, status, 2)
     }
 }
@@ -74,7 +116,7 @@ unsafe extern "C-unwind" fn isle_xpcall(state: *mut ffi::lua_State) -> c_int {
 unsafe extern "C-unwind" fn finish_pcall(
     state: *mut ffi::lua_State,
     status: c_int,
-    extra: ffi::lua_KContext,
+    extra: Context,
 ) -> c_int {
     // SAFETY: called by `isle_pcall`/`isle_xpcall` or by Lua as their continuation, in the same
     // C function (upvalue 1 is the probe); on error the error object is on top of the stack.

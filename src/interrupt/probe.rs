@@ -6,14 +6,10 @@
 //! passes, a panic is raised again outside the protected call, so the request ends with
 //! [`IsleError::Panic`](crate::IsleError::Panic) whatever the script wraps around it.
 
-#[cfg(not(feature = "luau"))]
 use std::ffi::c_int;
-#[cfg(not(feature = "luau"))]
 use std::ptr;
 
-#[cfg(not(feature = "luau"))]
-use mlua::ffi;
-use mlua::Lua;
+use mlua::{ffi, Lua};
 
 /// The probe: a Rust function whose argument conversion re-raises a panic carried by an error
 /// object (mlua resumes a panic when it converts its error object to a Rust value).
@@ -26,7 +22,6 @@ pub(super) fn create(lua: &Lua) -> mlua::Result<mlua::Function> {
 /// # Safety
 ///
 /// `state` must be the running state inside a C function; `probe` the index of the probe.
-#[cfg(not(feature = "luau"))]
 pub(super) unsafe fn reraise_panic(state: *mut ffi::lua_State, index: c_int, probe: c_int) {
     // SAFETY: guaranteed by the caller; two stack slots are checked first.
     unsafe {
@@ -37,4 +32,3 @@ pub(super) unsafe fn reraise_panic(state: *mut ffi::lua_State, index: c_int, pro
         ffi::lua_call(state, 1, 0);
     }
 }
-
