@@ -219,8 +219,8 @@ fn cancel_stops_loops_in_other_metamethods() {
         "local t = setmetatable({}, {__add = function() while true do end end}) return t + 1",
         "local t = setmetatable({}, {__eq = function() while true do end end}) return t == setmetatable({}, getmetatable(t))",
         "local t = setmetatable({}, {__lt = function() while true do end end}) return t < t",
-        // Lua 5.1 honours `__len` only for userdata.
-        #[cfg(not(feature = "lua51"))]
+        // Lua 5.1 and LuaJIT honour `__len` only for userdata.
+        #[cfg(not(any(feature = "lua51", feature = "luajit")))]
         "local t = setmetatable({}, {__len = function() while true do end end}) return #t",
         "local t = setmetatable({}, {__concat = function() while true do end end}) return t .. 'x'",
         "local t = setmetatable({}, {__unm = function() while true do end end}) return -t",
