@@ -27,21 +27,21 @@ fn interrupt_installed(lua: &Lua) -> mlua_isle::mlua::Result<bool> {
 fn nothing_is_installed_while_idle_nor_after_an_interrupt() {
     within_hang_guard(|| {
         let (isle, started) = isle_with_started(Isle::builder());
-        assert!(!isle.exec(|lua| interrupt_installed(lua)).unwrap());
+        assert!(!isle.exec(interrupt_installed).unwrap());
         let task = isle
             .spawn_eval::<()>("started() while true do end")
             .unwrap();
         wait_started(&started);
         task.cancel();
         assert!(task.wait().unwrap_err().is_cancelled());
-        assert!(!isle.exec(|lua| interrupt_installed(lua)).unwrap());
+        assert!(!isle.exec(interrupt_installed).unwrap());
         let err = isle
             .request()
             .timeout(Duration::from_millis(20))
             .eval::<()>("while true do pcall(function() while true do end end) end")
             .unwrap_err();
         assert!(err.is_timeout());
-        assert!(!isle.exec(|lua| interrupt_installed(lua)).unwrap());
+        assert!(!isle.exec(interrupt_installed).unwrap());
     });
 }
 
@@ -50,7 +50,7 @@ fn the_permanent_callback_stays_and_enforces_deadlines() {
     within_hang_guard(|| {
         let (isle, started) =
             isle_with_started(Isle::builder().interrupt(Interrupt::Hook { every: 100 }));
-        assert!(isle.exec(|lua| interrupt_installed(lua)).unwrap());
+        assert!(isle.exec(interrupt_installed).unwrap());
         let err = isle
             .request()
             .timeout(Duration::from_millis(20))
@@ -63,7 +63,7 @@ fn the_permanent_callback_stays_and_enforces_deadlines() {
         wait_started(&started);
         task.cancel();
         assert!(task.wait().unwrap_err().is_cancelled());
-        assert!(isle.exec(|lua| interrupt_installed(lua)).unwrap());
+        assert!(isle.exec(interrupt_installed).unwrap());
         assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
     });
 }
