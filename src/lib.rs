@@ -65,10 +65,12 @@
 //!
 //! ## Interruption costs nothing while unused
 //!
-//! On Unix the default [`Interrupt::Signal`] installs no hook at all while no interrupt is
+//! On Unix the default `Interrupt::Signal` installs no hook at all while no interrupt is
 //! pending, so Lua runs at full speed. A cancel, or the watchdog thread at a deadline, sends a
 //! signal (`SIGURG` by default) to the isle's thread; its handler arms a debug hook on the
-//! running coroutine chain, and the hook removes itself once the request has unwound.
+//! running coroutine chain, and the hook removes itself once the request has unwound. Luau has
+//! no hooks: its default, `Interrupt::OnDemand`, sets Luau's interrupt callback only while an
+//! interrupt is pending.
 //! [`Interrupt::Hook`] keeps a count hook installed instead: portable, but Lua runs about half
 //! as fast whenever any hook is set. See [`Interrupt`] for the details and
 //! [`without_interrupts`] for host functions making blocking system calls.
@@ -170,7 +172,7 @@
 //! - Setting your own debug hook (`Lua::set_hook`), thread event callback
 //!   (`Lua::set_thread_event_callback`) or, on Luau, interrupt (`Lua::set_interrupt`) on an
 //!   isle's VM replaces the isle's.
-//! - LuaJIT: the JIT compiler is off unless [`IsleBuilder::jit`] turns it on, because hooks do
+//! - LuaJIT: the JIT compiler is off unless `IsleBuilder::jit` turns it on, because hooks do
 //!   not run in compiled code; LuaJIT does not limit how deeply C calls nest, so its default
 //!   thread stack is large ([`DEFAULT_STACK_SIZE`]).
 

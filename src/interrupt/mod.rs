@@ -128,7 +128,7 @@ pub enum Interrupt {
     /// whose default action is to be ignored, so a stray one is harmless; choose another if
     /// your application uses `SIGURG`.
     ///
-    /// Not available with Luau, which has no debug hooks (see [`Interrupt::OnDemand`]).
+    /// Not available with Luau, which has no debug hooks (see `Interrupt::OnDemand`).
     #[cfg(all(unix, not(feature = "luau")))]
     Signal {
         /// The signal number, for example `libc::SIGURG`.
