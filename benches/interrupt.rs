@@ -6,9 +6,10 @@
 //! Run with: `cargo bench --bench interrupt`; for another Lua version, for example
 //! `cargo bench --bench interrupt --no-default-features --features luajit,vendored`.
 //!
-//! On LuaJIT an isle runs with the JIT compiler off by default, so the floor is raw mlua with
-//! the compiler off too (`raw_mlua`); `raw_mlua_jit_on` and `isle_jit_on` show the compiler's
-//! effect.
+//! Two floors: raw mlua on the benchmark's thread (`raw_mlua`) and on a thread of its own
+//! (`raw_mlua_own_thread`), as an isle's VM is. On LuaJIT an isle runs with the JIT compiler
+//! off by default, so both floors run with the compiler off too; `raw_mlua_jit_on` and
+//! `isle_jit_on` show the compiler's effect.
 
 use std::hint::black_box;
 use std::sync::mpsc;
@@ -41,6 +42,15 @@ fn cpu_bound(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
 
+    // The same raw VM on a thread of its own, as an isle's VM is: separates the cost of being
+    // an isle from that of running on another thread (another allocator arena, say).
+    let raw_thread = RawThread::spawn();
+    for (case, (name, _, _)) in CASES.iter().enumerate() {
+        group.bench_function(format!("raw_mlua_own_thread/{name}"), |b| {
+            b.iter_custom(|iters| raw_thread.run(case, iters))
+        });
+    }
+    drop(raw_thread);
     let floors = [
         ("raw_mlua", false),
         #[cfg(any(feature = "luajit", feature = "luajit52"))]
@@ -78,6 +88,58 @@ fn cpu_bound(c: &mut Criterion) {
         isle.shutdown().unwrap();
     }
     group.finish();
+}
+
+/// Raw mlua on a dedicated thread, timing a number of calls of one case on request.
+struct RawThread {
+    requests: mpsc::Sender<(usize, u64)>,
+    times: mpsc::Receiver<Duration>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawThread {
+    fn spawn() -> Self {
+        let (requests, incoming) = mpsc::channel::<(usize, u64)>();
+        let (outgoing, times) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let lua = Lua::new();
+            if cfg!(any(feature = "luajit", feature = "luajit52")) {
+                lua.load("jit.off()").exec().unwrap();
+            }
+            lua.load(SCRIPTS).exec().unwrap();
+            for (case, iters) in incoming {
+                let (_, function, arg) = CASES[case];
+                let f: Function = lua.globals().get(function).unwrap();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(f.call::<i64>(arg).unwrap());
+                }
+                if outgoing.send(start.elapsed()).is_err() {
+                    break;
+                }
+            }
+        });
+        RawThread {
+            requests,
+            times,
+            thread: Some(thread),
+        }
+    }
+
+    fn run(&self, case: usize, iters: u64) -> Duration {
+        self.requests.send((case, iters)).unwrap();
+        self.times.recv().unwrap()
+    }
+}
+
+impl Drop for RawThread {
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        self.requests = closed;
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
 }
 
 /// Time from `cancel()` to `wait()` returning, for a request known to be running `script`.
