@@ -330,6 +330,11 @@ impl From<mlua::Error> for LuaError {
                 if traceback.is_none() {
                     traceback = t;
                 }
+                // Lua 5.3's string buffers report a failed allocation as a runtime error.
+                #[cfg(feature = "lua53")]
+                if message.ends_with("not enough memory for buffer allocation") {
+                    return LuaError::new(LuaErrorKind::Memory, message, traceback);
+                }
                 (LuaErrorKind::Runtime, message)
             }
             mlua::Error::MemoryError(message) => (LuaErrorKind::Memory, message.clone()),

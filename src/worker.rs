@@ -219,6 +219,9 @@ pub(crate) fn run(
     }
     // Refuse and resolve late submissions before closing the VM, whose finalizers may run long.
     drop(exit);
+    // Finalizers run as the VM closes: lift the memory limit so that they do not fail for
+    // lack of memory (Lua 5.2 mishandles the stack when many finalizers fail while closing).
+    let _ = worker.vm.lua().set_memory_limit(0);
     drop(worker);
 }
 

@@ -282,7 +282,13 @@ unsafe fn check_coroutine(state: *mut ffi::lua_State) {
         ffi::luaL_checktype(state, 1, ffi::LUA_TTHREAD);
         #[cfg(not(any(feature = "lua54", feature = "lua55")))]
         if ffi::lua_type(state, 1) != ffi::LUA_TTHREAD {
-            ffi::luaL_argerror(state, 1, c"coroutine expected".as_ptr());
+            // Lua 5.3 words it "thread expected", 5.1, 5.2 and LuaJIT "coroutine expected".
+            let expected = if cfg!(feature = "lua53") {
+                c"thread expected"
+            } else {
+                c"coroutine expected"
+            };
+            ffi::luaL_argerror(state, 1, expected.as_ptr());
         }
     }
 }
@@ -361,7 +367,9 @@ unsafe extern "C-unwind" fn guarded_wrap(state: *mut ffi::lua_State) -> c_int {
     unsafe {
         #[cfg(any(feature = "lua54", feature = "lua55"))]
         protect_body(state);
-        // Lua 5.1's check, raised here so that the error names `wrap` and its caller.
+        // The version's own check, raised here so that the error names `wrap` and its caller.
+        #[cfg(any(feature = "lua52", feature = "lua53"))]
+        ffi::luaL_checktype(state, 1, ffi::LUA_TFUNCTION);
         #[cfg(feature = "lua51")]
         if ffi::lua_isfunction(state, 1) == 0 || ffi::lua_iscfunction(state, 1) != 0 {
             ffi::luaL_argerror(state, 1, c"Lua function expected".as_ptr());

@@ -21,7 +21,7 @@ use super::hook;
 /// interrupt is pending. Every global it needs is captured, so a script that replaces `type`
 /// or `pcall` cannot change how the wrappers behave.
 const WRAPPERS: &str = r#"
-local pcall, xpcall, probe, pending, type, select = ...
+local pcall, xpcall, probe, pending, type, select, any_handler = ...
 local function pass(ok, ...)
     if not ok then
         probe((...))
@@ -47,7 +47,7 @@ local function isle_pcall(...)
 end
 local function isle_xpcall(...)
     local f, handler = ...
-    if type(handler) ~= "function" then
+    if type(handler) ~= "function" and not any_handler then
         return pass(xpcall(...))
     end
     return pass(xpcall(f, guard(handler), select(3, ...)))
@@ -67,10 +67,18 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     let pending = lua.create_function(|_, ()| Ok(hook::pending().is_some()))?;
     let type_of = globals.get::<mlua::Function>("type")?;
     let select = globals.get::<mlua::Function>("select")?;
-    let (isle_pcall, isle_xpcall): (mlua::Function, mlua::Function) = lua
-        .load(WRAPPERS)
-        .set_name("=[isle pcall]")
-        .call((pcall, xpcall, probe.clone(), pending, type_of, select))?;
+    let (isle_pcall, isle_xpcall): (mlua::Function, mlua::Function) =
+        lua.load(WRAPPERS).set_name("=[isle pcall]").call((
+            pcall,
+            xpcall,
+            probe.clone(),
+            pending,
+            type_of,
+            select,
+            // Lua 5.2's `xpcall` takes any value as handler (a callable table, say) without
+            // checking it; guard those too. LuaJIT and Luau refuse non-functions themselves.
+            cfg!(feature = "lua52"),
+        ))?;
     globals.raw_set("pcall", isle_pcall)?;
     globals.raw_set("xpcall", isle_xpcall)?;
     #[cfg(feature = "luau")]
