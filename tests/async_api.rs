@@ -1363,28 +1363,6 @@ both_runtimes!(cancel_token_cancelled_future_completes);
 // i. Exactly once under load; threads end
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct Tally {
-    submitted: AtomicUsize,
-    resolved: AtomicUsize,
-}
-
-impl Tally {
-    fn submit(&self) {
-        self.submitted.fetch_add(1, Ordering::SeqCst);
-    }
-
-    #[track_caller]
-    fn resolve<T: std::fmt::Debug>(
-        &self,
-        result: Result<T, IsleError>,
-        ok: impl FnOnce(&Result<T, IsleError>) -> bool,
-    ) {
-        assert!(ok(&result), "unexpected outcome {result:?}");
-        self.resolved.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 const OPS_PER_TASK: usize = 60;
 
 async fn hammer(isle: AsyncIsle, seed: u64, live: Arc<AtomicUsize>, tally: Arc<Tally>) {
@@ -1587,10 +1565,7 @@ async fn every_request_resolves_exactly_once_under_a_random_mix() {
             std::panic::resume_unwind(e.into_panic());
         }
     }
-    assert_eq!(
-        tally.submitted.load(Ordering::SeqCst),
-        tally.resolved.load(Ordering::SeqCst)
-    );
+    assert_eq!(tally.submitted(), tally.resolved());
     // End the three isles three different ways, each with work still queued.
     for (isle, _) in &isles {
         for _ in 0..5 {

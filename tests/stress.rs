@@ -33,28 +33,6 @@ fn new_isle() -> Isle {
         .unwrap()
 }
 
-#[derive(Default)]
-struct Tally {
-    submitted: AtomicUsize,
-    resolved: AtomicUsize,
-}
-
-impl Tally {
-    fn submit(&self) {
-        self.submitted.fetch_add(1, Ordering::SeqCst);
-    }
-
-    #[track_caller]
-    fn resolve<T: std::fmt::Debug>(
-        &self,
-        result: Result<T, IsleError>,
-        ok: impl FnOnce(&Result<T, IsleError>) -> bool,
-    ) {
-        assert!(ok(&result), "unexpected outcome {result:?}");
-        self.resolved.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 fn hammer(isle: &Isle, seed: u64, ops: usize, live: &Arc<AtomicUsize>, tally: &Tally) {
     let mut rng = StdRng::seed_from_u64(seed);
     for i in 0..ops {
@@ -194,10 +172,7 @@ fn every_request_resolves_exactly_once_under_a_random_mix() {
                 s.spawn(move || hammer(isle, 0x5eed + t, 400, live, tally));
             }
         });
-        assert_eq!(
-            tally.submitted.load(Ordering::SeqCst),
-            tally.resolved.load(Ordering::SeqCst)
-        );
+        assert_eq!(tally.submitted(), tally.resolved());
         // End the three isles three different ways, each with work still queued.
         let mut isles = isles.into_iter();
         let (a, b, c) = (

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mlua_isle::{Isle, IsleBuilder};
+use mlua_isle::{Isle, IsleBuilder, IsleError};
 
 /// Generous bound after which a test is considered hung (never a speed assertion).
 pub const HANG: Duration = Duration::from_secs(30);
@@ -118,4 +118,38 @@ pub fn thread_names() -> Vec<String> {
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .map(|name| name.trim_end().to_owned())
         .collect()
+}
+
+/// Counts submitted and resolved requests, so a stress test can check that every request
+/// resolved exactly once.
+#[derive(Debug, Default)]
+pub struct Tally {
+    submitted: AtomicUsize,
+    resolved: AtomicUsize,
+}
+
+impl Tally {
+    /// One more request submitted.
+    pub fn submit(&self) {
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One request resolved with `result`, which `ok` must accept.
+    #[track_caller]
+    pub fn resolve<T: std::fmt::Debug>(
+        &self,
+        result: Result<T, IsleError>,
+        ok: impl FnOnce(&Result<T, IsleError>) -> bool,
+    ) {
+        assert!(ok(&result), "unexpected outcome {result:?}");
+        self.resolved.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn submitted(&self) -> usize {
+        self.submitted.load(Ordering::SeqCst)
+    }
+
+    pub fn resolved(&self) -> usize {
+        self.resolved.load(Ordering::SeqCst)
+    }
 }
