@@ -19,22 +19,16 @@ use crate::worker::{self, Setup};
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// Default Lua thread stack size: Lua's C code and Rust callbacks recurse on it.
 ///
-/// PUC Lua and Luau limit how deeply C calls nest (about 200), which keeps the C stack small.
-/// LuaJIT does not: a script recursing through a C function that calls back into Lua
+/// PUC Lua and Luau limit how deeply C calls nest (about 200), which keeps the C stack small:
+/// 8 MiB. LuaJIT does not: a script recursing through a C function that calls back into Lua
 /// (`string.gsub` with a function, say) nests until Lua's own stack is full, and each level
-/// can take several KiB of C stack. The LuaJIT default is therefore large; it is only
+/// can take several KiB of C stack. The LuaJIT default is therefore 256 MiB; it is only
 /// reserved address space until a script really recurses that deep.
-#[cfg(not(any(feature = "luajit", feature = "luajit52")))]
-pub const DEFAULT_STACK_SIZE: usize = 8 << 20;
-/// Default Lua thread stack size: Lua's C code and Rust callbacks recurse on it.
-///
-/// PUC Lua and Luau limit how deeply C calls nest (about 200), which keeps the C stack small.
-/// LuaJIT does not: a script recursing through a C function that calls back into Lua
-/// (`string.gsub` with a function, say) nests until Lua's own stack is full, and each level
-/// can take several KiB of C stack. The LuaJIT default is therefore large; it is only
-/// reserved address space until a script really recurses that deep.
-#[cfg(any(feature = "luajit", feature = "luajit52"))]
-pub const DEFAULT_STACK_SIZE: usize = 256 << 20;
+pub const DEFAULT_STACK_SIZE: usize = if cfg!(any(feature = "luajit", feature = "luajit52")) {
+    256 << 20
+} else {
+    8 << 20
+};
 /// Default number of compiled `eval` chunks kept per isle.
 pub const DEFAULT_CHUNK_CACHE: usize = 64;
 /// Default time given to interrupted code to unwind before the isle gives up on it.
