@@ -19,7 +19,7 @@ use crate::builder::{IsleBuilder, Launched};
 use crate::current;
 use crate::error::IsleError;
 use crate::executor::Coroutine;
-use crate::handle::{Handle, Shared};
+use crate::handle::{Handle, Shared, Where};
 use crate::isle;
 use crate::request::{IsleHandle, Request};
 use crate::slot::Slot;
@@ -993,7 +993,7 @@ impl AsyncIsleDriver {
                 shared.kill();
                 shared.close_and_drain();
                 if !exited_by(&shared, Instant::now().checked_add(shared.grace)).await {
-                    shared.give_up(None, IsleError::Shutdown);
+                    shared.give_up(None, IsleError::Shutdown, Where::Here);
                 }
             }
         }

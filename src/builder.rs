@@ -435,7 +435,7 @@ impl IsleBuilder {
             return Err(IsleError::Config("queue capacity must be at least 1"));
         }
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let shared = Arc::new(Shared::new(self.timeout, self.grace_period, rx.clone()));
+        let shared = Shared::new(self.timeout, self.grace_period, rx.clone());
         let ready = Slot::new(shared.interrupter.clone(), (), None);
         let setup = Setup {
             source: match self.factory {

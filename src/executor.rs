@@ -212,7 +212,10 @@ where
             }
         };
         context.active.set(context.active.get() + 1);
+        let key = context.shared.coroutine_started(self.clone());
         tokio::task::spawn_local(CoroutineTask {
+            key,
+            coroutine: None,
             slot: self,
             future: Some(future),
             token,
@@ -232,6 +235,10 @@ where
 
 /// The local task of one coroutine request.
 struct CoroutineTask<T, S> {
+    /// The request's key among the isle's coroutine requests in progress.
+    key: usize,
+    /// The request's coroutine, once it has been resumed.
+    coroutine: Option<mlua::Thread>,
     slot: Arc<Slot<T, Coroutine<S>>>,
     /// `None` once the request is resolved.
     future: Option<LuaFuture<T>>,
@@ -253,12 +260,12 @@ where
 {
     /// Why the request must end now, if it must.
     fn stop(&self) -> Option<IsleError> {
-        if self.token.is_cancelled() {
+        if self.context.shared.interrupter.is_killed() {
+            Some(IsleError::Shutdown)
+        } else if self.token.is_cancelled() {
             Some(IsleError::Cancelled)
         } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
             Some(IsleError::Timeout)
-        } else if self.context.shared.interrupter.is_killed() {
-            Some(IsleError::Shutdown)
         } else {
             None
         }
@@ -270,6 +277,8 @@ where
     fn stretch<R>(&mut self, stopping: bool, f: impl FnOnce(&mut Self) -> R) -> Option<R> {
         let context = self.context.clone();
         let gen = context.next_generation();
+        #[cfg(test)]
+        crate::pause::at(crate::pause::Window::CoroutineStretch);
         if !self.slot.rerun(gen) {
             return None;
         }
@@ -293,41 +302,32 @@ where
     }
 
     /// Resolves the request with `result`, after dropping the coroutine (and so the Rust future
-    /// it may be awaiting). A coroutine stopped before it finished is resumed by that drop to
-    /// unwind: that runs as an interrupted stretch, so no Lua code it runs can loop.
+    /// it may be awaiting).
     ///
-    /// A coroutine suspended by an interrupt (rather than by awaiting) is only reset by that
-    /// drop: the Rust future it was about to await is then garbage, and a full collection
-    /// drops it now instead of at some later cycle. Finalizers run with hooks off, so the
-    /// interrupt does not cut them short.
+    /// A coroutine stopped before it finished is resumed by that drop to unwind and closed
+    /// (running its `__close` handlers from Lua 5.4 on): that runs as an interrupted stretch
+    /// with the interrupt armed on the coroutine itself, so no Lua code it runs can loop. The
+    /// interrupt may cut the unwinding short before the awaited future is dropped, and before
+    /// Lua 5.4 nothing closes the stack of a dropped coroutine, so a full collection then drops
+    /// what the coroutine held, the future included, at once rather than at some later cycle.
+    /// Finalizers run with hooks off, so the interrupt does not cut them short.
     fn finish(&mut self, result: Result<T, IsleError>, finished: bool) {
-        // Before Lua 5.4 nothing closes the stack of a coroutine that is dropped or dies, so a
-        // stopped request's values (the future it awaited included) would wait for the next
-        // garbage collection: collect at once. From 5.4 on, dropping the coroutine closes its
-        // stack (mlua closes the awaited future), but one interrupted while running Lua code
-        // still holds its values until collected.
-        const CLOSES_STACKS: bool = cfg!(any(feature = "lua54", feature = "lua55"));
-        let stopped = matches!(
-            result,
-            Err(IsleError::Cancelled | IsleError::Timeout | IsleError::Shutdown)
-        );
         if let Some(future) = self.future.take() {
-            let collect =
-                (self.interrupted || (stopped && !CLOSES_STACKS)).then(|| self.context.lua.clone());
-            if finished && collect.is_none() {
+            if finished && !self.interrupted {
                 drop(future);
             } else {
+                let coroutine = self.coroutine.take();
+                let lua = self.context.lua.clone();
                 let _ = self.stretch(true, |_| {
                     catch_unwind(AssertUnwindSafe(move || {
-                        drop(future);
-                        if let Some(lua) = collect {
-                            let _ = lua.gc_collect();
-                        }
+                        interrupt::closing_armed(coroutine.as_ref(), || drop(future));
+                        let _ = lua.gc_collect();
                     }))
                     .is_ok()
                 });
             }
         }
+        self.coroutine = None;
         self.slot.complete(result);
     }
 
@@ -372,8 +372,12 @@ where
             let polled = this.stretch(false, |this| {
                 let future = this.future.as_mut().expect("polled only while unresolved");
                 let _ = interrupt::take_yielded();
+                let _ = interrupt::take_first_resumed();
                 let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
                 this.interrupted |= interrupt::take_yielded();
+                if this.coroutine.is_none() {
+                    this.coroutine = interrupt::take_first_resumed();
+                }
                 polled
             });
             let (result, finished) = match polled {
@@ -403,6 +407,7 @@ impl<T, S> Drop for CoroutineTask<T, S> {
     fn drop(&mut self) {
         // Dropped unfinished (the executor is going away): still resolve the request.
         self.slot.complete(Err(IsleError::Shutdown));
+        self.context.shared.coroutine_ended(self.key);
         let active = self.context.active.get() - 1;
         self.context.active.set(active);
         if active == 0 {

@@ -11,14 +11,14 @@
 
 use std::fmt;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::current;
 use crate::error::IsleError;
-use crate::interrupt::Interrupter;
+use crate::interrupt::{Interrupter, Stop, StopWatch};
 use crate::slot::{Resolve, Slot};
 use crate::token::CancelToken;
 use crate::watchdog;
@@ -43,8 +43,16 @@ pub(crate) struct Shared {
     deadline: AtomicU64,
     /// Whether the watchdog knows this isle.
     watched: AtomicBool,
+    /// This very isle, for registering with the watchdog from a `&self`.
+    me: Weak<Shared>,
     /// The running request (or `init`'s readiness), so that giving up can resolve it.
     current: Mutex<Option<Arc<dyn Resolve>>>,
+    /// Coroutine requests in progress (running or suspended on the Lua thread's executor), so
+    /// that giving up can resolve them too.
+    #[cfg(feature = "tokio")]
+    in_progress: Mutex<slab::Slab<Arc<dyn Resolve>>>,
+    /// The watchdog's re-assertion of a requested stop (touched by the watchdog only).
+    reassert: Mutex<Reassert>,
     /// Resolved when the Lua thread ends (or is given up on, with `Abandoned`).
     pub(crate) exited: Arc<Slot<()>>,
     /// Cancelled when the isle is killed: wakes suspended coroutine requests.
@@ -72,28 +80,35 @@ impl Shared {
         default_timeout: Option<Duration>,
         grace: Duration,
         rx: Receiver<Queued>,
-    ) -> Self {
+    ) -> Arc<Self> {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
-        let interrupter = Arc::new(Interrupter::new());
-        Shared {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed) as u64,
-            interrupter: interrupter.clone(),
-            default_timeout,
-            grace,
-            rx,
-            closed: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
-            abandoned: AtomicBool::new(false),
-            deadline: AtomicU64::new(0),
-            watched: AtomicBool::new(false),
-            current: Mutex::new(None),
-            exited: Slot::new(interrupter.clone(), (), None),
-            killed: CancelToken::new(),
-            #[cfg(feature = "tokio")]
-            room: Wakeup::default(),
-            #[cfg(feature = "tokio")]
-            arrived: Wakeup::default(),
-        }
+        Arc::new_cyclic(|me: &Weak<Shared>| {
+            let interrupter = Arc::new(Interrupter::new());
+            interrupter.set_watch(me.clone());
+            Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed) as u64,
+                interrupter: interrupter.clone(),
+                default_timeout,
+                grace,
+                rx,
+                closed: AtomicBool::new(false),
+                alive: AtomicBool::new(true),
+                abandoned: AtomicBool::new(false),
+                deadline: AtomicU64::new(0),
+                watched: AtomicBool::new(false),
+                me: me.clone(),
+                current: Mutex::new(None),
+                #[cfg(feature = "tokio")]
+                in_progress: Mutex::new(slab::Slab::new()),
+                reassert: Mutex::new(Reassert::default()),
+                exited: Slot::new(interrupter.clone(), (), None),
+                killed: CancelToken::new(),
+                #[cfg(feature = "tokio")]
+                room: Wakeup::default(),
+                #[cfg(feature = "tokio")]
+                arrived: Wakeup::default(),
+            }
+        })
     }
 
     /// Whether the Lua thread is still serving requests.
@@ -120,9 +135,14 @@ impl Shared {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Stops the running request and every later one (suspended coroutine requests included).
+    /// Stops the running request and every later one (suspended coroutine requests included),
+    /// and cancels the running request's token, so that a host function polling it stops too.
     pub(crate) fn kill(&self) {
         self.interrupter.kill();
+        let running = self.lock_current().clone();
+        if let Some(job) = running {
+            job.cancel();
+        }
         self.killed.cancel();
         #[cfg(feature = "tokio")]
         self.arrived.notify(usize::MAX);
@@ -175,32 +195,113 @@ impl Shared {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Called by the watchdog at tick `now`: enforces the running request's deadline. Returns
-    /// the tick at which to look again, if any.
-    pub(crate) fn check_deadline(&self, now: u64) -> Option<u64> {
+    /// Records a coroutine request in progress until [`coroutine_ended`](Self::coroutine_ended).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn coroutine_started(&self, job: Arc<dyn Resolve>) -> usize {
+        self.lock_in_progress().insert(job)
+    }
+
+    /// Forgets the coroutine request recorded under `key`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn coroutine_ended(&self, key: usize) {
+        let job = self.lock_in_progress().try_remove(key);
+        drop(job);
+    }
+
+    #[cfg(feature = "tokio")]
+    fn lock_in_progress(&self) -> MutexGuard<'_, slab::Slab<Arc<dyn Resolve>>> {
+        // Single slab operations under the lock: a poisoned lock is taken over.
+        self.in_progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called by the watchdog at tick `now`: enforces the running request's deadline, keeps a
+    /// requested stop asserted and escalates one that is not obeyed. Returns the tick at which
+    /// to look again, if any.
+    ///
+    /// - At the deadline the request's generation expires, which interrupts it.
+    /// - While a stop (cancel, deadline, kill) is pending for the running request, the
+    ///   interrupt is delivered again with backoff ([`REASSERT_FIRST`] doubling up to
+    ///   [`REASSERT_MAX`]): an arm lost to a race costs a short delay, never the stop.
+    /// - At the deadline plus the grace period, or a grace period after a cancel or kill, if the
+    ///   same request still runs, the isle gives up on it (see [`give_up`](Self::give_up)).
+    pub(crate) fn check(self: &Arc<Self>, now: u64) -> Option<u64> {
         let gen = self.interrupter.running_generation();
-        let deadline = self.deadline.load(Ordering::SeqCst);
-        if gen == 0 || deadline == 0 || self.interrupter.running_generation() != gen {
+        if gen == 0 {
             return None;
         }
-        if now < deadline {
-            return Some(deadline);
-        }
-        self.interrupter.expire(gen);
         let grace = u64::try_from(self.grace.as_nanos()).unwrap_or(u64::MAX);
-        let hard_stop = deadline.saturating_add(grace);
-        if now < hard_stop {
-            return Some(hard_stop);
+        let mut next = u64::MAX;
+        let deadline = self.deadline.load(Ordering::SeqCst);
+        // The deadline belongs to `gen` only if `gen` still runs after it was read.
+        if deadline != 0 && self.interrupter.running_generation() == gen {
+            if now < deadline {
+                next = deadline;
+            } else {
+                self.interrupter.expire(gen);
+                let hard_stop = deadline.saturating_add(grace);
+                if now >= hard_stop {
+                    self.give_up(Some(gen), IsleError::Timeout, Where::OffThisThread);
+                    return None;
+                }
+                next = hard_stop;
+            }
         }
-        self.give_up(Some(gen), IsleError::Timeout);
-        None
+        if let Some((stop, since)) = self.interrupter.stop_since() {
+            if self.interrupter.running_generation() != gen {
+                return None;
+            }
+            if stop != Stop::Timeout && since != 0 {
+                let hard_stop = since.saturating_add(grace);
+                if now >= hard_stop {
+                    let err = match stop {
+                        Stop::Cancelled => IsleError::Cancelled,
+                        _ => IsleError::Shutdown,
+                    };
+                    self.give_up(Some(gen), err, Where::OffThisThread);
+                    return None;
+                }
+                next = next.min(hard_stop);
+            }
+            next = next.min(self.reassert_stop(gen, now));
+        }
+        (next != u64::MAX).then_some(next)
+    }
+
+    /// Delivers the pending interrupt of request `gen` again if it is time; returns when to
+    /// do so next.
+    fn reassert_stop(&self, gen: u64, now: u64) -> u64 {
+        let mut reassert = self.reassert.lock().unwrap_or_else(PoisonError::into_inner);
+        if reassert.gen != gen {
+            *reassert = Reassert {
+                gen,
+                interval: REASSERT_FIRST,
+                at: now.saturating_add(REASSERT_FIRST),
+            };
+        } else if now >= reassert.at {
+            #[cfg(test)]
+            let disabled = REASSERT_DISABLED.load(Ordering::SeqCst);
+            #[cfg(not(test))]
+            let disabled = false;
+            if !disabled {
+                self.interrupter.reassert(gen);
+            }
+            reassert.interval = (reassert.interval * 2).min(REASSERT_MAX);
+            reassert.at = now.saturating_add(reassert.interval);
+        }
+        reassert.at
     }
 
     /// Gives up on the Lua thread, stuck in request `gen` (any request if `None`) although it
-    /// was interrupted: that request resolves with `err` now, the queue is drained
-    /// (`Shutdown`), the isle refuses new requests ([`IsleError::Abandoned`]), and the thread
-    /// is left to end on its own: it exits as soon as the stuck code returns, if ever.
-    pub(crate) fn give_up(&self, gen: Option<u64>, err: IsleError) {
+    /// was interrupted: that request resolves with `err`, coroutine requests in progress and
+    /// everything queued with [`IsleError::Shutdown`], the isle refuses new requests
+    /// ([`IsleError::Abandoned`]), and the thread is left to end on its own: it exits as soon
+    /// as the stuck code returns, if ever.
+    ///
+    /// Resolving runs user code (wakers, the `Drop` of unrun work): [`Where::OffThisThread`]
+    /// does that on a thread of its own, so that the watchdog never waits for it.
+    pub(crate) fn give_up(self: &Arc<Self>, gen: Option<u64>, err: IsleError, at: Where) {
         let job = {
             let current = self.lock_current();
             let running = self.interrupter.running_generation();
@@ -210,12 +311,97 @@ impl Shared {
             self.abandoned.store(true, Ordering::Release);
             current.clone()
         };
-        self.kill();
-        self.close_and_drain();
-        if let Some(job) = job {
-            job.resolve(err);
+        // Cheap and user-code free: from now on nothing new is accepted.
+        self.closed.store(true, Ordering::Release);
+        let shared = self.clone();
+        let resolve = move || {
+            // First the request given up on, so that it reports `err` whatever the stuck code
+            // does once it is killed.
+            if let Some(job) = &job {
+                job.resolve(err);
+            }
+            shared.kill();
+            shared.close_and_drain();
+            #[cfg(feature = "tokio")]
+            {
+                let in_progress = std::mem::take(&mut *shared.lock_in_progress());
+                for (_, job) in in_progress {
+                    job.resolve(IsleError::Shutdown);
+                }
+            }
+            shared.exited.complete(Err(IsleError::Abandoned));
+        };
+        match at {
+            Where::Here => resolve(),
+            Where::OffThisThread => {
+                // One-element slot so that the closure can be taken back if no thread starts.
+                let resolve = Arc::new(Mutex::new(Some(resolve)));
+                let run = {
+                    let resolve = resolve.clone();
+                    move || {
+                        let f = resolve
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .take();
+                        if let Some(f) = f {
+                            f();
+                        }
+                    }
+                };
+                let spawned = std::thread::Builder::new()
+                    .name("mlua-isle-abandon".to_owned())
+                    .spawn(run);
+                if spawned.is_err() {
+                    let f = resolve
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    if let Some(f) = f {
+                        f();
+                    }
+                }
+            }
         }
-        self.exited.complete(Err(IsleError::Abandoned));
+    }
+}
+
+/// Where [`Shared::give_up`] resolves what it gives up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Where {
+    /// On the calling thread (a caller blocked in a shutdown).
+    Here,
+    /// On a thread of its own (the watchdog must not run user code).
+    OffThisThread,
+}
+
+/// The first delay before a pending stop is delivered again.
+const REASSERT_FIRST: u64 = 1_000_000;
+/// The longest delay between two deliveries of a pending stop.
+const REASSERT_MAX: u64 = 16_000_000;
+
+/// Test-only: turns the re-assertion off, to show that each race window is closed on its own.
+#[cfg(test)]
+pub(crate) static REASSERT_DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// The watchdog's record of how it re-asserts the stop of one request.
+#[derive(Debug, Default)]
+struct Reassert {
+    /// The generation being stopped; 0 for none yet.
+    gen: u64,
+    /// Nanoseconds until the next delivery after the coming one.
+    interval: u64,
+    /// The tick of the coming delivery.
+    at: u64,
+}
+
+impl StopWatch for Shared {
+    fn stop_requested(&self, tick: u64) {
+        if !self.watched.swap(true, Ordering::AcqRel) {
+            if let Some(me) = self.me.upgrade() {
+                watchdog::register(&me);
+            }
+        }
+        watchdog::deadline_published(tick.saturating_add(REASSERT_FIRST));
     }
 }
 
@@ -425,7 +611,7 @@ mod tests {
 
     fn handle(capacity: usize) -> Handle {
         let (tx, rx) = crossbeam_channel::bounded::<Queued>(capacity);
-        let shared = Arc::new(Shared::new(None, Duration::ZERO, rx));
+        let shared = Shared::new(None, Duration::ZERO, rx);
         Handle::new(tx, shared)
     }
 

@@ -10,7 +10,7 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 use crate::builder::{IsleBuilder, Launched};
 use crate::current;
 use crate::error::IsleError;
-use crate::handle::Handle;
+use crate::handle::{Handle, Where};
 use crate::request::{IsleHandle, Request};
 use crate::task::Task;
 use crate::wait;
@@ -364,7 +364,7 @@ impl Isle {
                 // The Lua thread may be stuck: resolve what is queued from here.
                 shared.close_and_drain();
                 if !exited.wait_until(Instant::now().checked_add(shared.grace)) {
-                    shared.give_up(None, IsleError::Shutdown);
+                    shared.give_up(None, IsleError::Shutdown, Where::Here);
                 }
             }
         }

@@ -191,6 +191,8 @@ mod executor;
 mod handle;
 mod interrupt;
 mod isle;
+#[cfg(test)]
+mod pause;
 mod request;
 mod slot;
 mod task;

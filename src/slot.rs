@@ -92,16 +92,23 @@ impl<T, W> Slot<T, W> {
 
     /// Tags a running request with the generation of its next stretch of execution (coroutine
     /// requests run in several). Returns `false` if it was resolved meanwhile.
+    ///
+    /// A cancel that reached the previous stretch's generation is carried over to this one:
+    /// either the cancel finds this generation under the lock, or the node was marked
+    /// cancelled before it took the lock, and this call sees the mark.
     #[cfg(feature = "tokio")]
     pub(crate) fn rerun(&self, gen: u64) -> bool {
-        let mut state = self.lock();
-        match state.phase {
-            Phase::Running(_) => {
-                state.phase = Phase::Running(gen);
-                true
+        {
+            let mut state = self.lock();
+            match state.phase {
+                Phase::Running(_) => state.phase = Phase::Running(gen),
+                _ => return false,
             }
-            _ => false,
         }
+        if self.node.is_cancelled() {
+            self.interrupter.interrupt(gen);
+        }
+        true
     }
 
     /// Resolves the slot unless it is already resolved. Returns whether this call resolved it.
@@ -279,11 +286,17 @@ impl<W> Finished<W> {
 pub(crate) trait Resolve: Send + Sync {
     /// Resolves the slot with `err` unless it is resolved already.
     fn resolve(&self, err: IsleError);
+    /// Cancels the request's own token (host functions polling it stop).
+    fn cancel(&self);
 }
 
-impl<T: Send, W: Send> Resolve for Slot<T, W> {
+impl<T: Send + 'static, W: Send + 'static> Resolve for Slot<T, W> {
     fn resolve(&self, err: IsleError) {
         self.complete(Err(err));
+    }
+
+    fn cancel(&self) {
+        crate::token::cancel_owner(self);
     }
 }
 

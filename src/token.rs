@@ -108,6 +108,11 @@ impl Node {
 }
 
 /// Cancels `owner`'s node and, after it, every child.
+pub(crate) fn cancel_owner(owner: &dyn TokenOwner) {
+    cancel(owner);
+}
+
+/// Cancels `owner`'s node and, after it, every child.
 fn cancel(owner: &dyn TokenOwner) {
     let listeners = {
         let node = owner.node();

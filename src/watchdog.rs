@@ -184,6 +184,7 @@ pub(crate) fn kick() {
 }
 
 fn run() {
+    let mut fired: Vec<Waker> = Vec::new();
     loop {
         // While scanning, every newly published deadline kicks: one published after its isle
         // was scanned is then not missed.
@@ -201,16 +202,20 @@ fn run() {
                 if entry.key().0 > now {
                     break;
                 }
-                entry.remove().wake();
+                fired.push(entry.remove());
             }
             let next_timer = state.timers.keys().next().map_or(u64::MAX, |k| k.0);
             let isles = state.isles.iter().filter_map(Weak::upgrade).collect();
             (isles, next_timer)
         };
+        // Woken outside the lock: a waker may run anything, including code that needs it.
+        for waker in fired.drain(..) {
+            waker.wake();
+        }
         let now = ticks(Instant::now());
         let next = isles
             .iter()
-            .filter_map(|isle| isle.check_deadline(now))
+            .filter_map(|isle| isle.check(now))
             .min()
             .unwrap_or(u64::MAX)
             .min(next_timer);

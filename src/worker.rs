@@ -372,12 +372,13 @@ pub(crate) fn outcome<T>(
     deadline: Option<Instant>,
     result: std::thread::Result<Result<T, IsleError>>,
 ) -> Result<T, IsleError> {
-    if token.is_cancelled() {
+    // A kill also cancels the running request's token: it reports as a kill.
+    if shared.interrupter.is_killed() {
+        Err(IsleError::Shutdown)
+    } else if token.is_cancelled() {
         Err(IsleError::Cancelled)
     } else if deadline.is_some_and(|d| Instant::now() >= d) {
         Err(IsleError::Timeout)
-    } else if shared.interrupter.is_killed() {
-        Err(IsleError::Shutdown)
     } else {
         result.unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
     }

@@ -32,6 +32,9 @@ const CHAIN_CAP: usize = 256;
 const RUST_CAP: usize = 64;
 
 thread_local! {
+    /// The first coroutine resumed from Rust since [`take_first_resumed`] was last called.
+    #[cfg(feature = "tokio")]
+    static FIRST_RESUMED: RefCell<Option<mlua::Thread>> = const { RefCell::new(None) };
     /// `CHAIN[0]` is the main state; above it, the coroutines being resumed from Lua.
     static CHAIN: [AtomicPtr<ffi::lua_State>; CHAIN_CAP] =
         const { [const { AtomicPtr::new(ptr::null_mut()) }; CHAIN_CAP] };
@@ -108,12 +111,36 @@ pub(super) fn uninstall() {
 }
 
 /// Records a coroutine resumed from Rust, arming it if an interrupt is pending.
+///
+/// Published first, checked after: a signal handled in between finds the coroutine recorded
+/// and arms it itself; one handled before is seen by the check.
 fn rust_resumed(thread: mlua::Thread) {
     let state = thread.to_pointer() as *mut ffi::lua_State;
+    #[cfg(feature = "tokio")]
+    FIRST_RESUMED.with_borrow_mut(|first| {
+        if first.is_none() {
+            *first = Some(thread.clone());
+        }
+    });
+    record_rust(thread, state);
+    #[cfg(test)]
+    crate::pause::at(crate::pause::Window::RustResumed);
     if hook::pending().is_some() {
-        // SAFETY: `thread` is a live coroutine of this VM, held by the caller.
+        // SAFETY: `state` is a live coroutine of this VM, held by the caller.
         unsafe { hook::arm(state) };
     }
+}
+
+/// The first coroutine resumed from Rust since the last call (a coroutine request's own, when
+/// called around its poll); clears the record.
+#[cfg(feature = "tokio")]
+pub(super) fn take_first_resumed() -> Option<mlua::Thread> {
+    FIRST_RESUMED.with_borrow_mut(Option::take)
+}
+
+/// Records `thread` (whose state is `state`) among the coroutines resumed from Rust, unless it
+/// is there already or the record is full.
+fn record_rust(thread: mlua::Thread, state: *mut ffi::lua_State) {
     RUST_ANCHORS.with_borrow_mut(|anchors| {
         if anchors
             .iter()

@@ -25,6 +25,22 @@ thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Whether the hook made a coroutine yield since [`take_yielded`] was last called.
     static YIELDED: Cell<bool> = const { Cell::new(false) };
+    /// Set while the hook must raise even where it could yield (see [`raising`]).
+    static RAISE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the hook raising its error wherever it fires, even in a coroutine that could
+/// yield (a coroutine being unwound or closed must not be left suspended by the hook).
+#[cfg(feature = "tokio")]
+pub(super) fn raising<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RAISE_ONLY.set(self.0);
+        }
+    }
+    let _restore = Restore(RAISE_ONLY.replace(true));
+    f()
 }
 
 /// Whether an interrupt made a coroutine yield since the last call; clears the flag.
@@ -33,18 +49,12 @@ pub(crate) fn take_yielded() -> bool {
     YIELDED.replace(false)
 }
 
-/// Why the request running on this thread has to stop, if it has to.
+/// Why the request running on this thread has to stop, if it has to: a stop requested from
+/// outside, or (with a permanent hook) a deadline passed on the clock.
 ///
-/// Signal-safe when hooks are set on demand (it then reads atomics only).
+/// Not for a signal handler: see [`requested`].
 pub(super) fn pending() -> Option<Stop> {
-    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
-    if interrupter.is_null() {
-        return None;
-    }
-    // SAFETY: the pointer is non-null only while the `Registration` that set it is alive on
-    // this thread, and that registration owns an `Arc` keeping the interrupter alive.
-    let interrupter = unsafe { &*interrupter };
-    if let Some(stop) = interrupter.stop_requested() {
+    if let Some(stop) = requested() {
         return Some(stop);
     }
     if every() == 0 {
@@ -52,6 +62,25 @@ pub(super) fn pending() -> Option<Stop> {
     }
     let deadline = DEADLINE.get()?;
     (Instant::now() >= deadline).then_some(Stop::Timeout)
+}
+
+/// Why the request running on this thread has to stop, if a stop was requested from outside.
+///
+/// Async-signal-safe: reads atomics in `const` thread-locals only.
+pub(super) fn requested() -> Option<Stop> {
+    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
+    if interrupter.is_null() {
+        return None;
+    }
+    // SAFETY: the pointer is non-null only while the `Registration` that set it is alive on
+    // this thread, and that registration owns an `Arc` keeping the interrupter alive.
+    let interrupter = unsafe { &*interrupter };
+    interrupter.stop_requested()
+}
+
+/// Whether hooks are only set on demand (no permanent hook). Async-signal-safe.
+pub(super) fn on_demand() -> bool {
+    every() == 0
 }
 
 fn every() -> c_int {
@@ -88,8 +117,15 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut
             // `lua_gethookcount` only touch its hook fields.
             unsafe {
                 if every == 0 {
+                    #[cfg(test)]
+                    crate::pause::at(crate::pause::Window::HookRemoval);
                     // Left over from an earlier interrupt: remove it.
                     ffi::lua_sethook(state, None, 0, 0);
+                    // A signal handled since `pending` looked may have armed this very hook,
+                    // which the removal just undid: look again.
+                    if requested().is_some() {
+                        arm(state);
+                    }
                 } else if ffi::lua_gethookcount(state) != every {
                     ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, every);
                 }
@@ -112,7 +148,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut
                 // Lua 5.1, 5.2 and LuaJIT cannot tell whether the coroutine may yield here:
                 // they always raise.
                 #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
-                if ffi::lua_isyieldable(state) != 0 {
+                if !RAISE_ONLY.get() && ffi::lua_isyieldable(state) != 0 {
                     YIELDED.set(true);
                     ffi::lua_yield(state, 0);
                     return;
@@ -168,6 +204,22 @@ impl Registration {
     pub(super) fn set_deadline(&self, deadline: Option<Instant>) {
         if self.every > 0 {
             DEADLINE.set(deadline);
+        }
+    }
+
+    /// Puts the permanent hook back on the main state, if there is one: a script with the
+    /// `debug` library can remove it.
+    pub(super) fn reinstall_permanent(&self) {
+        if self.every > 0 {
+            // SAFETY: as in `arm_base`; `lua_sethook` only stores the hook fields.
+            unsafe {
+                ffi::lua_sethook(
+                    self.main,
+                    Some(interrupt_hook),
+                    ffi::LUA_MASKCOUNT,
+                    self.every,
+                )
+            };
         }
     }
 

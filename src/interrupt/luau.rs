@@ -102,6 +102,12 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
                 // Left over from an interrupt that came as its request ended: remove it.
                 // SAFETY: `state` belongs to the VM whose callbacks these are.
                 unsafe { set_interrupt(ffi::lua_callbacks(state), None) };
+                // A cancel that stored the callback since `pending` looked was just undone:
+                // look again.
+                if pending().is_some() {
+                    // SAFETY: as above.
+                    unsafe { set_interrupt(ffi::lua_callbacks(state), Some(interrupt)) };
+                }
             }
             return;
         }
@@ -179,6 +185,9 @@ impl Registration {
             COUNTDOWN.set(0);
         }
     }
+
+    /// Nothing to do: scripts cannot remove Luau's interrupt callback.
+    pub(super) fn reinstall_permanent(&self) {}
 
     /// Delivers the interrupt (outside the canceller's thread: at the start of a request).
     pub(super) fn arm_base(&self) {

@@ -90,7 +90,7 @@ use luau::Target;
 use signal::Target;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 #[cfg(any(unix, feature = "luau"))]
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
@@ -203,11 +203,24 @@ pub(crate) struct Interrupter {
     cancelled: CachePadded<AtomicU64>,
     /// Highest generation whose deadline passed.
     expired: AtomicU64,
+    /// When (watchdog tick) a stop was last requested for the running request; 0 if never.
+    /// Only meaningful while [`stop_requested`](Self::stop_requested) says so: a late write
+    /// for an earlier request is ignored then.
+    stop_tick: AtomicU64,
+    /// Told whenever a stop is requested for the running request, so that the stop is
+    /// re-asserted until the request ends and escalated if it does not end.
+    watch: OnceLock<Weak<dyn StopWatch>>,
     /// Where to deliver an on-demand interrupt (the isle's thread, or Luau's callbacks);
     /// cleared before the Lua thread exits, and only used under the lock, so an interrupt is
     /// never delivered to a thread or VM that is gone.
     #[cfg(any(unix, feature = "luau"))]
     target: Mutex<Option<Target>>,
+}
+
+/// Whoever keeps a requested stop asserted (the watchdog, through the isle's shared state).
+pub(crate) trait StopWatch: Send + Sync + std::fmt::Debug {
+    /// A stop was requested for the running request at watchdog tick `tick`.
+    fn stop_requested(&self, tick: u64);
 }
 
 /// Why the running request is being stopped.
@@ -223,10 +236,18 @@ impl Interrupter {
         Self::default()
     }
 
+    /// Makes `watch` hear of every stop requested from now on (once; later calls do nothing).
+    pub(crate) fn set_watch(&self, watch: Weak<dyn StopWatch>) {
+        let _ = self.watch.set(watch);
+    }
+
     /// Asks the request with generation `gen` to stop, if it is (still, or about to be) running.
     pub(crate) fn interrupt(&self, gen: u64) {
         self.cancelled.fetch_max(gen, Ordering::SeqCst);
         self.poke(gen);
+        if self.running.load(Ordering::SeqCst) == gen {
+            self.stop_noticed();
+        }
     }
 
     /// Tells the request with generation `gen` that its deadline has passed.
@@ -241,7 +262,30 @@ impl Interrupter {
         let running = self.running_generation();
         if running != 0 {
             self.poke(running);
+            self.stop_noticed();
         }
+    }
+
+    /// Records when a stop was requested for the running request and tells the watch.
+    fn stop_noticed(&self) {
+        let tick = crate::watchdog::ticks(Instant::now());
+        self.stop_tick.fetch_max(tick, Ordering::SeqCst);
+        if let Some(watch) = self.watch.get().and_then(Weak::upgrade) {
+            watch.stop_requested(tick);
+        }
+    }
+
+    /// When a stop was last requested for the running request (a watchdog tick), if one is
+    /// requested now.
+    pub(crate) fn stop_since(&self) -> Option<(Stop, u64)> {
+        let stop = self.stop_requested()?;
+        Some((stop, self.stop_tick.load(Ordering::SeqCst)))
+    }
+
+    /// Delivers the interrupt again to request `gen` if it still runs: an arm that was lost
+    /// (overwritten by a hook removing itself, or cleared by Lua) is made good.
+    pub(crate) fn reassert(&self, gen: u64) {
+        self.poke(gen);
     }
 
     pub(crate) fn is_killed(&self) -> bool {
@@ -273,7 +317,7 @@ impl Interrupter {
     }
 
     /// Whether the running request must stop. Reads only atomics: safe in a signal handler.
-    fn stop_requested(&self) -> Option<Stop> {
+    pub(crate) fn stop_requested(&self) -> Option<Stop> {
         let running = self.running.load(Ordering::SeqCst);
         if running == 0 {
             return None;
@@ -347,10 +391,18 @@ impl Armed {
     /// Marks the request with generation `gen` as running until [`end`](Self::end).
     pub(crate) fn begin(&self, gen: u64, deadline: Option<Instant>) {
         self.hook.set_deadline(deadline);
-        self.interrupter.running.store(gen, Ordering::SeqCst);
-        // A cancel that came before `running` was set was not delivered: arm now.
-        if self.on_demand && self.interrupter.stop_requested().is_some() {
-            self.hook.arm_base();
+        // A script with the debug library may have removed the permanent hook.
+        self.hook.reinstall_permanent();
+        let interrupter = &self.interrupter;
+        interrupter.stop_tick.store(0, Ordering::SeqCst);
+        interrupter.running.store(gen, Ordering::SeqCst);
+        // A stop requested before `running` was set was not delivered: arm now, and let the
+        // watch keep it asserted and escalate it like any other.
+        if interrupter.stop_requested().is_some() {
+            if self.on_demand {
+                self.hook.arm_base();
+            }
+            interrupter.stop_noticed();
         }
     }
 
@@ -368,6 +420,45 @@ impl Armed {
 impl Drop for Armed {
     fn drop(&mut self) {
         chain::uninstall();
+    }
+}
+
+/// The first coroutine resumed from Rust since the last call; clears the record. Around the
+/// poll of a coroutine request, that is the request's own coroutine.
+#[cfg(feature = "tokio")]
+pub(crate) fn take_first_resumed() -> Option<mlua::Thread> {
+    #[cfg(not(feature = "luau"))]
+    {
+        chain::take_first_resumed()
+    }
+    #[cfg(feature = "luau")]
+    {
+        None
+    }
+}
+
+/// Runs `f`, which drops (and so unwinds and closes) a suspended `coroutine`, with the
+/// interrupt armed on that coroutine if a stop is pending: Lua code it runs there, outside any
+/// recorded resume (the `__close` handlers of its to-be-closed variables), stops as well. The
+/// interrupt raises rather than yields meanwhile, so the coroutine is not left suspended.
+/// (Luau's interrupt reaches every coroutine anyway.)
+#[cfg(feature = "tokio")]
+pub(crate) fn closing_armed<R>(coroutine: Option<&mlua::Thread>, f: impl FnOnce() -> R) -> R {
+    #[cfg(not(feature = "luau"))]
+    {
+        if let Some(coroutine) = coroutine {
+            if hook::pending().is_some() {
+                // SAFETY: `coroutine` is a live coroutine of the VM on this thread, held by the
+                // caller; arming only stores its hook fields.
+                unsafe { hook::arm(coroutine.to_pointer() as *mut mlua::ffi::lua_State) };
+            }
+        }
+        hook::raising(f)
+    }
+    #[cfg(feature = "luau")]
+    {
+        let _ = coroutine;
+        f()
     }
 }
 

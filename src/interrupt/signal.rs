@@ -40,8 +40,12 @@ impl Target {
 }
 
 /// The handler: arm every coroutine of the resume chain if the running request has to stop.
+///
+/// Async-signal-safe: it reads atomics in `const` thread-locals and calls `lua_sethook`. On a
+/// thread with a permanent hook ([`Interrupt::Hook`](crate::Interrupt::Hook), reached by a
+/// stray signal meant for another isle) it does nothing: that hook looks by itself.
 fn on_signal() {
-    if hook::pending().is_some() {
+    if hook::on_demand() && hook::requested().is_some() {
         chain::arm_all();
     }
 }
@@ -59,8 +63,27 @@ fn ensure_handler(signal: c_int) -> mlua::Result<()> {
     unsafe { signal_hook_registry::register(signal, on_signal) }.map_err(|e| {
         mlua::Error::runtime(format!("cannot install a handler for signal {signal}: {e}"))
     })?;
+    run_on_alternate_stack(signal);
     installed.push(signal);
     Ok(())
+}
+
+/// Adds `SA_ONSTACK` to the handler installed for `signal`, so that it runs on the alternate
+/// signal stack of a thread that has one. Runtimes with small stacks of their own (Go's
+/// goroutines, for example) require it of every handler for a signal they also use, and
+/// `SIGURG` is Go's preemption signal.
+fn run_on_alternate_stack(signal: c_int) {
+    // SAFETY: `sigaction` reads the installed action into `action` (zeroed, then filled) and
+    // installs it again with one more flag: the same handler, mask and other flags.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, ptr::null(), &mut action) == 0
+            && action.sa_flags & libc::SA_ONSTACK == 0
+        {
+            action.sa_flags |= libc::SA_ONSTACK;
+            libc::sigaction(signal, &action, ptr::null_mut());
+        }
+    }
 }
 
 /// Changes whether `signal` is blocked on the calling thread; returns the previous mask.

@@ -1,0 +1,85 @@
+//! Test-only pauses at the windows where a racing cancel could once be lost: a test arms a
+//! window for one thread (by name), the thread stops there, the test acts, then lets it go.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+/// A place in the code where a concurrent stop request used to be lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Window {
+    /// A leftover interrupt hook found nothing pending and is about to remove itself.
+    HookRemoval,
+    /// A coroutine resumed from Rust was found not to need arming and is about to be recorded.
+    RustResumed,
+    /// A coroutine request checked it need not stop and is about to start its next stretch.
+    CoroutineStretch,
+}
+
+struct Armed {
+    window: Window,
+    thread: String,
+    reached: Sender<()>,
+    release: Receiver<()>,
+}
+
+static ARMED: Mutex<Vec<Armed>> = Mutex::new(Vec::new());
+
+/// A window armed by [`arm`]: wait until the thread reaches it, then release it.
+pub(crate) struct Paused {
+    reached: Receiver<()>,
+    release: Sender<()>,
+}
+
+impl Paused {
+    /// Waits until the thread stands in the window; panics after a generous hang guard.
+    pub(crate) fn reached(&self) {
+        self.reached
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the paused thread never reached its window");
+    }
+
+    /// Lets the thread go on.
+    pub(crate) fn release(self) {
+        let _ = self.release.send(());
+    }
+}
+
+/// Makes the next thread named `thread` that reaches `window` stop there.
+pub(crate) fn arm(window: Window, thread: &str) -> Paused {
+    let (reached_tx, reached_rx) = channel();
+    let (release_tx, release_rx) = channel();
+    ARMED.lock().unwrap().push(Armed {
+        window,
+        thread: thread.to_owned(),
+        reached: reached_tx,
+        release: release_rx,
+    });
+    Paused {
+        reached: reached_rx,
+        release: release_tx,
+    }
+}
+
+/// Stops here if a test armed `window` for this thread. Never call it from a signal handler.
+pub(crate) fn at(window: Window) {
+    let current = thread::current();
+    let Some(name) = current.name() else {
+        return;
+    };
+    let armed = {
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(i) = armed
+            .iter()
+            .position(|a| a.window == window && a.thread == name)
+        else {
+            return;
+        };
+        armed.swap_remove(i)
+    };
+    let _ = armed.reached.send(());
+    let _ = armed.release.recv_timeout(Duration::from_secs(20));
+}
