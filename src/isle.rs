@@ -376,6 +376,14 @@ impl Isle {
     }
 }
 
+#[cfg(test)]
+impl Isle {
+    /// The isle's shared state, for tests that look inside.
+    pub(crate) fn shared(&self) -> &std::sync::Arc<crate::handle::Shared> {
+        &self.handle.shared
+    }
+}
+
 impl IsleHandle for Isle {
     fn handle(&self) -> &Handle {
         &self.handle

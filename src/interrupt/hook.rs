@@ -78,6 +78,18 @@ pub(super) fn requested() -> Option<Stop> {
     interrupter.stop_requested()
 }
 
+/// Test-only: counts an arm made by the signal handler on the isle of this thread.
+#[cfg(all(test, unix))]
+pub(super) fn count_signal_arm() {
+    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
+    // SAFETY: as in `requested`.
+    if let Some(interrupter) = unsafe { interrupter.as_ref() } {
+        interrupter
+            .signal_arms
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Whether hooks are only set on demand (no permanent hook). Async-signal-safe.
 pub(super) fn on_demand() -> bool {
     every() == 0

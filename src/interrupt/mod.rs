@@ -80,6 +80,8 @@ mod jit;
 #[cfg(any(feature = "luajit", feature = "luajit52"))]
 pub(crate) use jit::turn_off as turn_off_jit;
 mod probe;
+#[cfg(all(test, unix, not(feature = "luau")))]
+mod races;
 #[cfg(all(unix, not(feature = "luau")))]
 mod signal;
 
@@ -215,6 +217,9 @@ pub(crate) struct Interrupter {
     /// never delivered to a thread or VM that is gone.
     #[cfg(any(unix, feature = "luau"))]
     target: Mutex<Option<Target>>,
+    /// Test-only: how many times the signal handler armed the hook for this isle.
+    #[cfg(test)]
+    pub(crate) signal_arms: std::sync::atomic::AtomicUsize,
 }
 
 /// Whoever keeps a requested stop asserted (the watchdog, through the isle's shared state).

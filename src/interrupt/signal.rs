@@ -45,9 +45,30 @@ impl Target {
 /// thread with a permanent hook ([`Interrupt::Hook`](crate::Interrupt::Hook), reached by a
 /// stray signal meant for another isle) it does nothing: that hook looks by itself.
 fn on_signal() {
+    #[cfg(test)]
+    if DROP_ARMS.with(|d| d.load(Ordering::Relaxed)) > 0 {
+        DROP_ARMS.with(|d| d.fetch_sub(1, Ordering::Relaxed));
+        return;
+    }
     if hook::on_demand() && hook::requested().is_some() {
         chain::arm_all();
+        #[cfg(test)]
+        hook::count_signal_arm();
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only: how many interrupt signals this thread's handler is to ignore, as if their
+    /// arm had been lost.
+    static DROP_ARMS: std::sync::atomic::AtomicUsize =
+        const { std::sync::atomic::AtomicUsize::new(0) };
+}
+
+/// Test-only: makes the handler on the calling thread ignore its next `n` signals.
+#[cfg(test)]
+pub(crate) fn drop_next_arms(n: usize) {
+    DROP_ARMS.with(|d| d.store(n, Ordering::Relaxed));
 }
 
 /// Installs the process-wide handler for `signal` once.

@@ -1,0 +1,237 @@
+//! Deterministic tests of the windows where a racing stop request could once be lost: each
+//! test stops the Lua thread inside one window, requests the stop there, then lets it go on.
+//!
+//! The watchdog's re-assertion of a pending stop would make good any arm lost in a window, so
+//! these tests switch it off: each window must be closed on its own. One more test shows the
+//! re-assertion itself, with an arm dropped on purpose.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::handle::REASSERT_DISABLED;
+use crate::pause::{self, Window};
+use crate::{Isle, IsleError};
+
+/// How long a test waits for anything before it fails instead of hanging.
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+/// Serialises these tests: the re-assertion switch is process-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds [`SERIAL`], with re-assertion off if asked, until dropped.
+struct Exclusive {
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn exclusive(reassert: bool) -> Exclusive {
+    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    REASSERT_DISABLED.store(!reassert, Ordering::SeqCst);
+    Exclusive { _serial: serial }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        REASSERT_DISABLED.store(false, Ordering::SeqCst);
+    }
+}
+
+/// An isle on a thread named `name` with `started()`, and a grace period far beyond the hang
+/// guard, so that a lost stop shows as a hang rather than as a hard stop.
+fn isle(name: &str, drop_arms: usize) -> (Isle, Receiver<()>) {
+    let (tx, rx) = channel();
+    let isle = Isle::builder()
+        .thread_name(name)
+        .grace_period(Duration::from_secs(60))
+        .spawn(move |lua| {
+            super::signal::drop_next_arms(drop_arms);
+            let started = lua.create_function(move |_, ()| {
+                let _ = tx.send(());
+                Ok(())
+            })?;
+            lua.globals().set("started", started)
+        })
+        .unwrap();
+    (isle, rx)
+}
+
+/// Waits until the signal handler has armed the hook more than `before` times on `isle`.
+fn wait_for_signal_arm(isle: &Isle, before: usize) {
+    let give_up = Instant::now() + HANG_GUARD;
+    while isle.shared().interrupter.signal_arms.load(Ordering::SeqCst) <= before {
+        assert!(Instant::now() < give_up, "the signal never armed the hook");
+        std::thread::yield_now();
+    }
+}
+
+fn signal_arms(isle: &Isle) -> usize {
+    isle.shared().interrupter.signal_arms.load(Ordering::SeqCst)
+}
+
+/// The isle still serves requests: it stopped the request rather than giving up on it.
+fn assert_usable(isle: &Isle) {
+    let task = isle.spawn_eval::<i64>("1 + 1").unwrap();
+    assert_eq!(
+        task.wait_timeout(HANG_GUARD).ok().map(Result::ok),
+        Some(Some(2))
+    );
+}
+
+fn assert_cancelled<T: Send + 'static + std::fmt::Debug>(task: crate::Task<T>) {
+    match task.wait_timeout(HANG_GUARD) {
+        Ok(Err(IsleError::Cancelled)) => {}
+        Ok(other) => panic!("expected Cancelled, got {other:?}"),
+        Err(_) => panic!("the cancel was lost: the request still runs"),
+    }
+}
+
+/// A signal arrives while a hook left on a coroutine by an earlier request, finding nothing
+/// pending, is about to remove itself: the removal must not undo the signal's arm.
+#[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+#[test]
+fn a_signal_during_a_leftover_hooks_removal_is_not_lost() {
+    let _exclusive = exclusive(false);
+    let name = "race-hook-removal";
+    let (isle, started) = isle(name, 0);
+    // The cancel arms `co`, whose hook yields it, then stops the main chunk: `co` is left
+    // suspended with the hook still set.
+    let first = isle
+        .spawn_eval::<()>(
+            "co = coroutine.create(function() started() while true do end end)
+             coroutine.resume(co)",
+        )
+        .unwrap();
+    started.recv_timeout(HANG_GUARD).unwrap();
+    first.cancel();
+    assert_cancelled(first);
+
+    let paused = pause::arm(Window::HookRemoval, name);
+    let second = isle.spawn_eval::<()>("coroutine.resume(co)").unwrap();
+    paused.reached();
+    let before = signal_arms(&isle);
+    second.cancel();
+    wait_for_signal_arm(&isle, before);
+    paused.release();
+    assert_cancelled(second);
+    assert_usable(&isle);
+}
+
+/// A signal arrives while a coroutine resumed from Rust is being recorded: either the handler
+/// finds it recorded, or the check after recording sees the stop.
+#[test]
+fn a_signal_while_a_rust_resume_is_recorded_is_not_lost() {
+    let _exclusive = exclusive(false);
+    let name = "race-rust-resumed";
+    let (isle, _started) = isle(name, 0);
+    let paused = pause::arm(Window::RustResumed, name);
+    let task = isle
+        .spawn_exec(|lua| {
+            let body = lua.load("while true do end").into_function()?;
+            lua.create_thread(body)?.resume::<()>(())
+        })
+        .unwrap();
+    paused.reached();
+    let before = signal_arms(&isle);
+    task.cancel();
+    wait_for_signal_arm(&isle, before);
+    paused.release();
+    assert_cancelled(task);
+    assert_usable(&isle);
+}
+
+/// A signal whose arm is lost (as Lua 5.4 can lose it when it reallocates a stack, or LuaJIT
+/// when two writers race on its hook mask) is made good by the watchdog delivering it again.
+#[test]
+fn a_lost_arm_is_made_good_by_reassertion() {
+    let _exclusive = exclusive(true);
+    for script in [
+        "started() while true do end",
+        "started() while true do pcall(function() while true do end end) end",
+        "started() local t = setmetatable({}, {__index = function(t, k) while true do end end})
+         return t.x",
+    ] {
+        let (isle, started) = isle("race-lost-arm", 2);
+        let task = isle.spawn_eval::<()>(script).unwrap();
+        started.recv_timeout(HANG_GUARD).unwrap();
+        task.cancel();
+        assert_cancelled(task);
+        assert_usable(&isle);
+    }
+}
+
+/// A cancel lands between a coroutine request's check that it need not stop and the start of
+/// its next stretch: the stretch must start stopped.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_cancel_between_coroutine_stretches_is_not_lost() {
+    use std::sync::Arc;
+
+    let _exclusive = exclusive(false);
+    let name = "race-coroutine-stretch";
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (tx, started) = channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (isle, _driver) = crate::AsyncIsle::builder()
+            .thread_name(name)
+            .grace_period(Duration::from_secs(60))
+            .spawn_async({
+                let go = go.clone();
+                move |lua| {
+                    // Tells the test once it waits, so that the test's `go` cannot come first.
+                    let wait_go = lua.create_async_function(move |_, ()| {
+                        let go = go.clone();
+                        let tx = tx.clone();
+                        async move {
+                            let notified = go.notified();
+                            tokio::pin!(notified);
+                            let _ = tx.send(());
+                            // Suspends at least once, so that the next stretch starts only
+                            // after the test's `go`, whenever that comes.
+                            let mut first = true;
+                            std::future::poll_fn(|cx| {
+                                let ready =
+                                    std::future::Future::poll(notified.as_mut(), cx).is_ready();
+                                if std::mem::take(&mut first) {
+                                    if ready {
+                                        cx.waker().wake_by_ref();
+                                    }
+                                    return std::task::Poll::Pending;
+                                }
+                                if ready {
+                                    std::task::Poll::Ready(())
+                                } else {
+                                    std::task::Poll::Pending
+                                }
+                            })
+                            .await;
+                            Ok(())
+                        }
+                    })?;
+                    lua.globals().set("wait_go", wait_go)
+                }
+            })
+            .await
+            .unwrap();
+        let task = isle
+            .spawn_coroutine_eval::<()>("wait_go() while true do end")
+            .await
+            .unwrap();
+        started.recv_timeout(HANG_GUARD).unwrap();
+        let paused = pause::arm(Window::CoroutineStretch, name);
+        go.notify_one();
+        paused.reached();
+        task.cancel();
+        paused.release();
+        match tokio::time::timeout(HANG_GUARD, task).await {
+            Ok(Err(IsleError::Cancelled)) => {}
+            Ok(other) => panic!("expected Cancelled, got {other:?}"),
+            Err(_) => panic!("the cancel was lost: the coroutine request still runs"),
+        }
+        assert_eq!(isle.eval::<i64>("1 + 1").await.unwrap(), 2);
+    });
+}
