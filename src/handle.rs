@@ -311,8 +311,10 @@ impl Shared {
             self.abandoned.store(true, Ordering::Release);
             current.clone()
         };
-        // Cheap and user-code free: from now on nothing new is accepted.
+        // Cheap and user-code free: from now on nothing new is accepted, and the isle counts
+        // as dead (senders that see it drain the queue themselves, as does `resolve` below).
         self.closed.store(true, Ordering::Release);
+        self.alive.store(false, Ordering::Release);
         let shared = self.clone();
         let resolve = move || {
             // First the request given up on, so that it reports `err` whatever the stuck code

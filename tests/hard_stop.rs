@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,65 +14,10 @@ use mlua_isle::{Interrupt, Isle, IsleBuilder, IsleError};
 /// Tests here count the process's threads, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-#[cfg(not(any(
-    feature = "lua51",
-    feature = "luajit",
-    feature = "luajit52",
-    feature = "luau"
-)))]
-const STUCK_IN_GC: &str = "setmetatable({}, {__gc = function() while not released() do end end})
-                           started()
-                           collectgarbage()";
-
-/// Lua 5.1 runs `__gc` only for userdata: a proxy from `newproxy`.
-#[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
-const STUCK_IN_GC: &str = "local p = newproxy(true)
-                           getmetatable(p).__gc = function() while not released() do end end
-                           p = nil
-                           started()
-                           collectgarbage()";
-
-/// Luau has no `__gc` for Lua code: a host function that ignores its deadline instead.
-#[cfg(feature = "luau")]
-const STUCK_IN_GC: &str = "started() spin_until_released()";
-
-/// Defines `released()`, true once `release` is set, and `spin_until_released()`, a host
-/// function that ignores its deadline.
-fn define_released(
-    lua: &mlua_isle::mlua::Lua,
-    release: Arc<AtomicBool>,
-) -> mlua_isle::mlua::Result<()> {
-    let flag = release.clone();
-    let released = lua.create_function(move |_, ()| Ok(flag.load(Ordering::SeqCst)))?;
-    lua.globals().set("released", released)?;
-    let spin = lua.create_function(move |_, ()| {
-        while !release.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
-        Ok(())
-    })?;
-    lua.globals().set("spin_until_released", spin)
-}
-
 /// A builder whose VM has `released()`, true once the returned flag is set.
 fn releasable(builder: IsleBuilder) -> (IsleBuilder, Arc<AtomicBool>) {
     let release = Arc::new(AtomicBool::new(false));
     (builder.grace_period(Duration::from_millis(100)), release)
-}
-
-/// An isle with `released()` and `started()` (reporting on the returned channel).
-fn spawn_releasable(builder: IsleBuilder, release: &Arc<AtomicBool>) -> (Isle, Receiver<()>) {
-    let release = release.clone();
-    let (tx, rx) = mpsc::channel();
-    let isle = builder
-        .spawn(move |lua| {
-            define_released(lua, release)?;
-            let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
-            lua.globals().set("started", started)?;
-            lua.globals().set("kept", 1)
-        })
-        .unwrap();
-    (isle, rx)
 }
 
 fn gives_up_on_a_finalizer_loop(interrupt: Interrupt) {

@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread;
@@ -152,4 +152,66 @@ impl Tally {
     pub fn resolved(&self) -> usize {
         self.resolved.load(Ordering::SeqCst)
     }
+}
+
+/// Code stuck where no interrupt reaches, until `released()`: a loop in a `__gc` finalizer,
+/// which Lua runs with hooks disabled; on Luau, which has no finalizers in Lua, a host function
+/// ignoring cancellation. It calls `started()` first.
+#[cfg(not(any(
+    feature = "lua51",
+    feature = "luajit",
+    feature = "luajit52",
+    feature = "luau"
+)))]
+pub const STUCK_IN_GC: &str =
+    "setmetatable({}, {__gc = function() started() while not released() do end end})
+     collectgarbage()";
+
+/// Lua 5.1 runs `__gc` only for userdata: a proxy from `newproxy`.
+#[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
+pub const STUCK_IN_GC: &str = "local p = newproxy(true)
+                           getmetatable(p).__gc = function() started() while not released() do end end
+                           p = nil
+                           collectgarbage()";
+
+/// Luau has no `__gc` for Lua code: a host function that ignores its deadline instead.
+#[cfg(feature = "luau")]
+pub const STUCK_IN_GC: &str = "spin_until_released()";
+
+/// Defines `released()`, true once `release` is set, and `spin_until_released()`, a host
+/// function that ignores its deadline.
+pub fn define_released(
+    lua: &mlua_isle::mlua::Lua,
+    release: Arc<AtomicBool>,
+) -> mlua_isle::mlua::Result<()> {
+    let flag = release.clone();
+    let released = lua.create_function(move |_, ()| Ok(flag.load(Ordering::SeqCst)))?;
+    lua.globals().set("released", released)?;
+    let spin = lua.create_function(move |lua, ()| {
+        // Reported from inside, so that a cancel sent on `started` finds the code stuck.
+        if let Ok(started) = lua.globals().get::<mlua_isle::mlua::Function>("started") {
+            started.call::<()>(())?;
+        }
+        while !release.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        Ok(())
+    })?;
+    lua.globals().set("spin_until_released", spin)
+}
+
+/// An isle with `released()`, `spin_until_released()`, `started()` (reporting on the returned
+/// channel) and the global `kept = 1`.
+pub fn spawn_releasable(builder: IsleBuilder, release: &Arc<AtomicBool>) -> (Isle, Receiver<()>) {
+    let release = release.clone();
+    let (tx, rx) = mpsc::channel();
+    let isle = builder
+        .spawn(move |lua| {
+            define_released(lua, release)?;
+            let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+            lua.globals().set("started", started)?;
+            lua.globals().set("kept", 1)
+        })
+        .unwrap();
+    (isle, rx)
 }
