@@ -312,8 +312,15 @@ where
     /// what the coroutine held, the future included, at once rather than at some later cycle.
     /// Finalizers run with hooks off, so the interrupt does not cut them short.
     fn finish(&mut self, result: Result<T, IsleError>, finished: bool) {
+        // From Lua 5.4 on, a coroutine that finished closed its stack; before, one that ended
+        // by an error still holds its values until collected.
+        const CLOSES_STACKS: bool = cfg!(any(feature = "lua54", feature = "lua55"));
+        let stopped = matches!(
+            result,
+            Err(IsleError::Cancelled | IsleError::Timeout | IsleError::Shutdown)
+        );
         if let Some(future) = self.future.take() {
-            if finished && !self.interrupted {
+            if finished && !self.interrupted && (CLOSES_STACKS || !stopped) {
                 drop(future);
             } else {
                 let coroutine = self.coroutine.take();

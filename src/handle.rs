@@ -280,9 +280,9 @@ impl Shared {
                 at: now.saturating_add(REASSERT_FIRST),
             };
         } else if now >= reassert.at {
-            #[cfg(test)]
+            #[cfg(all(test, unix, not(feature = "luau")))]
             let disabled = REASSERT_DISABLED.load(Ordering::SeqCst);
-            #[cfg(not(test))]
+            #[cfg(not(all(test, unix, not(feature = "luau"))))]
             let disabled = false;
             if !disabled {
                 self.interrupter.reassert(gen);
@@ -382,7 +382,7 @@ const REASSERT_FIRST: u64 = 1_000_000;
 const REASSERT_MAX: u64 = 16_000_000;
 
 /// Test-only: turns the re-assertion off, to show that each race window is closed on its own.
-#[cfg(test)]
+#[cfg(all(test, unix, not(feature = "luau")))]
 pub(crate) static REASSERT_DISABLED: AtomicBool = AtomicBool::new(false);
 
 /// The watchdog's record of how it re-asserts the stop of one request.

@@ -376,7 +376,7 @@ impl Isle {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix, not(feature = "luau")))]
 impl Isle {
     /// The isle's shared state, for tests that look inside.
     pub(crate) fn shared(&self) -> &std::sync::Arc<crate::handle::Shared> {

@@ -70,7 +70,10 @@ fn random_instant(rng: &mut StdRng) {
 fn sync_cancels_at_random_instants_all_resolve_in_time() {
     within_hang_guard(|| {
         let mut rng = rng();
-        let isle = Isle::builder().grace_period(GRACE).spawn(|_| Ok(())).unwrap();
+        let isle = Isle::builder()
+            .grace_period(GRACE)
+            .spawn(|_| Ok(()))
+            .unwrap();
         for i in 0..6_000 {
             let script = SCRIPTS[rng.random_range(0..SCRIPTS.len())];
             let task = isle.spawn_eval::<()>(script).unwrap();

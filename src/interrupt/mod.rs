@@ -218,7 +218,7 @@ pub(crate) struct Interrupter {
     #[cfg(any(unix, feature = "luau"))]
     target: Mutex<Option<Target>>,
     /// Test-only: how many times the signal handler armed the hook for this isle.
-    #[cfg(test)]
+    #[cfg(all(test, unix, not(feature = "luau")))]
     pub(crate) signal_arms: std::sync::atomic::AtomicUsize,
 }
 
