@@ -328,6 +328,8 @@ where
                 let _ = self.stretch(true, |_| {
                     catch_unwind(AssertUnwindSafe(move || {
                         interrupt::closing_armed(coroutine.as_ref(), || drop(future));
+                        // Our own reference too must go before the collection.
+                        drop(coroutine);
                         let _ = lua.gc_collect();
                     }))
                     .is_ok()
@@ -382,8 +384,10 @@ where
                 let _ = interrupt::take_first_resumed();
                 let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
                 this.interrupted |= interrupt::take_yielded();
+                // Always taken, so that no record keeps the coroutine from being collected.
+                let resumed = interrupt::take_first_resumed();
                 if this.coroutine.is_none() {
-                    this.coroutine = interrupt::take_first_resumed();
+                    this.coroutine = resumed;
                 }
                 polled
             });

@@ -30,8 +30,8 @@ const SCRIPTS: &[&str] = &[
      while true do local _ = t.x end",
     "local t = setmetatable({}, {__index = function(t, k) return k end})
      local n = 0 while true do n = n + #t.abc end",
-    "local t = {}
-     for i = 1, 50 do t[i] = setmetatable({}, {__lt = function(a, b) while true do end end}) end
+    "local t, mt = {}, {__lt = function(a, b) while true do end end}
+     for i = 1, 50 do t[i] = setmetatable({}, mt) end
      table.sort(t)",
     "string.gsub(string.rep('a', 100), 'a', function() while true do end end)",
     "local t = setmetatable({}, {__tostring = function() while true do end end})
