@@ -142,43 +142,89 @@ impl Drop for RawThread {
     }
 }
 
-/// Time from `cancel()` to `wait()` returning, for a request known to be running `script`.
+/// The requests whose cancel latency is measured: each runs until it is stopped.
+const CANCELLED: [(&str, &str); 3] = [
+    ("tight_loop", "started() while true do end"),
+    (
+        "pcall_loop",
+        "started() while true do pcall(function() while true do end end) end",
+    ),
+    (
+        "coroutine_loop",
+        "started() local co = coroutine.wrap(function() while true do coroutine.yield() end end)
+         while true do co() end",
+    ),
+];
+
+const INTERRUPTS: [(&str, Interrupt); 2] = [
+    ("default", DEFAULT_INTERRUPT),
+    ("hook", Interrupt::Hook { every: 1000 }),
+];
+
+/// `Interrupt::default()`, as a constant.
+#[cfg(feature = "luau")]
+const DEFAULT_INTERRUPT: Interrupt = Interrupt::OnDemand;
+#[cfg(all(unix, not(feature = "luau")))]
+const DEFAULT_INTERRUPT: Interrupt = Interrupt::Signal {
+    signal: Interrupt::DEFAULT_SIGNAL,
+};
+#[cfg(not(any(unix, feature = "luau")))]
+const DEFAULT_INTERRUPT: Interrupt = Interrupt::Hook {
+    every: Interrupt::DEFAULT_EVERY,
+};
+
+/// An isle with `started()`, reporting on the returned channel.
+fn isle_with_started(interrupt: Interrupt) -> (Isle, mpsc::Receiver<()>) {
+    let (tx, started) = mpsc::channel::<()>();
+    let isle = Isle::builder()
+        .interrupt(interrupt)
+        .spawn(move |lua| {
+            let f = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+            lua.globals().set("started", f)
+        })
+        .unwrap();
+    (isle, started)
+}
+
+/// The time from `cancel()` to `wait()` returning, for a request known to be running `script`.
+fn one_cancel(isle: &Isle, started: &mpsc::Receiver<()>, script: &'static str) -> Duration {
+    let task = isle.spawn_eval::<()>(script).unwrap();
+    started.recv().unwrap();
+    let start = Instant::now();
+    task.cancel();
+    let _ = black_box(task.wait());
+    start.elapsed()
+}
+
+/// The floor: the time to wake a thread parked waiting for a message, as a cancelled
+/// request's waiter is woken.
+fn one_wake_up() -> Duration {
+    let (tx, rx) = mpsc::channel::<Instant>();
+    let (parked_tx, parked) = mpsc::channel::<()>();
+    let waiter = std::thread::spawn(move || {
+        parked_tx.send(()).unwrap();
+        let sent = rx.recv().unwrap();
+        sent.elapsed()
+    });
+    parked.recv().unwrap();
+    // Let the waiter get from its send into its receive and park there.
+    std::thread::sleep(Duration::from_millis(1));
+    tx.send(Instant::now()).unwrap();
+    waiter.join().unwrap()
+}
+
+/// Time from `cancel()` to `wait()` returning, for a request known to be running the script.
 fn cancel_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("cancel_latency");
     group.sample_size(30);
-    let scripts = [
-        ("tight_loop", "started() while true do end"),
-        (
-            "pcall_loop",
-            "started() while true do pcall(function() while true do end end) end",
-        ),
-    ];
-    for (label, interrupt) in [
-        ("default", Interrupt::default()),
-        ("hook", Interrupt::Hook { every: 1000 }),
-    ] {
-        let (tx, started) = mpsc::channel::<()>();
-        let isle = Isle::builder()
-            .interrupt(interrupt)
-            .spawn(move |lua| {
-                let f = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
-                lua.globals().set("started", f)
-            })
-            .unwrap();
-        for (name, script) in scripts {
+    group.bench_function("floor_parked_wake_up", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| one_wake_up()).sum())
+    });
+    for (label, interrupt) in INTERRUPTS {
+        let (isle, started) = isle_with_started(interrupt);
+        for (name, script) in CANCELLED {
             group.bench_function(format!("{label}/{name}"), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let task = isle.spawn_eval::<()>(script).unwrap();
-                        started.recv().unwrap();
-                        let start = Instant::now();
-                        task.cancel();
-                        let _ = black_box(task.wait());
-                        total += start.elapsed();
-                    }
-                    total
-                })
+                b.iter_custom(|iters| (0..iters).map(|_| one_cancel(&isle, &started, script)).sum())
             });
         }
         isle.shutdown().unwrap();
@@ -186,5 +232,31 @@ fn cancel_latency(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cpu_bound, cancel_latency);
+/// Percentiles of single cancels (criterion reports means of batches): p50 and p90 of 2000
+/// cancels per case, with the wake-up floor measured in the same run.
+fn cancel_latency_percentiles(_: &mut Criterion) {
+    const N: usize = 2000;
+    fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+        samples.sort();
+        (samples[samples.len() / 2], samples[samples.len() * 9 / 10])
+    }
+    let (floor50, floor90) = percentiles((0..N).map(|_| one_wake_up()).collect());
+    println!("cancel_latency_percentiles/floor_parked_wake_up: p50 {floor50:?} p90 {floor90:?}");
+    for (label, interrupt) in INTERRUPTS {
+        let (isle, started) = isle_with_started(interrupt);
+        for (name, script) in CANCELLED {
+            let (p50, p90) =
+                percentiles((0..N).map(|_| one_cancel(&isle, &started, script)).collect());
+            println!(
+                "cancel_latency_percentiles/{label}/{name}: p50 {p50:?} ({:.2}x floor) \
+                 p90 {p90:?} ({:.2}x floor p50)",
+                p50.as_secs_f64() / floor50.as_secs_f64(),
+                p90.as_secs_f64() / floor50.as_secs_f64(),
+            );
+        }
+        isle.shutdown().unwrap();
+    }
+}
+
+criterion_group!(benches, cpu_bound, cancel_latency, cancel_latency_percentiles);
 criterion_main!(benches);
