@@ -224,7 +224,11 @@ fn cancel_latency(c: &mut Criterion) {
         let (isle, started) = isle_with_started(interrupt);
         for (name, script) in CANCELLED {
             group.bench_function(format!("{label}/{name}"), |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| one_cancel(&isle, &started, script)).sum())
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| one_cancel(&isle, &started, script))
+                        .sum()
+                })
             });
         }
         isle.shutdown().unwrap();
@@ -245,8 +249,11 @@ fn cancel_latency_percentiles(_: &mut Criterion) {
     for (label, interrupt) in INTERRUPTS {
         let (isle, started) = isle_with_started(interrupt);
         for (name, script) in CANCELLED {
-            let (p50, p90) =
-                percentiles((0..N).map(|_| one_cancel(&isle, &started, script)).collect());
+            let (p50, p90) = percentiles(
+                (0..N)
+                    .map(|_| one_cancel(&isle, &started, script))
+                    .collect(),
+            );
             println!(
                 "cancel_latency_percentiles/{label}/{name}: p50 {p50:?} ({:.2}x floor) \
                  p90 {p90:?} ({:.2}x floor p50)",
@@ -258,5 +265,10 @@ fn cancel_latency_percentiles(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, cpu_bound, cancel_latency, cancel_latency_percentiles);
+criterion_group!(
+    benches,
+    cpu_bound,
+    cancel_latency,
+    cancel_latency_percentiles
+);
 criterion_main!(benches);

@@ -59,6 +59,14 @@ pub struct AsyncIsle {
     handle: Arc<Handle>,
 }
 
+#[cfg(all(test, unix, not(feature = "luau")))]
+impl AsyncIsle {
+    /// The isle's shared state, for tests that look inside.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+}
+
 /// Owns an [`AsyncIsle`]'s lifecycle: shut it down and learn how it ended.
 ///
 /// Dropping the driver never blocks and does not stop the isle: its thread ends once every

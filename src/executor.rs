@@ -287,10 +287,14 @@ where
             // stop at once.
             context.shared.interrupter.interrupt(gen);
         }
-        context.armed.begin(gen, self.deadline);
+        // A stopping stretch needs no deadline of its own: the stop is pending already, and is
+        // escalated a grace period from now if not obeyed (a passed deadline would escalate at
+        // once).
+        let deadline = if stopping { None } else { self.deadline };
+        context.armed.begin(gen, deadline);
         context
             .shared
-            .request_started(self.slot.clone() as Arc<dyn Resolve>, self.deadline);
+            .request_started(self.slot.clone() as Arc<dyn Resolve>, deadline);
         current::enter(self.token.clone(), self.deadline);
         current::set_in_coroutine(true);
         let result = f(self);
@@ -306,37 +310,38 @@ where
     ///
     /// A coroutine stopped before it finished is resumed by that drop to unwind and closed
     /// (running its `__close` handlers from Lua 5.4 on): that runs as an interrupted stretch
-    /// with the interrupt armed on the coroutine itself, so no Lua code it runs can loop. The
-    /// interrupt may cut the unwinding short before the awaited future is dropped, and before
-    /// Lua 5.4 nothing closes the stack of a dropped coroutine, so a full collection then drops
-    /// what the coroutine held, the future included, at once rather than at some later cycle.
+    /// with the interrupt armed on the coroutine itself, so no Lua code it runs can loop. If
+    /// the interrupt had to cut that short, or suspended the coroutine in the middle of Lua
+    /// code, or before Lua 5.4 (where nothing closes the stack of a coroutine that ended by an
+    /// error), the coroutine still holds its values, the awaited future among them: a full
+    /// collection after the stretch drops them at once rather than at some later cycle.
     /// Finalizers run with hooks off, so the interrupt does not cut them short.
     fn finish(&mut self, result: Result<T, IsleError>, finished: bool) {
-        // From Lua 5.4 on, a coroutine that finished closed its stack; before, one that ended
-        // by an error still holds its values until collected.
         const CLOSES_STACKS: bool = cfg!(any(feature = "lua54", feature = "lua55"));
         let stopped = matches!(
             result,
             Err(IsleError::Cancelled | IsleError::Timeout | IsleError::Shutdown)
         );
+        let coroutine = self.coroutine.take();
         if let Some(future) = self.future.take() {
-            if finished && !self.interrupted && (CLOSES_STACKS || !stopped) {
+            let mut collect = self.interrupted || (stopped && !CLOSES_STACKS);
+            if finished {
+                drop(coroutine);
                 drop(future);
             } else {
-                let coroutine = self.coroutine.take();
-                let lua = self.context.lua.clone();
-                let _ = self.stretch(true, |_| {
-                    catch_unwind(AssertUnwindSafe(move || {
-                        interrupt::closing_armed(coroutine.as_ref(), || drop(future));
-                        // Our own reference too must go before the collection.
-                        drop(coroutine);
-                        let _ = lua.gc_collect();
-                    }))
-                    .is_ok()
+                let cut_short = self.stretch(true, |_| {
+                    let closed = catch_unwind(AssertUnwindSafe(move || {
+                        interrupt::closing_armed(coroutine, || drop(future))
+                    }));
+                    // A panic while closing left the coroutine half closed.
+                    closed.unwrap_or(true)
                 });
+                collect |= cut_short.unwrap_or(false);
+            }
+            if collect {
+                let _ = self.context.lua.gc_collect();
             }
         }
-        self.coroutine = None;
         self.slot.complete(result);
     }
 

@@ -53,6 +53,10 @@ pub(crate) struct Shared {
     in_progress: Mutex<slab::Slab<Arc<dyn Resolve>>>,
     /// The watchdog's re-assertion of a requested stop (touched by the watchdog only).
     reassert: Mutex<Reassert>,
+    /// Test-only: turns the re-assertion off, to show that each race window is closed on its
+    /// own.
+    #[cfg(all(test, unix, not(feature = "luau")))]
+    pub(crate) reassert_disabled: AtomicBool,
     /// Resolved when the Lua thread ends (or is given up on, with `Abandoned`).
     pub(crate) exited: Arc<Slot<()>>,
     /// Cancelled when the isle is killed: wakes suspended coroutine requests.
@@ -101,6 +105,8 @@ impl Shared {
                 #[cfg(feature = "tokio")]
                 in_progress: Mutex::new(slab::Slab::new()),
                 reassert: Mutex::new(Reassert::default()),
+                #[cfg(all(test, unix, not(feature = "luau")))]
+                reassert_disabled: AtomicBool::new(false),
                 exited: Slot::new(interrupter.clone(), (), None),
                 killed: CancelToken::new(),
                 #[cfg(feature = "tokio")]
@@ -172,7 +178,13 @@ impl Shared {
         job: Arc<dyn Resolve>,
         deadline: Option<Instant>,
     ) {
-        *self.lock_current() = Some(job);
+        *self.lock_current() = Some(job.clone());
+        // A kill that looked for the running request before it was published here missed its
+        // token: cancel it now. (Either the kill sees the request under the lock, or this
+        // load sees the kill.)
+        if self.interrupter.is_killed() {
+            job.cancel();
+        }
         if let Some(deadline) = deadline {
             if !self.watched.swap(true, Ordering::AcqRel) {
                 watchdog::register(self);
@@ -228,7 +240,7 @@ impl Shared {
     ///   same request still runs, the isle gives up on it (see [`give_up`](Self::give_up)).
     pub(crate) fn check(self: &Arc<Self>, now: u64) -> Option<u64> {
         let gen = self.interrupter.running_generation();
-        if gen == 0 {
+        if gen == 0 || self.is_abandoned() {
             return None;
         }
         let grace = u64::try_from(self.grace.as_nanos()).unwrap_or(u64::MAX);
@@ -274,21 +286,23 @@ impl Shared {
     fn reassert_stop(&self, gen: u64, now: u64) -> u64 {
         let mut reassert = self.reassert.lock().unwrap_or_else(PoisonError::into_inner);
         if reassert.gen != gen {
+            // First seen now, about `REASSERT_FIRST` after the stop was requested: deliver now.
             *reassert = Reassert {
                 gen,
                 interval: REASSERT_FIRST,
-                at: now.saturating_add(REASSERT_FIRST),
+                at: now,
             };
-        } else if now >= reassert.at {
+        }
+        if now >= reassert.at {
             #[cfg(all(test, unix, not(feature = "luau")))]
-            let disabled = REASSERT_DISABLED.load(Ordering::SeqCst);
+            let disabled = self.reassert_disabled.load(Ordering::SeqCst);
             #[cfg(not(all(test, unix, not(feature = "luau"))))]
             let disabled = false;
             if !disabled {
                 self.interrupter.reassert(gen);
             }
-            reassert.interval = (reassert.interval * 2).min(REASSERT_MAX);
             reassert.at = now.saturating_add(reassert.interval);
+            reassert.interval = (reassert.interval * 2).min(REASSERT_MAX);
         }
         reassert.at
     }
@@ -380,10 +394,6 @@ pub(crate) enum Where {
 const REASSERT_FIRST: u64 = 1_000_000;
 /// The longest delay between two deliveries of a pending stop.
 const REASSERT_MAX: u64 = 16_000_000;
-
-/// Test-only: turns the re-assertion off, to show that each race window is closed on its own.
-#[cfg(all(test, unix, not(feature = "luau")))]
-pub(crate) static REASSERT_DISABLED: AtomicBool = AtomicBool::new(false);
 
 /// The watchdog's record of how it re-asserts the stop of one request.
 #[derive(Debug, Default)]

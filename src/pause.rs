@@ -18,6 +18,8 @@ pub(crate) enum Window {
     RustResumed,
     /// A coroutine request checked it need not stop and is about to start its next stretch.
     CoroutineStretch,
+    /// The Lua thread checked that the isle was not killed and is about to run a job.
+    JobStart,
 }
 
 struct Armed {

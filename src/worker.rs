@@ -252,6 +252,8 @@ pub(crate) fn handle_job(
         drop(job);
         return ControlFlow::Continue(());
     }
+    #[cfg(test)]
+    crate::pause::at(crate::pause::Window::JobStart);
     job.run(worker);
     if shared.is_abandoned() {
         // Given up on while stuck in that job: leave without touching the queue again.

@@ -378,6 +378,35 @@ mod coroutines {
     }
 
     #[test]
+    fn a_coroutine_request_ended_long_after_its_deadline_does_not_abandon_the_isle() {
+        let _serial = serial();
+        within_hang_guard(|| {
+            run(async {
+                let (isle, _driver, started, _) =
+                    async_isle(AsyncIsle::builder().grace_period(Duration::from_millis(50))).await;
+                let suspended = isle
+                    .request()
+                    .timeout(Duration::from_millis(20))
+                    .spawn_coroutine_eval::<()>("started() forever()")
+                    .await
+                    .unwrap();
+                wait_started(&started);
+                // The Lua thread is busy (legitimately: no deadline) well past the coroutine
+                // request's deadline plus the grace period; only then can it be stopped.
+                isle.exec(|_| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+                assert!(matches!(suspended.await, Err(IsleError::Timeout)));
+                assert!(isle.is_alive());
+                assert_eq!(isle.eval::<i64>("8").await.unwrap(), 8);
+            });
+        });
+    }
+
+    #[test]
     fn giving_up_resolves_suspended_coroutine_requests_at_once() {
         let _serial = serial();
         within_hang_guard(|| {

@@ -95,6 +95,8 @@ pub(super) fn install(
 
 /// Forgets what the finished request resumed from Rust.
 pub(super) fn end_request() {
+    #[cfg(feature = "tokio")]
+    FIRST_RESUMED.with_borrow_mut(|first| drop(first.take()));
     if RUST_LEN.with(|l| l.swap(0, Ordering::Relaxed)) > 0 {
         compiler_fence(Ordering::SeqCst);
         RUST_ANCHORS.with_borrow_mut(Vec::clear);

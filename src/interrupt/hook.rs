@@ -27,12 +27,15 @@ thread_local! {
     static YIELDED: Cell<bool> = const { Cell::new(false) };
     /// Set while the hook must raise even where it could yield (see [`raising`]).
     static RAISE_ONLY: Cell<bool> = const { Cell::new(false) };
+    /// Whether the hook raised while `RAISE_ONLY` was set.
+    static RAISED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with the hook raising its error wherever it fires, even in a coroutine that could
-/// yield (a coroutine being unwound or closed must not be left suspended by the hook).
+/// yield (a coroutine being unwound or closed must not be left suspended by the hook). Returns
+/// whether the hook raised meanwhile.
 #[cfg(feature = "tokio")]
-pub(super) fn raising<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn raising(f: impl FnOnce()) -> bool {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -40,7 +43,9 @@ pub(super) fn raising<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     let _restore = Restore(RAISE_ONLY.replace(true));
-    f()
+    RAISED.set(false);
+    f();
+    RAISED.replace(false)
 }
 
 /// Whether an interrupt made a coroutine yield since the last call; clears the flag.
@@ -114,9 +119,19 @@ fn message(stop: Stop) -> &'static CStr {
 /// `state` must be a live `lua_State` of the VM on this thread. May be called from a signal
 /// handler on this thread: `lua_sethook` only stores the hook fields.
 pub(super) unsafe fn arm(state: *mut ffi::lua_State) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { arm_after(state, 1) };
+}
+
+/// Makes `state` run the interrupt hook after `count` instructions (then at every one).
+///
+/// # Safety
+///
+/// As [`arm`].
+pub(super) unsafe fn arm_after(state: *mut ffi::lua_State, count: c_int) {
     TOUCHED.with(|t| t.store(true, Ordering::Relaxed));
     // SAFETY: guaranteed by the caller.
-    unsafe { ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1) };
+    unsafe { ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, count) };
 }
 
 /// Runs at every instruction of a coroutine it is armed on (and every `EVERY` instructions of
@@ -164,6 +179,9 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut
                     YIELDED.set(true);
                     ffi::lua_yield(state, 0);
                     return;
+                }
+                if RAISE_ONLY.get() {
+                    RAISED.set(true);
                 }
                 ffi::lua_pushstring(state, message(stop).as_ptr());
                 ffi::lua_error(state)

@@ -103,7 +103,10 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
                 // SAFETY: `state` belongs to the VM whose callbacks these are.
                 unsafe { set_interrupt(ffi::lua_callbacks(state), None) };
                 // A cancel that stored the callback since `pending` looked was just undone:
-                // look again.
+                // look again. The fence orders the removal before the look (the canceller
+                // raises the generation before it stores the callback): either the canceller's
+                // store comes after the removal, or this look sees the raised generation.
+                std::sync::atomic::fence(Ordering::SeqCst);
                 if pending().is_some() {
                     // SAFETY: as above.
                     unsafe { set_interrupt(ffi::lua_callbacks(state), Some(interrupt)) };

@@ -443,29 +443,45 @@ pub(crate) fn take_first_resumed() -> Option<mlua::Thread> {
 }
 
 /// Runs `f`, which drops (and so unwinds and closes) a suspended `coroutine`, with the
-/// interrupt armed on that coroutine if a stop is pending: Lua code it runs there, outside any
-/// recorded resume (the `__close` handlers of its to-be-closed variables), stops as well. The
-/// interrupt raises rather than yields meanwhile, so the coroutine is not left suspended.
-/// (Luau's interrupt reaches every coroutine anyway.)
+/// interrupt armed on that coroutine if a stop is pending: Lua code it runs there outside any
+/// recorded resume (the `__close` handlers of its to-be-closed variables) stops as well.
+/// Returns whether the interrupt had to stop such code (then the coroutine may still hold
+/// values that only a collection frees).
+///
+/// The interrupt fires only after [`CLOSING_ALLOWANCE`] instructions, so that the short
+/// unwinding mlua does to drop the awaited future completes, and raises rather than yields
+/// meanwhile, so that the coroutine is not left suspended. Our reference to the coroutine is
+/// dropped before `f`, so that mlua can recycle it. (Luau's interrupt reaches every coroutine
+/// anyway.)
 #[cfg(feature = "tokio")]
-pub(crate) fn closing_armed<R>(coroutine: Option<&mlua::Thread>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn closing_armed(coroutine: Option<mlua::Thread>, f: impl FnOnce()) -> bool {
     #[cfg(not(feature = "luau"))]
     {
         if let Some(coroutine) = coroutine {
             if hook::pending().is_some() {
-                // SAFETY: `coroutine` is a live coroutine of the VM on this thread, held by the
-                // caller; arming only stores its hook fields.
-                unsafe { hook::arm(coroutine.to_pointer() as *mut mlua::ffi::lua_State) };
+                // SAFETY: `coroutine` is a live coroutine of the VM on this thread, kept alive
+                // by the future `f` drops; arming only stores its hook fields.
+                unsafe {
+                    hook::arm_after(
+                        coroutine.to_pointer() as *mut mlua::ffi::lua_State,
+                        CLOSING_ALLOWANCE,
+                    )
+                };
             }
         }
         hook::raising(f)
     }
     #[cfg(feature = "luau")]
     {
-        let _ = coroutine;
-        f()
+        drop(coroutine);
+        f();
+        false
     }
 }
+
+/// Instructions a stopped coroutine may run while it is dropped before the interrupt fires.
+#[cfg(all(feature = "tokio", not(feature = "luau")))]
+const CLOSING_ALLOWANCE: std::ffi::c_int = 1000;
 
 /// `function` wrapped so that, as the body of a coroutine created from Rust, it gets the same
 /// protected base frame as coroutines created by Lua's `coroutine.create`.

@@ -2,44 +2,22 @@
 //! test stops the Lua thread inside one window, requests the stop there, then lets it go on.
 //!
 //! The watchdog's re-assertion of a pending stop would make good any arm lost in a window, so
-//! these tests switch it off: each window must be closed on its own. One more test shows the
-//! re-assertion itself, with an arm dropped on purpose.
+//! these tests switch it off for their isle: each window must be closed on its own. One more
+//! test shows the re-assertion itself, with an arm dropped on purpose.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::handle::REASSERT_DISABLED;
 use crate::pause::{self, Window};
 use crate::{Isle, IsleError};
 
 /// How long a test waits for anything before it fails instead of hanging.
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
-/// Serialises these tests: the re-assertion switch is process-wide.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Holds [`SERIAL`], with re-assertion off if asked, until dropped.
-struct Exclusive {
-    _serial: MutexGuard<'static, ()>,
-}
-
-fn exclusive(reassert: bool) -> Exclusive {
-    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    REASSERT_DISABLED.store(!reassert, Ordering::SeqCst);
-    Exclusive { _serial: serial }
-}
-
-impl Drop for Exclusive {
-    fn drop(&mut self) {
-        REASSERT_DISABLED.store(false, Ordering::SeqCst);
-    }
-}
-
 /// An isle on a thread named `name` with `started()`, and a grace period far beyond the hang
 /// guard, so that a lost stop shows as a hang rather than as a hard stop.
-fn isle(name: &str, drop_arms: usize) -> (Isle, Receiver<()>) {
+fn isle(name: &str, drop_arms: usize, reassert: bool) -> (Isle, Receiver<()>) {
     let (tx, rx) = channel();
     let isle = Isle::builder()
         .thread_name(name)
@@ -53,6 +31,9 @@ fn isle(name: &str, drop_arms: usize) -> (Isle, Receiver<()>) {
             lua.globals().set("started", started)
         })
         .unwrap();
+    isle.shared()
+        .reassert_disabled
+        .store(!reassert, Ordering::SeqCst);
     (isle, rx)
 }
 
@@ -91,9 +72,8 @@ fn assert_cancelled<T: Send + 'static + std::fmt::Debug>(task: crate::Task<T>) {
 #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
 #[test]
 fn a_signal_during_a_leftover_hooks_removal_is_not_lost() {
-    let _exclusive = exclusive(false);
     let name = "race-hook-removal";
-    let (isle, started) = isle(name, 0);
+    let (isle, started) = isle(name, 0, false);
     // The cancel arms `co`, whose hook yields it, then stops the main chunk: `co` is left
     // suspended with the hook still set.
     let first = isle
@@ -121,9 +101,8 @@ fn a_signal_during_a_leftover_hooks_removal_is_not_lost() {
 /// finds it recorded, or the check after recording sees the stop.
 #[test]
 fn a_signal_while_a_rust_resume_is_recorded_is_not_lost() {
-    let _exclusive = exclusive(false);
     let name = "race-rust-resumed";
-    let (isle, _started) = isle(name, 0);
+    let (isle, _started) = isle(name, 0, false);
     let paused = pause::arm(Window::RustResumed, name);
     let task = isle
         .spawn_exec(|lua| {
@@ -144,14 +123,13 @@ fn a_signal_while_a_rust_resume_is_recorded_is_not_lost() {
 /// when two writers race on its hook mask) is made good by the watchdog delivering it again.
 #[test]
 fn a_lost_arm_is_made_good_by_reassertion() {
-    let _exclusive = exclusive(true);
     for script in [
         "started() while true do end",
         "started() while true do pcall(function() while true do end end) end",
         "started() local t = setmetatable({}, {__index = function(t, k) while true do end end})
          return t.x",
     ] {
-        let (isle, started) = isle("race-lost-arm", 2);
+        let (isle, started) = isle("race-lost-arm", 2, true);
         let task = isle.spawn_eval::<()>(script).unwrap();
         started.recv_timeout(HANG_GUARD).unwrap();
         task.cancel();
@@ -167,7 +145,6 @@ fn a_lost_arm_is_made_good_by_reassertion() {
 fn a_cancel_between_coroutine_stretches_is_not_lost() {
     use std::sync::Arc;
 
-    let _exclusive = exclusive(false);
     let name = "race-coroutine-stretch";
     let go = Arc::new(tokio::sync::Notify::new());
     let (tx, started) = channel();
@@ -217,6 +194,9 @@ fn a_cancel_between_coroutine_stretches_is_not_lost() {
             })
             .await
             .unwrap();
+        isle.shared()
+            .reassert_disabled
+            .store(true, Ordering::SeqCst);
         let task = isle
             .spawn_coroutine_eval::<()>("wait_go() while true do end")
             .await
@@ -234,4 +214,41 @@ fn a_cancel_between_coroutine_stretches_is_not_lost() {
         }
         assert_eq!(isle.eval::<i64>("1 + 1").await.unwrap(), 2);
     });
+}
+
+/// A kill lands after the Lua thread checked for one and before its job is published as
+/// running: the job's token must still be cancelled, so that a host function polling it stops.
+#[test]
+fn a_kill_just_before_a_job_starts_reaches_its_token() {
+    let name = "race-job-start";
+    let isle = Isle::builder()
+        .thread_name(name)
+        .grace_period(Duration::from_secs(60))
+        .spawn(|lua| {
+            let wait = lua.create_function(|_, ()| {
+                while crate::checkpoint().is_ok() {
+                    std::thread::yield_now();
+                }
+                Ok(())
+            })?;
+            lua.globals().set("wait_for_cancel", wait)
+        })
+        .unwrap();
+    let shared = isle.shared().clone();
+    let paused = pause::arm(Window::JobStart, name);
+    let task = isle.spawn_eval::<()>("wait_for_cancel()").unwrap();
+    paused.reached();
+    let shutdown = std::thread::spawn(move || isle.shutdown_timeout(Duration::ZERO));
+    let give_up = Instant::now() + HANG_GUARD;
+    while !shared.interrupter.is_killed() {
+        assert!(Instant::now() < give_up, "the isle was never killed");
+        std::thread::yield_now();
+    }
+    paused.release();
+    match task.wait_timeout(HANG_GUARD) {
+        Ok(Err(IsleError::Shutdown)) => {}
+        Ok(other) => panic!("expected Shutdown, got {other:?}"),
+        Err(_) => panic!("the kill never reached the request's token"),
+    }
+    shutdown.join().unwrap().unwrap();
 }

@@ -95,7 +95,10 @@ fn ensure_handler(signal: c_int) -> mlua::Result<()> {
 /// `SIGURG` is Go's preemption signal.
 fn run_on_alternate_stack(signal: c_int) {
     // SAFETY: `sigaction` reads the installed action into `action` (zeroed, then filled) and
-    // installs it again with one more flag: the same handler, mask and other flags.
+    // installs it again with one more flag: the same handler, mask and other flags. Called
+    // right after signal-hook-registry installed its handler, under our lock; code outside
+    // this crate that changes the same signal's action at this very moment could have its
+    // change overwritten, which is why this happens once per signal and process.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(signal, ptr::null(), &mut action) == 0
