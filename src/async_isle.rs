@@ -4,7 +4,6 @@
 //! It is the same isle as [`Isle`](crate::Isle) — same builder, same Lua thread, same requests
 //! — with waits that yield to the executor instead of blocking the thread.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::sync::{Arc, Weak};
@@ -16,6 +15,7 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
 use crate::async_task::AsyncTask;
 use crate::builder::{IsleBuilder, Launched};
+use crate::code::Code;
 use crate::current;
 use crate::error::IsleError;
 use crate::executor::Coroutine;
@@ -226,7 +226,7 @@ impl AsyncIsle {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn eval<T>(&self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    pub async fn eval<T>(&self, code: impl Into<Code>) -> Result<T, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -255,7 +255,7 @@ impl AsyncIsle {
     /// ```
     pub async fn call<T>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<T, IsleError>
     where
@@ -314,10 +314,7 @@ impl AsyncIsle {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn spawn_eval<T>(
-        &self,
-        code: impl Into<Cow<'static, str>>,
-    ) -> Result<AsyncTask<T>, IsleError>
+    pub async fn spawn_eval<T>(&self, code: impl Into<Code>) -> Result<AsyncTask<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -347,7 +344,7 @@ impl AsyncIsle {
     /// ```
     pub async fn spawn_call<T>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<AsyncTask<T>, IsleError>
     where
@@ -419,10 +416,7 @@ impl AsyncIsle {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn coroutine_eval<T>(
-        &self,
-        code: impl Into<Cow<'static, str>>,
-    ) -> Result<T, IsleError>
+    pub async fn coroutine_eval<T>(&self, code: impl Into<Code>) -> Result<T, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -454,7 +448,7 @@ impl AsyncIsle {
     /// ```
     pub async fn coroutine_call<T>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<T, IsleError>
     where
@@ -486,7 +480,7 @@ impl AsyncIsle {
     /// ```
     pub async fn spawn_coroutine_eval<T>(
         &self,
-        code: impl Into<Cow<'static, str>>,
+        code: impl Into<Code>,
     ) -> Result<AsyncTask<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
@@ -517,7 +511,7 @@ impl AsyncIsle {
     /// ```
     pub async fn spawn_coroutine_call<T>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<AsyncTask<T>, IsleError>
     where
@@ -573,7 +567,7 @@ impl Request<'_, AsyncIsle> {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn eval<T>(self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    pub async fn eval<T>(self, code: impl Into<Code>) -> Result<T, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -602,7 +596,7 @@ impl Request<'_, AsyncIsle> {
     /// ```
     pub async fn call<T>(
         self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<T, IsleError>
     where
@@ -662,15 +656,13 @@ impl Request<'_, AsyncIsle> {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn spawn_eval<T>(
-        self,
-        code: impl Into<Cow<'static, str>>,
-    ) -> Result<AsyncTask<T>, IsleError>
+    pub async fn spawn_eval<T>(self, code: impl Into<Code>) -> Result<AsyncTask<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
         let code = code.into();
-        self.submit(move |vm: &mut Vm| vm.eval::<T>(&code)).await
+        self.submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
+            .await
     }
 
     /// Queues a call and returns its [`AsyncTask`].
@@ -696,14 +688,14 @@ impl Request<'_, AsyncIsle> {
     /// ```
     pub async fn spawn_call<T>(
         self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<AsyncTask<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
         let name = name.into();
-        self.submit(move |vm: &mut Vm| vm.call::<T>(&name, args))
+        self.submit(move |vm: &mut Vm| vm.call::<T>(name.as_str(), args))
             .await
     }
 
@@ -767,7 +759,7 @@ impl Request<'_, AsyncIsle> {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn coroutine_eval<T>(self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    pub async fn coroutine_eval<T>(self, code: impl Into<Code>) -> Result<T, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -798,7 +790,7 @@ impl Request<'_, AsyncIsle> {
     /// ```
     pub async fn coroutine_call<T>(
         self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<T, IsleError>
     where
@@ -831,14 +823,14 @@ impl Request<'_, AsyncIsle> {
     /// ```
     pub async fn spawn_coroutine_eval<T>(
         self,
-        code: impl Into<Cow<'static, str>>,
+        code: impl Into<Code>,
     ) -> Result<AsyncTask<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
         let code = code.into();
         self.submit(Coroutine(move |vm: &mut Vm| {
-            let chunk = vm.chunk(&code)?;
+            let chunk = vm.chunk(code.as_str())?;
             vm.coroutine::<T>(chunk, ())
         }))
         .await
@@ -868,7 +860,7 @@ impl Request<'_, AsyncIsle> {
     /// ```
     pub async fn spawn_coroutine_call<T>(
         self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<AsyncTask<T>, IsleError>
     where
@@ -876,7 +868,7 @@ impl Request<'_, AsyncIsle> {
     {
         let name = name.into();
         self.submit(Coroutine(move |vm: &mut Vm| {
-            let function = vm.global_function(&name)?;
+            let function = vm.global_function(name.as_str())?;
             vm.coroutine::<T>(function, args)
         }))
         .await

@@ -44,8 +44,10 @@ pub(crate) struct Coroutine<S>(pub(crate) S);
 
 /// What coroutine tasks share with the Lua thread.
 struct Context_ {
-    lua: mlua::Lua,
+    // Field order is drop order: should this hold the last clones, the interrupt registration
+    // must go before the VM it points into.
     armed: Rc<Armed>,
+    lua: mlua::Lua,
     shared: Arc<Shared>,
     generations: Rc<Cell<u64>>,
     /// Coroutine requests in progress.
@@ -91,8 +93,8 @@ pub(crate) fn serve(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) -
     let local = tokio::task::LocalSet::new();
     worker.executor = Some(Executor {
         context: Rc::new(Context_ {
-            lua: worker.vm.lua().clone(),
             armed: worker.armed.clone(),
+            lua: worker.vm.lua().clone(),
             shared: worker.shared.clone(),
             generations: worker.generations(),
             active: Cell::new(0),

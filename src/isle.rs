@@ -1,6 +1,5 @@
 //! [`Isle`]: the blocking handle to a Lua VM on its own thread.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -8,6 +7,7 @@ use std::time::{Duration, Instant};
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
 use crate::builder::{IsleBuilder, Launched};
+use crate::code::Code;
 use crate::current;
 use crate::error::IsleError;
 use crate::handle::{Handle, Where};
@@ -130,7 +130,7 @@ impl Isle {
     /// assert_eq!(isle.eval::<i64>("return 2 ^ 10")?, 1024);
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
-    pub fn eval<T>(&self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    pub fn eval<T>(&self, code: impl Into<Code>) -> Result<T, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -158,7 +158,7 @@ impl Isle {
     /// ```
     pub fn call<T>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<T, IsleError>
     where
@@ -214,7 +214,7 @@ impl Isle {
     /// assert_eq!(task.wait()?, 1);
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
-    pub fn spawn_eval<T>(&self, code: impl Into<Cow<'static, str>>) -> Result<Task<T>, IsleError>
+    pub fn spawn_eval<T>(&self, code: impl Into<Code>) -> Result<Task<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -242,7 +242,7 @@ impl Isle {
     /// ```
     pub fn spawn_call<T>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<Task<T>, IsleError>
     where

@@ -31,7 +31,9 @@
 //! # Ok::<(), mlua_isle::IsleError>(())
 //! ```
 //!
-//! Arguments and results are converted with mlua's [`IntoLuaMulti`](mlua::IntoLuaMulti) and
+//! Code and function names can be any string: a `&str` of any lifetime (a line a user typed,
+//! `format!(..).as_str()`), `String`, `Arc<str>`, `Cow<str>`; see [`Code`]. Arguments and
+//! results are converted with mlua's [`IntoLuaMulti`](mlua::IntoLuaMulti) and
 //! [`FromLuaMulti`](mlua::FromLuaMulti) on the Lua thread. Requests run one at a time, in queue
 //! order. Each resolves exactly once: with its value or an [`IsleError`].
 //!
@@ -184,6 +186,7 @@ mod async_isle;
 #[cfg(feature = "tokio")]
 mod async_task;
 mod builder;
+mod code;
 mod current;
 mod error;
 #[cfg(feature = "tokio")]
@@ -282,6 +285,7 @@ pub use crate::builder::{
     IsleBuilder, DEFAULT_CHUNK_CACHE, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE_CAPACITY,
     DEFAULT_STACK_SIZE,
 };
+pub use crate::code::Code;
 pub use crate::current::{checkpoint, current_deadline, current_token};
 pub use crate::error::{IsleError, LuaError, LuaErrorKind};
 pub use crate::interrupt::{without_interrupts, Interrupt};

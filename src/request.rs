@@ -1,11 +1,11 @@
 //! [`Request`]: per-request options (deadline, cancel token, queue policy) and submission.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
+use crate::code::Code;
 use crate::current;
 use crate::error::IsleError;
 use crate::handle::{Handle, WhenFull};
@@ -228,6 +228,8 @@ impl Request<'_, Isle> {
     /// so repeating the same code does not compile it again. Binary (precompiled) chunks are
     /// refused.
     ///
+    /// `code` can be any string type, borrowed or owned: see [`Code`].
+    ///
     /// # Errors
     ///
     /// [`IsleError::Lua`] (syntax, runtime, memory or conversion), [`IsleError::Cancelled`],
@@ -247,7 +249,7 @@ impl Request<'_, Isle> {
     /// assert_eq!((a, b.as_str()), (2, "two"));
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
-    pub fn eval<T>(self, code: impl Into<Cow<'static, str>>) -> Result<T, IsleError>
+    pub fn eval<T>(self, code: impl Into<Code>) -> Result<T, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
@@ -255,7 +257,7 @@ impl Request<'_, Isle> {
     }
 
     /// Calls the global function `name` with `args` and converts its result to `T`, blocking
-    /// until done.
+    /// until done. `name`, like `code` in [`eval`](Request::eval), can be any string type.
     ///
     /// # Errors
     ///
@@ -275,7 +277,7 @@ impl Request<'_, Isle> {
     /// ```
     pub fn call<T>(
         self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<T, IsleError>
     where
@@ -338,12 +340,12 @@ impl Request<'_, Isle> {
     /// assert_eq!(task.wait()?, 42);
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
-    pub fn spawn_eval<T>(self, code: impl Into<Cow<'static, str>>) -> Result<Task<T>, IsleError>
+    pub fn spawn_eval<T>(self, code: impl Into<Code>) -> Result<Task<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
         let code = code.into();
-        self.submit(move |vm: &mut Vm| vm.eval::<T>(&code))
+        self.submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
     }
 
     /// Queues a [`call`](Request::call) and returns its [`Task`] without waiting for it.
@@ -366,14 +368,14 @@ impl Request<'_, Isle> {
     /// ```
     pub fn spawn_call<T>(
         self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Code>,
         args: impl IntoLuaMulti + Send + 'static,
     ) -> Result<Task<T>, IsleError>
     where
         T: FromLuaMulti + Send + 'static,
     {
         let name = name.into();
-        self.submit(move |vm: &mut Vm| vm.call::<T>(&name, args))
+        self.submit(move |vm: &mut Vm| vm.call::<T>(name.as_str(), args))
     }
 
     /// Queues an [`exec`](Request::exec) and returns its [`Task`] without waiting for it.

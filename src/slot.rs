@@ -69,9 +69,10 @@ impl<T: Send + 'static, W: Send + 'static> Slot<T, W> {
 }
 
 impl<T, W> Slot<T, W> {
-    /// Locks the state. Nothing user-provided runs under this lock (work and results are
-    /// dropped after it is released), so poisoning cannot leave it inconsistent; a poisoned
-    /// lock is taken over.
+    /// Locks the state. Nothing user-provided is dropped under this lock: unrun work, refused
+    /// results and replaced wakers are handed out and dropped after it is released, so a
+    /// destructor may use the slot again. The only user code run under it is a waker's
+    /// `clone`. Poisoning cannot leave the state inconsistent; a poisoned lock is taken over.
     fn lock(&self) -> MutexGuard<'_, State<T, W>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -126,32 +127,34 @@ impl<T, W> Slot<T, W> {
             let mut state = self.lock();
             match state.phase {
                 Phase::Queued(_) => self.finish(&mut state, Err(err)),
-                _ => Finished::default(),
+                _ => Finished::refused(Err(err)),
             }
         };
         done.wake()
     }
 
     /// Moves to `Done`. What it returns is to be handled once the lock is released: the
-    /// waiter is woken then, so that it does not find the lock still held.
+    /// waiter is woken then, so that it does not find the lock still held, and the values the
+    /// slot lets go of (unrun work, or `result` if the slot was resolved already) are dropped
+    /// then.
     fn finish(
         &self,
         state: &mut MutexGuard<'_, State<T, W>>,
         result: Result<T, IsleError>,
-    ) -> Finished<W> {
+    ) -> Finished<T, W> {
+        if let Phase::Done(_) = state.phase {
+            return Finished::refused(result);
+        }
         let unrun = match std::mem::replace(&mut state.phase, Phase::Done(Some(result))) {
             Phase::Queued(work) => Some(work),
-            Phase::Running(_) => None,
-            done @ Phase::Done(_) => {
-                state.phase = done;
-                return Finished::default();
-            }
+            Phase::Running(_) | Phase::Done(_) => None,
         };
         self.ready.store(true, Ordering::Release);
         Finished {
             resolved: true,
             waker: state.waker.take(),
             unrun,
+            refused: None,
         }
     }
 
@@ -175,19 +178,20 @@ impl<T, W> Slot<T, W> {
         }
         let waker = wait::thread_waker();
         loop {
-            {
+            let replaced = {
                 let mut state = self.lock();
                 if matches!(state.phase, Phase::Done(_)) {
                     return true;
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    state.waker = None;
+                    let stale = state.waker.take();
+                    drop(state);
+                    drop(stale);
                     return false;
                 }
-                if !state.waker.as_ref().is_some_and(|w| w.will_wake(&waker)) {
-                    state.waker = Some(waker.clone());
-                }
-            }
+                register(&mut state, &waker)
+            };
+            drop(replaced);
             wait::park_until(deadline);
         }
     }
@@ -195,38 +199,39 @@ impl<T, W> Slot<T, W> {
     /// Polls for the slot being resolved, without taking the result.
     #[cfg(feature = "tokio")]
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.lock();
-        if matches!(state.phase, Phase::Done(_)) {
-            return Poll::Ready(());
-        }
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            state.waker = Some(cx.waker().clone());
-        }
+        let replaced = {
+            let mut state = self.lock();
+            if matches!(state.phase, Phase::Done(_)) {
+                return Poll::Ready(());
+            }
+            register(&mut state, cx.waker())
+        };
+        drop(replaced);
         Poll::Pending
     }
 
     /// Polls for the result from an async context.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Result<T, IsleError>>> {
-        let mut state = self.lock();
-        match &mut state.phase {
-            Phase::Done(result) => Poll::Ready(result.take()),
-            _ => {
-                if !state
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    state.waker = Some(cx.waker().clone());
-                }
-                Poll::Pending
+        let replaced = {
+            let mut state = self.lock();
+            if let Phase::Done(result) = &mut state.phase {
+                return Poll::Ready(result.take());
             }
-        }
+            register(&mut state, cx.waker())
+        };
+        drop(replaced);
+        Poll::Pending
     }
+}
+
+/// Stores `waker` to be woken when the slot resolves, unless the stored one wakes the same
+/// task. Returns the waker it replaces, for the caller to drop once the lock is released.
+fn register<T, W>(state: &mut State<T, W>, waker: &Waker) -> Option<Waker> {
+    if state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        return None;
+    }
+    state.waker.replace(waker.clone())
 }
 
 impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
@@ -252,29 +257,33 @@ impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
     }
 }
 
-/// What resolving a slot leaves to do once its lock is released.
-struct Finished<W> {
+/// What resolving a slot leaves to do once its lock is released. Everything in it may run
+/// user code when dropped or woken.
+struct Finished<T, W> {
     resolved: bool,
     waker: Option<Waker>,
-    /// The work of a request that never ran: dropped after the lock, as it may run user code,
-    /// and before the waiter wakes, so that a resolved request holds nothing of the caller's.
+    /// The work of a request that never ran: dropped after the lock, and before the waiter
+    /// wakes, so that a resolved request holds nothing of the caller's.
     unrun: Option<W>,
+    /// A result that came after the slot was resolved: refused, and dropped after the lock.
+    refused: Option<Result<T, IsleError>>,
 }
 
-impl<W> Default for Finished<W> {
-    fn default() -> Self {
+impl<T, W> Finished<T, W> {
+    /// Nothing resolved: `result` came too late.
+    fn refused(result: Result<T, IsleError>) -> Self {
         Finished {
             resolved: false,
             waker: None,
             unrun: None,
+            refused: Some(result),
         }
     }
-}
 
-impl<W> Finished<W> {
-    /// Drops the unrun work, wakes the waiter; returns whether the slot was resolved.
+    /// Drops what the slot let go of, wakes the waiter; returns whether the slot was resolved.
     fn wake(self) -> bool {
         drop(self.unrun);
+        drop(self.refused);
         if let Some(waker) = self.waker {
             waker.wake();
         }
@@ -356,6 +365,7 @@ impl<T, W> Drop for Completer<T, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{OnceLock, Weak};
     use std::thread;
 
     fn slot() -> Arc<Slot<u32>> {
@@ -412,6 +422,119 @@ mod tests {
         s.on_cancel();
         assert_eq!(Arc::strong_count(&live), 1);
         assert!(s.start(1).is_none());
+    }
+
+    /// Locks a slot, whatever it carries.
+    trait Touch: Send + Sync {
+        fn touch(&self);
+    }
+
+    impl<T: Send, W: Send> Touch for Slot<T, W> {
+        fn touch(&self) {
+            drop(self.lock());
+        }
+    }
+
+    /// A value that locks its slot when dropped: were the slot's lock still held then, the
+    /// drop would deadlock.
+    struct CallsBack(Arc<OnceLock<Weak<dyn Touch>>>);
+
+    impl CallsBack {
+        fn new() -> (Self, Arc<OnceLock<Weak<dyn Touch>>>) {
+            let target = Arc::new(OnceLock::new());
+            (CallsBack(target.clone()), target)
+        }
+    }
+
+    impl Drop for CallsBack {
+        fn drop(&mut self) {
+            if let Some(slot) = self.0.get().and_then(Weak::upgrade) {
+                slot.touch();
+            }
+        }
+    }
+
+    impl std::task::Wake for CallsBack {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    fn calls_back<T: Send + 'static, W: Send + 'static>(
+        target: &OnceLock<Weak<dyn Touch>>,
+        slot: &Arc<Slot<T, W>>,
+    ) {
+        let weak: Weak<dyn Touch> = Arc::downgrade(slot) as Weak<dyn Touch>;
+        assert!(target.set(weak).is_ok());
+    }
+
+    /// Runs `f` on its own thread; fails (instead of hanging) if it deadlocks.
+    fn without_deadlock(f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let runner = thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(()) => runner.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(runner.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("deadlock: a value was dropped under the slot's lock")
+            }
+        }
+    }
+
+    #[test]
+    fn a_rejected_result_is_dropped_after_the_lock_is_released() {
+        without_deadlock(|| {
+            let s: Arc<Slot<CallsBack>> = Slot::new(Arc::new(Interrupter::new()), (), None);
+            let (first, _) = CallsBack::new();
+            assert!(s.complete(Ok(first)));
+            let (second, target) = CallsBack::new();
+            calls_back(&target, &s);
+            assert!(!s.complete(Ok(second)));
+            assert!(s.take().is_some());
+        });
+    }
+
+    #[test]
+    fn unrun_work_is_dropped_after_the_lock_is_released() {
+        without_deadlock(|| {
+            let (work, target) = CallsBack::new();
+            let s: Arc<Slot<u32, CallsBack>> = Slot::new(Arc::new(Interrupter::new()), work, None);
+            calls_back(&target, &s);
+            assert!(s.resolve_if_queued(IsleError::Cancelled));
+            assert!(s.start(1).is_none());
+        });
+    }
+
+    #[test]
+    fn a_replaced_waker_is_dropped_after_the_lock_is_released() {
+        without_deadlock(|| {
+            let s = slot();
+            let other = Waker::from(Arc::new(CallsBack::new().0));
+            // Replaced by another task's waker while polling.
+            let (probe, target) = CallsBack::new();
+            calls_back(&target, &s);
+            let waker = Waker::from(Arc::new(probe));
+            assert!(s.poll_take(&mut Context::from_waker(&waker)).is_pending());
+            drop(waker);
+            assert!(s.poll_take(&mut Context::from_waker(&other)).is_pending());
+            // Cleared by a blocking wait that gives up.
+            let (probe, target) = CallsBack::new();
+            calls_back(&target, &s);
+            let waker = Waker::from(Arc::new(probe));
+            assert!(s.poll_take(&mut Context::from_waker(&waker)).is_pending());
+            drop(waker);
+            assert!(!s.wait_until(Some(Instant::now())));
+            // Woken and dropped when the slot resolves.
+            let (probe, target) = CallsBack::new();
+            calls_back(&target, &s);
+            let waker = Waker::from(Arc::new(probe));
+            assert!(s.poll_take(&mut Context::from_waker(&waker)).is_pending());
+            drop(waker);
+            assert!(s.complete(Ok(1)));
+        });
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! [`CancelToken`]: a shareable, hierarchical cancellation flag.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::mem;
@@ -107,13 +108,25 @@ impl Node {
     }
 }
 
-/// Cancels `owner`'s node and, after it, every child.
+/// Cancels `owner`'s node and, after it, every descendant (for whoever holds the owner rather
+/// than a token).
 pub(crate) fn cancel_owner(owner: &dyn TokenOwner) {
     cancel(owner);
 }
 
-/// Cancels `owner`'s node and, after it, every child.
+/// Cancels `owner`'s node and, after it, every descendant. A work list rather than recursion,
+/// so that a deep chain of child tokens cannot overflow the stack.
 fn cancel(owner: &dyn TokenOwner) {
+    let mut children = Vec::new();
+    cancel_one(owner, &mut children);
+    while let Some(child) = children.pop() {
+        cancel_one(&*child, &mut children);
+    }
+}
+
+/// Cancels `owner`'s node alone, unless it already is: marks it, tells the owner, wakes its
+/// waiters and adds its live children to `children`.
+fn cancel_one(owner: &dyn TokenOwner, children: &mut Vec<Arc<dyn TokenOwner>>) {
     let listeners = {
         let node = owner.node();
         let mut listeners = node.listeners();
@@ -125,11 +138,7 @@ fn cancel(owner: &dyn TokenOwner) {
     owner.on_cancel();
     for (_, listener) in listeners {
         match listener {
-            Listener::Child(child) => {
-                if let Some(child) = child.upgrade() {
-                    cancel(&*child);
-                }
-            }
+            Listener::Child(child) => children.extend(child.upgrade()),
             Listener::Waker(waker) => waker.wake(),
         }
     }
@@ -137,11 +146,72 @@ fn cancel(owner: &dyn TokenOwner) {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some((parent, key)) = &self.parent {
+        if let Some((parent, key)) = self.parent.take() {
             // After a cancel the parent's table is empty and stays so: removal is a no-op then.
-            let removed = parent.node().listeners().try_remove(*key);
+            let removed = parent.node().listeners().try_remove(key);
             drop(removed);
+            release(parent);
         }
+    }
+}
+
+thread_local! {
+    /// Parent links waiting to be dropped by the outermost [`release`] running on this thread;
+    /// `None` when none is running.
+    static RELEASING: RefCell<Option<Vec<CancelToken>>> = const { RefCell::new(None) };
+}
+
+/// Drops a node's link to its parent without recursing.
+///
+/// A parent is kept alive by its children's links (and its own handles). Dropping the last
+/// link drops the parent's node, which drops the parent's own link, and so on up a chain of
+/// child tokens: as plain recursion, a long chain would overflow the stack. So the outermost
+/// release on a thread drops links one at a time, and a release nested in one of those drops
+/// only queues its link for it.
+fn release(parent: CancelToken) {
+    let mut parent = Some(parent);
+    let outermost = RELEASING
+        .try_with(|releasing| {
+            let mut releasing = releasing.borrow_mut();
+            match &mut *releasing {
+                Some(queue) => {
+                    queue.extend(parent.take());
+                    false
+                }
+                None => {
+                    *releasing = Some(Vec::new());
+                    true
+                }
+            }
+        })
+        // This thread's locals are being destroyed: drop the link the plain way.
+        .unwrap_or(false);
+    if !outermost {
+        drop(parent);
+        return;
+    }
+    let _done = Released;
+    drop(parent);
+    while let Some(next) = RELEASING
+        .try_with(|releasing| releasing.borrow_mut().as_mut().and_then(Vec::pop))
+        .ok()
+        .flatten()
+    {
+        drop(next);
+    }
+}
+
+/// Ends the outermost [`release`], even if a destructor panicked: what is left of its queue
+/// (nothing, unless it panicked) is dropped the plain way.
+struct Released;
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        let left = RELEASING
+            .try_with(|releasing| releasing.borrow_mut().take())
+            .ok()
+            .flatten();
+        drop(left);
     }
 }
 
@@ -206,7 +276,8 @@ impl CancelToken {
     /// its own without affecting this one.
     ///
     /// A child of an already cancelled token starts cancelled. Dropping a child unregisters it
-    /// from its parent, so a long-lived parent does not accumulate dead children.
+    /// from its parent, so a long-lived parent does not accumulate dead children. Chains of
+    /// children may be arbitrarily deep: neither cancelling nor dropping them recurses.
     ///
     /// # Examples
     ///
@@ -618,6 +689,58 @@ mod tests {
         assert!(dropped.as_mut().poll(&mut cx).is_pending());
         drop(dropped);
         assert_eq!(other.node().listeners().len(), 0);
+    }
+
+    /// Deep enough to overflow a 2 MiB stack, in debug and release builds, if cancelling or
+    /// dropping recursed once per level.
+    const DEEP: usize = 200_000;
+
+    /// Runs `f` on a thread with a 2 MiB stack (the default for spawned threads), whatever
+    /// `RUST_MIN_STACK` says.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A chain of `DEEP` child tokens under `root`; returns the deepest. Only the next level
+    /// keeps each one alive.
+    fn deep_chain(root: &CancelToken) -> CancelToken {
+        let mut leaf = root.clone();
+        for _ in 0..DEEP {
+            leaf = leaf.child_token();
+        }
+        leaf
+    }
+
+    #[test]
+    fn cancelling_a_deep_chain_of_children_does_not_overflow_the_stack() {
+        on_small_stack(|| {
+            let root = CancelToken::new();
+            let leaf = deep_chain(&root);
+            root.cancel();
+            assert!(leaf.is_cancelled());
+            drop(root);
+            drop(leaf);
+        });
+    }
+
+    #[test]
+    fn dropping_a_deep_chain_of_children_does_not_overflow_the_stack() {
+        on_small_stack(|| {
+            let root = CancelToken::new();
+            let leaf = deep_chain(&root);
+            // At the bottom, an owner of another kind (as a request's slot would be).
+            let (bottom, owner) = counted(Some(&leaf));
+            drop(leaf);
+            drop(bottom);
+            assert_eq!(root.node().listeners().len(), 1);
+            drop(owner); // the last link: the whole chain goes
+            assert_eq!(root.node().listeners().len(), 0);
+        });
     }
 
     #[test]

@@ -105,7 +105,13 @@ pub(crate) struct Setup {
 /// The Lua thread's state between jobs.
 pub(crate) struct Worker {
     // Field order is drop order: the hook registration goes before the VM it points into.
-    // (Coroutine tasks share it; they are all dropped before the worker.)
+    // The executor's context (shared by coroutine tasks, which are all dropped before the
+    // worker) holds clones of both, and is still set when a panic escapes the executor and
+    // the worker unwinds: it goes first, so that `armed` and `vm` drop the last clones, in
+    // that order.
+    /// Set while the Lua thread runs its async executor (for coroutine requests).
+    #[cfg(feature = "tokio")]
+    pub(crate) executor: Option<crate::executor::Executor>,
     pub(crate) armed: Rc<Armed>,
     pub(crate) vm: Vm,
     pub(crate) shared: Arc<Shared>,
@@ -118,9 +124,6 @@ pub(crate) struct Worker {
         feature = "luau"
     ))]
     memory_limited: bool,
-    /// Set while the Lua thread runs its async executor (for coroutine requests).
-    #[cfg(feature = "tokio")]
-    pub(crate) executor: Option<crate::executor::Executor>,
 }
 
 impl Worker {
@@ -144,6 +147,8 @@ impl Worker {
             }
             let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
             let worker = Worker {
+                #[cfg(feature = "tokio")]
+                executor: None,
                 armed: Rc::new(armed),
                 vm: Vm::new(lua, setup.chunk_cache),
                 shared: shared.clone(),
@@ -155,8 +160,6 @@ impl Worker {
                     feature = "luau"
                 ))]
                 memory_limited: setup.memory_limit.is_some(),
-                #[cfg(feature = "tokio")]
-                executor: None,
             };
             // `init` runs like a request: under the isle's default deadline.
             let deadline = shared.default_timeout.and_then(wait::deadline_after);

@@ -576,4 +576,93 @@ mod tests {
         i.running.store(9, Ordering::SeqCst);
         assert_eq!(i.stop_requested(), Some(Stop::Killed));
     }
+
+    /// A panic that escapes the Lua thread's async executor unwinds through the worker while
+    /// the executor's context (a clone of the VM and of the interrupt registration) is still
+    /// in it. The registration (on Luau, a pointer into the VM's callbacks; elsewhere, the
+    /// signal target) must still go before the VM closes.
+    #[cfg(all(feature = "tokio", any(unix, feature = "luau")))]
+    #[test]
+    fn registration_goes_before_the_vm_when_a_panic_escapes_the_executor() {
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::sync::{Mutex, OnceLock};
+        use std::task::{Context, Wake, Waker};
+
+        use crate::request::IsleHandle;
+        use crate::{AsyncIsle, IsleError};
+
+        type Seen = Arc<Mutex<Option<bool>>>;
+
+        /// Lua app data, dropped as the VM closes: notes whether a cancel could still reach it.
+        struct AtClose {
+            interrupter: Arc<OnceLock<Arc<Interrupter>>>,
+            registered: Seen,
+        }
+
+        impl Drop for AtClose {
+            fn drop(&mut self) {
+                let registered = self.interrupter.get().map(|interrupter| {
+                    let target = interrupter.target.lock();
+                    target.unwrap_or_else(PoisonError::into_inner).is_some()
+                });
+                *self.registered.lock().unwrap() = registered;
+            }
+        }
+
+        /// A waker that panics when woken: the Lua thread wakes it outside any request.
+        struct Bomb;
+
+        impl Wake for Bomb {
+            fn wake(self: Arc<Self>) {
+                panic!("a waker panicked on the Lua thread");
+            }
+        }
+
+        let interrupter = Arc::new(OnceLock::new());
+        let registered = Seen::default();
+        let at_close = AtClose {
+            interrupter: interrupter.clone(),
+            registered: registered.clone(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (isle, driver) = runtime
+            .block_on(AsyncIsle::spawn(move |lua| {
+                lua.set_app_data(at_close);
+                Ok(())
+            }))
+            .unwrap();
+        interrupter
+            .set(isle.handle().shared.interrupter.clone())
+            .unwrap();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let shutdown = runtime.block_on(async move {
+            // From the first coroutine request on, the Lua thread serves inside its executor.
+            assert_eq!(isle.coroutine_eval::<i64>("return 1").await.unwrap(), 1);
+            let mut task = isle
+                .spawn_exec(move |_| {
+                    let _ = gate.recv();
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let waker = Waker::from(Arc::new(Bomb));
+            let polled = Pin::new(&mut task).poll(&mut Context::from_waker(&waker));
+            assert!(polled.is_pending());
+            drop(waker);
+            release.send(()).unwrap();
+            drop(isle);
+            driver.shutdown().await
+        });
+        match shutdown {
+            Err(IsleError::Panic(message)) => {
+                assert_eq!(message, "a waker panicked on the Lua thread")
+            }
+            other => panic!("expected the Lua thread's panic, got {other:?}"),
+        }
+        assert_eq!(*registered.lock().unwrap(), Some(false));
+    }
 }
