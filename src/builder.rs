@@ -325,13 +325,22 @@ impl IsleBuilder {
         self
     }
 
-    /// Sets how long a request may keep running after its deadline (or after
-    /// [`Isle::shutdown_timeout`] interrupted it) before the isle gives up on it (default
-    /// [`DEFAULT_GRACE_PERIOD`]). Giving up resolves the request at once, resolves queued ones
-    /// with [`IsleError::Shutdown`], makes the isle refuse new ones with
-    /// [`IsleError::Abandoned`], and leaves its thread to end on its own (keeping its memory
-    /// until then). Only code that no interrupt reaches runs that long: a loop in a `__gc`
-    /// finalizer, a long C function, a host function that ignores its deadline.
+    /// Sets how long a request may keep running after it was told to stop — its deadline
+    /// passed, it was cancelled (by [`Task::cancel`](crate::Task::cancel), a dropped task, or
+    /// a cancelled token it shares), or [`Isle::shutdown_timeout`] interrupted it — before the
+    /// isle gives up on it (default [`DEFAULT_GRACE_PERIOD`]). Giving up resolves the request
+    /// at once (with `Timeout`, `Cancelled` or `Shutdown`), resolves coroutine requests in
+    /// progress and queued ones with [`IsleError::Shutdown`], makes the isle refuse new ones
+    /// with [`IsleError::Abandoned`], and leaves its thread to end on its own (keeping its
+    /// memory until then). Only code that no interrupt reaches runs that long: a loop in a
+    /// `__gc` finalizer, a long C function, a host function that ignores its token.
+    ///
+    /// # Caveats
+    ///
+    /// A host function that blocks for longer than the grace period after its request was
+    /// cancelled (say in [`without_interrupts`](crate::without_interrupts)) costs the isle;
+    /// poll [`checkpoint`](crate::checkpoint) or wait on
+    /// [`current_token`](crate::current_token) in long host functions.
     ///
     /// # Examples
     ///

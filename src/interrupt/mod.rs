@@ -145,7 +145,9 @@ pub enum Interrupt {
     /// A hook installed for the whole life of the VM. Works everywhere.
     ///
     /// On PUC Lua and LuaJIT: a count hook checking for interrupts every `every` instructions
-    /// (the interrupt latency). Costs: while any hook is installed, Lua executes every
+    /// (the interrupt latency). It is put back on the VM's main state at the start of every
+    /// request, so a script with the `debug` library cannot remove it for later requests
+    /// (which also means a hook of your own on the main state is replaced then). Costs: while any hook is installed, Lua executes every
     /// instruction through its tracing path, so CPU-bound Lua code runs roughly 2× slower
     /// whatever `every` is.
     ///
@@ -501,6 +503,10 @@ pub(crate) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Resul
 
 /// Runs `f` with the isle's interrupt signal blocked on the calling thread, then delivers any
 /// signal that arrived meanwhile.
+///
+/// The request can still be stopped meanwhile only by the hard stop: if it is cancelled or
+/// passes its deadline and `f` runs for longer than the
+/// [grace period](crate::IsleBuilder::grace_period), the isle gives up on it.
 ///
 /// Use it around a blocking system call in a host function that must not be cut short with
 /// `EINTR` (`poll`, `select`, `epoll_wait`, `nanosleep` and friends return `EINTR` when a signal
