@@ -20,6 +20,8 @@ pub(crate) enum Window {
     CoroutineStretch,
     /// The Lua thread checked that the isle was not killed and is about to run a job.
     JobStart,
+    /// A child token is registered with its parent, but its `Arc` is not built yet.
+    ChildUnbuilt,
 }
 
 struct Armed {

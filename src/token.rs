@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -126,21 +126,40 @@ fn cancel(owner: &dyn TokenOwner) {
 
 /// Cancels `owner`'s node alone, unless it already is: marks it, tells the owner, wakes its
 /// waiters and adds its live children to `children`.
+///
+/// A child registered while its `Arc` is still being built cannot be reached from here (its
+/// `Weak` does not upgrade yet): the child looks at its parent once built ([`adopted`]). The
+/// fences make sure one of the two sides sees the other.
 fn cancel_one(owner: &dyn TokenOwner, children: &mut Vec<Arc<dyn TokenOwner>>) {
     let listeners = {
         let node = owner.node();
         let mut listeners = node.listeners();
-        if node.cancelled.swap(true, Ordering::AcqRel) {
+        if node.cancelled.swap(true, Ordering::SeqCst) {
             return;
         }
         mem::take(&mut *listeners)
     };
+    fence(Ordering::SeqCst);
     owner.on_cancel();
     for (_, listener) in listeners {
         match listener {
             Listener::Child(child) => children.extend(child.upgrade()),
             Listener::Waker(waker) => waker.wake(),
         }
+    }
+}
+
+/// Called once a child's `Arc` is built: cancels it if its parent was cancelled meanwhile (the
+/// parent's cancel could not reach it; see [`cancel_one`]).
+fn adopted(owner: &dyn TokenOwner) {
+    fence(Ordering::SeqCst);
+    let parent_cancelled = owner
+        .node()
+        .parent
+        .as_ref()
+        .is_some_and(|(parent, _)| parent.is_cancelled());
+    if parent_cancelled {
+        cancel(owner);
     }
 }
 
@@ -235,6 +254,8 @@ impl CancelToken {
     pub(crate) fn of(owner: Arc<dyn TokenOwner>) -> Self {
         if owner.node().is_cancelled() {
             owner.on_cancel();
+        } else {
+            adopted(&*owner);
         }
         CancelToken { owner }
     }
@@ -292,9 +313,14 @@ impl CancelToken {
     /// assert!(child.is_cancelled());
     /// ```
     pub fn child_token(&self) -> CancelToken {
-        CancelToken {
-            owner: Arc::new_cyclic(|me: &Weak<Plain>| Plain(Node::new(Some(self), me.clone()))),
-        }
+        let owner: Arc<dyn TokenOwner> = Arc::new_cyclic(|me: &Weak<Plain>| {
+            let node = Node::new(Some(self), me.clone());
+            #[cfg(test)]
+            crate::pause::at(crate::pause::Window::ChildUnbuilt);
+            Plain(node)
+        });
+        adopted(&*owner);
+        CancelToken { owner }
     }
 
     /// Blocks the calling thread until the token is cancelled.
@@ -626,8 +652,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_while_a_child_is_being_built_reaches_it() {
+        let name = "token-child-unbuilt";
+        let root = CancelToken::new();
+        let paused = crate::pause::arm(crate::pause::Window::ChildUnbuilt, name);
+        let maker = {
+            let root = root.clone();
+            thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || root.child_token())
+                .unwrap()
+        };
+        paused.reached();
+        root.cancel();
+        paused.release();
+        assert!(maker.join().unwrap().is_cancelled());
+    }
+
+    #[test]
     fn concurrent_child_creation_and_cancel_never_misses_a_child() {
-        for _ in 0..200 {
+        for _ in 0..2000 {
             let root = CancelToken::new();
             let maker = {
                 let root = root.clone();
