@@ -350,34 +350,29 @@ impl Shared {
         match at {
             Where::Here => resolve(),
             Where::OffThisThread => {
-                // One-element slot so that the closure can be taken back if no thread starts.
+                // Shared with the thread, so that the work can be taken back if no thread
+                // starts.
                 let resolve = Arc::new(Mutex::new(Some(resolve)));
                 let run = {
                     let resolve = resolve.clone();
-                    move || {
-                        let f = resolve
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .take();
-                        if let Some(f) = f {
-                            f();
-                        }
-                    }
+                    move || run_once(&resolve)
                 };
                 let spawned = std::thread::Builder::new()
                     .name("mlua-isle-abandon".to_owned())
                     .spawn(run);
                 if spawned.is_err() {
-                    let f = resolve
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
-                    if let Some(f) = f {
-                        f();
-                    }
+                    run_once(&resolve);
                 }
             }
         }
+    }
+}
+
+/// Takes `f` out of `slot` and runs it, unless it was taken already.
+fn run_once(slot: &Mutex<Option<impl FnOnce()>>) {
+    let f = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(f) = f {
+        f();
     }
 }
 

@@ -104,21 +104,28 @@ fn a_cancel_that_is_obeyed_within_the_grace_period_keeps_the_isle() {
     });
 }
 
-/// A host function that waits until its request's token is cancelled, polling `checkpoint`.
+/// Defines `wait_for_cancel()`, a host function that reports on `started`, then waits until its
+/// request's token is cancelled, polling `checkpoint`.
+fn define_wait_for_cancel(
+    lua: &mlua_isle::mlua::Lua,
+    started: mpsc::Sender<()>,
+) -> mlua_isle::mlua::Result<()> {
+    let wait = lua.create_function(move |_, ()| {
+        let _ = started.send(());
+        while mlua_isle::checkpoint().is_ok() {
+            std::thread::yield_now();
+        }
+        Ok(())
+    })?;
+    lua.globals().set("wait_for_cancel", wait)
+}
+
+/// An isle with `wait_for_cancel()`.
 fn cooperative(builder: IsleBuilder) -> (Isle, mpsc::Receiver<()>) {
     let (tx, rx) = mpsc::channel();
     let isle = builder
         .grace_period(HANG)
-        .spawn(move |lua| {
-            let wait = lua.create_function(move |_, ()| {
-                let _ = tx.send(());
-                while mlua_isle::checkpoint().is_ok() {
-                    std::thread::yield_now();
-                }
-                Ok(())
-            })?;
-            lua.globals().set("wait_for_cancel", wait)
-        })
+        .spawn(move |lua| define_wait_for_cancel(lua, tx))
         .unwrap();
     (isle, rx)
 }
@@ -149,16 +156,7 @@ fn async_shutdown_timeout_cancels_the_running_requests_token() {
             let (tx, started) = mpsc::channel();
             let (isle, driver) = mlua_isle::AsyncIsle::builder()
                 .grace_period(HANG)
-                .spawn_async(move |lua| {
-                    let wait = lua.create_function(move |_, ()| {
-                        let _ = tx.send(());
-                        while mlua_isle::checkpoint().is_ok() {
-                            std::thread::yield_now();
-                        }
-                        Ok(())
-                    })?;
-                    lua.globals().set("wait_for_cancel", wait)
-                })
+                .spawn_async(move |lua| define_wait_for_cancel(lua, tx))
                 .await
                 .unwrap();
             let task = isle.spawn_eval::<()>("wait_for_cancel()").await.unwrap();
