@@ -178,12 +178,19 @@ impl Shared {
         job: Arc<dyn Resolve>,
         deadline: Option<Instant>,
     ) {
-        *self.lock_current() = Some(job.clone());
+        let mut current = self.lock_current();
+        *current = Some(job);
         // A kill that looked for the running request before it was published here missed its
         // token: cancel it now. (Either the kill sees the request under the lock, or this
         // load sees the kill.)
         if self.interrupter.is_killed() {
-            job.cancel();
+            let job = current.clone();
+            drop(current);
+            if let Some(job) = job {
+                job.cancel();
+            }
+        } else {
+            drop(current);
         }
         if let Some(deadline) = deadline {
             if !self.watched.swap(true, Ordering::AcqRel) {
