@@ -382,17 +382,22 @@ mod coroutines {
             run(async {
                 let (isle, _driver, started, _) =
                     async_isle(AsyncIsle::builder().grace_period(Duration::from_millis(50))).await;
+                let timeout = Duration::from_secs(1);
+                let submitted = std::time::Instant::now();
                 let suspended = isle
                     .request()
-                    .timeout(Duration::from_millis(20))
+                    .timeout(timeout)
                     .spawn_coroutine_eval::<()>("started() forever()")
                     .await
                     .unwrap();
                 wait_started(&started);
                 // The Lua thread is busy (legitimately: no deadline) well past the coroutine
                 // request's deadline plus the grace period; only then can it be stopped.
-                isle.exec(|_| {
-                    std::thread::sleep(Duration::from_millis(300));
+                let busy_until = submitted + timeout + Duration::from_millis(300);
+                isle.exec(move |_| {
+                    std::thread::sleep(
+                        busy_until.saturating_duration_since(std::time::Instant::now()),
+                    );
                     Ok(())
                 })
                 .await
