@@ -209,7 +209,8 @@ impl IsleBuilder {
     /// [`std_libs`](IsleBuilder::std_libs) and [`lua_options`](IsleBuilder::lua_options).
     ///
     /// The isle still applies its own settings to the VM the factory returns: memory limit,
-    /// text-only chunk loading, the interrupt hook.
+    /// text-only chunk loading (and, while binary chunks are refused, no native C modules even
+    /// if the VM has `package.loadlib`), the interrupt hook.
     ///
     /// # Examples
     ///
@@ -302,11 +303,16 @@ impl IsleBuilder {
         self
     }
 
-    /// Lets Lua's `load`, `loadfile` and `dofile` accept precompiled (binary) chunks.
+    /// Lets Lua code load precompiled (binary) chunks: with `load`, `loadstring`, `loadfile`,
+    /// `dofile` and `require`.
     ///
     /// Off by default: Lua does not verify bytecode, and a crafted binary chunk can crash the
-    /// process. Turn it on only if every script is trusted. (Luau cannot load bytecode from
-    /// Lua at all; there this setting changes nothing.)
+    /// process. Turn it on only if every script is trusted. While it is off, each of those
+    /// loads source only (a file or module holding bytecode is refused with Lua's "attempt to
+    /// load a binary chunk" error, LuaJIT's "wrong mode"), and a VM built by a
+    /// [`factory`](IsleBuilder::factory) that still has `package.loadlib` loads no native C
+    /// modules either. (Luau cannot load bytecode from Lua at all; there this setting changes
+    /// nothing.)
     ///
     /// # Examples
     ///

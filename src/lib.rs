@@ -175,6 +175,8 @@
 //! - LuaJIT: the JIT compiler is off unless `IsleBuilder::jit` turns it on, because hooks do
 //!   not run in compiled code; LuaJIT does not limit how deeply C calls nest, so its default
 //!   thread stack is large ([`DEFAULT_STACK_SIZE`]).
+//! - Lua code loads source only, `require` included, unless
+//!   [`IsleBuilder::allow_binary_chunks`] says otherwise.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
@@ -191,8 +193,11 @@ mod executor;
 mod handle;
 mod interrupt;
 mod isle;
+mod loaders;
 mod request;
 mod slot;
+#[cfg(not(feature = "luau"))]
+mod stand_in;
 mod task;
 mod token;
 mod vm;

@@ -16,9 +16,10 @@ use crate::current;
 use crate::error::IsleError;
 use crate::handle::Shared;
 use crate::interrupt::{Armed, Interrupt};
+use crate::loaders;
 use crate::slot::{Completer, Resolve, Slot};
 use crate::token::CancelToken;
-use crate::vm::{self, Vm, VmSource};
+use crate::vm::{Vm, VmSource};
 use crate::wait;
 
 /// A request as the Lua thread sees it: its slot, whatever the work and result types.
@@ -136,7 +137,7 @@ impl Worker {
                 lua.set_memory_limit(limit)?;
             }
             if !setup.allow_binary_chunks {
-                vm::forbid_binary_chunks(&lua)?;
+                loaders::forbid_binary_chunks(&lua)?;
             }
             #[cfg(any(feature = "luajit", feature = "luajit52"))]
             if !setup.jit {
