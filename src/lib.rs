@@ -176,7 +176,13 @@
 //!   not run in compiled code; LuaJIT does not limit how deeply C calls nest, so its default
 //!   thread stack is large ([`DEFAULT_STACK_SIZE`]).
 //! - Lua code loads source only, `require` included, unless
-//!   [`IsleBuilder::allow_binary_chunks`] says otherwise.
+//!   [`IsleBuilder::allow_binary_chunks`] says otherwise. On Lua 5.1 and LuaJIT, a few library
+//!   functions are guarded against bugs of Lua's C code that a script could reach (5.1's
+//!   `unpack` with a huge range, its unbounded pattern recursion; LuaJIT's C calls nesting
+//!   through coroutines): such calls raise a Lua error instead of crashing the process.
+//! - Without a [memory limit](IsleBuilder::memory_limit), an allocation the system cannot
+//!   satisfy aborts the process (mlua's allocator does so): Lua 5.5's
+//!   `string.rep('x', 2^40)`, say. Give untrusted code a memory limit.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
@@ -190,6 +196,7 @@ mod current;
 mod error;
 #[cfg(feature = "tokio")]
 mod executor;
+mod guards;
 mod handle;
 mod interrupt;
 mod isle;

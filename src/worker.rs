@@ -14,6 +14,7 @@ use mlua::Lua;
 
 use crate::current;
 use crate::error::IsleError;
+use crate::guards;
 use crate::handle::Shared;
 use crate::interrupt::{Armed, Interrupt};
 use crate::loaders;
@@ -95,6 +96,8 @@ pub(crate) type Init = Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>;
 pub(crate) struct Setup {
     pub(crate) source: VmSource,
     pub(crate) memory_limit: Option<usize>,
+    /// The Lua thread's stack size, for the guards that check how much of it is left.
+    pub(crate) stack_size: usize,
     pub(crate) chunk_cache: usize,
     pub(crate) allow_binary_chunks: bool,
     pub(crate) interrupt: Interrupt,
@@ -132,6 +135,7 @@ impl Worker {
         ready: Arc<Slot<()>>,
     ) -> Result<Worker, IsleError> {
         let build = || -> Result<Worker, IsleError> {
+            guards::record_stack(setup.stack_size);
             let lua = setup.source.create()?;
             if let Some(limit) = setup.memory_limit {
                 lua.set_memory_limit(limit)?;
@@ -144,6 +148,8 @@ impl Worker {
                 crate::interrupt::turn_off_jit(&lua)?;
             }
             let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
+            // Last: the guards wrap the functions the interrupt machinery replaced too.
+            guards::install(&lua)?;
             let worker = Worker {
                 armed: Rc::new(armed),
                 vm: Vm::new(lua, setup.chunk_cache),
