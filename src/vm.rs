@@ -106,8 +106,12 @@ impl Vm {
                 .set_name(code)
                 .set_mode(ChunkMode::Text)
                 .into_function();
-            if let Ok(function) = expression {
-                return Ok(function);
+            match expression {
+                Ok(function) => return Ok(function),
+                // Out of memory as an expression: as a block it would need as much, and its
+                // syntax error would hide why it failed.
+                Err(err @ mlua::Error::MemoryError(_)) => return Err(err),
+                Err(_) => {}
             }
         }
         self.lua
