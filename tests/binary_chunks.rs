@@ -235,8 +235,9 @@ fn source_loads_as_in_plain_lua() {
     }
 }
 
-/// On LuaJIT the isle wraps `load` in a Lua function of its own (see `IsleBuilder::jit`),
-/// which `load`'s own errors name as their position: such bodies are not compared there.
+/// On LuaJIT the interrupt machinery wraps `load` in a Lua function of its own (so that a
+/// reader stopped by an interrupt cannot leave hooks disabled), which `load`'s own errors name
+/// as their position: such bodies are not compared there.
 #[cfg(not(feature = "luau"))]
 fn reports_load_errors_at_its_guard(body: &str) -> bool {
     const LOAD_ERRORS: &[&str] = &[
