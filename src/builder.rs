@@ -23,7 +23,10 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// 8 MiB. LuaJIT does not: a script recursing through a C function that calls back into Lua
 /// (`string.gsub` with a function, say) nests until Lua's own stack is full, and each level
 /// can take several KiB of C stack. The LuaJIT default is therefore 256 MiB; it is only
-/// reserved address space until a script really recurses that deep.
+/// reserved address space until a script really recurses that deep. As every coroutine has a
+/// Lua stack of its own, such a recursion could go on in coroutine after coroutine: on LuaJIT
+/// `string.gsub`, `load` and resuming a coroutine raise "C stack overflow" once less than
+/// 16 MiB (a quarter of a smaller stack) is left.
 pub const DEFAULT_STACK_SIZE: usize = if cfg!(any(feature = "luajit", feature = "luajit52")) {
     256 << 20
 } else {
@@ -209,7 +212,9 @@ impl IsleBuilder {
     /// [`std_libs`](IsleBuilder::std_libs) and [`lua_options`](IsleBuilder::lua_options).
     ///
     /// The isle still applies its own settings to the VM the factory returns: memory limit,
-    /// text-only chunk loading, the interrupt hook.
+    /// text-only chunk loading (and, while binary chunks are refused, no native C modules even
+    /// if the VM has `package.loadlib`), the interrupt hook, the guards against bugs of Lua's
+    /// C code.
     ///
     /// # Examples
     ///
@@ -302,11 +307,16 @@ impl IsleBuilder {
         self
     }
 
-    /// Lets Lua's `load`, `loadfile` and `dofile` accept precompiled (binary) chunks.
+    /// Lets Lua code load precompiled (binary) chunks: with `load`, `loadstring`, `loadfile`,
+    /// `dofile` and `require`.
     ///
     /// Off by default: Lua does not verify bytecode, and a crafted binary chunk can crash the
-    /// process. Turn it on only if every script is trusted. (Luau cannot load bytecode from
-    /// Lua at all; there this setting changes nothing.)
+    /// process. Turn it on only if every script is trusted. While it is off, each of those
+    /// loads source only (a file or module holding bytecode is refused with Lua's "attempt to
+    /// load a binary chunk" error, LuaJIT's "wrong mode"), and a VM built by a
+    /// [`factory`](IsleBuilder::factory) that still has `package.loadlib` loads no native C
+    /// modules either. (Luau cannot load bytecode from Lua at all; there this setting changes
+    /// nothing.)
     ///
     /// # Examples
     ///
@@ -455,6 +465,7 @@ impl IsleBuilder {
                 },
             },
             memory_limit: self.memory_limit,
+            stack_size: self.stack_size,
             chunk_cache: self.chunk_cache,
             allow_binary_chunks: self.allow_binary_chunks,
             interrupt: self.interrupt,

@@ -289,6 +289,9 @@ impl StdError for LuaError {}
 
 const TRACEBACK_MARKER: &str = "\nstack traceback:";
 
+/// The message of Lua's memory errors.
+const MEMORY_ERROR_MESSAGE: &str = "not enough memory";
+
 /// Splits a message that mlua's message handler suffixed with a traceback.
 fn split_traceback(msg: &str) -> (String, Option<String>) {
     match msg.find(TRACEBACK_MARKER) {
@@ -333,6 +336,13 @@ impl From<mlua::Error> for LuaError {
                 // Lua 5.3's string buffers report a failed allocation as a runtime error.
                 #[cfg(feature = "lua53")]
                 if message.ends_with("not enough memory for buffer allocation") {
+                    return LuaError::new(LuaErrorKind::Memory, message, traceback);
+                }
+                // A memory error raised again as an ordinary error (by `dofile` when the
+                // parser ran out of memory, say): its message is Lua's memory error message
+                // itself. Lua 5.4 and 5.5 raise such an error as a memory error again; the
+                // others as a runtime error.
+                if message == MEMORY_ERROR_MESSAGE {
                     return LuaError::new(LuaErrorKind::Memory, message, traceback);
                 }
                 (LuaErrorKind::Runtime, message)
@@ -388,6 +398,17 @@ mod tests {
             assert!(!s.contains('\n'), "{s}");
             assert!(s.starts_with(|c: char| c.is_lowercase()), "{s}");
         }
+    }
+
+    #[test]
+    fn an_error_carrying_the_memory_error_message_is_a_memory_error() {
+        let e: LuaError =
+            mlua::Error::RuntimeError("not enough memory\nstack traceback:\n\t[C]: in ?".into())
+                .into();
+        assert_eq!(e.kind(), LuaErrorKind::Memory);
+        assert_eq!(e.message(), "not enough memory");
+        let e: LuaError = mlua::Error::RuntimeError("x:1: not enough memory".into()).into();
+        assert_eq!(e.kind(), LuaErrorKind::Runtime);
     }
 
     #[test]

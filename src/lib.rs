@@ -177,6 +177,14 @@
 //! - LuaJIT: the JIT compiler is off unless `IsleBuilder::jit` turns it on, because hooks do
 //!   not run in compiled code; LuaJIT does not limit how deeply C calls nest, so its default
 //!   thread stack is large ([`DEFAULT_STACK_SIZE`]).
+//! - Lua code loads source only, `require` included, unless
+//!   [`IsleBuilder::allow_binary_chunks`] says otherwise. On Lua 5.1 and LuaJIT, a few library
+//!   functions are guarded against bugs of Lua's C code that a script could reach (5.1's
+//!   `unpack` with a huge range, its unbounded pattern recursion; LuaJIT's C calls nesting
+//!   through coroutines): such calls raise a Lua error instead of crashing the process.
+//! - Without a [memory limit](IsleBuilder::memory_limit), an allocation the system cannot
+//!   satisfy aborts the process (mlua's allocator does so): Lua 5.5's
+//!   `string.rep('x', 2^40)`, say. Give untrusted code a memory limit.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
@@ -191,13 +199,17 @@ mod current;
 mod error;
 #[cfg(feature = "tokio")]
 mod executor;
+mod guards;
 mod handle;
 mod interrupt;
 mod isle;
+mod loaders;
 #[cfg(test)]
 mod pause;
 mod request;
 mod slot;
+#[cfg(not(feature = "luau"))]
+mod stand_in;
 mod task;
 mod token;
 mod vm;

@@ -1,10 +1,8 @@
-//! The Lua VM as its own thread sees it: how it is created and guarded, and how `eval` and
-//! `call` find what to run.
+//! The Lua VM as its own thread sees it: how it is created, and how `eval` and `call` find
+//! what to run.
 
 use std::fmt;
 use std::num::NonZeroUsize;
-#[cfg(not(feature = "luau"))]
-use std::sync::OnceLock;
 
 use lru::LruCache;
 use mlua::chunk::ChunkMode;
@@ -54,140 +52,6 @@ impl VmSource {
             VmSource::Factory(factory) => factory(),
         }
     }
-}
-
-/// The Lua code that replaces the chunk loaders with text-only ones.
-#[cfg(not(any(feature = "lua51", feature = "luau")))]
-const TEXT_ONLY_LOADERS: &str = r#"
-    local load, loadfile, error = load, loadfile, error
-    if load then
-        _G.load = function(chunk, chunkname, _, ...)
-            return load(chunk, chunkname, "t", ...)
-        end
-    end
-    if loadfile then
-        local function loadfile_text(filename, _, ...)
-            return loadfile(filename, "t", ...)
-        end
-        _G.loadfile = loadfile_text
-        if dofile then
-            _G.dofile = function(filename)
-                local f, err = loadfile_text(filename)
-                if not f then
-                    error(err, 0)
-                end
-                return f()
-            end
-        end
-    end
-"#;
-
-/// The Lua code that replaces the chunk loaders with text-only ones: Lua 5.1's loaders have no
-/// `mode` argument, so the first byte of the chunk is checked instead, and `loadfile` reads the
-/// file through `io.open` (without the `io` library it reports that it is not available).
-#[cfg(feature = "lua51")]
-const TEXT_ONLY_LOADERS: &str = r#"
-    local load, loadstring, error, type, byte, find = load, loadstring, error, type, string.byte, string.find
-    local open = io and io.open
-    local refused = "attempt to load a binary chunk (mode is 't')"
-    if loadstring then
-        _G.loadstring = function(s, chunkname)
-            if type(s) == "string" and byte(s, 1) == 27 then
-                return nil, refused
-            end
-            return loadstring(s, chunkname)
-        end
-    end
-    if load then
-        _G.load = function(reader, chunkname)
-            if type(reader) ~= "function" then
-                return load(reader, chunkname)
-            end
-            local first, binary = true, false
-            local f, err = load(function()
-                local piece = reader()
-                if first and type(piece) == "string" and piece ~= "" then
-                    first = false
-                    if byte(piece, 1) == 27 then
-                        binary = true
-                        return nil
-                    end
-                end
-                return piece
-            end, chunkname)
-            if binary then
-                return nil, refused
-            end
-            return f, err
-        end
-    end
-    local function loadfile_text(filename)
-        if not open then
-            return nil, "loadfile is not available without the io library"
-        end
-        if filename == nil then
-            return nil, "loadfile from standard input is not available"
-        end
-        local file, err = open(filename, "rb")
-        if not file then
-            return nil, "cannot open " .. tostring(filename)
-        end
-        local source = file:read("*a") or ""
-        file:close()
-        if byte(source, 1) == 35 then
-            -- Like Lua, skip a first line starting with '#', keeping line numbers.
-            local eol = find(source, "\n", 1, true)
-            source = eol and source:sub(eol) or ""
-        end
-        if byte(source, 1) == 27 then
-            return nil, refused
-        end
-        return loadstring(source, "@" .. filename)
-    end
-    _G.loadfile = loadfile_text
-    _G.dofile = function(filename)
-        local f, err = loadfile_text(filename)
-        if not f then
-            error(err, 0)
-        end
-        return f()
-    end
-"#;
-
-/// [`TEXT_ONLY_LOADERS`] compiled by the first VM of the process: loading it is several times
-/// cheaper than parsing it again, which shows in the cost of spawning an isle.
-#[cfg(not(feature = "luau"))]
-static TEXT_ONLY_LOADERS_BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
-
-/// Replaces the chunk loaders reachable from Lua with text-only ones: a crafted binary chunk
-/// can crash the process, and scripts have no business loading one.
-///
-/// Luau cannot load bytecode from Lua at all: nothing to do there.
-#[cfg(feature = "luau")]
-pub(crate) fn forbid_binary_chunks(_lua: &Lua) -> mlua::Result<()> {
-    Ok(())
-}
-
-/// Replaces the chunk loaders reachable from Lua with text-only ones: a crafted binary chunk
-/// can crash the process, and scripts have no business loading one.
-#[cfg(not(feature = "luau"))]
-pub(crate) fn forbid_binary_chunks(lua: &Lua) -> mlua::Result<()> {
-    let loaders = match TEXT_ONLY_LOADERS_BYTECODE.get() {
-        // Produced by this process's own Lua from our own source.
-        Some(bytecode) => lua
-            .load(&bytecode[..])
-            .set_mode(ChunkMode::Binary)
-            .into_function()?,
-        None => {
-            let loaders = lua
-                .load(TEXT_ONLY_LOADERS)
-                .set_name("=[isle text-only loaders]")
-                .into_function()?;
-            let _ = TEXT_ONLY_LOADERS_BYTECODE.set(loaders.dump(false));
-            loaders
-        }
-    };
-    loaders.call(())
 }
 
 /// The VM plus what the Lua thread caches to answer requests quickly.
@@ -242,8 +106,12 @@ impl Vm {
                 .set_name(code)
                 .set_mode(ChunkMode::Text)
                 .into_function();
-            if let Ok(function) = expression {
-                return Ok(function);
+            match expression {
+                Ok(function) => return Ok(function),
+                // Out of memory as an expression: as a block it would need as much, and its
+                // syntax error would hide why it failed.
+                Err(err @ mlua::Error::MemoryError(_)) => return Err(err),
+                Err(_) => {}
             }
         }
         self.lua
@@ -349,64 +217,5 @@ mod tests {
         for expected in 1..=3 {
             assert_eq!(vm.eval::<i64>("n = n + 1; return n").unwrap(), expected);
         }
-    }
-
-    #[test]
-    #[cfg(not(any(feature = "lua51", feature = "luau")))]
-    fn binary_chunks_are_refused() {
-        let lua = VmSource::default().create().unwrap();
-        forbid_binary_chunks(&lua).unwrap();
-        let (f, err): (Option<Function>, String) = lua
-            .load("return load(string.dump(function() return 1 end))")
-            .eval()
-            .unwrap();
-        assert!(f.is_none());
-        // LuaJIT says "attempt to load chunk with wrong mode".
-        assert!(err.contains("binary") || err.contains("mode"), "{err}");
-        // Text still loads, with or without an explicit environment.
-        let n: i64 = lua
-            .load("return load('return 7')() + load('return x', 'c', 'b', {x = 1})()")
-            .eval()
-            .unwrap();
-        assert_eq!(n, 8);
-    }
-
-    #[test]
-    #[cfg(feature = "lua51")]
-    fn binary_chunks_are_refused() {
-        let lua = VmSource::default().create().unwrap();
-        forbid_binary_chunks(&lua).unwrap();
-        let results: (Option<Function>, String, Option<Function>, String) = lua
-            .load(
-                r#"
-                local dumped = string.dump(function() return 1 end)
-                local f1, e1 = loadstring(dumped)
-                local sent = false
-                local f2, e2 = load(function()
-                    if sent then return nil end
-                    sent = true
-                    return dumped
-                end)
-                return f1, e1, f2, e2
-                "#,
-            )
-            .eval()
-            .unwrap();
-        assert!(results.0.is_none() && results.2.is_none());
-        assert!(results.1.contains("binary"), "{}", results.1);
-        assert!(results.3.contains("binary"), "{}", results.3);
-        // Text still loads, from a string or a reader.
-        let n: i64 = lua
-            .load(
-                r#"
-                local parts = {"return ", "1"}
-                local i = 0
-                local f = load(function() i = i + 1; return parts[i] end)
-                return loadstring('return 7')() + f()
-                "#,
-            )
-            .eval()
-            .unwrap();
-        assert_eq!(n, 8);
     }
 }

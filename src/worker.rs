@@ -14,11 +14,13 @@ use mlua::Lua;
 
 use crate::current;
 use crate::error::IsleError;
+use crate::guards;
 use crate::handle::Shared;
 use crate::interrupt::{Armed, Interrupt};
+use crate::loaders;
 use crate::slot::{Completer, Resolve, Slot};
 use crate::token::CancelToken;
-use crate::vm::{self, Vm, VmSource};
+use crate::vm::{Vm, VmSource};
 use crate::wait;
 
 /// A request as the Lua thread sees it: its slot, whatever the work and result types.
@@ -94,6 +96,8 @@ pub(crate) type Init = Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>;
 pub(crate) struct Setup {
     pub(crate) source: VmSource,
     pub(crate) memory_limit: Option<usize>,
+    /// The Lua thread's stack size, for the guards that check how much of it is left.
+    pub(crate) stack_size: usize,
     pub(crate) chunk_cache: usize,
     pub(crate) allow_binary_chunks: bool,
     pub(crate) interrupt: Interrupt,
@@ -134,18 +138,21 @@ impl Worker {
         ready: Arc<Slot<()>>,
     ) -> Result<Worker, IsleError> {
         let build = || -> Result<Worker, IsleError> {
+            guards::record_stack(setup.stack_size);
             let lua = setup.source.create()?;
             if let Some(limit) = setup.memory_limit {
                 lua.set_memory_limit(limit)?;
             }
             if !setup.allow_binary_chunks {
-                vm::forbid_binary_chunks(&lua)?;
+                loaders::forbid_binary_chunks(&lua)?;
             }
             #[cfg(any(feature = "luajit", feature = "luajit52"))]
             if !setup.jit {
                 crate::interrupt::turn_off_jit(&lua)?;
             }
             let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
+            // Last: the guards wrap the functions the interrupt machinery replaced too.
+            guards::install(&lua)?;
             let worker = Worker {
                 #[cfg(feature = "tokio")]
                 executor: None,

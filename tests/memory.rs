@@ -83,3 +83,68 @@ fn init_beyond_the_limit_fails_spawn() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A table constructor of `n` entries, as Lua source.
+fn table_constructor(n: usize) -> String {
+    let mut source = String::with_capacity(n * 2 + 2);
+    source.push('{');
+    for _ in 0..n {
+        source.push_str("1,");
+    }
+    source.push('}');
+    source
+}
+
+/// The parser running out of memory is a memory error, whether it parses a chunk given to
+/// `eval`, a chunk that is only an expression (not a valid block), or a file given to `dofile`
+/// (which raises the parser's error again, as a runtime error before Lua 5.4). The isle keeps
+/// serving.
+#[test]
+fn parser_out_of_memory_is_a_memory_error() {
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .memory_limit(4 << 20)
+            .spawn(|_| Ok(()))
+            .unwrap();
+        let constructor = table_constructor(3_000_000);
+        assert_memory_error(isle.eval::<()>(format!("return {constructor}")));
+        assert_memory_error(isle.eval::<()>(format!("local t = {constructor}")));
+        // Only an expression: `eval` tries it as one first. (Small enough for the source
+        // itself to fit.)
+        let small = Isle::builder()
+            .memory_limit(1 << 20)
+            .spawn(|_| Ok(()))
+            .unwrap();
+        assert_memory_error(small.eval::<()>(table_constructor(300_000)));
+        assert_eq!(small.eval::<i64>("1 + 1").unwrap(), 2);
+        #[cfg(not(feature = "luau"))]
+        {
+            let file = std::env::temp_dir().join(format!(
+                "mlua-isle-memory-{}-parser.lua",
+                std::process::id()
+            ));
+            std::fs::write(&file, format!("return {constructor}")).unwrap();
+            let path = format!("{:?}", file.to_str().unwrap());
+            let outcome = isle.eval::<()>(format!("dofile({path})"));
+            let _ = std::fs::remove_file(&file);
+            assert_memory_error(outcome);
+        }
+        assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+        let n: i64 = isle
+            .eval("local t = {} for i = 1, 1e4 do t[i] = i end return #t")
+            .unwrap();
+        assert_eq!(n, 10_000);
+    });
+}
+
+/// Lua 5.4 raises an error whose object is its memory error message as a memory error; the
+/// isle reports it so on every version.
+#[test]
+fn an_error_carrying_the_memory_error_message_is_a_memory_error() {
+    let isle = limited();
+    assert_memory_error(isle.eval::<()>("error('not enough memory', 0)"));
+    let other = isle
+        .eval::<()>("error('not enough memory!', 0)")
+        .unwrap_err();
+    assert_eq!(other.as_lua().unwrap().kind(), LuaErrorKind::Runtime);
+}
