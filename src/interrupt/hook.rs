@@ -4,7 +4,7 @@
 //! thread-local without destructor, written on the Lua thread before any signal can target it.
 
 use std::cell::Cell;
-use std::ffi::{c_int, CStr};
+use std::ffi::c_int;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::sync::Arc;
@@ -104,14 +104,6 @@ fn every() -> c_int {
     EVERY.with(|e| e.load(Ordering::Relaxed))
 }
 
-fn message(stop: Stop) -> &'static CStr {
-    match stop {
-        Stop::Cancelled => c"isle request cancelled",
-        Stop::Timeout => c"isle request timed out",
-        Stop::Killed => c"isle is shut down",
-    }
-}
-
 /// Makes `state` run the interrupt hook at its next instruction.
 ///
 /// # Safety
@@ -183,7 +175,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut
                 if RAISE_ONLY.get() {
                     RAISED.set(true);
                 }
-                ffi::lua_pushstring(state, message(stop).as_ptr());
+                super::stop_error::push(state, stop);
                 ffi::lua_error(state)
             }
         }
@@ -219,6 +211,7 @@ impl Registration {
             })?;
         }
         EVERY.with(|e| e.store(every, Ordering::Relaxed));
+        super::stop_error::install(lua)?;
         ACTIVE.with(|a| a.store(Arc::as_ptr(interrupter).cast_mut(), Ordering::Release));
         Ok(Registration {
             main,
@@ -284,6 +277,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        super::stop_error::uninstall();
         ACTIVE.with(|a| a.store(ptr::null_mut(), Ordering::Release));
         EVERY.with(|e| e.store(0, Ordering::Relaxed));
         DEADLINE.set(None);

@@ -12,7 +12,7 @@
 //! does not allow an error.
 
 use std::cell::Cell;
-use std::ffi::{c_int, CStr};
+use std::ffi::c_int;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -67,14 +67,6 @@ fn deadline_passed() -> bool {
         .is_some_and(|deadline| Instant::now() >= deadline)
 }
 
-fn message(stop: Stop) -> &'static CStr {
-    match stop {
-        Stop::Cancelled => c"isle request cancelled",
-        Stop::Timeout => c"isle request timed out",
-        Stop::Killed => c"isle is shut down",
-    }
-}
-
 type InterruptFn = unsafe extern "C-unwind" fn(*mut ffi::lua_State, c_int);
 
 /// Stores `callback` as the VM's interrupt callback.
@@ -118,7 +110,7 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
     // SAFETY: `state` is the running coroutine, handed to us by Luau at a safepoint where it
     // allows errors; `lua_error` unwinds with no Rust value with a destructor alive here.
     unsafe {
-        ffi::lua_pushstring(state, message(stop).as_ptr());
+        super::stop_error::push(state, stop);
         ffi::lua_error(state)
     }
 }
@@ -165,6 +157,7 @@ impl Registration {
         EVERY.set(every.unwrap_or(1).max(1));
         COUNTDOWN.set(0);
         PERMANENT.with(|p| p.store(permanent, Ordering::Relaxed));
+        super::stop_error::install(lua)?;
         ACTIVE.with(|a| a.store(Arc::as_ptr(interrupter).cast_mut(), Ordering::Release));
         if permanent {
             // SAFETY: `callbacks` belongs to `lua`, alive here.
@@ -209,6 +202,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        super::stop_error::uninstall();
         // No cancel may reach the VM from now on.
         *self
             .interrupter

@@ -84,6 +84,7 @@ mod probe;
 mod races;
 #[cfg(all(unix, not(feature = "luau")))]
 mod signal;
+mod stop_error;
 
 #[cfg(feature = "luau")]
 use luau::Target;
