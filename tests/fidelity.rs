@@ -1,5 +1,5 @@
-//! A script must not be able to tell an isle from plain mlua: what the isle's `coroutine`
-//! functions do is compared with Lua's own, in plain mlua and in an isle
+//! A script must not be able to tell an isle from plain mlua: what the isle's `coroutine`,
+//! `pcall` and `xpcall` functions do is compared with Lua's own, in plain mlua and in an isle
 //! in the same run. Coroutines nest as deeply (each level of `coroutine.wrap` or
 //! `coroutine.resume` costs the C-call levels it costs in plain Lua), and debug hooks,
 //! tracebacks and `__close` handlers see what they see in plain Lua.
@@ -217,6 +217,36 @@ fn errors_of_wrapped_coroutines_carry_the_callers_position() {
         out[#out + 1] = w()
         out[#out + 1] = select(2, pcall(coroutine.resume, 1))
         out[#out + 1] = select(2, pcall(coroutine.wrap, 1))
+        return table.concat(out, "\n")"#,
+    );
+}
+
+/// On Lua 5.2 and LuaJIT `pcall` and `xpcall` are Lua wrappers (see the README), which a
+/// traceback shows.
+#[test]
+#[cfg(any(
+    feature = "lua51",
+    feature = "lua53",
+    feature = "lua54",
+    feature = "lua55"
+))]
+fn xpcall_handlers_run_as_in_plain_lua() {
+    same_as_plain(
+        r#"local out = {}
+        local function f () error("x") end
+        out[#out + 1] = select(2, xpcall(f, debug.traceback))
+        out[#out + 1] = select(2, xpcall(f, function (e) return e .. "!" end))
+        local a, b, c = pcall(xpcall, f, 42)
+        out[#out + 1] = tostring(a) .. " " .. tostring(b) .. " " .. tostring(c)
+        local function countdown (n)
+          if type(n) ~= "number" then return n elseif n == 0 then return "END" end
+          error(n - 1)
+        end
+        for _, n in ipairs({100, 170, 190, 300}) do
+          out[#out + 1] = select(2, xpcall(error, countdown, n))
+        end
+        local function loop () assert(pcall(loop)) end
+        out[#out + 1] = select(2, xpcall(loop, loop))
         return table.concat(out, "\n")"#,
     );
 }
