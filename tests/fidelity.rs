@@ -291,10 +291,18 @@ fn finalizers_resume_coroutines_while_the_vm_closes() {
         .unwrap();
         isle.eval::<()>(
             r#"local report = report
-            setmetatable({}, {__gc = function ()
+            local function on_gc (f)
+              if newproxy then -- Lua 5.1 and LuaJIT finalize userdata only
+                local proxy = newproxy(true)
+                getmetatable(proxy).__gc = f
+                return proxy
+              end
+              return setmetatable({}, {__gc = f})
+            end
+            on_gc(function ()
               local co = coroutine.wrap(function (a) local b = coroutine.yield(a + 1) return b * 2 end)
               report(co(1) + co(10))
-            end})"#,
+            end)"#,
         )
         .unwrap();
         isle.shutdown().unwrap();

@@ -14,11 +14,12 @@
 //! only stopped by the hard stop.
 
 use std::cell::Cell;
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::mem::size_of;
+use std::ptr;
 use std::sync::OnceLock;
 
-use mlua::ffi;
+use mlua::{ffi, Lua};
 
 /// Where the flag lives, in bytes from the start of `lua_State`.
 const OFFSET: usize = if cfg!(feature = "lua55") {
@@ -43,23 +44,27 @@ fn flag(state: *mut ffi::lua_State) -> *mut u8 {
     state.cast::<u8>().wrapping_add(OFFSET)
 }
 
-/// Checks (once per process) that [`OFFSET`] holds the flag, using a coroutine of `state`'s VM.
-///
-/// # Safety
-///
-/// `state` must be a state of a live VM on this thread, with no user code running.
-pub(super) unsafe fn verify(state: *mut ffi::lua_State) {
-    // SAFETY: guaranteed by the caller.
-    VERIFIED.get_or_init(|| unsafe { check(state) });
+/// Checks (once per process) that [`OFFSET`] holds the flag, using a coroutine of `lua`.
+pub(super) fn verify(lua: &Lua) {
+    if VERIFIED.get().is_some() {
+        return;
+    }
+    // SAFETY: `exec_raw` runs the closure in a protected call, so that a memory error raised
+    // by the allocations in `check` (which has no value with a destructor alive) is caught;
+    // the next VM then checks again.
+    if let Ok(verified) = unsafe { lua.exec_raw::<bool>((), |state| check(state)) } {
+        let _ = VERIFIED.set(verified);
+    }
 }
 
 /// Runs a one-instruction function in a new coroutine with a count hook: the flag must read 1
-/// before, 0 inside the hook and 1 after.
+/// before, 0 inside the hook and 1 after. Pushes the answer.
 ///
 /// # Safety
 ///
-/// As [`verify`].
-unsafe fn check(state: *mut ffi::lua_State) -> bool {
+/// `state` must be a state of a live VM on this thread, inside a protected call, with no user
+/// code running.
+unsafe fn check(state: *mut ffi::lua_State) {
     unsafe extern "C-unwind" fn look(co: *mut ffi::lua_State, _: *mut ffi::lua_Debug) {
         // SAFETY: `co` is the running coroutine, at least `OFFSET + 1` bytes long.
         SEEN.set(Some(unsafe { flag(co).read_volatile() }));
@@ -68,9 +73,7 @@ unsafe fn check(state: *mut ffi::lua_State) -> bool {
     // reads stay inside the new coroutine's `lua_State`, which the stack of `state` keeps alive
     // until the final `lua_settop`.
     unsafe {
-        if ffi::lua_checkstack(state, 1) == 0 {
-            return false;
-        }
+        ffi::luaL_checkstack(state, 2, ptr::null());
         let top = ffi::lua_gettop(state);
         let co = ffi::lua_newthread(state);
         let before = flag(co).read_volatile();
@@ -84,7 +87,8 @@ unsafe fn check(state: *mut ffi::lua_State) -> bool {
         }
         let after = flag(co).read_volatile();
         ffi::lua_settop(state, top);
-        ok && before == 1 && SEEN.take() == Some(0) && after == 1
+        let verified = ok && before == 1 && SEEN.take() == Some(0) && after == 1;
+        ffi::lua_pushboolean(state, c_int::from(verified));
     }
 }
 

@@ -147,10 +147,7 @@ pub(super) fn install(
     DEPTH.with(|d| d.store(1, Ordering::Relaxed));
     replace_chain(Box::into_raw(chain));
     #[cfg(any(feature = "lua54", feature = "lua55"))]
-    // SAFETY: `main` is the main state of `lua`, on this thread, running no user code yet.
-    unsafe {
-        allowhook::verify(main)
-    };
+    allowhook::verify(lua);
     #[cfg(any(feature = "luajit", feature = "luajit52"))]
     stack::record_floor();
     wrap_coroutine_functions(lua, probe)?;
