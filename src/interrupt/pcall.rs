@@ -135,20 +135,10 @@ unsafe extern "C-unwind" fn isle_xpcall(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua as a C function; mirrors Lua 5.4's `luaB_xpcall`, with the handler
     // wrapped by the Lua guard or by `guarded_handler` (`debug.traceback` as it is).
     unsafe {
-        // Lua 5.1 takes any handler (it refuses to call one that is not a function, with
-        // "error in error handling") and passes no arguments to the function.
-        #[cfg(feature = "lua51")]
-        {
-            ffi::luaL_checkany(state, 2);
-            ffi::lua_settop(state, 2);
-        }
-        #[cfg(not(feature = "lua51"))]
-        ffi::luaL_checktype(state, 2, ffi::LUA_TFUNCTION);
         let n = ffi::lua_gettop(state);
+        ffi::luaL_checktype(state, 2, ffi::LUA_TFUNCTION);
         ffi::luaL_checkstack(state, 3, ptr::null());
-        if ffi::lua_rawequal(state, 2, ffi::lua_upvalueindex(3)) != 0
-            || ffi::lua_isfunction(state, 2) == 0
-        {
+        if ffi::lua_rawequal(state, 2, ffi::lua_upvalueindex(3)) != 0 {
             ffi::lua_pushvalue(state, 2);
         } else if ffi::lua_iscfunction(state, 2) == 0 {
             ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
