@@ -36,9 +36,14 @@
 //! function calling the body with `lua_pcallk`, which restores the flag as the error unwinds).
 //! That frame was visible (an extra level in `debug.traceback` and `debug.getinfo`, extra
 //! call and return events for hooks, the coroutine's stack unwound and its `__close` handlers
-//! run as soon as it failed, for any error) and cost a C-call level per coroutine, so that
-//! coroutines nested a third as deeply as in plain Lua. Coroutine requests (`tokio`), which
-//! mlua resumes and closes itself, still get it: see [`protected_body`].
+//! run as soon as it failed, for any error) and cost a C-call level per coroutine: with the
+//! wrappers' own protected call, nested coroutines stopped at 66 levels on 5.4 where plain Lua
+//! reaches 198. Keeping the frame could not have been made invisible: the C API can neither read
+//! nor set a coroutine's C-call count (`lua_resume` copies it from its `from` argument, and any
+//! other state's count leaves out the C calls in between, so the C stack would no longer be
+//! bounded), and hiding the frame from `debug` functions would still leave its `pcall` closing
+//! and unwinding a coroutine that failed. Coroutine requests (`tokio`), which mlua resumes and
+//! closes itself, still get it: see [`protected_body`].
 
 use std::cell::RefCell;
 use std::ffi::c_int;
