@@ -162,15 +162,15 @@
 //!
 //! # Caveats
 //!
-//! - The isle replaces `pcall`, `xpcall` and `coroutine.create`/`wrap`/`resume`/`close` with
+//! - The isle replaces `pcall`, `xpcall` and `coroutine.wrap`/`resume`/`close` with
 //!   versions that keep the Lua version's own semantics (including yields across `pcall` where
 //!   the version has them), let Rust panics through and keep interrupts reachable. A VM built by a [factory](IsleBuilder::factory) gets
 //!   them too.
 //! - Lua leaves debug hooks disabled for good in a coroutine that was killed by an error raised
-//!   from a hook. Coroutines created from Lua get a protected base frame that repairs this; a
-//!   coroutine created or reset from Rust (`Lua::create_thread`, `Thread::reset`) that was
-//!   interrupted where it could not yield should not be resumed again unless its body runs
-//!   under `pcall`.
+//!   from a hook. On Lua 5.4 and 5.5, which run the `__close` handlers of dead coroutines, the
+//!   isle allows hooks in such a coroutine again before they run and before it is resumed, but
+//!   `Thread::reset` from Rust closes it out of the isle's reach: close a coroutine that was
+//!   interrupted where it could not yield with `coroutine.close` rather than `Thread::reset`.
 //! - Setting your own debug hook (`Lua::set_hook`), thread event callback
 //!   (`Lua::set_thread_event_callback`) or, on Luau, interrupt (`Lua::set_interrupt`) on an
 //!   isle's VM replaces the isle's.

@@ -1040,9 +1040,10 @@ fn cancel_and_deadline_stop_explicit_close_of_a_coroutine_killed_in_a_comparator
 }
 
 /// The coroutine is interrupted inside a comparator (where it cannot yield) by a cancel in one
-/// request, and closed by the next one. The error unwinds to the coroutine's protected base,
-/// which re-enables hooks there, so its looping `__close` is interrupted too (before it runs a
-/// single instruction); closing the coroutine later neither hangs nor needs a deadline.
+/// request, and closed by the next one. `coroutine.resume` closes a coroutine that dies while
+/// an interrupt is pending at once, with hooks allowed in it again, so its looping `__close` is
+/// interrupted too (before it runs a single instruction); closing the coroutine later neither
+/// hangs nor needs a deadline.
 #[test]
 #[cfg(any(feature = "lua54", feature = "lua55"))]
 fn closing_a_coroutine_interrupted_by_an_earlier_cancel_does_not_hang() {

@@ -228,9 +228,9 @@ fn a_reused_coroutine_can_be_interrupted_again() {
     within_hang_guard(|| {
         let (isle, started) = isle_with_started(Isle::builder());
         // Interrupted where it cannot yield (inside a sort comparator), the coroutine is killed
-        // by the interrupt's error. `coroutine.create` gives it a protected base, and the body
-        // installed by `Thread::reset` protects itself with `pcall`: either way Lua re-enables
-        // hooks in it as the error unwinds, so it stays interruptible when reused.
+        // by the interrupt's error, which leaves Lua's hooks disabled in it; the isle allows
+        // them again when it is resumed after `Thread::reset`, so it stays interruptible when
+        // reused (the body installed by `Thread::reset` also re-enables them with `pcall`).
         isle.eval::<()>(
             "victim = coroutine.create(function()
                table.sort({3, 2, 1}, function() started() while true do end end)

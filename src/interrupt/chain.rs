@@ -4,16 +4,46 @@
 //! Lua code runs in the innermost coroutine of the *resume chain*: the main state, the
 //! coroutine it resumed, the one that one resumed, and so on. An interrupt arms the hook on all
 //! of them, so that each level stops as soon as control returns to it. The chain is recorded by
-//! wrapping `coroutine.resume`, `coroutine.wrap` and `coroutine.close` (which runs `__close`
+//! the isle's `coroutine.resume`, `coroutine.wrap` and `coroutine.close` (which runs `__close`
 //! handlers inside the coroutine) and, for resumes driven from Rust, by mlua's thread event
 //! callback. The records are atomics in `const` thread-locals, readable from a signal handler.
 //!
-//! On Lua 5.4 and 5.5, `coroutine.create` and `coroutine.wrap` also give every coroutine a
-//! protected base frame.
-//! When an interrupt kills a coroutine from inside its hook, Lua leaves hooks disabled in that
-//! coroutine for good, so its pending `__close` handlers (run later by `coroutine.close`, or at
-//! once by a wrapped coroutine) could never be interrupted. The base frame catches the error,
-//! which restores the hook state, and raises it again.
+//! # Like Lua's own
+//!
+//! A script must not be able to tell these functions from Lua's. Each one does what the
+//! version's `lcorolib.c` (`lbaselib.c` on 5.1, `lib_base.c` on LuaJIT) does, with the same
+//! checks and messages, and calls `lua_resume` / `lua_closethread` itself, so that a level of
+//! nested coroutines costs the C-call levels it costs in plain Lua, and coroutines nest as
+//! deeply. Nothing is added to a coroutine's own stack: debug hooks, `debug.traceback` and
+//! `debug.getinfo` see what they see in plain Lua.
+//!
+//! # Coroutines killed by an interrupt (Lua 5.4 and 5.5)
+//!
+//! Where a coroutine cannot yield (inside a `table.sort` comparator, say), the interrupt hook
+//! raises an error, and Lua then leaves hooks disabled in that coroutine for good (see
+//! [`allowhook`](super::allowhook)). Its pending `__close` handlers, run when it is closed,
+//! could then loop without any hook firing. So:
+//!
+//! - before the `__close` handlers of a dead coroutine run (`coroutine.close`, or
+//!   `coroutine.wrap` closing a coroutine that failed), and before a coroutine is started
+//!   (it may have been reset from Rust after such a death), hooks are allowed in it again;
+//! - a coroutine that dies while an interrupt is pending is closed at once by
+//!   `coroutine.resume`, so that its `__close` handlers are stopped at their first instruction
+//!   and nothing is left for a later request to run (a wrapped coroutine is closed at once
+//!   anyway).
+//!
+//! This replaces an earlier design that gave every coroutine a protected base frame (a C
+//! function calling the body with `lua_pcallk`, which restores the flag as the error unwinds).
+//! That frame was visible (an extra level in `debug.traceback` and `debug.getinfo`, extra
+//! call and return events for hooks, the coroutine's stack unwound and its `__close` handlers
+//! run as soon as it failed, for any error) and cost a C-call level per coroutine: with the
+//! wrappers' own protected call, nested coroutines stopped at 66 levels on 5.4 where plain Lua
+//! reaches 198. Keeping the frame could not have been made invisible: the C API can neither read
+//! nor set a coroutine's C-call count (`lua_resume` copies it from its `from` argument, and any
+//! other state's count leaves out the C calls in between, so the C stack would no longer be
+//! bounded), and hiding the frame from `debug` functions would still leave its `pcall` closing
+//! and unwinding a coroutine that failed. Coroutine requests (`tokio`), which mlua resumes and
+//! closes itself, still get it: see [`protected_body`].
 
 use std::cell::RefCell;
 use std::ffi::c_int;
@@ -23,21 +53,45 @@ use std::sync::atomic::{compiler_fence, AtomicPtr, AtomicUsize, Ordering};
 use mlua::thread::{ThreadEvent, ThreadStatus, ThreadTriggers};
 use mlua::{ffi, Lua};
 
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+use super::allowhook;
 use super::{hook, probe};
 
-/// Most coroutines a resume chain records, and the deepest resumes may nest: PUC Lua itself
-/// stops nesting C calls at about 200; LuaJIT has no limit, and would overflow the stack.
-const CHAIN_CAP: usize = 256;
+/// Room for this many coroutines is made in the resume chain at first. PUC Lua never nests
+/// resumes deeper than about 200 C calls; LuaJIT sets no limit, and the chain grows.
+const CHAIN_START: usize = 256;
 /// Most coroutines resumed from Rust that are tracked at once during one request.
 const RUST_CAP: usize = 64;
+
+/// The resume chain's storage: `[0]` is the main state; above it, the coroutines being resumed
+/// from Lua. Replaced by a bigger one when full, by the Lua thread, never inside a signal
+/// handler; a handler on this thread therefore always sees a whole one.
+struct Chain {
+    states: Box<[AtomicPtr<ffi::lua_State>]>,
+}
+
+impl Chain {
+    /// A chain with room for `capacity` states, holding `from`'s first `depth`.
+    fn new(capacity: usize, from: Option<(&Chain, usize)>) -> Box<Chain> {
+        let states = (0..capacity)
+            .map(|_| AtomicPtr::new(ptr::null_mut()))
+            .collect::<Box<[_]>>();
+        if let Some((from, depth)) = from {
+            for (to, from) in states.iter().zip(&from.states[..depth]) {
+                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        Box::new(Chain { states })
+    }
+}
 
 thread_local! {
     /// The first coroutine resumed from Rust since [`take_first_resumed`] was last called.
     #[cfg(feature = "tokio")]
     static FIRST_RESUMED: RefCell<Option<mlua::Thread>> = const { RefCell::new(None) };
-    /// `CHAIN[0]` is the main state; above it, the coroutines being resumed from Lua.
-    static CHAIN: [AtomicPtr<ffi::lua_State>; CHAIN_CAP] =
-        const { [const { AtomicPtr::new(ptr::null_mut()) }; CHAIN_CAP] };
+    /// The resume chain; null while no VM is installed on this thread.
+    static CHAIN: AtomicPtr<Chain> = const { AtomicPtr::new(ptr::null_mut()) };
+    /// How many entries of `CHAIN` are in use.
     static DEPTH: AtomicUsize = const { AtomicUsize::new(0) };
     /// Coroutines resumed from Rust during the running request.
     static RUST: [AtomicPtr<ffi::lua_State>; RUST_CAP] =
@@ -47,11 +101,28 @@ thread_local! {
     static RUST_ANCHORS: RefCell<Vec<mlua::Thread>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Replaces the chain storage with `new` (null to remove it) and frees the old one.
+fn replace_chain(new: *mut Chain) {
+    compiler_fence(Ordering::SeqCst);
+    let old = CHAIN.with(|c| c.swap(new, Ordering::Relaxed));
+    compiler_fence(Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: `old` came from `Box::into_raw` in `install` or `chain_push`. No signal
+        // handler can be reading it: handlers run on this thread, to completion, and from now
+        // on they find the new one.
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
+
 /// Arms the hook on every recorded coroutine. Signal-safe: reads atomics only.
 pub(super) fn arm_all() {
-    let depth = DEPTH.with(|d| d.load(Ordering::Relaxed)).min(CHAIN_CAP);
-    CHAIN.with(|chain| {
-        for slot in &chain[..depth] {
+    let chain = CHAIN.with(|c| c.load(Ordering::Relaxed));
+    if !chain.is_null() {
+        // SAFETY: the chain storage is freed only by the Lua thread outside signal handlers,
+        // after it has been replaced (see `replace_chain`).
+        let states = unsafe { &(*chain).states };
+        let depth = DEPTH.with(|d| d.load(Ordering::Relaxed)).min(states.len());
+        for slot in &states[..depth] {
             let state = slot.load(Ordering::Relaxed);
             if !state.is_null() {
                 // SAFETY: recorded states are live: the main state, and coroutines being resumed
@@ -59,7 +130,7 @@ pub(super) fn arm_all() {
                 unsafe { hook::arm(state) };
             }
         }
-    });
+    }
     let len = RUST_LEN.with(|l| l.load(Ordering::Relaxed)).min(RUST_CAP);
     RUST.with(|rust| {
         for slot in &rust[..len] {
@@ -73,18 +144,30 @@ pub(super) fn arm_all() {
 }
 
 /// Records the main state and installs the wrappers into `lua`; `probe` detects panics (see
-/// [`pcall`]).
+/// [`pcall`](super::pcall)).
 pub(super) fn install(
     lua: &Lua,
     main: *mut ffi::lua_State,
     probe: &mlua::Function,
 ) -> mlua::Result<()> {
-    CHAIN.with(|chain| chain[0].store(main, Ordering::Relaxed));
+    let chain = Chain::new(CHAIN_START, None);
+    chain.states[0].store(main, Ordering::Relaxed);
     DEPTH.with(|d| d.store(1, Ordering::Relaxed));
+    replace_chain(Box::into_raw(chain));
+    #[cfg(any(feature = "lua54", feature = "lua55"))]
+    allowhook::verify(lua);
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    stack::record_floor();
     wrap_coroutine_functions(lua, probe)?;
     lua.set_thread_event_callback(ThreadTriggers::new().on_resume().on_yield(), |_, event| {
         match event {
-            ThreadEvent::Resume(thread) => rust_resumed(thread),
+            ThreadEvent::Resume(thread) => {
+                // A coroutine reset from Rust after an interrupt killed it must be
+                // interruptible again.
+                #[cfg(any(feature = "lua54", feature = "lua55"))]
+                allow_hooks_to_start(thread.to_pointer() as *mut ffi::lua_State);
+                rust_resumed(thread)
+            }
             ThreadEvent::Yield(thread) => rust_yielded(&thread),
             _ => {}
         }
@@ -107,6 +190,7 @@ pub(super) fn end_request() {
 /// Forgets everything (the VM is going away).
 pub(super) fn uninstall() {
     DEPTH.with(|d| d.store(0, Ordering::Relaxed));
+    replace_chain(ptr::null_mut());
     RUST_LEN.with(|l| l.store(0, Ordering::Relaxed));
     compiler_fence(Ordering::SeqCst);
     RUST_ANCHORS.with_borrow_mut(Vec::clear);
@@ -198,101 +282,367 @@ fn remove_rust(anchors: &mut Vec<mlua::Thread>, i: usize) {
 }
 
 /// Pushes `co` on the resume chain (arming it if an interrupt is pending); returns the depth
-/// to restore once the resume is over, or `None` if the chain is full.
-fn chain_push(co: *mut ffi::lua_State) -> Option<usize> {
+/// to restore once the resume is over.
+fn chain_push(co: *mut ffi::lua_State) -> usize {
     let depth = DEPTH.with(|d| d.load(Ordering::Relaxed));
-    if depth >= CHAIN_CAP {
-        return None;
+    let chain = CHAIN.with(|c| c.load(Ordering::Relaxed));
+    if chain.is_null() {
+        // Uninstalled: the VM is closing (its finalizers may still resume coroutines), and
+        // no request runs any more.
+        return depth;
     }
-    CHAIN.with(|chain| chain[depth].store(co, Ordering::Relaxed));
+    // SAFETY: replaced only by this thread, outside signal handlers: here and in
+    // `install`/`uninstall`.
+    let mut chain = unsafe { &*chain };
+    if depth >= chain.states.len() {
+        let grown = Box::into_raw(Chain::new(chain.states.len() * 2, Some((chain, depth))));
+        replace_chain(grown);
+        // SAFETY: just allocated, and now the chain.
+        chain = unsafe { &*grown };
+    }
+    chain.states[depth].store(co, Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     DEPTH.with(|d| d.store(depth + 1, Ordering::Relaxed));
     if hook::pending().is_some() {
         // SAFETY: `co` is the coroutine about to be resumed, on its resumer's stack.
         unsafe { hook::arm(co) };
     }
-    Some(depth)
+    depth
 }
 
 /// Restores the chain to `depth` (as it was before the matching push). Restoring rather than
 /// popping one entry also drops whatever was pushed inside a coroutine that did not unwind
 /// normally: since Lua 5.5 a coroutine can close itself, which leaves every C frame in it at
-/// once, so the wrappers running there never get to pop their entries.
+/// once, so the wrappers running there never get to restore their entries.
 fn chain_restore(depth: usize) {
     DEPTH.with(|d| d.store(depth, Ordering::Relaxed));
 }
 
-/// Calls the function at `original` with the arguments on the stack while `co` is on the
-/// resume chain. Returns the number of results, or the error status with the error object on
-/// top of the stack.
+/// Before `co` is started: a coroutine that an interrupt killed and Rust then reset has hooks
+/// disabled; allow them again.
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+fn allow_hooks_to_start(co: *mut ffi::lua_State) {
+    // SAFETY: `co` is a live coroutine about to be resumed; with no frames it is neither
+    // running nor inside a hook.
+    unsafe {
+        if allowhook::has_no_frames(co) {
+            allowhook::restore(co);
+        }
+    }
+}
+
+/// What a resume left on top of the resumer's stack.
+enum Resumed {
+    /// This many values the coroutine yielded or returned.
+    Values(c_int),
+    /// An error object; for `coroutine.wrap` on Lua 5.4 and 5.5, the status of closing the
+    /// coroutine that failed (as `auxwrap` keeps it).
+    Error(c_int),
+}
+
+/// Whether a resume is for `coroutine.wrap` (which closes a coroutine that failed, from 5.4 on).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Resume,
+    Wrap,
+}
+
+/// Resumes `co` with the `narg` values on top of `state`'s stack, as the version's `auxresume`
+/// does, with `co` on the resume chain meanwhile. On Lua 5.4 and 5.5, a coroutine that failed
+/// is then closed, as `auxwrap` does for `Caller::Wrap`, and for `Caller::Resume` too if an
+/// interrupt is pending (its `__close` handlers are then stopped at once).
 ///
 /// # Safety
 ///
-/// `state` must be the running state, inside a C function call; `original` a valid index.
-unsafe fn call_on_chain(
+/// `state` must be the running state, inside a C function call; `co` a coroutine of its VM
+/// kept alive by `state`'s stack, with at least `narg` values above it.
+unsafe fn resume(
     state: *mut ffi::lua_State,
     co: *mut ffi::lua_State,
-    original: c_int,
-) -> Result<c_int, c_int> {
-    // SAFETY: guaranteed by the caller; the stack gets the slot it needs checked first.
+    narg: c_int,
+    caller: Caller,
+) -> Resumed {
+    // SAFETY: guaranteed by the caller. Between `chain_push` and `chain_restore` nothing can
+    // raise an error in `state` (`lua_resume` and `lua_closethread` catch everything raised in
+    // `co`), so the chain is always restored; errors are raised before or after.
     unsafe {
-        let nargs = ffi::lua_gettop(state);
-        ffi::luaL_checkstack(state, 2, ptr::null());
-        ffi::lua_pushvalue(state, original);
-        ffi::lua_insert(state, 1);
-        let pushed = if co.is_null() { None } else { chain_push(co) };
-        if !co.is_null() && pushed.is_none() {
-            // Deeper than PUC Lua ever nests C calls. LuaJIT sets no limit of its own and
-            // would overflow the thread's stack.
-            ffi::luaL_error(
-                state,
-                c"C stack overflow (coroutines nested too deeply)".as_ptr(),
-            );
+        if let Some(refused) = refuse(state, co, narg) {
+            ffi::lua_pushstring(state, refused.as_ptr());
+            return Resumed::Error(ffi::LUA_ERRRUN);
         }
-        // A protected call, so that the chain is restored whatever happens.
-        let status = ffi::lua_pcall(state, nargs, ffi::LUA_MULTRET, 0);
-        if let Some(depth) = pushed {
-            chain_restore(depth);
-        }
-        if status == ffi::LUA_OK {
-            Ok(ffi::lua_gettop(state))
+        #[cfg(any(feature = "lua54", feature = "lua55"))]
+        allow_hooks_to_start(co);
+        ffi::lua_xmove(state, co, narg);
+        #[cfg(feature = "lua51")]
+        lua_setlevel(state, co);
+        let depth = chain_push(co);
+        let mut nres = 0;
+        let status = ffi::lua_resume(co, state, narg, &mut nres);
+        let result = if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            Resumed::Values(nres)
         } else {
-            Err(status)
+            ffi::lua_xmove(co, state, 1);
+            #[cfg(any(feature = "lua54", feature = "lua55"))]
+            let status = close_failed(state, co, caller);
+            Resumed::Error(status)
+        };
+        chain_restore(depth);
+        #[cfg(not(any(feature = "lua54", feature = "lua55")))]
+        let _ = caller;
+        match result {
+            Resumed::Values(n) => {
+                if ffi::lua_checkstack(state, n + 1) == 0 {
+                    ffi::lua_pop(co, n);
+                    return too_many_results(state);
+                }
+                ffi::lua_xmove(co, state, n);
+                Resumed::Values(n)
+            }
+            error => error,
         }
     }
 }
 
-/// `coroutine.resume` recording its coroutine on the chain. Upvalue 1 is the original, 2 the
-/// panic probe: a coroutine that died of a Rust panic passes the panic on to its resumer.
+/// Why `co` cannot be resumed with `narg` values, checked before `lua_resume` as the version's
+/// `auxresume` checks it (`lua_resume` itself refuses the rest).
+///
+/// # Safety
+///
+/// As [`resume`].
+unsafe fn refuse(
+    state: *mut ffi::lua_State,
+    co: *mut ffi::lua_State,
+    narg: c_int,
+) -> Option<&'static std::ffi::CStr> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        #[cfg(feature = "lua51")]
+        {
+            let status = costatus(state, co);
+            if ffi::lua_checkstack(co, narg) == 0 {
+                ffi::luaL_error(state, c"too many arguments to resume".as_ptr());
+            }
+            match status {
+                CoStatus::Suspended => None,
+                CoStatus::Running => Some(c"cannot resume running coroutine"),
+                CoStatus::Normal => Some(c"cannot resume normal coroutine"),
+                CoStatus::Dead => Some(c"cannot resume dead coroutine"),
+            }
+        }
+        #[cfg(any(feature = "luajit", feature = "luajit52"))]
+        {
+            match costatus(state, co) {
+                CoStatus::Running | CoStatus::Normal => Some(c"cannot resume running coroutine"),
+                CoStatus::Dead => Some(c"cannot resume dead coroutine"),
+                CoStatus::Suspended => {
+                    if ffi::lua_checkstack(co, narg) == 0 {
+                        ffi::luaL_error(state, c"stack overflow".as_ptr());
+                    }
+                    // As PUC Lua words it when resumes nest too deeply.
+                    stack::exhausted().then_some(c"C stack overflow")
+                }
+            }
+        }
+        #[cfg(not(any(feature = "lua51", feature = "luajit", feature = "luajit52")))]
+        {
+            if ffi::lua_checkstack(co, narg) == 0 {
+                return Some(c"too many arguments to resume");
+            }
+            #[cfg(any(feature = "lua52", feature = "lua53"))]
+            if ffi::lua_status(co) == ffi::LUA_OK && ffi::lua_gettop(co) == 0 {
+                return Some(c"cannot resume dead coroutine");
+            }
+            let _ = state;
+            None
+        }
+    }
+}
+
+/// After a resume returned `n` values that do not fit on `state`'s stack.
+///
+/// # Safety
+///
+/// As [`resume`].
+unsafe fn too_many_results(state: *mut ffi::lua_State) -> Resumed {
+    // SAFETY: guaranteed by the caller; `lua_pushstring` needs no more than the stack's spare
+    // slots Lua always keeps for C functions.
+    unsafe {
+        #[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
+        ffi::luaL_error(state, c"too many results to resume".as_ptr());
+        ffi::lua_pushstring(state, c"too many results to resume".as_ptr());
+        Resumed::Error(ffi::LUA_ERRRUN)
+    }
+}
+
+/// After `co` returned an error (moved to `state`): if it died, closes it when `auxwrap` would
+/// (`Caller::Wrap`), or when an interrupt is pending. Returns the status `auxwrap` goes on
+/// with.
+///
+/// # Safety
+///
+/// As [`resume`], with `co` on the resume chain.
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+unsafe fn close_failed(
+    state: *mut ffi::lua_State,
+    co: *mut ffi::lua_State,
+    caller: Caller,
+) -> c_int {
+    // SAFETY: guaranteed by the caller. `co` is dead, so not running nor inside a hook.
+    unsafe {
+        let status = ffi::lua_status(co);
+        if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            // Refused by `lua_resume` ("cannot resume dead coroutine", "C stack overflow").
+            return status;
+        }
+        match caller {
+            Caller::Wrap => {
+                allowhook::restore(co);
+                let status = ffi::lua_closethread(co, state);
+                ffi::lua_xmove(co, state, 1);
+                status
+            }
+            Caller::Resume if hook::pending().is_some() => {
+                allowhook::restore(co);
+                ffi::lua_closethread(co, state);
+                // The error of closing stays behind: the coroutine is dead with nothing left.
+                ffi::lua_settop(co, 0);
+                status
+            }
+            Caller::Resume => status,
+        }
+    }
+}
+
+/// A coroutine's status as `coroutine.status` names it.
+#[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CoStatus {
+    Running,
+    Suspended,
+    Normal,
+    Dead,
+}
+
+/// `co`'s status, seen from `state` (Lua 5.1's `costatus`; LuaJIT tells the same cases apart).
+///
+/// # Safety
+///
+/// As [`resume`].
+#[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
+unsafe fn costatus(state: *mut ffi::lua_State, co: *mut ffi::lua_State) -> CoStatus {
+    if state == co {
+        return CoStatus::Running;
+    }
+    // SAFETY: guaranteed by the caller; these calls only read `co`.
+    unsafe {
+        match ffi::lua_status(co) {
+            ffi::LUA_YIELD => CoStatus::Suspended,
+            ffi::LUA_OK => {
+                let mut ar: ffi::lua_Debug = std::mem::zeroed();
+                if ffi::lua_getstack(co, 0, &mut ar) > 0 {
+                    CoStatus::Normal
+                } else if ffi::lua_gettop(co) == 0 {
+                    CoStatus::Dead
+                } else {
+                    CoStatus::Suspended
+                }
+            }
+            _ => CoStatus::Dead,
+        }
+    }
+}
+
+#[cfg(feature = "lua51")]
+unsafe extern "C-unwind" {
+    /// Lua 5.1's: gives `to` the C-call level of `from`, as `coroutine.resume` does before it
+    /// resumes `to`.
+    fn lua_setlevel(from: *mut ffi::lua_State, to: *mut ffi::lua_State);
+}
+
+/// LuaJIT sets no limit on how deeply resumes nest: each level takes a little of the thread's
+/// stack. Plain LuaJIT nests until the stack overflows and the process dies; the isle refuses
+/// to resume a little earlier, with Lua's "C stack overflow".
+#[cfg(any(feature = "luajit", feature = "luajit52"))]
+mod stack {
+    use std::cell::Cell;
+
+    /// Stack kept free below the deepest resume.
+    const HEADROOM: usize = 256 << 10;
+
+    thread_local! {
+        /// Lowest stack address a resume may start at; 0 when unknown.
+        static FLOOR: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Records the limit for the calling thread (the isle's).
+    pub(super) fn record_floor() {
+        if let Some((low, size)) = bounds() {
+            FLOOR.set(low + HEADROOM.min(size / 4));
+        }
+    }
+
+    /// Whether the stack is nearly exhausted.
+    pub(super) fn exhausted() -> bool {
+        let here = 0u8;
+        (&raw const here as usize) < FLOOR.get()
+    }
+
+    /// The calling thread's stack: lowest address and size.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn bounds() -> Option<(usize, usize)> {
+        // SAFETY: `attr` is initialised by `pthread_getattr_np` before it is read and destroyed
+        // after; the calls only describe the calling thread.
+        unsafe {
+            let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+            if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+                return None;
+            }
+            let mut addr = std::ptr::null_mut();
+            let mut size = 0;
+            let found = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
+            libc::pthread_attr_destroy(&mut attr);
+            found.then_some((addr as usize, size))
+        }
+    }
+
+    /// The calling thread's stack: lowest address and size.
+    #[cfg(target_os = "macos")]
+    fn bounds() -> Option<(usize, usize)> {
+        // SAFETY: both only describe the calling thread.
+        unsafe {
+            let thread = libc::pthread_self();
+            let top = libc::pthread_get_stackaddr_np(thread) as usize;
+            let size = libc::pthread_get_stacksize_np(thread);
+            Some((top - size, size))
+        }
+    }
+
+    /// Elsewhere the stack's bounds are not looked up: resumes nest as in plain LuaJIT.
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
+    fn bounds() -> Option<(usize, usize)> {
+        None
+    }
+}
+
+/// `coroutine.resume`; upvalue 1 is the panic probe: a coroutine that died of a Rust panic
+/// passes the panic on to its resumer.
 unsafe extern "C-unwind" fn guarded_resume(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua as a C function with the upvalues above. On error the error object
-    // is on top of the stack for `lua_error`, which unwinds with no Rust value alive in this
-    // frame.
-    unsafe {
-        // Checked here, so that the error names this function as Lua's would.
-        check_coroutine(state);
-        let co = ffi::lua_tothread(state, 1);
-        match call_on_chain(state, co, ffi::lua_upvalueindex(1)) {
-            Ok(n) => pass_panic_on(state, n),
-            Err(_) => ffi::lua_error(state),
-        }
-    }
-}
-
-/// `coroutine.close` recording its coroutine on the chain (it runs `__close` handlers there);
-/// upvalues as for `guarded_resume`.
-unsafe extern "C-unwind" fn guarded_close(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: as `guarded_resume`.
+    // SAFETY: called by Lua as a C function with the probe as upvalue. Errors unwind with no
+    // Rust value alive in this frame.
     unsafe {
         check_coroutine(state);
         let co = ffi::lua_tothread(state, 1);
-        match call_on_chain(state, co, ffi::lua_upvalueindex(1)) {
-            Ok(n) => pass_panic_on(state, n),
-            Err(_) => {
-                // Its own errors ("cannot close a running coroutine") carry the position of
-                // its caller, which the original sees as this C function: add it here.
-                prefix_position(state);
-                ffi::lua_error(state)
+        match resume(state, co, ffi::lua_gettop(state) - 1, Caller::Resume) {
+            Resumed::Values(n) => {
+                ffi::lua_pushboolean(state, 1);
+                ffi::lua_insert(state, -(n + 1));
+                n + 1
+            }
+            Resumed::Error(_) => {
+                probe::reraise_panic(state, -1, ffi::lua_upvalueindex(1));
+                ffi::lua_pushboolean(state, 0);
+                ffi::lua_insert(state, -2);
+                2
             }
         }
     }
@@ -322,113 +672,59 @@ unsafe fn check_coroutine(state: *mut ffi::lua_State) {
     }
 }
 
-/// After `resume` or `close` returned `n` results: if they are `false, err` and `err` carries
-/// a panic, raises it; otherwise returns `n`.
-///
-/// # Safety
-///
-/// `state` must be the running state inside `guarded_resume` or `guarded_close`.
-unsafe fn pass_panic_on(state: *mut ffi::lua_State, n: c_int) -> c_int {
-    // SAFETY: guaranteed by the caller: the results are the whole stack; upvalue 2 is the
-    // probe.
-    unsafe {
-        if n >= 2 && ffi::lua_toboolean(state, 1) == 0 {
-            probe::reraise_panic(state, 2, ffi::lua_upvalueindex(2));
-        }
-        n
-    }
-}
-
-/// Prefixes a string error object on top of the stack with the position of the Lua code that
-/// called the running C function.
-///
-/// # Safety
-///
-/// `state` must be the running state, inside a C function call, with the error on top.
-unsafe fn prefix_position(state: *mut ffi::lua_State) {
-    // SAFETY: guaranteed by the caller; one stack slot is checked first.
-    unsafe {
-        if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
-            ffi::luaL_checkstack(state, 1, ptr::null());
-            ffi::luaL_where(state, 1);
-            ffi::lua_insert(state, -2);
-            ffi::lua_concat(state, 2);
-        }
-    }
-}
-
-#[cfg(any(feature = "lua54", feature = "lua55"))]
-/// Checks that argument 1 is a function (as Lua's `create` and `wrap` do) and replaces it with
-/// a protected base frame calling it.
-///
-/// # Safety
-///
-/// `state` must be the running state, inside a C function call.
-unsafe fn protect_body(state: *mut ffi::lua_State) {
-    // SAFETY: guaranteed by the caller; one stack slot is checked first.
-    unsafe {
-        ffi::luaL_checktype(state, 1, ffi::LUA_TFUNCTION);
-        ffi::luaL_checkstack(state, 1, ptr::null());
-        ffi::lua_pushvalue(state, 1);
-        ffi::lua_pushcclosure(state, coroutine_body, 1);
-        ffi::lua_replace(state, 1);
-    }
-}
-
-#[cfg(any(feature = "lua54", feature = "lua55"))]
-/// `coroutine.create`, giving the coroutine a protected base frame.
-unsafe extern "C-unwind" fn guarded_create(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua with the original `create` as upvalue 1.
-    unsafe {
-        protect_body(state);
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-        ffi::lua_insert(state, 1);
-        ffi::lua_call(state, ffi::lua_gettop(state) - 1, ffi::LUA_MULTRET);
-        ffi::lua_gettop(state)
-    }
-}
-
-/// `coroutine.wrap`, giving the coroutine a protected base frame and recording it on the chain
-/// whenever the returned function resumes it.
+/// `coroutine.wrap`: creates the coroutine with the original (upvalue 1) and returns a function
+/// that resumes it as Lua's does.
 unsafe extern "C-unwind" fn guarded_wrap(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua with the original `wrap` as upvalue 1; its result is a C closure
+    // SAFETY: called by Lua with the original `wrap` as upvalue 1; its result is a closure
     // whose first upvalue is the new coroutine. Errors unwind with no Rust value alive here.
     unsafe {
-        #[cfg(any(feature = "lua54", feature = "lua55"))]
-        protect_body(state);
         // The version's own check, raised here so that the error names `wrap` and its caller.
-        #[cfg(any(feature = "lua52", feature = "lua53"))]
+        #[cfg(any(
+            feature = "lua52",
+            feature = "lua53",
+            feature = "lua54",
+            feature = "lua55"
+        ))]
         ffi::luaL_checktype(state, 1, ffi::LUA_TFUNCTION);
         #[cfg(feature = "lua51")]
         if ffi::lua_isfunction(state, 1) == 0 || ffi::lua_iscfunction(state, 1) != 0 {
             ffi::luaL_argerror(state, 1, c"Lua function expected".as_ptr());
         }
         let nargs = ffi::lua_gettop(state);
-        ffi::luaL_checkstack(state, 3, ptr::null());
+        ffi::luaL_checkstack(state, 2, ptr::null());
         ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
         ffi::lua_insert(state, 1);
         ffi::lua_call(state, nargs, 1);
         if ffi::lua_getupvalue(state, -1, 1).is_null() {
             ffi::lua_pushnil(state);
         }
-        ffi::lua_pushcclosure(state, guarded_wrapped, 2);
+        ffi::lua_pushcclosure(state, guarded_wrapped, 1);
         1
     }
 }
 
-/// The function `coroutine.wrap` returns: upvalue 1 the original's function, upvalue 2 its
-/// coroutine.
+/// The function `coroutine.wrap` returns: upvalue 1 is its coroutine.
 unsafe extern "C-unwind" fn guarded_wrapped(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua with the two upvalues set by `guarded_wrap`; as `guarded_resume`.
+    // SAFETY: called by Lua with the upvalue set by `guarded_wrap`, the stack holding the
+    // arguments only. Errors unwind with no Rust value alive in this frame.
     unsafe {
-        let co = ffi::lua_tothread(state, ffi::lua_upvalueindex(2));
-        match call_on_chain(state, co, ffi::lua_upvalueindex(1)) {
-            Ok(n) => n,
-            Err(status) => {
-                // The original prefixes string errors with its caller's position; it sees
-                // this C function as its caller, so add the Lua caller's position here.
-                if status != ffi::LUA_ERRMEM {
-                    prefix_position(state);
+        let co = ffi::lua_tothread(state, ffi::lua_upvalueindex(1));
+        match resume(state, co, ffi::lua_gettop(state), Caller::Wrap) {
+            Resumed::Values(n) => n,
+            Resumed::Error(status) => {
+                // The error, prefixed with the position of the Lua code calling this function
+                // if it is a string (a number too before 5.3), but not a memory error (5.4 on).
+                let _ = status;
+                #[cfg(any(feature = "lua51", feature = "lua52"))]
+                let prefix = ffi::lua_isstring(state, -1) != 0;
+                #[cfg(not(any(feature = "lua51", feature = "lua52")))]
+                let prefix = ffi::lua_type(state, -1) == ffi::LUA_TSTRING;
+                #[cfg(any(feature = "lua54", feature = "lua55"))]
+                let prefix = prefix && status != ffi::LUA_ERRMEM;
+                if prefix {
+                    ffi::luaL_where(state, 1);
+                    ffi::lua_insert(state, -2);
+                    ffi::lua_concat(state, 2);
                 }
                 ffi::lua_error(state)
             }
@@ -436,9 +732,75 @@ unsafe extern "C-unwind" fn guarded_wrapped(state: *mut ffi::lua_State) -> c_int
     }
 }
 
+/// `coroutine.close` (Lua 5.4 and 5.5), with the coroutine on the resume chain while its
+/// `__close` handlers run. Upvalue 1 is the panic probe.
 #[cfg(any(feature = "lua54", feature = "lua55"))]
-/// A coroutine's protected base frame: calls upvalue 1 with the arguments and returns its
-/// results; an error is caught (which re-enables hooks in the coroutine) and raised again.
+unsafe extern "C-unwind" fn guarded_close(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function with the probe as upvalue. Errors unwind with no
+    // Rust value alive in this frame; closing itself (5.5) does not return here.
+    unsafe {
+        // Lua 5.5 closes the running coroutine when given none.
+        #[cfg(feature = "lua55")]
+        let co = if ffi::lua_type(state, 1) == ffi::LUA_TNONE {
+            state
+        } else {
+            check_coroutine(state);
+            ffi::lua_tothread(state, 1)
+        };
+        #[cfg(feature = "lua54")]
+        let co = {
+            check_coroutine(state);
+            ffi::lua_tothread(state, 1)
+        };
+        let status = ffi::lua_status(co);
+        // Dead, suspended or not started: not running, nor waiting for another coroutine.
+        let closable = co != state && (status != ffi::LUA_OK || allowhook::has_no_frames(co));
+        if !closable {
+            let name = if co == state { c"running" } else { c"normal" };
+            #[cfg(feature = "lua55")]
+            if co == state {
+                ffi::luaL_checkstack(state, 1, ptr::null());
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_MAINTHREAD);
+                if ffi::lua_tothread(state, -1) == co {
+                    ffi::luaL_error(state, c"cannot close main thread".as_ptr());
+                }
+                // Leaves every frame of this coroutine: does not return.
+                ffi::lua_closethread(co, state);
+            }
+            ffi::luaL_error(
+                state,
+                c"cannot close a %s coroutine".as_ptr(),
+                name.as_ptr(),
+            );
+        }
+        if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+            // Died of an error, perhaps raised by the interrupt hook: let its `__close`
+            // handlers be interrupted.
+            allowhook::restore(co);
+        }
+        let depth = chain_push(co);
+        let status = ffi::lua_closethread(co, state);
+        chain_restore(depth);
+        ffi::luaL_checkstack(state, 2, ptr::null());
+        if status == ffi::LUA_OK {
+            ffi::lua_pushboolean(state, 1);
+            1
+        } else {
+            ffi::lua_pushboolean(state, 0);
+            ffi::lua_xmove(co, state, 1);
+            probe::reraise_panic(state, -1, ffi::lua_upvalueindex(1));
+            2
+        }
+    }
+}
+
+/// A coroutine request's protected base frame: calls upvalue 1 with the arguments and returns
+/// its results; an error is caught (which re-enables hooks in the coroutine) and raised again.
+///
+/// mlua resumes a coroutine request's coroutine and, once it is done, closes it for reuse
+/// (`lua_closethread`), both out of the wrappers' reach: this frame is what keeps the
+/// `__close` handlers of one that an interrupt killed interruptible.
+#[cfg(all(feature = "tokio", any(feature = "lua54", feature = "lua55")))]
 unsafe extern "C-unwind" fn coroutine_body(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua as the body of a coroutine, with the user's function as upvalue;
     // `lua_pcallk` with a continuation lets the function yield.
@@ -452,7 +814,7 @@ unsafe extern "C-unwind" fn coroutine_body(state: *mut ffi::lua_State) -> c_int 
     }
 }
 
-#[cfg(any(feature = "lua54", feature = "lua55"))]
+#[cfg(all(feature = "tokio", any(feature = "lua54", feature = "lua55")))]
 unsafe extern "C-unwind" fn finish_body(
     state: *mut ffi::lua_State,
     status: c_int,
@@ -468,7 +830,7 @@ unsafe extern "C-unwind" fn finish_body(
     }
 }
 
-/// `function` wrapped in a coroutine's protected base frame, for coroutines created from Rust.
+/// `function` wrapped in a protected base frame, for the coroutine of a coroutine request.
 #[cfg(all(feature = "tokio", any(feature = "lua54", feature = "lua55")))]
 pub(super) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Result<mlua::Function> {
     // SAFETY: `exec_raw` pushes `function` and runs the closure in a protected call;
@@ -480,29 +842,31 @@ pub(super) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Resul
     }
 }
 
-/// Replaces `coroutine.create`, `wrap`, `resume` and `close` with the versions above.
+/// Replaces `coroutine.wrap`, `resume` and `close` with the versions above.
 fn wrap_coroutine_functions(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     let Ok(coroutine) = lua.globals().get::<mlua::Table>("coroutine") else {
         return Ok(());
     };
+    // `wrap` keeps the original to create its coroutine; the others need the panic probe.
     let wrappers = [
-        #[cfg(any(feature = "lua54", feature = "lua55"))]
-        ("create", guarded_create as ffi::lua_CFunction),
         ("wrap", guarded_wrap as ffi::lua_CFunction),
         ("resume", guarded_resume),
+        #[cfg(any(feature = "lua54", feature = "lua55"))]
         ("close", guarded_close),
     ];
     for (name, wrapper) in wrappers {
         let Ok(original) = coroutine.get::<mlua::Function>(name) else {
             continue;
         };
-        // SAFETY: `exec_raw` pushes `original` and the probe and runs the closure in a
-        // protected call; `lua_pushcclosure` takes them as upvalues and leaves the closure.
-        let guarded: mlua::Function = unsafe {
-            lua.exec_raw((original, probe.clone()), |state| {
-                ffi::lua_pushcclosure(state, wrapper, 2)
-            })?
+        let upvalue = if name == "wrap" {
+            original
+        } else {
+            probe.clone()
         };
+        // SAFETY: `exec_raw` pushes the upvalue and runs the closure in a protected call;
+        // `lua_pushcclosure` takes it as the single upvalue and leaves the closure as result.
+        let guarded: mlua::Function =
+            unsafe { lua.exec_raw(upvalue, |state| ffi::lua_pushcclosure(state, wrapper, 1))? };
         coroutine.set(name, guarded)?;
     }
     Ok(())

@@ -24,7 +24,8 @@
 //! - `pcall`/`xpcall` are C functions here ([`pcall`]) on Lua 5.1 and 5.3 to 5.5, and Lua
 //!   wrappers around the originals on Lua 5.2, LuaJIT and Luau, which can yield across their
 //!   own `pcall` but have no continuations of 5.3's shape.
-//! - Only Lua 5.4 and 5.5 need the protected coroutine base frame (they alone have `__close`).
+//! - Only Lua 5.4 and 5.5 need to allow hooks again in a coroutine killed by the interrupt
+//!   ([`allowhook`]): they alone run `__close` handlers in a dead coroutine.
 //! - LuaJIT's hooks are global rather than per coroutine, run nowhere in compiled code (the
 //!   JIT is off by default), and need the `load` guard of [`jit`].
 //! - Luau has no hooks: [`luau`] sets its VM-wide interrupt callback instead, from whichever
@@ -44,6 +45,8 @@
 //!   callback. When the request ends, the generation is cleared first, then the hooks: any hook
 //!   left on a coroutine removes itself the next time it fires with nothing pending.
 
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+mod allowhook;
 #[cfg(not(feature = "luau"))]
 mod chain;
 #[cfg(not(feature = "luau"))]
@@ -486,8 +489,9 @@ pub(crate) fn closing_armed(coroutine: Option<mlua::Thread>, f: impl FnOnce()) -
 #[cfg(all(feature = "tokio", not(feature = "luau")))]
 const CLOSING_ALLOWANCE: std::ffi::c_int = 1000;
 
-/// `function` wrapped so that, as the body of a coroutine created from Rust, it gets the same
-/// protected base frame as coroutines created by Lua's `coroutine.create`.
+/// `function` wrapped so that, as the body of a coroutine request's coroutine (which mlua resumes
+/// and closes itself), an interrupt that kills it cannot leave its `__close` handlers
+/// uninterruptible (see [`chain`]).
 #[cfg(feature = "tokio")]
 pub(crate) fn protected_body(lua: &Lua, function: mlua::Function) -> mlua::Result<mlua::Function> {
     #[cfg(any(feature = "lua54", feature = "lua55"))]

@@ -9,7 +9,12 @@
 //!
 //! Lua runs an `xpcall` message handler with hooks disabled when the error was raised from a
 //! hook, so a looping handler could not be interrupted: while an interrupt is pending, the
-//! handler is skipped and the error passed through.
+//! handler is skipped and the error passed through. The guard that decides this calls a Lua
+//! handler from a few lines of Lua, as a tail call, so that a handler that fails again (and so
+//! is called again, by Lua, for its own error) costs one C-call level per round, as in plain
+//! Lua (a traceback taken in the handler shows that tail call). A C handler is called from a C
+//! guard (one more level in a traceback), except the VM's own `debug.traceback`, which is safe
+//! as it is: it runs no Lua code and returns a panic's error object untouched.
 
 use std::ffi::c_int;
 use std::ptr;
@@ -17,24 +22,56 @@ use std::ptr;
 use mlua::{ffi, Lua};
 
 use super::hook;
-use super::probe::reraise_panic;
+use super::probe::{may_carry_panic, reraise_panic};
+
+/// Makes the guard around a Lua message handler. `check(err)` returns `true` and what to return
+/// instead when the handler must not run; otherwise the handler is tail-called, so that it runs
+/// at the C-call level it runs at in plain Lua.
+const LUA_GUARD: &str = r#"
+local check = ...
+return function(handler)
+    return function(err)
+        local skip, value = check(err)
+        if skip then
+            return value
+        end
+        return handler(err)
+    end
+end
+"#;
 
 /// Installs `pcall` and `xpcall` into `lua`'s globals.
 pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     let globals = lua.globals();
-    for (name, function) in [
-        ("pcall", isle_pcall as ffi::lua_CFunction),
-        ("xpcall", isle_xpcall),
-    ] {
-        // SAFETY: `exec_raw` pushes `probe` and runs the closure in a protected call;
-        // `lua_pushcclosure` takes it as the single upvalue and leaves the closure as result.
-        let guarded: mlua::Function = unsafe {
-            lua.exec_raw(probe.clone(), |state| {
-                ffi::lua_pushcclosure(state, function, 1);
-            })?
-        };
-        globals.raw_set(name, guarded)?;
-    }
+    // SAFETY: `exec_raw` pushes `probe` and runs the closure in a protected call;
+    // `lua_pushcclosure` takes it as the single upvalue and leaves the closure as result.
+    let check: mlua::Function = unsafe {
+        lua.exec_raw(probe.clone(), |state| {
+            ffi::lua_pushcclosure(state, check_handler, 1);
+        })?
+    };
+    let lua_guard: mlua::Function = lua.load(LUA_GUARD).set_name("=[isle xpcall]").call(check)?;
+    // SAFETY: `exec_raw` pushes the upvalues and runs the closure in a protected call;
+    // `lua_pushcclosure` takes them and leaves the closure as result.
+    let pcall: mlua::Function = unsafe {
+        lua.exec_raw(probe.clone(), |state| {
+            ffi::lua_pushcclosure(state, isle_pcall, 1);
+        })?
+    };
+    // `debug.traceback` needs no guard: it runs no Lua code and returns an error object that
+    // is not a string (a panic's) untouched.
+    let traceback = globals
+        .get::<mlua::Table>("debug")
+        .and_then(|debug| debug.get::<mlua::Function>("traceback"))
+        .ok();
+    // SAFETY: as above (`None` pushes `nil`).
+    let xpcall: mlua::Function = unsafe {
+        lua.exec_raw((probe.clone(), lua_guard, traceback), |state| {
+            ffi::lua_pushcclosure(state, isle_xpcall, 3);
+        })?
+    };
+    globals.raw_set("pcall", pcall)?;
+    globals.raw_set("xpcall", xpcall)?;
     Ok(())
 }
 
@@ -92,17 +129,26 @@ unsafe extern "C-unwind" fn isle_pcall(state: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// `xpcall(f, handler, ...)`, upvalue 1 the probe.
+/// `xpcall(f, handler, ...)`, upvalue 1 the probe, 2 the maker of guards around Lua handlers,
+/// 3 the VM's original `debug.traceback` (or `nil`).
 unsafe extern "C-unwind" fn isle_xpcall(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua as a C function; mirrors Lua 5.4's `luaB_xpcall`, with the handler
-    // wrapped by `guarded_handler`.
+    // wrapped by the Lua guard or by `guarded_handler` (`debug.traceback` as it is).
     unsafe {
         let n = ffi::lua_gettop(state);
         ffi::luaL_checktype(state, 2, ffi::LUA_TFUNCTION);
         ffi::luaL_checkstack(state, 3, ptr::null());
-        ffi::lua_pushvalue(state, 2);
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-        ffi::lua_pushcclosure(state, guarded_handler, 2);
+        if ffi::lua_rawequal(state, 2, ffi::lua_upvalueindex(3)) != 0 {
+            ffi::lua_pushvalue(state, 2);
+        } else if ffi::lua_iscfunction(state, 2) == 0 {
+            ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
+            ffi::lua_pushvalue(state, 2);
+            ffi::lua_call(state, 1, 1);
+        } else {
+            ffi::lua_pushvalue(state, 2);
+            ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+            ffi::lua_pushcclosure(state, guarded_handler, 2);
+        }
         ffi::lua_replace(state, 2);
         ffi::lua_pushboolean(state, 1);
         ffi::lua_pushvalue(state, 1);
@@ -132,22 +178,59 @@ unsafe extern "C-unwind" fn finish_pcall(
     }
 }
 
-/// The message handler `xpcall` really installs: upvalue 1 the user's handler, upvalue 2 the
-/// probe.
-unsafe extern "C-unwind" fn guarded_handler(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua as a message handler with the error object as argument 1.
+/// Whether a message handler must be skipped for the error object at index 1 (pushing what to
+/// return instead): while an interrupt is pending (hooks may be disabled right now, so no user
+/// code that could loop may run), and for an error carrying a panic, which must not reach user
+/// code (the probe's own error object then carries it on).
+///
+/// # Safety
+///
+/// `state` must be the running state inside a message handler, with the error object at index
+/// 1 and two free stack slots; `probe` the index of the probe.
+unsafe fn must_skip(state: *mut ffi::lua_State, probe: c_int) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if hook::pending().is_some() {
+            ffi::lua_pushvalue(state, 1);
+            return true;
+        }
+        if !may_carry_panic(state, 1) {
+            return false;
+        }
+        // Probe in protected mode: if the probe fails, its error object carries the panic on.
+        ffi::lua_pushvalue(state, probe);
+        ffi::lua_pushvalue(state, 1);
+        ffi::lua_pcall(state, 1, 0, 0) != ffi::LUA_OK
+    }
+}
+
+/// `check(err)` for the Lua guard: `true` and what to return instead of running the handler,
+/// or `false`. Upvalue 1 is the probe.
+unsafe extern "C-unwind" fn check_handler(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by the Lua guard with the error object as argument 1; the stack slots it
+    // needs are checked first.
     unsafe {
         ffi::lua_settop(state, 1);
-        if hook::pending().is_some() {
-            // Hooks may be disabled right now: do not run user code that could loop.
-            return 1;
-        }
         ffi::luaL_checkstack(state, 3, ptr::null());
-        // A panic must not reach the user's handler: probe it in protected mode. If the probe
-        // fails, the error object it raised carries the panic on.
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
-        ffi::lua_pushvalue(state, 1);
-        if ffi::lua_pcall(state, 1, 0, 0) != ffi::LUA_OK {
+        if must_skip(state, ffi::lua_upvalueindex(1)) {
+            ffi::lua_pushboolean(state, 1);
+            ffi::lua_insert(state, -2);
+            return 2;
+        }
+        ffi::lua_pushboolean(state, 0);
+        1
+    }
+}
+
+/// The message handler `xpcall` installs around a C handler: upvalue 1 the user's handler,
+/// upvalue 2 the probe.
+unsafe extern "C-unwind" fn guarded_handler(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a message handler with the error object as argument 1; the
+    // stack slots it needs are checked first.
+    unsafe {
+        ffi::lua_settop(state, 1);
+        ffi::luaL_checkstack(state, 3, ptr::null());
+        if must_skip(state, ffi::lua_upvalueindex(2)) {
             return 1;
         }
         ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));

@@ -17,6 +17,18 @@ pub(super) fn create(lua: &Lua) -> mlua::Result<mlua::Function> {
     lua.create_function(|_, _: mlua::Value| Ok(()))
 }
 
+/// Whether the error object at `index` may carry a Rust panic: mlua's are full userdata.
+/// Nothing else is probed, so that an ordinary error costs no call (and no C-call level: a
+/// failure at the C-call limit must read as in plain Lua).
+///
+/// # Safety
+///
+/// `state` must be a live state; `index` a valid index.
+pub(super) unsafe fn may_carry_panic(state: *mut ffi::lua_State, index: c_int) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { ffi::lua_type(state, index) == ffi::LUA_TUSERDATA }
+}
+
 /// Raises again the error object at `index` if it carries a Rust panic; otherwise returns.
 ///
 /// # Safety
@@ -25,6 +37,9 @@ pub(super) fn create(lua: &Lua) -> mlua::Result<mlua::Function> {
 pub(super) unsafe fn reraise_panic(state: *mut ffi::lua_State, index: c_int, probe: c_int) {
     // SAFETY: guaranteed by the caller; two stack slots are checked first.
     unsafe {
+        if !may_carry_panic(state, index) {
+            return;
+        }
         let index = ffi::lua_absindex(state, index);
         ffi::luaL_checkstack(state, 2, ptr::null());
         ffi::lua_pushvalue(state, probe);
