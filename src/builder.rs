@@ -149,6 +149,13 @@ impl IsleBuilder {
 
     /// Sets the Lua thread's stack size in bytes (default [`DEFAULT_STACK_SIZE`]).
     ///
+    /// # Caveats
+    ///
+    /// PUC Lua lets scripts nest about 200 C calls, each of which may take kilobytes of stack
+    /// (a `string.gsub` callback calling `string.gsub`, say), and assumes the stack holds
+    /// them: below a few MiB a script can overflow it, which aborts the process. Keep it at
+    /// 8 MiB or more unless the scripts are trusted.
+    ///
     /// # Examples
     ///
     /// ```

@@ -341,18 +341,22 @@ mod luajit {
 
     use super::stack_left;
 
-    /// Wraps the functions through which C calls nest without bound. Each wrapper checks the
+    /// Wraps the functions through which C calls nest without bound (`loadstring` is `load`
+    /// under another name). Each wrapper checks the
     /// stack left, then tail-calls the function it wraps, so that argument errors still name
     /// the function as the caller knows it, with the caller's position.
     const GUARDS: &str = r#"
         local check, type = ...
-        local gsub, load = string.gsub, load
+        local gsub, load, loadstring = string.gsub, load, loadstring
         local resume, wrap = coroutine.resume, coroutine.wrap
         if gsub then
             string.gsub = function(...) check() return gsub(...) end
         end
         if load then
             _G.load = function(...) check() return load(...) end
+        end
+        if loadstring then
+            _G.loadstring = function(...) check() return loadstring(...) end
         end
         if resume then
             coroutine.resume = function(...) check() return resume(...) end

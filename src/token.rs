@@ -400,11 +400,16 @@ impl CancelToken {
         if self.is_cancelled() {
             return false;
         }
-        if let Some(Listener::Waker(stored)) = listeners.get_mut(key) {
-            if !stored.will_wake(waker) {
-                *stored = waker.clone();
+        let replaced = match listeners.get_mut(key) {
+            Some(Listener::Waker(stored)) if !stored.will_wake(waker) => {
+                Some(mem::replace(stored, waker.clone()))
             }
-        }
+            _ => None,
+        };
+        // The old waker may be the last reference to something that uses this token in its
+        // `Drop`: drop it after the lock.
+        drop(listeners);
+        drop(replaced);
         true
     }
 

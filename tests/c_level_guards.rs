@@ -460,6 +460,15 @@ fn recursion_through_c_functions_across_coroutines_fails_cleanly() {
         if cfg!(not(feature = "luau")) {
             codes.push(LOAD_ACROSS_COROUTINES);
         }
+        // LuaJIT's (and 5.1's) `loadstring` is its `load` under another name.
+        let loadstring_across_coroutines = LOAD_ACROSS_COROUTINES.replace("load(", "loadstring(");
+        if cfg!(any(
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52"
+        )) {
+            codes.push(&loadstring_across_coroutines);
+        }
         for code in codes {
             let err = assert_clean_error(&isle, code);
             assert_message(&err, OUT_OF_STACK);
