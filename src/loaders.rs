@@ -15,8 +15,9 @@
 //! call with the mode forced to text, or reimplements it on top of Lua's text loading (Lua
 //! 5.1's loaders have no mode, and `dofile` and the module searcher call the C API directly):
 //! argument errors, messages and results stay the version's own. No original is kept as a
-//! function value, so even a script with the `debug` library cannot reach one through
-//! upvalues.
+//! function value, so even a script with the `debug` library cannot call one through
+//! upvalues; and a stand-in runs only an original recorded for it on the Rust side, so
+//! swapping the upvalues (`debug.setupvalue`) leads to an error, not to another loader.
 //!
 //! Luau cannot load bytecode from Lua at all: nothing to replace there.
 
@@ -32,7 +33,17 @@ use mlua::ffi;
 use mlua::Lua;
 
 #[cfg(not(feature = "luau"))]
-use crate::stand_in::{is_plain_c_function, original, push_stand_in};
+use crate::stand_in::{is_plain_c_function, original, push_stand_in, Originals};
+
+/// The originals of `load` (and of LuaJIT's `loadstring`, the same function).
+#[cfg(not(feature = "luau"))]
+static LOAD: Originals = Originals::new();
+/// The originals of Lua 5.1's `loadstring`.
+#[cfg(feature = "lua51")]
+static LOADSTRING: Originals = Originals::new();
+/// The originals of `loadfile`.
+#[cfg(not(any(feature = "lua51", feature = "luau")))]
+static LOADFILE: Originals = Originals::new();
 
 /// What a refused binary chunk reports: Lua 5.2's message for a binary chunk under mode `"t"`
 /// (Lua 5.1 has no modes; LuaJIT words its own).
@@ -68,13 +79,24 @@ pub(crate) fn forbid_binary_chunks(lua: &Lua) -> mlua::Result<()> {
 unsafe fn install(state: *mut ffi::lua_State) {
     // SAFETY: guaranteed by the caller; every stand-in replaces a plain C function.
     unsafe {
-        replace_global(state, c"load", text_load);
+        replace_global(state, c"load", text_load, &LOAD);
         #[cfg(feature = "lua51")]
-        replace_global(state, c"loadstring", text_loadstring);
+        replace_global(state, c"loadstring", text_loadstring, &LOADSTRING);
         // LuaJIT's (and Lua 5.2's compatibility) `loadstring` is `load` under another name.
         #[cfg(not(feature = "lua51"))]
-        replace_global(state, c"loadstring", text_load);
-        replace_global(state, c"loadfile", text_loadfile);
+        replace_global(state, c"loadstring", text_load, &LOAD);
+        // Lua 5.1's `loadfile` is reimplemented: no original to keep.
+        #[cfg(feature = "lua51")]
+        {
+            ffi::lua_getglobal(state, c"loadfile".as_ptr());
+            if is_plain_c_function(state, -1) {
+                ffi::lua_pushcfunction(state, text_loadfile);
+                ffi::lua_setglobal(state, c"loadfile".as_ptr());
+            }
+            ffi::lua_pop(state, 1);
+        }
+        #[cfg(not(feature = "lua51"))]
+        replace_global(state, c"loadfile", text_loadfile, &LOADFILE);
         ffi::lua_getglobal(state, c"dofile".as_ptr());
         if is_plain_c_function(state, -1) {
             ffi::lua_pushcfunction(state, text_dofile);
@@ -90,18 +112,24 @@ unsafe fn install(state: *mut ffi::lua_State) {
     }
 }
 
-/// Replaces the global `name`, if it is one of Lua's own C functions, with `stand_in`.
+/// Replaces the global `name`, if it is one of Lua's own C functions, with `stand_in`, which
+/// runs the originals recorded in `originals`.
 ///
 /// # Safety
 ///
 /// As [`install`].
 #[cfg(not(feature = "luau"))]
-unsafe fn replace_global(state: *mut ffi::lua_State, name: &CStr, stand_in: ffi::lua_CFunction) {
+unsafe fn replace_global(
+    state: *mut ffi::lua_State,
+    name: &CStr,
+    stand_in: ffi::lua_CFunction,
+    originals: &'static Originals,
+) {
     // SAFETY: guaranteed by the caller.
     unsafe {
         ffi::lua_getglobal(state, name.as_ptr());
         if is_plain_c_function(state, -1) {
-            push_stand_in(state, stand_in);
+            push_stand_in(state, stand_in, originals);
             ffi::lua_setglobal(state, name.as_ptr());
         } else {
             ffi::lua_pop(state, 1);
@@ -255,7 +283,7 @@ unsafe extern "C-unwind" fn text_load(state: *mut ffi::lua_State) -> c_int {
         if may_be_bytecode {
             force_text_mode(state, 3);
         }
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOAD)(state)
     }
 }
 
@@ -267,7 +295,7 @@ unsafe extern "C-unwind" fn text_loadfile(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: as `text_load`.
     unsafe {
         force_text_mode(state, 2);
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOADFILE)(state)
     }
 }
 
@@ -462,7 +490,7 @@ unsafe extern "C-unwind" fn text_load(state: *mut ffi::lua_State) -> c_int {
             ffi::lua_pushcclosure(state, text_reader, 2);
             ffi::lua_replace(state, 1);
         }
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOAD)(state)
     }
 }
 
@@ -515,7 +543,7 @@ unsafe extern "C-unwind" fn text_loadstring(state: *mut ffi::lua_State) -> c_int
             ffi::lua_pushstring(state, REFUSED.as_ptr());
             return 2;
         }
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOADSTRING)(state)
     }
 }
 

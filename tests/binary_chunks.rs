@@ -326,6 +326,51 @@ fn no_route_through_upvalues_or_native_code() {
         !ran,
         "a function reachable through upvalues ran the bytecode"
     );
+    // Nor does swapping the upvalues: a stand-in runs only its own original, and anything
+    // else in its upvalue (another original, a light userdata, `nil`) is a clean error.
+    let (swapped_ran, messages): (bool, String) = isle
+        .eval(
+            r#"local any_ran, messages = false, {}
+            -- The stand-in behind `f` (maybe wrapped by a guard): the C function whose
+            -- upvalue 1 is a light userdata.
+            local function stand_in(f, depth)
+              if type(f) ~= "function" or depth > 3 then return nil end
+              local name, value = debug.getupvalue(f, 1)
+              if name ~= nil and type(value) == "userdata" then return f end
+              for i = 1, 255 do
+                name, value = debug.getupvalue(f, i)
+                if name == nil then break end
+                local found = stand_in(value, depth + 1)
+                if found then return found end
+              end
+            end
+            local function original(f)
+              local s = stand_in(f, 0)
+              return s and select(2, debug.getupvalue(s, 1))
+            end
+            local function swap(f, value)
+              local s = stand_in(f, 0)
+              if s then debug.setupvalue(s, 1, value) end
+              any_ran = try(f, bytecode, "x") or any_ran
+              local _, err = pcall(f, "return 1")
+              messages[#messages + 1] = tostring(err)
+            end
+            local from_load, from_loadfile = original(load), original(loadfile)
+            local other = debug.upvalueid and debug.upvalueid(swap, 1) or original(string.find)
+            swap(string.find, from_load)
+            swap(loadfile, from_load)
+            swap(loadfile, other)
+            swap(load, from_loadfile)
+            swap(load, nil)
+            return any_ran, table.concat(messages, "\n")"#,
+        )
+        .unwrap();
+    assert!(!swapped_ran, "a swapped upvalue ran the bytecode");
+    // The last swap leaves `load` with nothing to run: a clean error.
+    assert!(
+        messages.ends_with("the original of this library function was replaced"),
+        "{messages}"
+    );
     let (loaded, message, what): (bool, String, String) = isle
         .eval("local f, msg, what = package.loadlib(dir .. '/evil.lua', 'f') return f ~= nil, msg, what")
         .unwrap();
