@@ -267,20 +267,23 @@ unsafe fn force_text_mode(state: *mut ffi::lua_State, idx: c_int) {
 }
 
 /// `load(chunk [, chunkname [, mode [, env]]])` (and `loadstring` where it is the same
-/// function), upvalue 1 the original: binary chunks refused. Source given as a string loads
-/// under the caller's mode, as in plain Lua; a reader's chunk is only known once read, so a
-/// reader loads under the caller's mode less `b`.
+/// function), upvalue 1 the original: binary chunks refused. Source given as a string that
+/// does not start with the escape byte of bytecode loads under the caller's mode, as in plain
+/// Lua; anything else (a reader, whose chunk is only known once read, LuaJIT's
+/// `string.buffer`, any other value the original may accept) loads under the caller's mode
+/// less `b`.
 #[cfg(not(any(feature = "lua51", feature = "luau")))]
 unsafe extern "C-unwind" fn text_load(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua as a C function with the upvalue set by `push_stand_in`. Anything
-    // else than a string or a function is left for the original to report.
+    // SAFETY: called by Lua as a C function with the upvalue set by `push_stand_in`. A value
+    // the original does not take is left for it to report.
     unsafe {
-        let may_be_bytecode = match ffi::lua_type(state, 1) {
-            ffi::LUA_TSTRING => first_byte_marks_bytecode(state, 1),
-            ffi::LUA_TFUNCTION => true,
+        let text = match ffi::lua_type(state, 1) {
+            ffi::LUA_TSTRING => !first_byte_marks_bytecode(state, 1),
+            // Nothing to load: the original reports the missing argument as such.
+            ffi::LUA_TNONE => true,
             _ => false,
         };
-        if may_be_bytecode {
+        if !text {
             force_text_mode(state, 3);
         }
         original(state, ffi::lua_upvalueindex(1), &LOAD)(state)

@@ -99,6 +99,12 @@ const ROUTES: &[&str] = &[
     "try(dofile, dir .. '/shebang.lua')",
     "try(require, 'evil')",
     "try(require, 'shebang')",
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    "try(load, require('string.buffer').new():put(bytecode))",
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    "try(loadstring, require('string.buffer').new():put(bytecode))",
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    "try(load, require('string.buffer').new():put(bytecode), 'x', 'bt')",
 ];
 
 /// Runs every route on an isle made by `builder`; returns which ran the bytecode.
