@@ -228,14 +228,16 @@ unsafe extern "C-unwind" fn no_c_modules(state: *mut ffi::lua_State) -> c_int {
 
 /// Sets the mode argument at `idx` of a `load` or `loadfile` call to text only: the given
 /// mode without `b` (`"t"` when none is given). A mode of the wrong type is left for the
-/// original to report.
+/// original to report. The new mode is made by Lua (`luaL_gsub`): no Rust value is alive
+/// when a memory error unwinds.
 ///
 /// # Safety
 ///
 /// `state` must be the running state, inside a C function call.
 #[cfg(not(any(feature = "lua51", feature = "luau")))]
 unsafe fn force_text_mode(state: *mut ffi::lua_State, idx: c_int) {
-    // SAFETY: guaranteed by the caller; one value is pushed, within `LUA_MINSTACK`.
+    // SAFETY: guaranteed by the caller; at most two values are pushed, within
+    // `LUA_MINSTACK`. The given mode stays on the stack while `luaL_gsub` reads it.
     unsafe {
         let top = ffi::lua_gettop(state);
         let kind = if idx <= top {
@@ -243,24 +245,27 @@ unsafe fn force_text_mode(state: *mut ffi::lua_State, idx: c_int) {
         } else {
             ffi::LUA_TNONE
         };
-        let mode: Vec<u8> = match kind {
-            ffi::LUA_TNONE | ffi::LUA_TNIL => b"t".to_vec(),
+        match kind {
+            ffi::LUA_TNONE | ffi::LUA_TNIL => {
+                ffi::lua_pushstring(state, c"t".as_ptr());
+            }
             ffi::LUA_TSTRING | ffi::LUA_TNUMBER => {
-                let mut len = 0;
-                let given = ffi::lua_tolstring(state, idx, &mut len);
-                std::slice::from_raw_parts(given as *const u8, len)
-                    .iter()
-                    .copied()
-                    .filter(|&c| c != b'b')
-                    .collect()
+                // Lua reads the mode as a C string: what follows a zero byte does not count.
+                let given = ffi::lua_tolstring(state, idx, ptr::null_mut());
+                ffi::luaL_gsub(state, given, c"b".as_ptr(), c"".as_ptr());
             }
             _ => return,
-        };
+        }
         if top < idx {
-            ffi::lua_settop(state, idx - 1);
-            ffi::lua_pushlstring(state, mode.as_ptr() as *const _, mode.len());
+            // The mode is at `top + 1`: move it to `idx`, with `nil` in between.
+            ffi::lua_settop(state, idx);
+            if top + 1 < idx {
+                ffi::lua_pushvalue(state, top + 1);
+                ffi::lua_replace(state, idx);
+                ffi::lua_pushnil(state);
+                ffi::lua_replace(state, top + 1);
+            }
         } else {
-            ffi::lua_pushlstring(state, mode.as_ptr() as *const _, mode.len());
             ffi::lua_replace(state, idx);
         }
     }
@@ -441,41 +446,44 @@ unsafe extern "C-unwind" fn text_searcher(state: *mut ffi::lua_State) -> c_int {
 /// templates of the path at index 2, pushing the first readable file name and returning
 /// `true`, or pushing the list of files tried and returning `false`.
 ///
+/// Every string is built by Lua (`luaL_gsub`, `lua_concat`) and only borrowed by Rust: no
+/// Rust value is alive when a memory error unwinds.
+///
 /// # Safety
 ///
-/// `state` must be the running state inside `text_searcher`, `name` a C string.
+/// `state` must be the running state inside `text_searcher`, with the stack `[name, path]`,
+/// `name` the C string at index 1.
 #[cfg(not(feature = "luau"))]
 unsafe fn find_file(state: *mut ffi::lua_State, name: *const std::ffi::c_char) -> bool {
-    // SAFETY: guaranteed by the caller; strings are copied before the stack changes.
+    // SAFETY: guaranteed by the caller; the path is borrowed from index 2, which holds it
+    // throughout; at most seven values are on the stack.
     unsafe {
-        let dir_sep = std::path::MAIN_SEPARATOR as u8;
-        let name: Vec<u8> = CStr::from_ptr(name)
-            .to_bytes()
-            .iter()
-            .map(|&c| if c == b'.' { dir_sep } else { c })
-            .collect();
+        const DIR_SEP: &CStr = if cfg!(windows) { c"\\" } else { c"/" };
+        ffi::luaL_gsub(state, name, c".".as_ptr(), DIR_SEP.as_ptr()); // 3: name
+        ffi::lua_pushstring(state, c"".as_ptr()); // 4: files tried
         let mut len = 0;
         let path = ffi::lua_tolstring(state, 2, &mut len);
-        let path = std::slice::from_raw_parts(path as *const u8, len).to_vec();
-        let mut tried = Vec::new();
+        let path = std::slice::from_raw_parts(path as *const u8, len);
         for template in path.split(|&c| c == b';').filter(|t| !t.is_empty()) {
-            let mut filename = Vec::with_capacity(template.len() + name.len());
-            for &c in template {
-                if c == b'?' {
-                    filename.extend_from_slice(&name);
-                } else {
-                    filename.push(c);
-                }
-            }
-            if file::readable(&filename) {
-                ffi::lua_pushlstring(state, filename.as_ptr() as *const _, filename.len());
+            ffi::lua_pushlstring(state, template.as_ptr() as *const _, template.len()); // 5
+            let template = ffi::lua_tolstring(state, 5, ptr::null_mut());
+            let name = ffi::lua_tolstring(state, 3, ptr::null_mut());
+            ffi::luaL_gsub(state, template, c"?".as_ptr(), name); // 6: file name
+            ffi::lua_replace(state, 5);
+            let mut len = 0;
+            let filename = ffi::lua_tolstring(state, 5, &mut len);
+            if file::readable(std::slice::from_raw_parts(filename as *const u8, len)) {
+                ffi::lua_replace(state, 3);
+                ffi::lua_settop(state, 3);
                 return true;
             }
-            tried.extend_from_slice(b"\n\tno file '");
-            tried.extend_from_slice(&filename);
-            tried.push(b'\'');
+            ffi::lua_pushstring(state, c"\n\tno file '".as_ptr());
+            ffi::lua_insert(state, 5);
+            ffi::lua_pushstring(state, c"'".as_ptr());
+            ffi::lua_concat(state, 4); // 4: the files tried, this one added
         }
-        ffi::lua_pushlstring(state, tried.as_ptr() as *const _, tried.len());
+        ffi::lua_replace(state, 3);
+        ffi::lua_settop(state, 3);
         false
     }
 }
