@@ -578,57 +578,85 @@ unsafe extern "C-unwind" fn text_loadfile(state: *mut ffi::lua_State) -> c_int {
 /// null), skipping a first line that starts with `#`, and leaves the function or the error
 /// message on the stack; returns the status. A file that holds bytecode is refused.
 ///
+/// The file is read once: whether it holds bytecode is decided on the first piece handed to
+/// Lua (see [`file::read_chunk`]), so a file that changes meanwhile cannot slip bytecode in.
+/// The file is closed, and every Rust value dropped, before any call that can raise.
+///
 /// # Safety
 ///
 /// `state` must be the running state, inside a C function call; `filename` null or a C
 /// string that stays valid meanwhile.
 unsafe fn load_file_text(state: *mut ffi::lua_State, filename: *const std::ffi::c_char) -> c_int {
+    /// How the load went, with nothing that needs dropping.
+    enum Outcome {
+        Loaded(c_int),
+        Refused,
+        Failed(&'static CStr, [u8; 256]),
+    }
     // SAFETY: guaranteed by the caller; the reader's state outlives `lua_load`, which calls
-    // the reader only during the call.
+    // the reader only during the call and raises nothing (it runs the parser protected).
     unsafe {
-        let (display, chunkname) = if filename.is_null() {
-            (b"stdin".to_vec(), c"=stdin".to_owned())
+        let display = if filename.is_null() {
+            c"stdin".as_ptr()
         } else {
-            let name = CStr::from_ptr(filename).to_bytes();
-            let mut chunkname = b"@".to_vec();
-            chunkname.extend_from_slice(name);
-            (
-                name.to_vec(),
-                std::ffi::CString::new(chunkname).expect("no zero byte in a C string"),
-            )
+            filename
         };
-        let fail = |state, what: &str, err: &std::io::Error| {
-            let mut message = format!("cannot {what} ").into_bytes();
-            message.extend_from_slice(&display);
-            message.extend_from_slice(b": ");
-            message.extend_from_slice(file::os_message(err).as_bytes());
-            ffi::lua_pushlstring(state, message.as_ptr() as *const _, message.len());
-            ffi::LUA_ERRFILE
-        };
-        let mut chunk = match file::Chunk::open(&display, filename.is_null()) {
-            Ok(chunk) => chunk,
-            Err(err) => return fail(state, "open", &err),
-        };
-        match chunk.skip_comment_line() {
-            Ok(true) => {
-                ffi::lua_pushstring(state, REFUSED.as_ptr());
-                return ffi::LUA_ERRSYNTAX;
+        // The chunk name is made, and may raise, before the file is opened.
+        if filename.is_null() {
+            ffi::lua_pushstring(state, c"=stdin".as_ptr());
+        } else {
+            ffi::lua_pushfstring(state, c"@%s".as_ptr(), filename);
+        }
+        let chunkname_at = ffi::lua_gettop(state);
+        let outcome = 'read: {
+            let name = if filename.is_null() {
+                &[][..]
+            } else {
+                CStr::from_ptr(filename).to_bytes()
+            };
+            let mut chunk = match file::Chunk::open(name, filename.is_null()) {
+                Ok(chunk) => chunk,
+                Err(err) => break 'read Outcome::Failed(c"open", file::os_message(&err)),
+            };
+            if let Err(err) = chunk.skip_comment_line() {
+                break 'read Outcome::Failed(c"read", file::os_message(&err));
             }
-            Ok(false) => {}
-            Err(err) => return fail(state, "read", &err),
+            let status = ffi::lua_load(
+                state,
+                file::read_chunk,
+                &mut chunk as *mut file::Chunk as *mut c_void,
+                ffi::lua_tostring(state, chunkname_at),
+            );
+            if let Some(err) = chunk.error.take() {
+                Outcome::Failed(c"read", file::os_message(&err))
+            } else if chunk.refused {
+                Outcome::Refused
+            } else {
+                Outcome::Loaded(status)
+            }
+        };
+        match outcome {
+            Outcome::Loaded(status) => {
+                ffi::lua_remove(state, chunkname_at);
+                status
+            }
+            Outcome::Refused => {
+                ffi::lua_settop(state, chunkname_at - 1);
+                ffi::lua_pushstring(state, REFUSED.as_ptr());
+                ffi::LUA_ERRSYNTAX
+            }
+            Outcome::Failed(what, message) => {
+                ffi::lua_settop(state, chunkname_at - 1);
+                ffi::lua_pushfstring(
+                    state,
+                    c"cannot %s %s: %s".as_ptr(),
+                    what.as_ptr(),
+                    display,
+                    message.as_ptr(),
+                );
+                ffi::LUA_ERRFILE
+            }
         }
-        let top = ffi::lua_gettop(state);
-        let status = ffi::lua_load(
-            state,
-            file::read_chunk,
-            &mut chunk as *mut file::Chunk as *mut c_void,
-            chunkname.as_ptr(),
-        );
-        if let Some(err) = chunk.error.take() {
-            ffi::lua_settop(state, top);
-            return fail(state, "read", &err);
-        }
-        status
     }
 }
 
@@ -659,14 +687,18 @@ mod file {
         }
     }
 
-    /// The system's description of `err`, as `strerror` gives it.
+    /// The system's description of `err`, as `strerror` gives it: a C string, cut to fit.
     #[cfg_attr(not(feature = "lua51"), allow(dead_code))]
-    pub(super) fn os_message(err: &io::Error) -> String {
+    pub(super) fn os_message(err: &io::Error) -> [u8; 256] {
         let message = err.to_string();
-        match message.rfind(" (os error ") {
-            Some(at) => message[..at].to_owned(),
-            None => message,
-        }
+        let message = match message.rfind(" (os error ") {
+            Some(at) => &message[..at],
+            None => &message[..],
+        };
+        let mut out = [0; 256];
+        let len = message.len().min(out.len() - 1);
+        out[..len].copy_from_slice(&message.as_bytes()[..len]);
+        out
     }
 
     /// A chunk being read from a file for `lua_load`.
@@ -677,6 +709,14 @@ mod file {
         newline: bool,
         /// The piece handed to Lua last.
         piece: Vec<u8>,
+        /// A piece read but held back behind the newline.
+        held: Vec<u8>,
+        /// Whether the first piece of the chunk was looked at.
+        started: bool,
+        /// Whether the end was reached (or the chunk refused): nothing more is read.
+        done: bool,
+        /// Whether the chunk started like bytecode and was cut short.
+        pub(super) refused: bool,
         /// The read error that ended the chunk early.
         pub(super) error: Option<io::Error>,
     }
@@ -693,22 +733,34 @@ mod file {
                 source: BufReader::new(source),
                 newline: false,
                 piece: Vec::new(),
+                held: Vec::new(),
+                started: false,
+                done: false,
+                refused: false,
                 error: None,
             })
         }
 
-        /// Skips a first line that starts with `#` (as Lua does for `#!` lines); returns
-        /// whether the chunk then starts with the escape byte of bytecode.
-        pub(super) fn skip_comment_line(&mut self) -> io::Result<bool> {
-            if self.peek()? == Some(b'#') {
-                self.newline = true;
-                let mut line = Vec::new();
-                self.source.read_until(b'\n', &mut line)?;
+        /// Skips a first line that starts with `#` (as Lua does for `#!` lines). What comes
+        /// next is judged by [`read_chunk`], on the bytes it hands to Lua.
+        pub(super) fn skip_comment_line(&mut self) -> io::Result<()> {
+            match self.fill()? {
+                None => self.done = true,
+                Some(b'#') => {
+                    self.newline = true;
+                    let mut line = Vec::new();
+                    self.source.read_until(b'\n', &mut line)?;
+                    if line.last() != Some(&b'\n') {
+                        self.done = true;
+                    }
+                }
+                Some(_) => {}
             }
-            Ok(self.peek()? == Some(ffi::LUA_SIGNATURE[0]))
+            Ok(())
         }
 
-        fn peek(&mut self) -> io::Result<Option<u8>> {
+        /// The first byte buffered, reading if needed; `None` at the end.
+        fn fill(&mut self) -> io::Result<Option<u8>> {
             loop {
                 match self.source.fill_buf() {
                     Ok(buf) => return Ok(buf.first().copied()),
@@ -717,9 +769,37 @@ mod file {
                 }
             }
         }
+
+        /// The next piece of the file, empty at the end (which is then final).
+        fn next_piece(&mut self) -> Vec<u8> {
+            if !self.held.is_empty() {
+                return std::mem::take(&mut self.held);
+            }
+            if self.done {
+                return Vec::new();
+            }
+            let piece = loop {
+                match self.source.fill_buf() {
+                    Ok(buf) => break buf.to_vec(),
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        self.error = Some(err);
+                        break Vec::new();
+                    }
+                }
+            };
+            self.source.consume(piece.len());
+            if piece.is_empty() {
+                self.done = true;
+            }
+            piece
+        }
     }
 
-    /// The `lua_Reader` of a [`Chunk`].
+    /// The `lua_Reader` of a [`Chunk`]. Lua tells a binary chunk by the first byte it is
+    /// handed: the first piece that holds one is checked here, and if it starts like bytecode
+    /// the chunk ends before it (Lua then parses an empty text chunk, which the caller
+    /// replaces with the refusal). The end of the file is final: nothing is read after it.
     #[cfg_attr(not(feature = "lua51"), allow(dead_code))]
     pub(super) unsafe extern "C-unwind" fn read_chunk(
         _: *mut ffi::lua_State,
@@ -728,26 +808,23 @@ mod file {
     ) -> *const c_char {
         // SAFETY: `data` is the `Chunk` that `load_file_text` passed to `lua_load`, alive and
         // not otherwise borrowed during the call; the returned piece stays valid until the
-        // next call.
+        // next call. Nothing here calls Lua.
         unsafe {
             let chunk = &mut *(data as *mut Chunk);
-            if std::mem::take(&mut chunk.newline) {
-                chunk.piece.clear();
-                chunk.piece.push(b'\n');
-            } else {
-                let piece = loop {
-                    match chunk.source.fill_buf() {
-                        Ok(buf) => break buf.to_vec(),
-                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                        Err(err) => {
-                            chunk.error = Some(err);
-                            break Vec::new();
-                        }
-                    }
-                };
-                chunk.source.consume(piece.len());
-                chunk.piece = piece;
+            let mut piece = chunk.next_piece();
+            if !chunk.started && !piece.is_empty() {
+                chunk.started = true;
+                if piece[0] == ffi::LUA_SIGNATURE[0] {
+                    chunk.refused = true;
+                    chunk.done = true;
+                    piece.clear();
+                }
             }
+            if !piece.is_empty() && std::mem::take(&mut chunk.newline) {
+                chunk.held = piece;
+                piece = b"\n".to_vec();
+            }
+            chunk.piece = piece;
             *size = chunk.piece.len();
             if chunk.piece.is_empty() {
                 std::ptr::null()
