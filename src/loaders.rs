@@ -587,7 +587,9 @@ unsafe extern "C-unwind" fn text_loadfile(state: *mut ffi::lua_State) -> c_int {
 /// `state` must be the running state, inside a C function call; `filename` null or a C
 /// string that stays valid meanwhile.
 unsafe fn load_file_text(state: *mut ffi::lua_State, filename: *const std::ffi::c_char) -> c_int {
-    /// How the load went, with nothing that needs dropping.
+    /// How the load went, with nothing that needs dropping (the message stays on the
+    /// stack, not on the heap, hence the size).
+    #[allow(clippy::large_enum_variant)]
     enum Outcome {
         Loaded(c_int),
         Refused,

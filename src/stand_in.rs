@@ -24,8 +24,9 @@ pub(crate) struct Originals {
 impl Originals {
     /// No original recorded yet.
     pub(crate) const fn new() -> Self {
-        const EMPTY: AtomicUsize = AtomicUsize::new(0);
-        Originals { slots: [EMPTY; 8] }
+        Originals {
+            slots: [const { AtomicUsize::new(0) }; 8],
+        }
     }
 
     /// Records `f`; returns `false` if every slot holds another function.
@@ -43,7 +44,11 @@ impl Originals {
 
     /// Whether `p` is a recorded original.
     fn contains(&self, p: usize) -> bool {
-        p != 0 && self.slots.iter().any(|slot| slot.load(Ordering::Acquire) == p)
+        p != 0
+            && self
+                .slots
+                .iter()
+                .any(|slot| slot.load(Ordering::Acquire) == p)
     }
 }
 
