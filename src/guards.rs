@@ -101,7 +101,13 @@ mod lua51 {
     use mlua::{ffi, Lua};
 
     use super::stack_left;
-    use crate::stand_in::{is_plain_c_function, original, push_stand_in};
+    use crate::stand_in::{is_plain_c_function, original, push_stand_in, Originals};
+
+    /// The originals each guard may run (see [`Originals`]).
+    static FIND: Originals = Originals::new();
+    static MATCH: Originals = Originals::new();
+    static GMATCH: Originals = Originals::new();
+    static GMATCH_STEP: Originals = Originals::new();
 
     /// Stack one level of pattern recursion may take (`match` plus `max_expand` or
     /// `start_capture`): about 160 bytes unoptimized, a third of that optimized.
@@ -124,15 +130,15 @@ mod lua51 {
                 ffi::lua_getglobal(state, c"string".as_ptr());
                 if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
                     let string = ffi::lua_gettop(state);
-                    for (name, guard) in [
-                        (c"find", guarded_find as ffi::lua_CFunction),
-                        (c"match", guarded_match),
-                        (c"gsub", guarded_match),
-                        (c"gmatch", guarded_gmatch),
+                    for (name, guard, originals) in [
+                        (c"find", guarded_find as ffi::lua_CFunction, &FIND),
+                        (c"match", guarded_match, &MATCH),
+                        (c"gsub", guarded_match, &MATCH),
+                        (c"gmatch", guarded_gmatch, &GMATCH),
                     ] {
                         ffi::lua_getfield(state, string, name.as_ptr());
                         if is_plain_c_function(state, -1) {
-                            push_stand_in(state, guard);
+                            push_stand_in(state, guard, originals);
                             ffi::lua_setfield(state, string, name.as_ptr());
                         } else {
                             ffi::lua_pop(state, 1);
@@ -184,7 +190,7 @@ mod lua51 {
             if ffi::lua_toboolean(state, 4) == 0 {
                 check_pattern(state, 2);
             }
-            original(state, ffi::lua_upvalueindex(1))(state)
+            original(state, ffi::lua_upvalueindex(1), &FIND)(state)
         }
     }
 
@@ -193,7 +199,7 @@ mod lua51 {
         // SAFETY: as `guarded_find`.
         unsafe {
             check_pattern(state, 2);
-            original(state, ffi::lua_upvalueindex(1))(state)
+            original(state, ffi::lua_upvalueindex(1), &MATCH)(state)
         }
     }
 
@@ -205,7 +211,7 @@ mod lua51 {
         // with the same upvalues plus the original iterator and the pattern's recursion bound,
         // within the `LUA_MINSTACK` slots a C function may use.
         unsafe {
-            let n = original(state, ffi::lua_upvalueindex(1))(state);
+            let n = original(state, ffi::lua_upvalueindex(1), &GMATCH)(state);
             let iterator = ffi::lua_gettop(state);
             let Some(step) = ffi::lua_tocfunction(state, iterator) else {
                 return n;
@@ -216,6 +222,8 @@ mod lua51 {
                     return n;
                 }
             }
+            // Unrecorded (no slot left), it is refused when the iterator runs.
+            let _ = GMATCH_STEP.record(step);
             ffi::lua_pushlightuserdata(state, step as *mut c_void);
             ffi::lua_pushcclosure(state, guarded_gmatch_step, 4);
             ffi::lua_replace(state, iterator);
@@ -229,7 +237,7 @@ mod lua51 {
         // SAFETY: called by Lua as a C function with the upvalues set by `guarded_gmatch`.
         unsafe {
             check_pattern(state, ffi::lua_upvalueindex(2));
-            original(state, ffi::lua_upvalueindex(4))(state)
+            original(state, ffi::lua_upvalueindex(4), &GMATCH_STEP)(state)
         }
     }
 

@@ -15,8 +15,9 @@
 //! call with the mode forced to text, or reimplements it on top of Lua's text loading (Lua
 //! 5.1's loaders have no mode, and `dofile` and the module searcher call the C API directly):
 //! argument errors, messages and results stay the version's own. No original is kept as a
-//! function value, so even a script with the `debug` library cannot reach one through
-//! upvalues.
+//! function value, so even a script with the `debug` library cannot call one through
+//! upvalues; and a stand-in runs only an original recorded for it on the Rust side, so
+//! swapping the upvalues (`debug.setupvalue`) leads to an error, not to another loader.
 //!
 //! Luau cannot load bytecode from Lua at all: nothing to replace there.
 
@@ -32,7 +33,17 @@ use mlua::ffi;
 use mlua::Lua;
 
 #[cfg(not(feature = "luau"))]
-use crate::stand_in::{is_plain_c_function, original, push_stand_in};
+use crate::stand_in::{is_plain_c_function, original, push_stand_in, Originals};
+
+/// The originals of `load` (and of LuaJIT's `loadstring`, the same function).
+#[cfg(not(feature = "luau"))]
+static LOAD: Originals = Originals::new();
+/// The originals of Lua 5.1's `loadstring`.
+#[cfg(feature = "lua51")]
+static LOADSTRING: Originals = Originals::new();
+/// The originals of `loadfile`.
+#[cfg(not(any(feature = "lua51", feature = "luau")))]
+static LOADFILE: Originals = Originals::new();
 
 /// What a refused binary chunk reports: Lua 5.2's message for a binary chunk under mode `"t"`
 /// (Lua 5.1 has no modes; LuaJIT words its own).
@@ -68,13 +79,24 @@ pub(crate) fn forbid_binary_chunks(lua: &Lua) -> mlua::Result<()> {
 unsafe fn install(state: *mut ffi::lua_State) {
     // SAFETY: guaranteed by the caller; every stand-in replaces a plain C function.
     unsafe {
-        replace_global(state, c"load", text_load);
+        replace_global(state, c"load", text_load, &LOAD);
         #[cfg(feature = "lua51")]
-        replace_global(state, c"loadstring", text_loadstring);
+        replace_global(state, c"loadstring", text_loadstring, &LOADSTRING);
         // LuaJIT's (and Lua 5.2's compatibility) `loadstring` is `load` under another name.
         #[cfg(not(feature = "lua51"))]
-        replace_global(state, c"loadstring", text_load);
-        replace_global(state, c"loadfile", text_loadfile);
+        replace_global(state, c"loadstring", text_load, &LOAD);
+        // Lua 5.1's `loadfile` is reimplemented: no original to keep.
+        #[cfg(feature = "lua51")]
+        {
+            ffi::lua_getglobal(state, c"loadfile".as_ptr());
+            if is_plain_c_function(state, -1) {
+                ffi::lua_pushcfunction(state, text_loadfile);
+                ffi::lua_setglobal(state, c"loadfile".as_ptr());
+            }
+            ffi::lua_pop(state, 1);
+        }
+        #[cfg(not(feature = "lua51"))]
+        replace_global(state, c"loadfile", text_loadfile, &LOADFILE);
         ffi::lua_getglobal(state, c"dofile".as_ptr());
         if is_plain_c_function(state, -1) {
             ffi::lua_pushcfunction(state, text_dofile);
@@ -90,18 +112,24 @@ unsafe fn install(state: *mut ffi::lua_State) {
     }
 }
 
-/// Replaces the global `name`, if it is one of Lua's own C functions, with `stand_in`.
+/// Replaces the global `name`, if it is one of Lua's own C functions, with `stand_in`, which
+/// runs the originals recorded in `originals`.
 ///
 /// # Safety
 ///
 /// As [`install`].
 #[cfg(not(feature = "luau"))]
-unsafe fn replace_global(state: *mut ffi::lua_State, name: &CStr, stand_in: ffi::lua_CFunction) {
+unsafe fn replace_global(
+    state: *mut ffi::lua_State,
+    name: &CStr,
+    stand_in: ffi::lua_CFunction,
+    originals: &'static Originals,
+) {
     // SAFETY: guaranteed by the caller.
     unsafe {
         ffi::lua_getglobal(state, name.as_ptr());
         if is_plain_c_function(state, -1) {
-            push_stand_in(state, stand_in);
+            push_stand_in(state, stand_in, originals);
             ffi::lua_setglobal(state, name.as_ptr());
         } else {
             ffi::lua_pop(state, 1);
@@ -200,14 +228,16 @@ unsafe extern "C-unwind" fn no_c_modules(state: *mut ffi::lua_State) -> c_int {
 
 /// Sets the mode argument at `idx` of a `load` or `loadfile` call to text only: the given
 /// mode without `b` (`"t"` when none is given). A mode of the wrong type is left for the
-/// original to report.
+/// original to report. The new mode is made by Lua (`luaL_gsub`): no Rust value is alive
+/// when a memory error unwinds.
 ///
 /// # Safety
 ///
 /// `state` must be the running state, inside a C function call.
 #[cfg(not(any(feature = "lua51", feature = "luau")))]
 unsafe fn force_text_mode(state: *mut ffi::lua_State, idx: c_int) {
-    // SAFETY: guaranteed by the caller; one value is pushed, within `LUA_MINSTACK`.
+    // SAFETY: guaranteed by the caller; at most two values are pushed, within
+    // `LUA_MINSTACK`. The given mode stays on the stack while `luaL_gsub` reads it.
     unsafe {
         let top = ffi::lua_gettop(state);
         let kind = if idx <= top {
@@ -215,47 +245,53 @@ unsafe fn force_text_mode(state: *mut ffi::lua_State, idx: c_int) {
         } else {
             ffi::LUA_TNONE
         };
-        let mode: Vec<u8> = match kind {
-            ffi::LUA_TNONE | ffi::LUA_TNIL => b"t".to_vec(),
+        match kind {
+            ffi::LUA_TNONE | ffi::LUA_TNIL => {
+                ffi::lua_pushstring(state, c"t".as_ptr());
+            }
             ffi::LUA_TSTRING | ffi::LUA_TNUMBER => {
-                let mut len = 0;
-                let given = ffi::lua_tolstring(state, idx, &mut len);
-                std::slice::from_raw_parts(given as *const u8, len)
-                    .iter()
-                    .copied()
-                    .filter(|&c| c != b'b')
-                    .collect()
+                // Lua reads the mode as a C string: what follows a zero byte does not count.
+                let given = ffi::lua_tolstring(state, idx, ptr::null_mut());
+                ffi::luaL_gsub(state, given, c"b".as_ptr(), c"".as_ptr());
             }
             _ => return,
-        };
+        }
         if top < idx {
-            ffi::lua_settop(state, idx - 1);
-            ffi::lua_pushlstring(state, mode.as_ptr() as *const _, mode.len());
+            // The mode is at `top + 1`: move it to `idx`, with `nil` in between.
+            ffi::lua_settop(state, idx);
+            if top + 1 < idx {
+                ffi::lua_pushvalue(state, top + 1);
+                ffi::lua_replace(state, idx);
+                ffi::lua_pushnil(state);
+                ffi::lua_replace(state, top + 1);
+            }
         } else {
-            ffi::lua_pushlstring(state, mode.as_ptr() as *const _, mode.len());
             ffi::lua_replace(state, idx);
         }
     }
 }
 
 /// `load(chunk [, chunkname [, mode [, env]]])` (and `loadstring` where it is the same
-/// function), upvalue 1 the original: binary chunks refused. Source given as a string loads
-/// under the caller's mode, as in plain Lua; a reader's chunk is only known once read, so a
-/// reader loads under the caller's mode less `b`.
+/// function), upvalue 1 the original: binary chunks refused. Source given as a string that
+/// does not start with the escape byte of bytecode loads under the caller's mode, as in plain
+/// Lua; anything else (a reader, whose chunk is only known once read, LuaJIT's
+/// `string.buffer`, any other value the original may accept) loads under the caller's mode
+/// less `b`.
 #[cfg(not(any(feature = "lua51", feature = "luau")))]
 unsafe extern "C-unwind" fn text_load(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua as a C function with the upvalue set by `push_stand_in`. Anything
-    // else than a string or a function is left for the original to report.
+    // SAFETY: called by Lua as a C function with the upvalue set by `push_stand_in`. A value
+    // the original does not take is left for it to report.
     unsafe {
-        let may_be_bytecode = match ffi::lua_type(state, 1) {
-            ffi::LUA_TSTRING => first_byte_marks_bytecode(state, 1),
-            ffi::LUA_TFUNCTION => true,
+        let text = match ffi::lua_type(state, 1) {
+            ffi::LUA_TSTRING => !first_byte_marks_bytecode(state, 1),
+            // Nothing to load: the original reports the missing argument as such.
+            ffi::LUA_TNONE => true,
             _ => false,
         };
-        if may_be_bytecode {
+        if !text {
             force_text_mode(state, 3);
         }
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOAD)(state)
     }
 }
 
@@ -267,7 +303,7 @@ unsafe extern "C-unwind" fn text_loadfile(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: as `text_load`.
     unsafe {
         force_text_mode(state, 2);
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOADFILE)(state)
     }
 }
 
@@ -410,41 +446,44 @@ unsafe extern "C-unwind" fn text_searcher(state: *mut ffi::lua_State) -> c_int {
 /// templates of the path at index 2, pushing the first readable file name and returning
 /// `true`, or pushing the list of files tried and returning `false`.
 ///
+/// Every string is built by Lua (`luaL_gsub`, `lua_concat`) and only borrowed by Rust: no
+/// Rust value is alive when a memory error unwinds.
+///
 /// # Safety
 ///
-/// `state` must be the running state inside `text_searcher`, `name` a C string.
+/// `state` must be the running state inside `text_searcher`, with the stack `[name, path]`,
+/// `name` the C string at index 1.
 #[cfg(not(feature = "luau"))]
 unsafe fn find_file(state: *mut ffi::lua_State, name: *const std::ffi::c_char) -> bool {
-    // SAFETY: guaranteed by the caller; strings are copied before the stack changes.
+    // SAFETY: guaranteed by the caller; the path is borrowed from index 2, which holds it
+    // throughout; at most seven values are on the stack.
     unsafe {
-        let dir_sep = std::path::MAIN_SEPARATOR as u8;
-        let name: Vec<u8> = CStr::from_ptr(name)
-            .to_bytes()
-            .iter()
-            .map(|&c| if c == b'.' { dir_sep } else { c })
-            .collect();
+        const DIR_SEP: &CStr = if cfg!(windows) { c"\\" } else { c"/" };
+        ffi::luaL_gsub(state, name, c".".as_ptr(), DIR_SEP.as_ptr()); // 3: name
+        ffi::lua_pushstring(state, c"".as_ptr()); // 4: files tried
         let mut len = 0;
         let path = ffi::lua_tolstring(state, 2, &mut len);
-        let path = std::slice::from_raw_parts(path as *const u8, len).to_vec();
-        let mut tried = Vec::new();
+        let path = std::slice::from_raw_parts(path as *const u8, len);
         for template in path.split(|&c| c == b';').filter(|t| !t.is_empty()) {
-            let mut filename = Vec::with_capacity(template.len() + name.len());
-            for &c in template {
-                if c == b'?' {
-                    filename.extend_from_slice(&name);
-                } else {
-                    filename.push(c);
-                }
-            }
-            if file::readable(&filename) {
-                ffi::lua_pushlstring(state, filename.as_ptr() as *const _, filename.len());
+            ffi::lua_pushlstring(state, template.as_ptr() as *const _, template.len()); // 5
+            let template = ffi::lua_tolstring(state, 5, ptr::null_mut());
+            let name = ffi::lua_tolstring(state, 3, ptr::null_mut());
+            ffi::luaL_gsub(state, template, c"?".as_ptr(), name); // 6: file name
+            ffi::lua_replace(state, 5);
+            let mut len = 0;
+            let filename = ffi::lua_tolstring(state, 5, &mut len);
+            if file::readable(std::slice::from_raw_parts(filename as *const u8, len)) {
+                ffi::lua_replace(state, 3);
+                ffi::lua_settop(state, 3);
                 return true;
             }
-            tried.extend_from_slice(b"\n\tno file '");
-            tried.extend_from_slice(&filename);
-            tried.push(b'\'');
+            ffi::lua_pushstring(state, c"\n\tno file '".as_ptr());
+            ffi::lua_insert(state, 5);
+            ffi::lua_pushstring(state, c"'".as_ptr());
+            ffi::lua_concat(state, 4); // 4: the files tried, this one added
         }
-        ffi::lua_pushlstring(state, tried.as_ptr() as *const _, tried.len());
+        ffi::lua_replace(state, 3);
+        ffi::lua_settop(state, 3);
         false
     }
 }
@@ -462,7 +501,7 @@ unsafe extern "C-unwind" fn text_load(state: *mut ffi::lua_State) -> c_int {
             ffi::lua_pushcclosure(state, text_reader, 2);
             ffi::lua_replace(state, 1);
         }
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOAD)(state)
     }
 }
 
@@ -515,7 +554,7 @@ unsafe extern "C-unwind" fn text_loadstring(state: *mut ffi::lua_State) -> c_int
             ffi::lua_pushstring(state, REFUSED.as_ptr());
             return 2;
         }
-        original(state, ffi::lua_upvalueindex(1))(state)
+        original(state, ffi::lua_upvalueindex(1), &LOADSTRING)(state)
     }
 }
 
@@ -539,57 +578,87 @@ unsafe extern "C-unwind" fn text_loadfile(state: *mut ffi::lua_State) -> c_int {
 /// null), skipping a first line that starts with `#`, and leaves the function or the error
 /// message on the stack; returns the status. A file that holds bytecode is refused.
 ///
+/// The file is read once: whether it holds bytecode is decided on the first piece handed to
+/// Lua (see [`file::read_chunk`]), so a file that changes meanwhile cannot slip bytecode in.
+/// The file is closed, and every Rust value dropped, before any call that can raise.
+///
 /// # Safety
 ///
 /// `state` must be the running state, inside a C function call; `filename` null or a C
 /// string that stays valid meanwhile.
 unsafe fn load_file_text(state: *mut ffi::lua_State, filename: *const std::ffi::c_char) -> c_int {
+    /// How the load went, with nothing that needs dropping (the message stays on the
+    /// stack, not on the heap, hence the size).
+    #[allow(clippy::large_enum_variant)]
+    enum Outcome {
+        Loaded(c_int),
+        Refused,
+        Failed(&'static CStr, [u8; 256]),
+    }
     // SAFETY: guaranteed by the caller; the reader's state outlives `lua_load`, which calls
-    // the reader only during the call.
+    // the reader only during the call and raises nothing (it runs the parser protected).
     unsafe {
-        let (display, chunkname) = if filename.is_null() {
-            (b"stdin".to_vec(), c"=stdin".to_owned())
+        let display = if filename.is_null() {
+            c"stdin".as_ptr()
         } else {
-            let name = CStr::from_ptr(filename).to_bytes();
-            let mut chunkname = b"@".to_vec();
-            chunkname.extend_from_slice(name);
-            (
-                name.to_vec(),
-                std::ffi::CString::new(chunkname).expect("no zero byte in a C string"),
-            )
+            filename
         };
-        let fail = |state, what: &str, err: &std::io::Error| {
-            let mut message = format!("cannot {what} ").into_bytes();
-            message.extend_from_slice(&display);
-            message.extend_from_slice(b": ");
-            message.extend_from_slice(file::os_message(err).as_bytes());
-            ffi::lua_pushlstring(state, message.as_ptr() as *const _, message.len());
-            ffi::LUA_ERRFILE
-        };
-        let mut chunk = match file::Chunk::open(&display, filename.is_null()) {
-            Ok(chunk) => chunk,
-            Err(err) => return fail(state, "open", &err),
-        };
-        match chunk.skip_comment_line() {
-            Ok(true) => {
-                ffi::lua_pushstring(state, REFUSED.as_ptr());
-                return ffi::LUA_ERRSYNTAX;
+        // The chunk name is made, and may raise, before the file is opened.
+        if filename.is_null() {
+            ffi::lua_pushstring(state, c"=stdin".as_ptr());
+        } else {
+            ffi::lua_pushfstring(state, c"@%s".as_ptr(), filename);
+        }
+        let chunkname_at = ffi::lua_gettop(state);
+        let outcome = 'read: {
+            let name = if filename.is_null() {
+                &[][..]
+            } else {
+                CStr::from_ptr(filename).to_bytes()
+            };
+            let mut chunk = match file::Chunk::open(name, filename.is_null()) {
+                Ok(chunk) => chunk,
+                Err(err) => break 'read Outcome::Failed(c"open", file::os_message(&err)),
+            };
+            if let Err(err) = chunk.skip_comment_line() {
+                break 'read Outcome::Failed(c"read", file::os_message(&err));
             }
-            Ok(false) => {}
-            Err(err) => return fail(state, "read", &err),
+            let status = ffi::lua_load(
+                state,
+                file::read_chunk,
+                &mut chunk as *mut file::Chunk as *mut c_void,
+                ffi::lua_tostring(state, chunkname_at),
+            );
+            if let Some(err) = chunk.error.take() {
+                Outcome::Failed(c"read", file::os_message(&err))
+            } else if chunk.refused {
+                Outcome::Refused
+            } else {
+                Outcome::Loaded(status)
+            }
+        };
+        match outcome {
+            Outcome::Loaded(status) => {
+                ffi::lua_remove(state, chunkname_at);
+                status
+            }
+            Outcome::Refused => {
+                ffi::lua_settop(state, chunkname_at - 1);
+                ffi::lua_pushstring(state, REFUSED.as_ptr());
+                ffi::LUA_ERRSYNTAX
+            }
+            Outcome::Failed(what, message) => {
+                ffi::lua_settop(state, chunkname_at - 1);
+                ffi::lua_pushfstring(
+                    state,
+                    c"cannot %s %s: %s".as_ptr(),
+                    what.as_ptr(),
+                    display,
+                    message.as_ptr(),
+                );
+                ffi::LUA_ERRFILE
+            }
         }
-        let top = ffi::lua_gettop(state);
-        let status = ffi::lua_load(
-            state,
-            file::read_chunk,
-            &mut chunk as *mut file::Chunk as *mut c_void,
-            chunkname.as_ptr(),
-        );
-        if let Some(err) = chunk.error.take() {
-            ffi::lua_settop(state, top);
-            return fail(state, "read", &err);
-        }
-        status
     }
 }
 
@@ -620,14 +689,18 @@ mod file {
         }
     }
 
-    /// The system's description of `err`, as `strerror` gives it.
+    /// The system's description of `err`, as `strerror` gives it: a C string, cut to fit.
     #[cfg_attr(not(feature = "lua51"), allow(dead_code))]
-    pub(super) fn os_message(err: &io::Error) -> String {
+    pub(super) fn os_message(err: &io::Error) -> [u8; 256] {
         let message = err.to_string();
-        match message.rfind(" (os error ") {
-            Some(at) => message[..at].to_owned(),
-            None => message,
-        }
+        let message = match message.rfind(" (os error ") {
+            Some(at) => &message[..at],
+            None => &message[..],
+        };
+        let mut out = [0; 256];
+        let len = message.len().min(out.len() - 1);
+        out[..len].copy_from_slice(&message.as_bytes()[..len]);
+        out
     }
 
     /// A chunk being read from a file for `lua_load`.
@@ -638,6 +711,14 @@ mod file {
         newline: bool,
         /// The piece handed to Lua last.
         piece: Vec<u8>,
+        /// A piece read but held back behind the newline.
+        held: Vec<u8>,
+        /// Whether the first piece of the chunk was looked at.
+        started: bool,
+        /// Whether the end was reached (or the chunk refused): nothing more is read.
+        done: bool,
+        /// Whether the chunk started like bytecode and was cut short.
+        pub(super) refused: bool,
         /// The read error that ended the chunk early.
         pub(super) error: Option<io::Error>,
     }
@@ -654,22 +735,34 @@ mod file {
                 source: BufReader::new(source),
                 newline: false,
                 piece: Vec::new(),
+                held: Vec::new(),
+                started: false,
+                done: false,
+                refused: false,
                 error: None,
             })
         }
 
-        /// Skips a first line that starts with `#` (as Lua does for `#!` lines); returns
-        /// whether the chunk then starts with the escape byte of bytecode.
-        pub(super) fn skip_comment_line(&mut self) -> io::Result<bool> {
-            if self.peek()? == Some(b'#') {
-                self.newline = true;
-                let mut line = Vec::new();
-                self.source.read_until(b'\n', &mut line)?;
+        /// Skips a first line that starts with `#` (as Lua does for `#!` lines). What comes
+        /// next is judged by [`read_chunk`], on the bytes it hands to Lua.
+        pub(super) fn skip_comment_line(&mut self) -> io::Result<()> {
+            match self.fill()? {
+                None => self.done = true,
+                Some(b'#') => {
+                    self.newline = true;
+                    let mut line = Vec::new();
+                    self.source.read_until(b'\n', &mut line)?;
+                    if line.last() != Some(&b'\n') {
+                        self.done = true;
+                    }
+                }
+                Some(_) => {}
             }
-            Ok(self.peek()? == Some(ffi::LUA_SIGNATURE[0]))
+            Ok(())
         }
 
-        fn peek(&mut self) -> io::Result<Option<u8>> {
+        /// The first byte buffered, reading if needed; `None` at the end.
+        fn fill(&mut self) -> io::Result<Option<u8>> {
             loop {
                 match self.source.fill_buf() {
                     Ok(buf) => return Ok(buf.first().copied()),
@@ -678,9 +771,37 @@ mod file {
                 }
             }
         }
+
+        /// The next piece of the file, empty at the end (which is then final).
+        fn next_piece(&mut self) -> Vec<u8> {
+            if !self.held.is_empty() {
+                return std::mem::take(&mut self.held);
+            }
+            if self.done {
+                return Vec::new();
+            }
+            let piece = loop {
+                match self.source.fill_buf() {
+                    Ok(buf) => break buf.to_vec(),
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        self.error = Some(err);
+                        break Vec::new();
+                    }
+                }
+            };
+            self.source.consume(piece.len());
+            if piece.is_empty() {
+                self.done = true;
+            }
+            piece
+        }
     }
 
-    /// The `lua_Reader` of a [`Chunk`].
+    /// The `lua_Reader` of a [`Chunk`]. Lua tells a binary chunk by the first byte it is
+    /// handed: the first piece that holds one is checked here, and if it starts like bytecode
+    /// the chunk ends before it (Lua then parses an empty text chunk, which the caller
+    /// replaces with the refusal). The end of the file is final: nothing is read after it.
     #[cfg_attr(not(feature = "lua51"), allow(dead_code))]
     pub(super) unsafe extern "C-unwind" fn read_chunk(
         _: *mut ffi::lua_State,
@@ -689,26 +810,23 @@ mod file {
     ) -> *const c_char {
         // SAFETY: `data` is the `Chunk` that `load_file_text` passed to `lua_load`, alive and
         // not otherwise borrowed during the call; the returned piece stays valid until the
-        // next call.
+        // next call. Nothing here calls Lua.
         unsafe {
             let chunk = &mut *(data as *mut Chunk);
-            if std::mem::take(&mut chunk.newline) {
-                chunk.piece.clear();
-                chunk.piece.push(b'\n');
-            } else {
-                let piece = loop {
-                    match chunk.source.fill_buf() {
-                        Ok(buf) => break buf.to_vec(),
-                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                        Err(err) => {
-                            chunk.error = Some(err);
-                            break Vec::new();
-                        }
-                    }
-                };
-                chunk.source.consume(piece.len());
-                chunk.piece = piece;
+            let mut piece = chunk.next_piece();
+            if !chunk.started && !piece.is_empty() {
+                chunk.started = true;
+                if piece[0] == ffi::LUA_SIGNATURE[0] {
+                    chunk.refused = true;
+                    chunk.done = true;
+                    piece.clear();
+                }
             }
+            if !piece.is_empty() && std::mem::take(&mut chunk.newline) {
+                chunk.held = piece;
+                piece = b"\n".to_vec();
+            }
+            chunk.piece = piece;
             *size = chunk.piece.len();
             if chunk.piece.is_empty() {
                 std::ptr::null()

@@ -99,6 +99,12 @@ const ROUTES: &[&str] = &[
     "try(dofile, dir .. '/shebang.lua')",
     "try(require, 'evil')",
     "try(require, 'shebang')",
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    "try(load, require('string.buffer').new():put(bytecode))",
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    "try(loadstring, require('string.buffer').new():put(bytecode))",
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    "try(load, require('string.buffer').new():put(bytecode), 'x', 'bt')",
 ];
 
 /// Runs every route on an isle made by `builder`; returns which ran the bytecode.
@@ -326,6 +332,55 @@ fn no_route_through_upvalues_or_native_code() {
         !ran,
         "a function reachable through upvalues ran the bytecode"
     );
+    // Nor does swapping the upvalues: a stand-in runs only its own original, and anything
+    // else in its upvalue (another original, a light userdata, `nil`) is a clean error.
+    let (swapped_ran, messages): (bool, String) = isle
+        .eval(
+            r#"local any_ran, messages = false, {}
+            -- The stand-in behind `f` (maybe wrapped by a guard): the C function whose
+            -- upvalue 1 is a light userdata.
+            local function stand_in(f, depth)
+              if type(f) ~= "function" or depth > 3 then return nil end
+              local name, value = debug.getupvalue(f, 1)
+              if name ~= nil and type(value) == "userdata" and debug.getinfo(f, "S").what == "C" then
+                return f
+              end
+              for i = 1, 255 do
+                name, value = debug.getupvalue(f, i)
+                if name == nil then break end
+                local found = stand_in(value, depth + 1)
+                if found then return found end
+              end
+            end
+            local function original(f)
+              local s = stand_in(f, 0)
+              return s and select(2, debug.getupvalue(s, 1))
+            end
+            local function swap(f, value)
+              local s = stand_in(f, 0)
+              if s then debug.setupvalue(s, 1, value) end
+              any_ran = try(f, bytecode, "x") or any_ran
+              local _, err = pcall(f, "return 1")
+              messages[#messages + 1] = tostring(err)
+            end
+            local from_load, from_loadfile = original(load), original(loadfile)
+            local other = debug.upvalueid and debug.upvalueid(swap, 1) or original(string.find)
+            swap(string.find, from_load)
+            swap(loadfile, from_load)
+            swap(loadfile, other)
+            swap(load, from_loadfile)
+            swap(load, nil)
+            return any_ran, table.concat(messages, "\n")"#,
+        )
+        .unwrap();
+    assert!(!swapped_ran, "a swapped upvalue ran the bytecode");
+    // The last swap leaves `load` with nothing to run: a clean error. (Lua 5.1's `debug`
+    // library does not touch the upvalues of C functions.)
+    assert!(
+        cfg!(feature = "lua51")
+            || messages.ends_with("the original of this library function was replaced"),
+        "{messages}"
+    );
     let (loaded, message, what): (bool, String, String) = isle
         .eval("local f, msg, what = package.loadlib(dir .. '/evil.lua', 'f') return f ~= nil, msg, what")
         .unwrap();
@@ -372,4 +427,82 @@ fn luau_loads_no_bytecode_from_lua() {
         .unwrap();
     assert!(dump);
     assert!(!ran);
+}
+
+/// Lua 5.1 reads a file once and judges the bytes it hands to Lua: a file rewritten while
+/// `loadfile`, `dofile` or `require` reads it (empty, then bytecode) never runs bytecode.
+#[test]
+#[cfg(feature = "lua51")]
+fn a_file_rewritten_while_loading_runs_no_bytecode() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let dir = TempDir::new();
+    let setup = setup(&dir);
+    let isle = Isle::builder()
+        .spawn(move |lua| lua.load(setup).exec())
+        .unwrap();
+    let bytecode = std::fs::read(dir.path().join("evil.lua")).unwrap();
+    let racy = dir.path().join("racy.lua");
+    std::fs::write(&racy, "return 1").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, racy) = (Arc::clone(&stop), racy.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::write(&racy, "return 1").unwrap();
+                std::fs::write(&racy, &bytecode).unwrap();
+            }
+        })
+    };
+    let ran: bool = isle
+        .eval(
+            r#"local path = dir .. "/racy.lua"
+            local deadline = os.clock() + 1
+            for i = 1, 20000 do
+              if try(loadfile, path) or try(dofile, path) then return true end
+              package.loaded.racy = nil
+              if try(require, "racy") then return true end
+              if os.clock() > deadline then break end
+            end
+            return false"#,
+        )
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(!ran, "bytecode ran from a file rewritten while loading");
+}
+
+/// Lua 5.1's loaders close the file before anything that can fail for want of memory: a
+/// `loadfile` that fails under the memory limit leaks no file descriptor.
+#[test]
+#[cfg(all(feature = "lua51", target_os = "linux"))]
+fn loading_under_the_memory_limit_leaks_no_file() {
+    let dir = TempDir::new();
+    let setup = setup(&dir);
+    let isle = Isle::builder()
+        .memory_limit(4 << 20)
+        .spawn(move |lua| lua.load(setup).exec())
+        .unwrap();
+    let open_files = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = open_files();
+    isle.eval::<()>(
+        r#"local path = dir .. "/evil.lua"
+        for round = 1, 20 do
+          local hog = {}
+          pcall(function()
+            while true do hog[#hog + 1] = string.rep("x", 64) .. #hog end
+          end)
+          for i = 1, 10 do pcall(loadfile, path) pcall(dofile, path) end
+          hog = nil
+          collectgarbage()
+        end"#,
+    )
+    .unwrap();
+    let after = open_files();
+    // Other tests may hold a few files meanwhile; a leak holds one per failed load.
+    assert!(
+        after < before + 20,
+        "{before} open files before, {after} after"
+    );
 }
