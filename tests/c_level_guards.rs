@@ -460,13 +460,9 @@ fn recursion_through_c_functions_across_coroutines_fails_cleanly() {
         if cfg!(not(feature = "luau")) {
             codes.push(LOAD_ACROSS_COROUTINES);
         }
-        // LuaJIT's (and 5.1's) `loadstring` is its `load` under another name.
+        // LuaJIT's `loadstring` is its `load` under another name (Lua 5.1's takes strings only).
         let loadstring_across_coroutines = LOAD_ACROSS_COROUTINES.replace("load(", "loadstring(");
-        if cfg!(any(
-            feature = "lua51",
-            feature = "luajit",
-            feature = "luajit52"
-        )) {
+        if cfg!(any(feature = "luajit", feature = "luajit52")) {
             codes.push(&loadstring_across_coroutines);
         }
         for code in codes {
