@@ -259,8 +259,10 @@ pub(crate) fn handle_job(
     #[cfg(feature = "tokio")]
     shared.room.notify(1);
     if shared.interrupter.is_killed() {
+        // Killed (a shutdown that ran out of time): nothing more runs, and handles may still
+        // exist, so waiting for the queue to disconnect could wait forever.
         drop(job);
-        return ControlFlow::Continue(());
+        return ControlFlow::Break(());
     }
     #[cfg(test)]
     crate::pause::at(crate::pause::Window::JobStart);

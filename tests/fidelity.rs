@@ -217,7 +217,36 @@ fn errors_of_wrapped_coroutines_carry_the_callers_position() {
         out[#out + 1] = w()
         out[#out + 1] = select(2, pcall(coroutine.resume, 1))
         out[#out + 1] = select(2, pcall(coroutine.wrap, 1))
+        -- Argument errors raised for a Lua caller carry its position.
+        out[#out + 1] = select(2, pcall(function() return coroutine.wrap(1) end))
+        out[#out + 1] = select(2, pcall(function() return coroutine.resume(1) end))
         return table.concat(out, "\n")"#,
+    );
+}
+
+/// A VM factory may replace `coroutine.wrap` with a function of its own: the isle keeps what
+/// it returns.
+#[test]
+fn a_factory_replacing_coroutine_wrap_keeps_its_wrap() {
+    let isle = Isle::builder()
+        .factory(|| {
+            let lua = Lua::new();
+            lua.load(
+                "local create, resume = coroutine.create, coroutine.resume
+                 coroutine.wrap = function(f)
+                   local co = create(f)
+                   return function(...) return select(2, resume(co, ...)) end
+                 end",
+            )
+            .exec()?;
+            Ok(lua)
+        })
+        .spawn(|_| Ok(()))
+        .unwrap();
+    assert_eq!(
+        isle.eval::<i64>("coroutine.wrap(function(x) return x + 6 end)(1)")
+            .unwrap(),
+        7
     );
 }
 

@@ -92,6 +92,11 @@ unsafe fn check(state: *mut ffi::lua_State) {
     }
 }
 
+/// Whether [`restore`] can allow hooks again (the flag's place was verified).
+pub(super) fn available() -> bool {
+    VERIFIED.get() == Some(&true)
+}
+
 /// Allows hooks again in `co`, a coroutine that is not running (dead, or about to be started).
 ///
 /// # Safety

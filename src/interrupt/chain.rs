@@ -156,6 +156,7 @@ pub(super) fn install(
     replace_chain(Box::into_raw(chain));
     #[cfg(any(feature = "lua54", feature = "lua55"))]
     allowhook::verify(lua);
+    anchor_resume_messages(lua)?;
     #[cfg(any(feature = "luajit", feature = "luajit52"))]
     stack::record_floor();
     wrap_coroutine_functions(lua, probe)?;
@@ -501,7 +502,9 @@ unsafe fn close_failed(
                 ffi::lua_xmove(co, state, 1);
                 status
             }
-            Caller::Resume if hook::pending().is_some() => {
+            // Only where hooks can be allowed again: otherwise its handlers would run with
+            // hooks off, and are better left pending, as plain Lua leaves them.
+            Caller::Resume if hook::pending().is_some() && allowhook::available() => {
                 allowhook::restore(co);
                 ffi::lua_closethread(co, state);
                 // The error of closing stays behind: the coroutine is dead with nothing left.
@@ -672,6 +675,27 @@ unsafe fn check_coroutine(state: *mut ffi::lua_State) {
     }
 }
 
+/// Keeps the messages of a resume that fails before it starts interned for good.
+///
+/// Lua 5.3 to 5.5 build them in the coroutine outside any protected call: if that allocation
+/// failed (the VM at its memory limit), the error would be thrown past this module's wrappers
+/// into the resumer's protected call, leaving the coroutine recorded on the resume chain after
+/// it may have been freed. A short string that already exists is found, not allocated.
+fn anchor_resume_messages(lua: &Lua) -> mlua::Result<()> {
+    let messages = lua.create_sequence_from([
+        "cannot resume dead coroutine",
+        "cannot resume non-suspended coroutine",
+        "C stack overflow",
+    ])?;
+    lua.set_named_registry_value("mlua_isle.resume_messages", messages)
+}
+
+/// The depth of the resume chain on this thread (1 between resumes: the main state).
+#[cfg(all(test, any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+pub(super) fn depth() -> usize {
+    DEPTH.with(|d| d.load(Ordering::Relaxed))
+}
+
 /// `coroutine.wrap`: creates the coroutine with the original (upvalue 1) and returns a function
 /// that resumes it as Lua's does.
 unsafe extern "C-unwind" fn guarded_wrap(state: *mut ffi::lua_State) -> c_int {
@@ -679,12 +703,7 @@ unsafe extern "C-unwind" fn guarded_wrap(state: *mut ffi::lua_State) -> c_int {
     // whose first upvalue is the new coroutine. Errors unwind with no Rust value alive here.
     unsafe {
         // The version's own check, raised here so that the error names `wrap` and its caller.
-        #[cfg(any(
-            feature = "lua52",
-            feature = "lua53",
-            feature = "lua54",
-            feature = "lua55"
-        ))]
+        #[cfg(not(feature = "lua51"))]
         ffi::luaL_checktype(state, 1, ffi::LUA_TFUNCTION);
         #[cfg(feature = "lua51")]
         if ffi::lua_isfunction(state, 1) == 0 || ffi::lua_iscfunction(state, 1) != 0 {
@@ -695,8 +714,13 @@ unsafe extern "C-unwind" fn guarded_wrap(state: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
         ffi::lua_insert(state, 1);
         ffi::lua_call(state, nargs, 1);
-        if ffi::lua_getupvalue(state, -1, 1).is_null() {
-            ffi::lua_pushnil(state);
+        let has_upvalue = !ffi::lua_getupvalue(state, -1, 1).is_null();
+        if !has_upvalue || ffi::lua_type(state, -1) != ffi::LUA_TTHREAD {
+            // Not Lua's own `wrap` (a VM factory replaced it): hand its result back as it is.
+            if has_upvalue {
+                ffi::lua_pop(state, 1);
+            }
+            return 1;
         }
         ffi::lua_pushcclosure(state, guarded_wrapped, 1);
         1

@@ -252,3 +252,59 @@ fn a_kill_just_before_a_job_starts_reaches_its_token() {
     }
     shutdown.join().unwrap().unwrap();
 }
+
+/// On Lua 5.3 to 5.5 a resume that fails before it starts builds its message outside any
+/// protected call; if that allocation failed at the memory limit, the error skipped the
+/// wrapper that takes the coroutine off the resume chain, and a later interrupt wrote into the
+/// coroutine once it was freed. The messages are kept interned, so the chain is always
+/// restored.
+#[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+#[test]
+fn a_resume_failing_at_the_memory_limit_leaves_the_chain_as_it_was() {
+    let isle = Isle::builder()
+        .memory_limit(8 << 20)
+        .spawn(|lua| {
+            let depth = lua.create_function(|_, ()| Ok(super::chain::depth()))?;
+            lua.globals().set("chain_depth", depth)
+        })
+        .unwrap();
+    // Fills memory so that only a few bytes are left, in steps, then resumes a dead
+    // coroutine; tries pad sizes until the resume fails for lack of memory.
+    let script = r#"
+        local sub, format, resume, create = string.sub, string.format, coroutine.resume, coroutine.create
+        local parts = {}
+        for i = 1, 400 do parts[i] = format("%05d", i) end
+        local pool = table.concat(parts)
+        parts = nil
+        local slots, idx
+        local function fill_long(len)
+          while true do idx = idx + 1; slots[idx] = sub(pool, 1, len) end
+        end
+        local function fill_short()
+          while true do idx = idx + 1; slots[idx] = format("%020d", idx) end
+        end
+        local lens = {1000, 300, 100, 41}
+        local function attempt(p)
+          local d = create(function() end)
+          resume(d)
+          slots = {}
+          for i = 1, 60000 do slots[i] = false end
+          idx = 0
+          collectgarbage()
+          for i = 1, 4 do pcall(fill_long, lens[i]) end
+          pcall(fill_short)
+          local pad = sub(pool, p, p + 40 + (p % 50))
+          pcall(resume, d)
+        end
+        local deepest = 1
+        for p = 1, 200 do
+          pcall(attempt, p)
+          slots = nil
+          collectgarbage()
+          local depth = chain_depth()
+          if depth > deepest then deepest = depth end
+        end
+        return deepest"#;
+    let deepest: usize = isle.eval(script).unwrap();
+    assert_eq!(deepest, 1);
+}
