@@ -170,6 +170,52 @@ fn async_shutdown_timeout_cancels_the_running_requests_token() {
     });
 }
 
+/// A killed isle stops serving at once: its handles still exist, so it must not wait for the
+/// queue to disconnect (it did when the kill came while queued jobs were being drained).
+#[cfg(feature = "tokio")]
+#[test]
+fn async_shutdown_timeout_never_waits_on_a_connected_queue() {
+    let _serial = serial();
+    within_hang_guard(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..100 {
+                let (tx, started) = mpsc::channel();
+                let (isle, driver) = mlua_isle::AsyncIsle::builder()
+                    .grace_period(HANG)
+                    .spawn_async(move |lua| {
+                        let f = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+                        lua.globals().set("started", f)
+                    })
+                    .await
+                    .unwrap();
+                let stuck = isle
+                    .spawn_eval::<()>(
+                        "started() while true do pcall(function() while true do end end) end",
+                    )
+                    .await
+                    .unwrap();
+                wait_started(&started);
+                let mut queued = Vec::new();
+                for _ in 0..5 {
+                    queued.push(isle.spawn_eval::<()>("return").await.unwrap());
+                }
+                driver
+                    .shutdown_timeout(Duration::from_millis(1))
+                    .await
+                    .unwrap();
+                assert!(matches!(stuck.await, Err(IsleError::Shutdown)));
+                for task in queued {
+                    assert!(matches!(task.await, Err(IsleError::Shutdown)));
+                }
+            }
+        });
+    });
+}
+
 /// Scripts that remove the interrupt hook with the debug library.
 #[cfg(not(feature = "luau"))]
 mod debug_hook {
