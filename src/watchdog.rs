@@ -133,10 +133,14 @@ impl Future for Sleep {
             Some(entry) => {
                 if let Some(waker) = state.timers.get_mut(&entry) {
                     if !waker.will_wake(cx.waker()) {
-                        *waker = cx.waker().clone();
+                        let replaced = std::mem::replace(waker, cx.waker().clone());
+                        // User code may run as a waker drops: not under the watchdog's lock.
+                        drop(state);
+                        drop(replaced);
                     }
                 } else {
                     // Fired meanwhile: the wake-up may have been lost on an old waker.
+                    drop(state);
                     cx.waker().wake_by_ref();
                 }
             }
