@@ -998,7 +998,10 @@ impl AsyncIsleDriver {
             }
         }
         exited_by(&shared, None).await;
-        if matches!(shared.exited.take(), Some(Err(IsleError::Abandoned))) {
+        // The flag, set before anything else when the isle gives up, decides: the thread may
+        // have ended (and resolved `exited`) before the give-up got to resolving it.
+        let abandoned = matches!(shared.exited.take(), Some(Err(IsleError::Abandoned)));
+        if abandoned || shared.is_abandoned() {
             return Err(IsleError::Abandoned);
         }
         // The thread has ended (or is ending): joining does not block for long.

@@ -369,7 +369,10 @@ impl Isle {
             }
         }
         exited.wait_until(None);
-        if matches!(exited.take(), Some(Err(IsleError::Abandoned))) {
+        // The flag, set before anything else when the isle gives up, decides: the thread may
+        // have ended (and resolved `exited`) before the give-up got to resolving it.
+        let abandoned = matches!(exited.take(), Some(Err(IsleError::Abandoned)));
+        if abandoned || shared.is_abandoned() {
             return Err(IsleError::Abandoned);
         }
         join(thread)
