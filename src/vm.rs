@@ -142,9 +142,9 @@ impl Vm {
     }
 
     /// Runs `function` with `args` as a coroutine that may await async Rust functions; returns
-    /// the future driving it. The coroutine gets a protected base frame (as those created by
-    /// Lua's `coroutine.create` do); dropping the future while the coroutine awaits drops the
-    /// awaited Rust future at once.
+    /// the future driving it. The coroutine gets a protected base frame (mlua resumes and
+    /// closes it itself, out of reach of the isle's coroutine wrappers); dropping the future
+    /// while the coroutine awaits drops the awaited Rust future at once.
     #[cfg(feature = "tokio")]
     pub(crate) fn coroutine<T: FromLuaMulti + 'static>(
         &mut self,

@@ -1,4 +1,4 @@
-//! How a running request is stopped: the only module that touches Lua's C API directly.
+//! How a running request is stopped, at the level of Lua's C API.
 //!
 //! # Generations
 //!
