@@ -1,7 +1,8 @@
 //! The cost of being interruptible: CPU-bound scripts through an idle isle against raw mlua on
 //! one thread (the floor, measured in the same run), with the default interrupt (signal-armed
 //! hook; on Luau the interrupt callback set on demand) and with the permanent hook; and the
-//! latency of a cancel.
+//! latency of a cancel, against two floors measured in the same run: waking a parked thread,
+//! and (Unix) delivering a signal to a running one.
 //!
 //! Run with: `cargo bench --bench interrupt`; for another Lua version, for example
 //! `cargo bench --bench interrupt --no-default-features --features luajit,vendored`.
@@ -213,6 +214,58 @@ fn one_wake_up() -> Duration {
     waiter.join().unwrap()
 }
 
+/// The floor of a signal-delivered cancel: the time from `pthread_kill` to a spinning thread
+/// until a spinning observer sees that the thread's handler ran. This is what the kernel (and
+/// a virtual machine's interrupt delivery) charges for stopping a running thread, before any
+/// Lua is involved.
+#[cfg(all(unix, not(feature = "luau")))]
+fn signal_deliveries(n: usize) -> Vec<Duration> {
+    use std::os::unix::thread::JoinHandleExt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    static DELIVERED: AtomicBool = AtomicBool::new(false);
+    // SAFETY: the action only stores to an atomic, which is async-signal-safe; SIGUSR2 is not
+    // used by the isles of this benchmark (they use `Interrupt::DEFAULT_SIGNAL`).
+    let id = unsafe {
+        signal_hook_registry::register(libc::SIGUSR2, || DELIVERED.store(true, Ordering::SeqCst))
+    }
+    .unwrap();
+    let round = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let spinner = {
+        let (round, seen) = (round.clone(), seen.clone());
+        std::thread::spawn(move || loop {
+            let r = round.load(Ordering::SeqCst);
+            if r == usize::MAX {
+                return;
+            }
+            if DELIVERED.swap(false, Ordering::SeqCst) {
+                seen.store(r, Ordering::SeqCst);
+            }
+            std::hint::spin_loop();
+        })
+    };
+    let target = spinner.as_pthread_t();
+    let mut samples = Vec::with_capacity(n);
+    for i in 1..=n {
+        round.store(i, Ordering::SeqCst);
+        // As a cancelled request is: running for a while before the signal comes.
+        std::thread::sleep(Duration::from_micros(20));
+        let start = Instant::now();
+        // SAFETY: `target` is a live thread: it ends only after the loop.
+        unsafe { libc::pthread_kill(target, libc::SIGUSR2) };
+        while seen.load(Ordering::SeqCst) != i {
+            std::hint::spin_loop();
+        }
+        samples.push(start.elapsed());
+    }
+    round.store(usize::MAX, Ordering::SeqCst);
+    spinner.join().unwrap();
+    signal_hook_registry::unregister(id);
+    samples
+}
+
 /// Time from `cancel()` to `wait()` returning, for a request known to be running the script.
 fn cancel_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("cancel_latency");
@@ -246,6 +299,16 @@ fn cancel_latency_percentiles(_: &mut Criterion) {
     }
     let (floor50, floor90) = percentiles((0..N).map(|_| one_wake_up()).collect());
     println!("cancel_latency_percentiles/floor_parked_wake_up: p50 {floor50:?} p90 {floor90:?}");
+    #[cfg(all(unix, not(feature = "luau")))]
+    {
+        let (p50, p90) = percentiles(signal_deliveries(N));
+        println!(
+            "cancel_latency_percentiles/floor_signal_delivery: p50 {p50:?} ({:.2}x floor) \
+             p90 {p90:?} ({:.2}x floor p50)",
+            p50.as_secs_f64() / floor50.as_secs_f64(),
+            p90.as_secs_f64() / floor50.as_secs_f64(),
+        );
+    }
     for (label, interrupt) in INTERRUPTS {
         let (isle, started) = isle_with_started(interrupt);
         for (name, script) in CANCELLED {

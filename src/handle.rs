@@ -283,21 +283,22 @@ impl Shared {
                 }
                 next = next.min(hard_stop);
             }
-            next = next.min(self.reassert_stop(gen, now));
+            next = next.min(self.reassert_stop(gen, now, since));
         }
         (next != u64::MAX).then_some(next)
     }
 
     /// Delivers the pending interrupt of request `gen` again if it is time; returns when to
     /// do so next.
-    fn reassert_stop(&self, gen: u64, now: u64) -> u64 {
+    fn reassert_stop(&self, gen: u64, now: u64, since: u64) -> u64 {
         let mut reassert = self.reassert.lock().unwrap_or_else(PoisonError::into_inner);
         if reassert.gen != gen {
-            // First seen now, about `REASSERT_FIRST` after the stop was requested: deliver now.
+            // The first delivery was the request's own; the next one is due `REASSERT_FIRST`
+            // after it.
             *reassert = Reassert {
                 gen,
                 interval: REASSERT_FIRST,
-                at: now,
+                at: since.saturating_add(REASSERT_FIRST),
             };
         }
         if now >= reassert.at {
@@ -393,7 +394,7 @@ pub(crate) enum Where {
 }
 
 /// The first delay before a pending stop is delivered again.
-const REASSERT_FIRST: u64 = 1_000_000;
+pub(crate) const REASSERT_FIRST: u64 = 1_000_000;
 /// The longest delay between two deliveries of a pending stop.
 const REASSERT_MAX: u64 = 16_000_000;
 
@@ -415,7 +416,7 @@ impl StopWatch for Shared {
                 watchdog::register(&me);
             }
         }
-        watchdog::deadline_published(tick.saturating_add(REASSERT_FIRST));
+        watchdog::stop_published(tick);
     }
 }
 

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::handle::Shared;
+use crate::handle::{Shared, REASSERT_FIRST};
 
 /// A point in time as nanoseconds since a process-wide origin; never 0.
 pub(crate) fn ticks(at: Instant) -> u64 {
@@ -45,6 +45,8 @@ struct Watchdog {
     wake: Condvar,
     /// The tick the watchdog sleeps until; `u64::MAX` when it sleeps without a timeout.
     next_wake: AtomicU64,
+    /// The tick of the latest stop (cancel, kill) published; 0 if none.
+    last_stop: AtomicU64,
 }
 
 struct State {
@@ -68,7 +70,12 @@ static WATCHDOG: Watchdog = Watchdog {
     }),
     wake: Condvar::new(),
     next_wake: AtomicU64::new(u64::MAX),
+    last_stop: AtomicU64::new(0),
 };
+
+/// How long the watchdog keeps waking at least every re-assertion delay after a stop was
+/// published, so that a burst of cancels does not wake it once per cancel.
+const LINGER: u64 = 50_000_000;
 
 impl Watchdog {
     /// Locks the state; nothing can panic while it is held, but a poisoned lock is taken over.
@@ -180,6 +187,30 @@ pub(crate) fn deadline_published(tick: u64) {
     }
 }
 
+/// Tells the watchdog that a stop was requested at `tick`, to be re-asserted
+/// [`REASSERT_FIRST`] later if it is still pending.
+///
+/// Waking the watchdog takes a core from the threads that are carrying the stop out, so it is
+/// woken only when it would sleep past the re-assertion: for [`LINGER`] after a stop it wakes
+/// every [`REASSERT_FIRST`] anyway, and a cancel in that time costs two atomic operations.
+pub(crate) fn stop_published(tick: u64) {
+    WATCHDOG.last_stop.fetch_max(tick, Ordering::SeqCst);
+    deadline_published(tick.saturating_add(REASSERT_FIRST));
+}
+
+/// The tick to wake at, given the one the isles and timers need (`next`), the time of this scan
+/// (`now`) and of the latest stop published (`last_stop`, 0 if none).
+///
+/// For [`LINGER`] after a stop, the watchdog wakes at least every [`REASSERT_FIRST`]: a stop
+/// requested after `now` is then due no earlier than this wake-up, and needs no kick.
+fn lingering(next: u64, now: u64, last_stop: u64) -> u64 {
+    if last_stop != 0 && now < last_stop.saturating_add(LINGER) {
+        next.min(now.saturating_add(REASSERT_FIRST))
+    } else {
+        next
+    }
+}
+
 /// Wakes the watchdog for a new scan (a registered isle went away, or a deadline came closer).
 pub(crate) fn kick() {
     let mut state = WATCHDOG.lock();
@@ -223,6 +254,7 @@ fn run() {
             .min()
             .unwrap_or(u64::MAX)
             .min(next_timer);
+        let next = lingering(next, now, WATCHDOG.last_stop.load(Ordering::SeqCst));
         WATCHDOG.next_wake.store(next, Ordering::SeqCst);
         // Dropped outside the lock: dropping the last reference to an isle kicks the watchdog.
         drop(isles);
@@ -243,6 +275,27 @@ fn run() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_stop_the_watchdog_lingers_so_that_later_stops_need_no_kick() {
+        let stop = 1_000_000_000;
+        let mut now = stop;
+        // Scans within the linger: every stop published after the scan is due no earlier than
+        // the planned wake-up (so `deadline_published` does not kick).
+        while now < stop + LINGER {
+            let wake = lingering(u64::MAX, now, stop);
+            assert!(wake <= now + REASSERT_FIRST);
+            for later in [now, now + 1, now + REASSERT_FIRST / 2] {
+                assert!(later + REASSERT_FIRST >= wake);
+            }
+            // An earlier need is kept.
+            assert_eq!(lingering(now + 10, now, stop), now + 10);
+            now = wake;
+        }
+        // Past the linger, or with no stop ever, the watchdog sleeps as long as it may.
+        assert_eq!(lingering(u64::MAX, now, stop), u64::MAX);
+        assert_eq!(lingering(u64::MAX, stop, 0), u64::MAX);
+    }
 
     #[cfg(feature = "tokio")]
     #[test]
