@@ -254,7 +254,10 @@ fn run() {
             .min()
             .unwrap_or(u64::MAX)
             .min(next_timer);
-        let next = lingering(next, now, WATCHDOG.last_stop.load(Ordering::SeqCst));
+        // From the time the scan ends: a scan slower than the period must not plan a wake in
+        // the past (and rescan without sleeping).
+        let scanned = ticks(Instant::now());
+        let next = lingering(next, scanned, WATCHDOG.last_stop.load(Ordering::SeqCst));
         WATCHDOG.next_wake.store(next, Ordering::SeqCst);
         // Dropped outside the lock: dropping the last reference to an isle kicks the watchdog.
         drop(isles);
