@@ -189,33 +189,24 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
-#[cfg(feature = "tokio")]
-mod async_isle;
-#[cfg(feature = "tokio")]
-mod async_task;
-mod builder;
-mod code;
-mod current;
+mod core;
 mod error;
-#[cfg(feature = "tokio")]
-mod executor;
-mod guards;
 mod handle;
 mod interrupt;
-mod isle;
-mod loaders;
+mod lua_thread;
+
+// The modules' former places, until their paths are updated.
 #[cfg(test)]
-mod pause;
-mod request;
-mod slot;
+use crate::core::pause;
+use crate::core::{slot, token, wait, watchdog};
+#[cfg(feature = "tokio")]
+use crate::handle::{async_isle, async_task};
+use crate::handle::{builder, code, isle, request, task};
+#[cfg(feature = "tokio")]
+use crate::lua_thread::executor;
 #[cfg(not(feature = "luau"))]
-mod stand_in;
-mod task;
-mod token;
-mod vm;
-mod wait;
-mod watchdog;
-mod worker;
+use crate::lua_thread::stand_in;
+use crate::lua_thread::{current, guards, loaders, vm, worker};
 
 #[cfg(not(any(
     feature = "lua54",

@@ -1,0 +1,9 @@
+pub(crate) mod current;
+#[cfg(feature = "tokio")]
+pub(crate) mod executor;
+pub(crate) mod guards;
+pub(crate) mod loaders;
+#[cfg(not(feature = "luau"))]
+pub(crate) mod stand_in;
+pub(crate) mod vm;
+pub(crate) mod worker;
