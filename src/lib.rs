@@ -195,19 +195,6 @@ mod handle;
 mod interrupt;
 mod lua_thread;
 
-// The modules' former places, until their paths are updated.
-#[cfg(test)]
-use crate::core::pause;
-use crate::core::{slot, token, wait, watchdog};
-#[cfg(feature = "tokio")]
-use crate::handle::{async_isle, async_task};
-use crate::handle::{builder, code, isle, request, task};
-#[cfg(feature = "tokio")]
-use crate::lua_thread::executor;
-#[cfg(not(feature = "luau"))]
-use crate::lua_thread::stand_in;
-use crate::lua_thread::{current, guards, loaders, vm, worker};
-
 #[cfg(not(any(
     feature = "lua54",
     feature = "lua55",
@@ -278,24 +265,24 @@ compile_error!(
      version other than the default `lua54`, set `default-features = false`)"
 );
 
+pub use crate::core::token::{CancelToken, Cancellation, DropGuard};
+pub use crate::error::{IsleError, LuaError, LuaErrorKind};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use crate::async_isle::{AsyncIsle, AsyncIsleDriver};
+pub use crate::handle::async_isle::{AsyncIsle, AsyncIsleDriver};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use crate::async_task::AsyncTask;
-pub use crate::builder::{
+pub use crate::handle::async_task::AsyncTask;
+pub use crate::handle::builder::{
     IsleBuilder, DEFAULT_CHUNK_CACHE, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE_CAPACITY,
     DEFAULT_STACK_SIZE,
 };
-pub use crate::code::Code;
-pub use crate::current::{checkpoint, current_deadline, current_token};
-pub use crate::error::{IsleError, LuaError, LuaErrorKind};
+pub use crate::handle::code::Code;
+pub use crate::handle::isle::Isle;
+pub use crate::handle::request::Request;
+pub use crate::handle::task::Task;
 pub use crate::interrupt::{without_interrupts, Interrupt};
-pub use crate::isle::Isle;
-pub use crate::request::Request;
-pub use crate::task::Task;
-pub use crate::token::{CancelToken, Cancellation, DropGuard};
+pub use crate::lua_thread::current::{checkpoint, current_deadline, current_token};
 
 // The README's examples are compiled and run as doctests (they use the `tokio` feature).
 #[cfg(all(doctest, feature = "tokio"))]
