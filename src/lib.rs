@@ -189,33 +189,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
-#[cfg(feature = "tokio")]
-mod async_isle;
-#[cfg(feature = "tokio")]
-mod async_task;
-mod builder;
-mod code;
-mod current;
+mod core;
 mod error;
-#[cfg(feature = "tokio")]
-mod executor;
-mod guards;
 mod handle;
 mod interrupt;
-mod isle;
-mod loaders;
-#[cfg(test)]
-mod pause;
-mod request;
-mod slot;
-#[cfg(not(feature = "luau"))]
-mod stand_in;
-mod task;
-mod token;
-mod vm;
-mod wait;
-mod watchdog;
-mod worker;
+mod lua_thread;
 
 #[cfg(not(any(
     feature = "lua54",
@@ -287,24 +265,24 @@ compile_error!(
      version other than the default `lua54`, set `default-features = false`)"
 );
 
+pub use crate::core::token::{CancelToken, Cancellation, DropGuard};
+pub use crate::error::{IsleError, LuaError, LuaErrorKind};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use crate::async_isle::{AsyncIsle, AsyncIsleDriver};
+pub use crate::handle::async_isle::{AsyncIsle, AsyncIsleDriver};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use crate::async_task::AsyncTask;
-pub use crate::builder::{
+pub use crate::handle::async_task::AsyncTask;
+pub use crate::handle::builder::{
     IsleBuilder, DEFAULT_CHUNK_CACHE, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE_CAPACITY,
     DEFAULT_STACK_SIZE,
 };
-pub use crate::code::Code;
-pub use crate::current::{checkpoint, current_deadline, current_token};
-pub use crate::error::{IsleError, LuaError, LuaErrorKind};
+pub use crate::handle::code::Code;
+pub use crate::handle::isle::Isle;
+pub use crate::handle::request::Request;
+pub use crate::handle::task::Task;
 pub use crate::interrupt::{without_interrupts, Interrupt};
-pub use crate::isle::Isle;
-pub use crate::request::Request;
-pub use crate::task::Task;
-pub use crate::token::{CancelToken, Cancellation, DropGuard};
+pub use crate::lua_thread::current::{checkpoint, current_deadline, current_token};
 
 // The README's examples are compiled and run as doctests (they use the `tokio` feature).
 #[cfg(all(doctest, feature = "tokio"))]

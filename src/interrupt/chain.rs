@@ -211,7 +211,7 @@ fn rust_resumed(thread: mlua::Thread) {
     });
     record_rust(thread, state);
     #[cfg(test)]
-    crate::pause::at(crate::pause::Window::RustResumed);
+    crate::core::pause::at(crate::core::pause::Window::RustResumed);
     if hook::pending().is_some() {
         // SAFETY: `state` is a live coroutine of this VM, held by the caller.
         unsafe { hook::arm(state) };

@@ -137,7 +137,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut
             unsafe {
                 if every == 0 {
                     #[cfg(test)]
-                    crate::pause::at(crate::pause::Window::HookRemoval);
+                    crate::core::pause::at(crate::core::pause::Window::HookRemoval);
                     // Left over from an earlier interrupt: remove it.
                     ffi::lua_sethook(state, None, 0, 0);
                     // A signal handled since `pending` looked may have armed this very hook,

@@ -44,6 +44,12 @@
 //!   of resumed coroutines, and resumes driven from Rust are recorded through mlua's thread event
 //!   callback. When the request ends, the generation is cleared first, then the hooks: any hook
 //!   left on a coroutine removes itself the next time it fires with nothing pending.
+//!
+//! # Layer
+//!
+//! The lowest layer above `error`; `core` and `lua_thread` build on it. Apart from its tests it
+//! imports nothing else of the crate but the watchdog's clock (`core::watchdog::ticks`), in
+//! which the time a stop was requested is recorded.
 
 #[cfg(any(feature = "lua54", feature = "lua55"))]
 mod allowhook;
@@ -279,7 +285,7 @@ impl Interrupter {
 
     /// Records when a stop was requested for the running request and tells the watch.
     fn stop_noticed(&self) {
-        let tick = crate::watchdog::ticks(Instant::now());
+        let tick = crate::core::watchdog::ticks(Instant::now());
         self.stop_tick.fetch_max(tick, Ordering::SeqCst);
         if let Some(watch) = self.watch.get().and_then(Weak::upgrade) {
             watch.stop_requested(tick);
@@ -600,7 +606,7 @@ mod tests {
         use std::sync::{Mutex, OnceLock};
         use std::task::{Context, Wake, Waker};
 
-        use crate::request::IsleHandle;
+        use crate::handle::request::IsleHandle;
         use crate::{AsyncIsle, IsleError};
 
         type Seen = Arc<Mutex<Option<bool>>>;

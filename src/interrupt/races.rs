@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use crate::pause::{self, Window};
+use crate::core::pause::{self, Window};
 use crate::{Isle, IsleError};
 
 /// How long a test waits for anything before it fails instead of hanging.

@@ -4,11 +4,11 @@
 //! Lua code, not Rust code, so a host function that works for long should look here and stop
 //! early when its request is cancelled or past its deadline.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::time::Instant;
 
+use crate::core::token::CancelToken;
 use crate::error::IsleError;
-use crate::token::CancelToken;
 
 struct Current {
     token: CancelToken,
@@ -16,36 +16,7 @@ struct Current {
 }
 
 thread_local! {
-    /// Identifies the isle whose Lua thread this is; 0 on every other thread.
-    static ISLE_ID: Cell<u64> = const { Cell::new(0) };
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
-    /// Set while a coroutine request runs on this (Lua) thread.
-    #[cfg(feature = "tokio")]
-    static IN_COROUTINE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the calling thread as the Lua thread of isle `id`.
-pub(crate) fn set_isle_id(id: u64) {
-    ISLE_ID.set(id);
-}
-
-/// Whether the calling thread is the Lua thread of isle `id`.
-pub(crate) fn on_isle_thread(id: u64) -> bool {
-    ISLE_ID.get() == id
-}
-
-/// Whether waiting for isle `id` here would wait for the very thread that waits: true on the
-/// isle's own thread, except inside a coroutine request, whose awaits yield to the isle's
-/// executor.
-#[cfg(feature = "tokio")]
-pub(crate) fn would_block_isle(id: u64) -> bool {
-    on_isle_thread(id) && !IN_COROUTINE.get()
-}
-
-/// Marks the calling thread as running a coroutine request (or not).
-#[cfg(feature = "tokio")]
-pub(crate) fn set_in_coroutine(inside: bool) {
-    IN_COROUTINE.set(inside);
 }
 
 /// Makes `token` and `deadline` visible to host functions until [`leave`] is called.

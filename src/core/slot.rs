@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use crate::core::token::{CancelToken, Node, TokenOwner};
+use crate::core::wait;
 use crate::error::IsleError;
 use crate::interrupt::Interrupter;
-use crate::token::{CancelToken, Node, TokenOwner};
-use crate::wait;
 
 pub(crate) struct Slot<T, W = ()> {
     /// Set (under the lock) when the phase becomes `Done`; lets waiters spin without locking.
@@ -305,7 +305,7 @@ impl<T: Send + 'static, W: Send + 'static> Resolve for Slot<T, W> {
     }
 
     fn cancel(&self) {
-        crate::token::cancel_owner(self);
+        crate::core::token::cancel_owner(self);
     }
 }
 

@@ -6,15 +6,14 @@ use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
-use crate::builder::{IsleBuilder, Launched};
-use crate::code::Code;
-use crate::current;
+use crate::core::queue::{Handle, Where};
+use crate::core::wait;
 use crate::error::IsleError;
-use crate::handle::{Handle, Where};
-use crate::request::{IsleHandle, Request};
-use crate::task::Task;
-use crate::wait;
-use crate::worker;
+use crate::handle::builder::{IsleBuilder, Launched};
+use crate::handle::code::Code;
+use crate::handle::request::{IsleHandle, Request};
+use crate::handle::task::Task;
+use crate::lua_thread::worker;
 
 /// A Lua VM running on a dedicated thread, driven from any thread.
 ///
@@ -352,7 +351,7 @@ impl Isle {
     /// `deadline`: `None` to wait forever, `Some(None)` for a timeout too long to represent.
     fn shutdown_until(mut self, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
         let shared = self.handle.shared.clone();
-        if current::on_isle_thread(shared.id) {
+        if wait::on_isle_thread(shared.id) {
             return Err(IsleError::Reentrant);
         }
         let thread = self.thread.take();
@@ -382,7 +381,7 @@ impl Isle {
 #[cfg(all(test, unix, not(feature = "luau")))]
 impl Isle {
     /// The isle's shared state, for tests that look inside.
-    pub(crate) fn shared(&self) -> &std::sync::Arc<crate::handle::Shared> {
+    pub(crate) fn shared(&self) -> &std::sync::Arc<crate::core::queue::Shared> {
         &self.handle.shared
     }
 }

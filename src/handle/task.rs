@@ -4,11 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::current;
+use crate::core::slot::ResultSlot;
+use crate::core::token::CancelToken;
+use crate::core::wait;
 use crate::error::IsleError;
-use crate::slot::ResultSlot;
-use crate::token::CancelToken;
-use crate::wait;
 
 /// A request submitted with one of the `spawn_*` methods, whose result can be waited for.
 ///
@@ -78,7 +77,7 @@ impl<T> Task<T> {
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn wait(mut self) -> Result<T, IsleError> {
-        if !self.slot.is_ready() && current::on_isle_thread(self.isle_id) {
+        if !self.slot.is_ready() && wait::on_isle_thread(self.isle_id) {
             return Err(IsleError::Reentrant);
         }
         self.wait_until(None);
@@ -114,7 +113,7 @@ impl<T> Task<T> {
     }
 
     fn wait_deadline(mut self, until: Option<Instant>) -> Result<Result<T, IsleError>, Task<T>> {
-        if !self.slot.is_ready() && current::on_isle_thread(self.isle_id) {
+        if !self.slot.is_ready() && wait::on_isle_thread(self.isle_id) {
             return Ok(Err(IsleError::Reentrant));
         }
         if self.wait_until(until) {

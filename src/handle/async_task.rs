@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::current;
+use crate::core::slot::ResultSlot;
+use crate::core::token::CancelToken;
+use crate::core::wait;
+use crate::core::watchdog::Sleep;
 use crate::error::IsleError;
-use crate::slot::ResultSlot;
-use crate::token::CancelToken;
-use crate::wait;
-use crate::watchdog::Sleep;
 
 /// A request submitted through an [`AsyncIsle`](crate::AsyncIsle); awaiting it yields the
 /// request's result.
@@ -155,7 +154,7 @@ impl<T> Future for AsyncTask<T> {
     type Output = Result<T, IsleError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if !self.slot.is_ready() && current::would_block_isle(self.isle_id) {
+        if !self.slot.is_ready() && wait::would_block_isle(self.isle_id) {
             // Blocking on this from a plain request (e.g. with `block_on` in a host function)
             // would wait for the thread that is waiting.
             return Poll::Ready(Err(IsleError::Reentrant));

@@ -11,7 +11,7 @@
 //!   [`IsleBuilder::factory`](crate::IsleBuilder::factory) can; mlua removes it otherwise), it
 //!   and the searchers of C modules refuse to load anything.
 //!
-//! Each replacement is a [stand-in](crate::stand_in) that runs Lua's own function in its own
+//! Each replacement is a [stand-in](crate::lua_thread::stand_in) that runs Lua's own function in its own
 //! call with the mode forced to text, or reimplements it on top of Lua's text loading (Lua
 //! 5.1's loaders have no mode, and `dofile` and the module searcher call the C API directly):
 //! argument errors, messages and results stay the version's own. No original is kept as a
@@ -33,7 +33,7 @@ use mlua::ffi;
 use mlua::Lua;
 
 #[cfg(not(feature = "luau"))]
-use crate::stand_in::{is_plain_c_function, original, push_stand_in, Originals};
+use crate::lua_thread::stand_in::{is_plain_c_function, original, push_stand_in, Originals};
 
 /// The originals of `load` (and of LuaJIT's `loadstring`, the same function).
 #[cfg(not(feature = "luau"))]
@@ -842,7 +842,7 @@ mod tests {
     use mlua::Function;
 
     use super::*;
-    use crate::vm::VmSource;
+    use crate::lua_thread::vm::VmSource;
 
     /// A fresh VM with the text-only loaders.
     fn text_only() -> Lua {

@@ -5,7 +5,11 @@
 //! for work therefore poll for a short, bounded time first. The spin yields to the scheduler
 //! after its first few rounds so that a caller and a Lua thread sharing one core still make
 //! progress, and it ends after [`SPIN_BUDGET`], so an idle thread never burns a core.
+//!
+//! A thread must never wait for its own isle: each Lua thread records which isle it serves
+//! ([`on_isle_thread`]), so that a wait that could only deadlock fails instead.
 
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 use std::task::{Wake, Waker};
 use std::thread::{self, Thread};
@@ -95,6 +99,38 @@ pub(crate) fn park_until(deadline: Option<Instant>) {
 /// `now + timeout`, or `None` when that is too far away to represent.
 pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
+}
+
+thread_local! {
+    /// Identifies the isle whose Lua thread this is; 0 on every other thread.
+    static ISLE_ID: Cell<u64> = const { Cell::new(0) };
+    /// Set while a coroutine request runs on this (Lua) thread.
+    #[cfg(feature = "tokio")]
+    static IN_COROUTINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as the Lua thread of isle `id`.
+pub(crate) fn set_isle_id(id: u64) {
+    ISLE_ID.set(id);
+}
+
+/// Whether the calling thread is the Lua thread of isle `id`.
+pub(crate) fn on_isle_thread(id: u64) -> bool {
+    ISLE_ID.get() == id
+}
+
+/// Whether waiting for isle `id` here would wait for the very thread that waits: true on the
+/// isle's own thread, except inside a coroutine request, whose awaits yield to the isle's
+/// executor.
+#[cfg(feature = "tokio")]
+pub(crate) fn would_block_isle(id: u64) -> bool {
+    on_isle_thread(id) && !IN_COROUTINE.get()
+}
+
+/// Marks the calling thread as running a coroutine request (or not).
+#[cfg(feature = "tokio")]
+pub(crate) fn set_in_coroutine(inside: bool) {
+    IN_COROUTINE.set(inside);
 }
 
 #[cfg(test)]

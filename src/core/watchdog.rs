@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::handle::{Shared, REASSERT_FIRST};
+use crate::core::queue::{Shared, REASSERT_FIRST};
 
 /// A point in time as nanoseconds since a process-wide origin; never 0.
 pub(crate) fn ticks(at: Instant) -> u64 {
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn sleep_completes_after_its_time() {
         let start = Instant::now();
-        let waker = crate::wait::thread_waker();
+        let waker = crate::core::wait::thread_waker();
         let mut cx = Context::from_waker(&waker);
         let mut sleep = Box::pin(Sleep::until(start + Duration::from_millis(5)));
         while sleep.as_mut().poll(&mut cx).is_pending() {
@@ -316,7 +316,7 @@ mod tests {
     #[cfg(feature = "tokio")]
     #[test]
     fn dropped_sleep_leaves_no_timer() {
-        let waker = crate::wait::thread_waker();
+        let waker = crate::core::wait::thread_waker();
         let mut cx = Context::from_waker(&waker);
         let mut sleep = Box::pin(Sleep::until(Instant::now() + Duration::from_secs(3600)));
         assert!(sleep.as_mut().poll(&mut cx).is_pending());

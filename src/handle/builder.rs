@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use mlua::{Lua, LuaOptions, StdLib};
 
+use crate::core::queue::{Handle, Shared};
+use crate::core::slot::{Completer, Slot};
 use crate::error::IsleError;
-use crate::handle::{Handle, Shared};
+use crate::handle::isle::Isle;
 use crate::interrupt::Interrupt;
-use crate::isle::Isle;
-use crate::slot::{Completer, Slot};
-use crate::vm::VmSource;
-use crate::worker::{self, Setup};
+use crate::lua_thread::vm::VmSource;
+use crate::lua_thread::worker::{self, Setup};
 
 /// Default number of requests that can wait in an isle's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;

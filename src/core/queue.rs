@@ -1,5 +1,6 @@
-//! The caller's side of an isle: submitting jobs through the bounded queue, and how the queue
-//! is closed without stranding a job.
+//! An isle's bounded queue: the jobs that travel through it ([`Queued`]), the state its handles,
+//! its Lua thread and the watchdog share ([`Shared`]), submitting through it ([`Handle`]), and
+//! how it is closed without stranding a job.
 //!
 //! The queue is a bounded crossbeam channel. Two flags describe its state: *closed* (no new
 //! submissions; what is queued still runs) and *dead* (nothing queued will run any more). When
@@ -16,13 +17,78 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::current;
+use crate::core::slot::{Resolve, Slot};
+use crate::core::token::CancelToken;
+use crate::core::wait;
+use crate::core::watchdog;
 use crate::error::IsleError;
 use crate::interrupt::{Interrupter, Stop, StopWatch};
-use crate::slot::{Resolve, Slot};
-use crate::token::CancelToken;
-use crate::watchdog;
-use crate::worker::Queued;
+use crate::lua_thread::worker::Worker;
+
+/// A request as the Lua thread sees it: its slot, whatever the work and result types.
+pub(crate) trait Job: Resolve + 'static {
+    /// Runs the request (unless it was resolved while queued) and resolves it.
+    fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>);
+
+    /// Whether the request needs the Lua thread's async executor (a coroutine request).
+    fn needs_executor(&self) -> bool {
+        false
+    }
+}
+
+/// What travels through the queue. Dropping it unrun resolves its request with
+/// [`IsleError::Shutdown`], so a request can never be left unresolved.
+pub(crate) struct Queued {
+    /// `None` for a wake-up marker, and once the job has been handed to the Lua thread.
+    job: Option<(Arc<dyn Job>, CancelToken)>,
+    deadline: Option<Instant>,
+}
+
+impl Queued {
+    pub(crate) fn new(job: Arc<dyn Job>, token: CancelToken, deadline: Option<Instant>) -> Self {
+        Queued {
+            job: Some((job, token)),
+            deadline,
+        }
+    }
+
+    /// A marker that only wakes the Lua thread up (to notice that the queue was closed).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wake() -> Self {
+        Queued {
+            job: None,
+            deadline: None,
+        }
+    }
+
+    pub(crate) fn run(mut self, worker: &mut Worker) {
+        if let Some((job, token)) = self.job.take() {
+            job.run(worker, token, self.deadline);
+        }
+    }
+
+    /// Resolves the job with `err` instead of running it.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn fail(mut self, err: IsleError) {
+        if let Some((job, _)) = self.job.take() {
+            job.resolve(err);
+        }
+    }
+
+    pub(crate) fn needs_executor(&self) -> bool {
+        self.job
+            .as_ref()
+            .is_some_and(|(job, _)| job.needs_executor())
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some((job, _)) = self.job.take() {
+            job.resolve(IsleError::Shutdown);
+        }
+    }
+}
 
 /// State shared by every handle of one isle, its Lua thread and the watchdog.
 pub(crate) struct Shared {
@@ -545,7 +611,7 @@ impl Handle {
         if shared.closed.load(Ordering::Acquire) {
             return Err(shared.refusal());
         }
-        if when_full == WhenFull::Wait && !current::on_isle_thread(shared.id) {
+        if when_full == WhenFull::Wait && !wait::on_isle_thread(shared.id) {
             self.tx.send(job).map_err(|_| shared.refusal())?;
         } else {
             self.tx.try_send(job).map_err(|e| match e {
@@ -591,7 +657,7 @@ impl Handle {
                 // Only the isle's own thread drains the queue: never wait for room there
                 // (except in a coroutine request, which yields to that thread's executor).
                 Err(TrySendError::Full(_))
-                    if when_full == WhenFull::Fail || current::would_block_isle(shared.id) =>
+                    if when_full == WhenFull::Fail || wait::would_block_isle(shared.id) =>
                 {
                     return Err(IsleError::Full)
                 }
@@ -658,7 +724,7 @@ mod tests {
     use std::sync::{Barrier, Mutex};
     use std::thread;
 
-    use crate::vm::Vm;
+    use crate::lua_thread::vm::Vm;
 
     #[test]
     fn closing_resolves_every_job_even_from_racing_senders() {

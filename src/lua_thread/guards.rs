@@ -101,7 +101,7 @@ mod lua51 {
     use mlua::{ffi, Lua};
 
     use super::stack_left;
-    use crate::stand_in::{is_plain_c_function, original, push_stand_in, Originals};
+    use crate::lua_thread::stand_in::{is_plain_c_function, original, push_stand_in, Originals};
 
     /// The originals each guard may run (see [`Originals`]).
     static FIND: Originals = Originals::new();

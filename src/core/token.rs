@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::wait;
+use crate::core::wait;
 
 /// A cancellation signal that can be shared between threads and tasks.
 ///
@@ -316,7 +316,7 @@ impl CancelToken {
         let owner: Arc<dyn TokenOwner> = Arc::new_cyclic(|me: &Weak<Plain>| {
             let node = Node::new(Some(self), me.clone());
             #[cfg(test)]
-            crate::pause::at(crate::pause::Window::ChildUnbuilt);
+            crate::core::pause::at(crate::core::pause::Window::ChildUnbuilt);
             Plain(node)
         });
         adopted(&*owner);
@@ -660,7 +660,7 @@ mod tests {
     fn a_cancel_while_a_child_is_being_built_reaches_it() {
         let name = "token-child-unbuilt";
         let root = CancelToken::new();
-        let paused = crate::pause::arm(crate::pause::Window::ChildUnbuilt, name);
+        let paused = crate::core::pause::arm(crate::core::pause::Window::ChildUnbuilt, name);
         let maker = {
             let root = root.clone();
             thread::Builder::new()

@@ -150,7 +150,7 @@ impl Vm {
         &mut self,
         function: Function,
         args: impl IntoLuaMulti,
-    ) -> Result<crate::executor::LuaFuture<T>, IsleError> {
+    ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
         let key = function.to_pointer() as usize;
         let cached = self.bodies.as_mut().and_then(|b| b.get(&key)).cloned();
         let body = match cached {

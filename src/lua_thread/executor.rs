@@ -25,16 +25,16 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
-use crate::current;
+use crate::core::queue::{Job, Queued, Shared, Wakeup};
+use crate::core::slot::{Resolve, Slot};
+use crate::core::token::{CancelToken, Cancellation};
+use crate::core::wait;
+use crate::core::watchdog::Sleep;
 use crate::error::IsleError;
-use crate::handle::{Shared, Wakeup};
 use crate::interrupt::{self, Armed};
-use crate::slot::{Resolve, Slot};
-use crate::token::{CancelToken, Cancellation};
-use crate::vm::Vm;
-use crate::wait;
-use crate::watchdog::Sleep;
-use crate::worker::{self, Job, Queued, Worker};
+use crate::lua_thread::current;
+use crate::lua_thread::vm::Vm;
+use crate::lua_thread::worker::{self, Worker};
 
 /// The future driving one coroutine on the VM.
 pub(crate) type LuaFuture<T> = Pin<Box<dyn Future<Output = mlua::Result<T>>>>;
@@ -280,7 +280,7 @@ where
         let context = self.context.clone();
         let gen = context.next_generation();
         #[cfg(test)]
-        crate::pause::at(crate::pause::Window::CoroutineStretch);
+        crate::core::pause::at(crate::core::pause::Window::CoroutineStretch);
         if !self.slot.rerun(gen) {
             return None;
         }
@@ -298,9 +298,9 @@ where
             .shared
             .request_started(self.slot.clone() as Arc<dyn Resolve>, deadline);
         current::enter(self.token.clone(), self.deadline);
-        current::set_in_coroutine(true);
+        wait::set_in_coroutine(true);
         let result = f(self);
-        current::set_in_coroutine(false);
+        wait::set_in_coroutine(false);
         let _ = current::leave();
         context.armed.end();
         context.shared.request_ended();

@@ -5,17 +5,15 @@ use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
-use crate::code::Code;
-use crate::current;
+use crate::core::queue::{Handle, Job, Queued, WhenFull};
+use crate::core::slot::Slot;
+use crate::core::token::CancelToken;
+use crate::core::wait;
 use crate::error::IsleError;
-use crate::handle::{Handle, WhenFull};
-use crate::isle::Isle;
-use crate::slot::Slot;
-use crate::task::Task;
-use crate::token::CancelToken;
-use crate::vm::Vm;
-use crate::wait;
-use crate::worker::{Job, Queued};
+use crate::handle::code::Code;
+use crate::handle::isle::Isle;
+use crate::handle::task::Task;
+use crate::lua_thread::vm::Vm;
 
 /// Options for one request, then the request itself.
 ///
@@ -406,7 +404,7 @@ impl Request<'_, Isle> {
 
     /// Refuses blocking requests made on the isle's own thread before anything is queued.
     fn blocking(self) -> Result<Self, IsleError> {
-        if current::on_isle_thread(self.isle.handle().shared.id) {
+        if wait::on_isle_thread(self.isle.handle().shared.id) {
             return Err(IsleError::Reentrant);
         }
         Ok(self)

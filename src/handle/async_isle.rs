@@ -13,20 +13,18 @@ use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
-use crate::async_task::AsyncTask;
-use crate::builder::{IsleBuilder, Launched};
-use crate::code::Code;
-use crate::current;
+use crate::core::queue::{Handle, Job, Shared, Where};
+use crate::core::slot::Slot;
+use crate::core::wait;
+use crate::core::watchdog::Sleep;
 use crate::error::IsleError;
-use crate::executor::Coroutine;
-use crate::handle::{Handle, Shared, Where};
-use crate::isle;
-use crate::request::{IsleHandle, Request};
-use crate::slot::Slot;
-use crate::vm::Vm;
-use crate::wait;
-use crate::watchdog::Sleep;
-use crate::worker::Job;
+use crate::handle::async_task::AsyncTask;
+use crate::handle::builder::{IsleBuilder, Launched};
+use crate::handle::code::Code;
+use crate::handle::isle;
+use crate::handle::request::{IsleHandle, Request};
+use crate::lua_thread::executor::Coroutine;
+use crate::lua_thread::vm::Vm;
 
 /// An async handle to a Lua VM running on its own thread.
 ///
@@ -981,7 +979,7 @@ impl AsyncIsleDriver {
     /// `deadline`: `None` to wait forever, `Some(None)` for a timeout too long to represent.
     async fn shutdown_until(mut self, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
         let shared = self.shared.clone();
-        if current::on_isle_thread(shared.id) {
+        if wait::on_isle_thread(shared.id) {
             return Err(IsleError::Reentrant);
         }
         shared.close();

@@ -12,81 +12,16 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 use mlua::Lua;
 
-use crate::current;
+use crate::core::queue::{Job, Queued, Shared};
+use crate::core::slot::{Completer, Slot};
+use crate::core::token::CancelToken;
+use crate::core::wait;
 use crate::error::IsleError;
-use crate::guards;
-use crate::handle::Shared;
 use crate::interrupt::{Armed, Interrupt};
-use crate::loaders;
-use crate::slot::{Completer, Resolve, Slot};
-use crate::token::CancelToken;
-use crate::vm::{Vm, VmSource};
-use crate::wait;
-
-/// A request as the Lua thread sees it: its slot, whatever the work and result types.
-pub(crate) trait Job: Resolve + 'static {
-    /// Runs the request (unless it was resolved while queued) and resolves it.
-    fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>);
-
-    /// Whether the request needs the Lua thread's async executor (a coroutine request).
-    fn needs_executor(&self) -> bool {
-        false
-    }
-}
-
-/// What travels through the queue. Dropping it unrun resolves its request with
-/// [`IsleError::Shutdown`], so a request can never be left unresolved.
-pub(crate) struct Queued {
-    /// `None` for a wake-up marker, and once the job has been handed to the Lua thread.
-    job: Option<(Arc<dyn Job>, CancelToken)>,
-    deadline: Option<Instant>,
-}
-
-impl Queued {
-    pub(crate) fn new(job: Arc<dyn Job>, token: CancelToken, deadline: Option<Instant>) -> Self {
-        Queued {
-            job: Some((job, token)),
-            deadline,
-        }
-    }
-
-    /// A marker that only wakes the Lua thread up (to notice that the queue was closed).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn wake() -> Self {
-        Queued {
-            job: None,
-            deadline: None,
-        }
-    }
-
-    pub(crate) fn run(mut self, worker: &mut Worker) {
-        if let Some((job, token)) = self.job.take() {
-            job.run(worker, token, self.deadline);
-        }
-    }
-
-    /// Resolves the job with `err` instead of running it.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn fail(mut self, err: IsleError) {
-        if let Some((job, _)) = self.job.take() {
-            job.resolve(err);
-        }
-    }
-
-    pub(crate) fn needs_executor(&self) -> bool {
-        self.job
-            .as_ref()
-            .is_some_and(|(job, _)| job.needs_executor())
-    }
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        if let Some((job, _)) = self.job.take() {
-            job.resolve(IsleError::Shutdown);
-        }
-    }
-}
+use crate::lua_thread::current;
+use crate::lua_thread::guards;
+use crate::lua_thread::loaders;
+use crate::lua_thread::vm::{Vm, VmSource};
 
 /// The user's `init` closure.
 pub(crate) type Init = Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>;
@@ -115,7 +50,7 @@ pub(crate) struct Worker {
     // that order.
     /// Set while the Lua thread runs its async executor (for coroutine requests).
     #[cfg(feature = "tokio")]
-    pub(crate) executor: Option<crate::executor::Executor>,
+    pub(crate) executor: Option<crate::lua_thread::executor::Executor>,
     pub(crate) armed: Rc<Armed>,
     pub(crate) vm: Vm,
     pub(crate) shared: Arc<Shared>,
@@ -207,7 +142,7 @@ pub(crate) fn run(
     rx: Receiver<Queued>,
     ready: Completer<()>,
 ) {
-    current::set_isle_id(shared.id);
+    wait::set_isle_id(shared.id);
     // Whatever way this thread ends, nothing queued is left unresolved.
     let exit = ExitGuard { shared: &shared };
     let mut worker = match Worker::new(setup, init, &shared, ready.slot()) {
@@ -221,7 +156,7 @@ pub(crate) fn run(
     #[cfg_attr(not(feature = "tokio"), allow(clippy::never_loop))]
     while let Some(first) = serve(&mut worker, &rx) {
         #[cfg(feature = "tokio")]
-        if crate::executor::serve(&mut worker, &rx, first) {
+        if crate::lua_thread::executor::serve(&mut worker, &rx, first) {
             break;
         }
         #[cfg(not(feature = "tokio"))]
@@ -265,7 +200,7 @@ pub(crate) fn handle_job(
         return ControlFlow::Break(());
     }
     #[cfg(test)]
-    crate::pause::at(crate::pause::Window::JobStart);
+    crate::core::pause::at(crate::core::pause::Window::JobStart);
     job.run(worker);
     if shared.is_abandoned() {
         // Given up on while stuck in that job: leave without touching the queue again.
