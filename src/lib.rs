@@ -194,6 +194,7 @@ mod error;
 mod handle;
 mod interrupt;
 mod lua_thread;
+mod pool;
 
 #[cfg(not(any(
     feature = "lua54",
@@ -283,6 +284,10 @@ pub use crate::handle::request::Request;
 pub use crate::handle::task::Task;
 pub use crate::interrupt::{without_interrupts, Interrupt};
 pub use crate::lua_thread::current::{checkpoint, current_deadline, current_token};
+pub use crate::pool::{
+    IslePool, IslePoolBuilder, PoolStats, PooledIsle, Recycle, Recycled,
+    DEFAULT_POOL_QUEUE_PER_MEMBER,
+};
 
 // The README's examples are compiled and run as doctests (they use the `tokio` feature).
 #[cfg(all(doctest, feature = "tokio"))]

@@ -53,7 +53,6 @@ impl Queued {
     }
 
     /// A marker that only wakes the Lua thread up (to notice that the queue was closed).
-    #[cfg(feature = "tokio")]
     pub(crate) fn wake() -> Self {
         Queued {
             job: None,
@@ -145,18 +144,23 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// A new id for an isle or a pool (one id space: a pool member's thread is "on" both).
+pub(crate) fn next_isle_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Shared {
     pub(crate) fn new(
         default_timeout: Option<Duration>,
         grace: Duration,
         rx: Receiver<Queued>,
     ) -> Arc<Self> {
-        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Arc::new_cyclic(|me: &Weak<Shared>| {
             let interrupter = Arc::new(Interrupter::new());
             interrupter.set_watch(me.clone());
             Shared {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed) as u64,
+                id: next_isle_id(),
                 interrupter: interrupter.clone(),
                 default_timeout,
                 grace,
@@ -173,7 +177,7 @@ impl Shared {
                 reassert: Mutex::new(Reassert::default()),
                 #[cfg(all(test, unix, not(feature = "luau")))]
                 reassert_disabled: AtomicBool::new(false),
-                exited: Slot::new(interrupter.clone(), (), None),
+                exited: Slot::new((), None),
                 killed: CancelToken::new(),
                 #[cfg(feature = "tokio")]
                 room: Wakeup::default(),
@@ -700,7 +704,7 @@ mod tests {
     fn a_closed_queue_refuses_jobs_but_keeps_queued_ones() {
         let handle = handle(4);
         let work = |_: &mut Vm| -> Result<u32, IsleError> { Ok(1) };
-        let queued = Slot::new(handle.shared.interrupter.clone(), work, None);
+        let queued = Slot::new(work, None);
         handle
             .submit(
                 Queued::new(queued.clone(), CancelToken::new(), None),
@@ -708,7 +712,7 @@ mod tests {
             )
             .unwrap();
         handle.shared.close();
-        let refused = Slot::new(handle.shared.interrupter.clone(), work, None);
+        let refused = Slot::new(work, None);
         let err = handle
             .submit(
                 Queued::new(refused.clone(), CancelToken::new(), None),
@@ -741,7 +745,7 @@ mod tests {
                             let work = |_: &mut Vm| -> Result<u32, IsleError> {
                                 unreachable!("no Lua thread in this test")
                             };
-                            let slot = Slot::new(shared.interrupter.clone(), work, None);
+                            let slot = Slot::new(work, None);
                             slots.lock().unwrap().push(slot.clone());
                             let job = Queued::new(slot, CancelToken::new(), None);
                             let _ = handle.submit(job, WhenFull::Wait);

@@ -22,8 +22,6 @@ pub(crate) struct Slot<T, W = ()> {
     /// Set (under the lock) when the phase becomes `Done`; lets waiters spin without locking.
     ready: AtomicBool,
     state: Mutex<State<T, W>>,
-    /// How a cancel reaches the request once it runs.
-    interrupter: Arc<Interrupter>,
     /// The request's own cancel token, embedded here.
     node: Node,
 }
@@ -36,8 +34,10 @@ struct State<T, W> {
 enum Phase<T, W> {
     /// Waiting in the queue, with the work to do.
     Queued(W),
-    /// Running on the Lua thread as the request with this generation.
-    Running(u64),
+    /// Running on a Lua thread as the request with this generation; a cancel reaches it
+    /// through that thread's interrupter. (A request is bound to the thread that runs it only
+    /// when it starts: a pool's queue is served by several.)
+    Running(u64, Arc<Interrupter>),
     /// Resolved; `None` once the result has been taken.
     Done(Option<Result<T, IsleError>>),
 }
@@ -46,18 +46,13 @@ impl<T: Send + 'static, W: Send + 'static> Slot<T, W> {
     /// A queued request holding `work`, with its own cancel token, a child of `parent` if
     /// given. Use [`token`](Slot::token) to get that token: it resolves the slot at once if
     /// `parent` was already cancelled.
-    pub(crate) fn new(
-        interrupter: Arc<Interrupter>,
-        work: W,
-        parent: Option<&CancelToken>,
-    ) -> Arc<Self> {
+    pub(crate) fn new(work: W, parent: Option<&CancelToken>) -> Arc<Self> {
         Arc::new_cyclic(|me: &std::sync::Weak<Self>| Slot {
             ready: AtomicBool::new(false),
             state: Mutex::new(State {
                 phase: Phase::Queued(work),
                 waker: None,
             }),
-            interrupter,
             node: Node::new(parent, me.clone()),
         })
     }
@@ -77,12 +72,13 @@ impl<T, W> Slot<T, W> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks the request as running with generation `gen` and hands out its work. Returns
-    /// `None` if it was already resolved (cancelled or expired while queued); it must then not
-    /// run.
-    pub(crate) fn start(&self, gen: u64) -> Option<W> {
+    /// Marks the request as running with generation `gen` on the Lua thread `interrupter`
+    /// stops, and hands out its work. Returns `None` if it was already resolved (cancelled or
+    /// expired while queued); it must then not run.
+    pub(crate) fn start(&self, gen: u64, interrupter: &Arc<Interrupter>) -> Option<W> {
         let mut state = self.lock();
-        match std::mem::replace(&mut state.phase, Phase::Running(gen)) {
+        let running = Phase::Running(gen, interrupter.clone());
+        match std::mem::replace(&mut state.phase, running) {
             Phase::Queued(work) => Some(work),
             other => {
                 state.phase = other;
@@ -99,15 +95,18 @@ impl<T, W> Slot<T, W> {
     /// cancelled before it took the lock, and this call sees the mark.
     #[cfg(feature = "tokio")]
     pub(crate) fn rerun(&self, gen: u64) -> bool {
-        {
+        let interrupter = {
             let mut state = self.lock();
-            match state.phase {
-                Phase::Running(_) => state.phase = Phase::Running(gen),
+            match &mut state.phase {
+                Phase::Running(running, interrupter) => {
+                    *running = gen;
+                    interrupter.clone()
+                }
                 _ => return false,
             }
-        }
+        };
         if self.node.is_cancelled() {
-            self.interrupter.interrupt(gen);
+            interrupter.interrupt(gen);
         }
         true
     }
@@ -147,7 +146,7 @@ impl<T, W> Slot<T, W> {
         }
         let unrun = match std::mem::replace(&mut state.phase, Phase::Done(Some(result))) {
             Phase::Queued(work) => Some(work),
-            Phase::Running(_) | Phase::Done(_) => None,
+            Phase::Running(..) | Phase::Done(_) => None,
         };
         self.ready.store(true, Ordering::Release);
         Finished {
@@ -197,7 +196,6 @@ impl<T, W> Slot<T, W> {
     }
 
     /// Polls for the slot being resolved, without taking the result.
-    #[cfg(feature = "tokio")]
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let replaced = {
             let mut state = self.lock();
@@ -244,8 +242,8 @@ impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
             let mut state = self.lock();
             match state.phase {
                 Phase::Queued(_) => Some(self.finish(&mut state, Err(IsleError::Cancelled))),
-                Phase::Running(gen) => {
-                    self.interrupter.interrupt(gen);
+                Phase::Running(gen, ref interrupter) => {
+                    interrupter.interrupt(gen);
                     None
                 }
                 Phase::Done(_) => None,
@@ -369,7 +367,11 @@ mod tests {
     use std::thread;
 
     fn slot() -> Arc<Slot<u32>> {
-        Slot::new(Arc::new(Interrupter::new()), (), None)
+        Slot::new((), None)
+    }
+
+    fn interrupter() -> Arc<Interrupter> {
+        Arc::new(Interrupter::new())
     }
 
     #[test]
@@ -386,17 +388,18 @@ mod tests {
     fn cancel_of_a_queued_slot_resolves_it_and_blocks_start() {
         let s = slot();
         s.on_cancel();
-        assert!(s.start(1).is_none());
+        assert!(s.start(1, &interrupter()).is_none());
         assert!(s.take().unwrap().unwrap_err().is_cancelled());
     }
 
     #[test]
     fn cancel_of_a_running_slot_interrupts_instead_of_resolving() {
         let s = slot();
-        assert!(s.start(7).is_some());
+        let running_on = interrupter();
+        assert!(s.start(7, &running_on).is_some());
         s.on_cancel();
         assert!(!s.is_ready());
-        assert_eq!(s.interrupter.cancelled_generation(), 7);
+        assert_eq!(running_on.cancelled_generation(), 7);
         assert!(s.complete(Ok(3)));
     }
 
@@ -417,11 +420,11 @@ mod tests {
     #[test]
     fn unrun_work_is_dropped_when_the_slot_resolves_without_running() {
         let live = Arc::new(());
-        let s = Slot::<u32, Arc<()>>::new(Arc::new(Interrupter::new()), live.clone(), None);
+        let s = Slot::<u32, Arc<()>>::new(live.clone(), None);
         assert_eq!(Arc::strong_count(&live), 2);
         s.on_cancel();
         assert_eq!(Arc::strong_count(&live), 1);
-        assert!(s.start(1).is_none());
+        assert!(s.start(1, &interrupter()).is_none());
     }
 
     /// Locks a slot, whatever it carries.
@@ -487,7 +490,7 @@ mod tests {
     #[test]
     fn a_rejected_result_is_dropped_after_the_lock_is_released() {
         without_deadlock(|| {
-            let s: Arc<Slot<CallsBack>> = Slot::new(Arc::new(Interrupter::new()), (), None);
+            let s: Arc<Slot<CallsBack>> = Slot::new((), None);
             let (first, _) = CallsBack::new();
             assert!(s.complete(Ok(first)));
             let (second, target) = CallsBack::new();
@@ -501,10 +504,10 @@ mod tests {
     fn unrun_work_is_dropped_after_the_lock_is_released() {
         without_deadlock(|| {
             let (work, target) = CallsBack::new();
-            let s: Arc<Slot<u32, CallsBack>> = Slot::new(Arc::new(Interrupter::new()), work, None);
+            let s: Arc<Slot<u32, CallsBack>> = Slot::new(work, None);
             calls_back(&target, &s);
             assert!(s.resolve_if_queued(IsleError::Cancelled));
-            assert!(s.start(1).is_none());
+            assert!(s.start(1, &interrupter()).is_none());
         });
     }
 
@@ -560,7 +563,7 @@ mod tests {
     fn racing_cancel_and_completion_resolve_exactly_once() {
         for i in 0..2000 {
             let s = slot();
-            assert!(s.start(i + 1).is_some());
+            assert!(s.start(i + 1, &interrupter()).is_some());
             let c = {
                 let s = s.clone();
                 thread::spawn(move || s.on_cancel())

@@ -104,6 +104,8 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 thread_local! {
     /// Identifies the isle whose Lua thread this is; 0 on every other thread.
     static ISLE_ID: Cell<u64> = const { Cell::new(0) };
+    /// Identifies the pool this Lua thread serves (from the same id space); 0 if none.
+    static POOL_ID: Cell<u64> = const { Cell::new(0) };
     /// Set while a coroutine request runs on this (Lua) thread.
     #[cfg(feature = "tokio")]
     static IN_COROUTINE: Cell<bool> = const { Cell::new(false) };
@@ -114,9 +116,14 @@ pub(crate) fn set_isle_id(id: u64) {
     ISLE_ID.set(id);
 }
 
-/// Whether the calling thread is the Lua thread of isle `id`.
+/// Marks the calling thread as serving the pool `id` (one of its members' Lua threads).
+pub(crate) fn set_pool_id(id: u64) {
+    POOL_ID.set(id);
+}
+
+/// Whether the calling thread is the Lua thread of isle `id`, or of a member of pool `id`.
 pub(crate) fn on_isle_thread(id: u64) -> bool {
-    ISLE_ID.get() == id
+    ISLE_ID.get() == id || POOL_ID.get() == id
 }
 
 /// Whether waiting for isle `id` here would wait for the very thread that waits: true on the

@@ -12,6 +12,7 @@ use crate::core::slot::{Completer, Slot};
 use crate::error::IsleError;
 use crate::handle::isle::Isle;
 use crate::interrupt::Interrupt;
+use crate::lua_thread::feed::Feed;
 use crate::lua_thread::vm::VmSource;
 use crate::lua_thread::worker::{self, Setup};
 
@@ -70,6 +71,8 @@ pub struct IsleBuilder {
     interrupt: Interrupt,
     #[cfg(any(feature = "luajit", feature = "luajit52"))]
     jit: bool,
+    /// A shared queue the isle's thread also serves (set for pool members).
+    feed: Option<Feed>,
 }
 
 impl Default for IsleBuilder {
@@ -92,6 +95,7 @@ impl Default for IsleBuilder {
             interrupt: Interrupt::default(),
             #[cfg(any(feature = "luajit", feature = "luajit52"))]
             jit: false,
+            feed: None,
         }
     }
 }
@@ -455,6 +459,48 @@ impl IsleBuilder {
         launched.started(outcome).map(Isle::new)
     }
 
+    /// A copy of these settings for another isle. A one-shot factory cannot be copied: check
+    /// [`has_factory`](Self::has_factory) first.
+    pub(crate) fn replicate(&self) -> IsleBuilder {
+        IsleBuilder {
+            thread_name: self.thread_name.clone(),
+            stack_size: self.stack_size,
+            libs: self.libs,
+            options: self.options.clone(),
+            factory: None,
+            memory_limit: self.memory_limit,
+            timeout: self.timeout,
+            queue_capacity: self.queue_capacity,
+            chunk_cache: self.chunk_cache,
+            allow_binary_chunks: self.allow_binary_chunks,
+            grace_period: self.grace_period,
+            interrupt: self.interrupt,
+            #[cfg(any(feature = "luajit", feature = "luajit52"))]
+            jit: self.jit,
+            feed: None,
+        }
+    }
+
+    /// Whether a one-shot VM factory is set.
+    pub(crate) fn has_factory(&self) -> bool {
+        self.factory.is_some()
+    }
+
+    /// The thread name, if set.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.thread_name.as_deref()
+    }
+
+    /// The default timeout of requests, if set.
+    pub(crate) fn default_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Makes the isle's thread also serve `feed`.
+    pub(crate) fn set_feed(&mut self, feed: Feed) {
+        self.feed = Some(feed);
+    }
+
     /// Validates the settings and starts the Lua thread; `init` reports through `ready`.
     pub(crate) fn launch(self, init: worker::Init) -> Result<Launched, IsleError> {
         if self.queue_capacity == 0 {
@@ -462,7 +508,7 @@ impl IsleBuilder {
         }
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
         let shared = Shared::new(self.timeout, self.grace_period, rx.clone());
-        let ready = Slot::new(shared.interrupter.clone(), (), None);
+        let ready = Slot::new((), None);
         let setup = Setup {
             source: match self.factory {
                 Some(factory) => VmSource::Factory(factory),
@@ -476,6 +522,7 @@ impl IsleBuilder {
             chunk_cache: self.chunk_cache,
             allow_binary_chunks: self.allow_binary_chunks,
             interrupt: self.interrupt,
+            feed: self.feed,
             #[cfg(any(feature = "luajit", feature = "luajit52"))]
             jit: self.jit,
         };

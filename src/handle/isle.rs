@@ -1,12 +1,14 @@
 //! [`Isle`]: the blocking handle to a Lua VM on its own thread.
 
 use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
-use crate::core::queue::{Handle, Where};
+use crate::core::queue::{Handle, Queued, Shared, Where};
 use crate::core::wait;
 use crate::error::IsleError;
 use crate::handle::builder::{IsleBuilder, Launched};
@@ -356,26 +358,60 @@ impl Isle {
         }
         let thread = self.thread.take();
         drop(self);
-        let exited = &shared.exited;
-        if let Some(deadline) = deadline {
-            if !exited.wait_until(deadline) {
-                shared.kill();
-                // The Lua thread may be stuck: resolve what is queued from here.
-                shared.close_and_drain();
-                if !exited.wait_until(Instant::now().checked_add(shared.grace)) {
-                    shared.give_up(None, IsleError::Shutdown, Where::Here);
-                }
-            }
-        }
-        exited.wait_until(None);
-        // The flag, set before anything else when the isle gives up, decides: the thread may
-        // have ended (and resolved `exited`) before the give-up got to resolving it.
-        let abandoned = matches!(exited.take(), Some(Err(IsleError::Abandoned)));
-        if abandoned || shared.is_abandoned() {
-            return Err(IsleError::Abandoned);
-        }
+        wait_for_exit(&shared, deadline)?;
         join(thread)
     }
+
+    /// Shuts the isle down through a shared handle (a pool member still held by a guard):
+    /// closes the queue, wakes the Lua thread so that it notices, and waits as
+    /// [`shutdown`](Self::shutdown) does, without joining the thread.
+    pub(crate) fn close_and_wait(
+        &self,
+        deadline: Option<Option<Instant>>,
+    ) -> Result<(), IsleError> {
+        let shared = &self.handle.shared;
+        shared.close();
+        // A full queue holds jobs: the thread looks at the flag after each of them anyway.
+        let _ = self.handle.tx.try_send(Queued::wake());
+        wait_for_exit(shared, deadline)
+    }
+
+    /// Wakes `waker` once the Lua thread has ended, or the isle gave up on it.
+    pub(crate) fn on_exit(&self, waker: &Waker) {
+        let mut cx = Context::from_waker(waker);
+        if self.handle.shared.exited.poll_ready(&mut cx).is_ready() {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Whether the isle gave up on a request that would not stop.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.handle.shared.is_abandoned()
+    }
+}
+
+/// Waits for the Lua thread of a closed isle to end; with a deadline (`Some`), kills what still
+/// runs then and gives up on it after the grace period.
+fn wait_for_exit(shared: &Arc<Shared>, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
+    let exited = &shared.exited;
+    if let Some(deadline) = deadline {
+        if !exited.wait_until(deadline) {
+            shared.kill();
+            // The Lua thread may be stuck: resolve what is queued from here.
+            shared.close_and_drain();
+            if !exited.wait_until(Instant::now().checked_add(shared.grace)) {
+                shared.give_up(None, IsleError::Shutdown, Where::Here);
+            }
+        }
+    }
+    exited.wait_until(None);
+    // The flag, set before anything else when the isle gives up, decides: the thread may
+    // have ended (and resolved `exited`) before the give-up got to resolving it.
+    let abandoned = matches!(exited.take(), Some(Err(IsleError::Abandoned)));
+    if abandoned || shared.is_abandoned() {
+        return Err(IsleError::Abandoned);
+    }
+    Ok(())
 }
 
 #[cfg(all(test, unix, not(feature = "luau")))]

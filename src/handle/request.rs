@@ -59,6 +59,36 @@ pub(crate) trait IsleHandle {
     fn handle(&self) -> &Handle;
 }
 
+/// What a [`Request`] can be made on: an isle, or a pool.
+pub(crate) trait Target {
+    /// The id of the isle (or pool) whose own threads must not wait for it.
+    fn id(&self) -> u64;
+    /// The deadline of requests that set none, counted from submission.
+    fn default_timeout(&self) -> Option<Duration>;
+}
+
+/// A target whose requests are queued without awaiting: it has the blocking verbs.
+pub(crate) trait BlockingTarget: Target {
+    /// Queues `job`; on failure the job is dropped, which resolves its request.
+    fn submit(&self, job: Queued, when_full: WhenFull) -> Result<(), IsleError>;
+}
+
+impl<H: IsleHandle> Target for H {
+    fn id(&self) -> u64 {
+        self.handle().shared.id
+    }
+
+    fn default_timeout(&self) -> Option<Duration> {
+        self.handle().shared.default_timeout
+    }
+}
+
+impl BlockingTarget for Isle {
+    fn submit(&self, job: Queued, when_full: WhenFull) -> Result<(), IsleError> {
+        self.handle().submit(job, when_full)
+    }
+}
+
 /// A request made ready to be queued: its slot (holding the work), its token, its deadline.
 pub(crate) struct Prepared<T, W> {
     pub(crate) slot: Arc<Slot<T, W>>,
@@ -196,18 +226,19 @@ impl<'a, I> Request<'a, I> {
     /// Creates the request's slot and token around `work`.
     pub(crate) fn prepare<T, W>(&self, work: W) -> Prepared<T, W>
     where
-        I: IsleHandle,
+        I: Target,
         T: Send + 'static,
         W: Send + 'static,
     {
-        let shared = &self.isle.handle().shared;
         let deadline = match self.deadline {
-            DeadlineSetting::IsleDefault => shared.default_timeout.and_then(wait::deadline_after),
+            DeadlineSetting::IsleDefault => {
+                self.isle.default_timeout().and_then(wait::deadline_after)
+            }
             DeadlineSetting::None => None,
             DeadlineSetting::After(timeout) => wait::deadline_after(timeout),
             DeadlineSetting::At(at) => Some(at),
         };
-        let slot = Slot::new(shared.interrupter.clone(), work, self.token.as_ref());
+        let slot = Slot::new(work, self.token.as_ref());
         let token = slot.token();
         Prepared {
             slot,
@@ -217,8 +248,9 @@ impl<'a, I> Request<'a, I> {
     }
 }
 
-/// The blocking verbs.
-impl Request<'_, Isle> {
+/// The blocking verbs, on an isle or a pool.
+#[allow(private_bounds)]
+impl<I: BlockingTarget> Request<'_, I> {
     /// Evaluates `code` and converts its result to `T`, blocking until done.
     ///
     /// `code` is tried as an expression first, then as a block (as Lua's REPL does), so both
@@ -404,7 +436,7 @@ impl Request<'_, Isle> {
 
     /// Refuses blocking requests made on the isle's own thread before anything is queued.
     fn blocking(self) -> Result<Self, IsleError> {
-        if wait::on_isle_thread(self.isle.handle().shared.id) {
+        if wait::on_isle_thread(self.isle.id()) {
             return Err(IsleError::Reentrant);
         }
         Ok(self)
@@ -415,16 +447,24 @@ impl Request<'_, Isle> {
         T: Send + 'static,
         W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
     {
-        let handle = self.isle.handle();
         let prepared = self.prepare(work);
         if let Some(job) = prepared.job() {
-            handle.submit(job, self.when_full)?;
+            self.isle.submit(job, self.when_full)?;
         }
         Ok(Task::new(
             prepared.slot,
             prepared.token,
             prepared.deadline,
-            handle.shared.id,
+            self.isle.id(),
         ))
+    }
+
+    /// Runs `work` on the VM, blocking until done.
+    pub(crate) fn exec_raw<T, W>(self, work: W) -> Result<T, IsleError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
+    {
+        self.blocking()?.submit(work)?.wait()
     }
 }

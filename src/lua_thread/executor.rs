@@ -121,7 +121,7 @@ async fn main_loop(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) {
                 None => break,
             },
         };
-        if worker::handle_job(worker, rx, job).is_break() {
+        if worker::handle_job(worker, rx, job, false).is_break() {
             return;
         }
         if worker.executor.as_ref().is_some_and(|e| e.active() > 0) {
@@ -184,7 +184,7 @@ where
 {
     fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>) {
         let gen = worker.next_generation();
-        let Some(Coroutine(start)) = self.start(gen) else {
+        let Some(Coroutine(start)) = self.start(gen, &worker.shared.interrupter) else {
             return;
         };
         if token.is_cancelled() {

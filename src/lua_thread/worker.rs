@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::Receiver;
 use mlua::Lua;
 
 use crate::core::queue::{Job, Queued, Shared};
@@ -19,6 +19,7 @@ use crate::core::wait;
 use crate::error::IsleError;
 use crate::interrupt::{Armed, Interrupt};
 use crate::lua_thread::current;
+use crate::lua_thread::feed::{self, Feed, JobReport, Outcome};
 use crate::lua_thread::guards;
 use crate::lua_thread::loaders;
 use crate::lua_thread::vm::{Vm, VmSource};
@@ -36,6 +37,8 @@ pub(crate) struct Setup {
     pub(crate) chunk_cache: usize,
     pub(crate) allow_binary_chunks: bool,
     pub(crate) interrupt: Interrupt,
+    /// A shared queue this thread also serves (a pool member's).
+    pub(crate) feed: Option<Feed>,
     /// Whether LuaJIT's compiler may run.
     #[cfg(any(feature = "luajit", feature = "luajit52"))]
     pub(crate) jit: bool,
@@ -55,6 +58,8 @@ pub(crate) struct Worker {
     pub(crate) vm: Vm,
     pub(crate) shared: Arc<Shared>,
     next_gen: Rc<Cell<u64>>,
+    /// The shared queue this thread also serves, while it is connected.
+    pub(crate) feed: Option<Feed>,
     /// Whether the VM has a memory limit.
     #[cfg(any(
         feature = "lua51",
@@ -95,6 +100,7 @@ impl Worker {
                 vm: Vm::new(lua, setup.chunk_cache),
                 shared: shared.clone(),
                 next_gen: Rc::new(Cell::new(1)),
+                feed: setup.feed,
                 #[cfg(any(
                     feature = "lua51",
                     feature = "luajit",
@@ -173,11 +179,16 @@ pub(crate) fn run(
 /// Serves plain requests on this thread. Returns the first request that needs the async
 /// executor, or `None` once the isle is done.
 fn serve(worker: &mut Worker, rx: &Receiver<Queued>) -> Option<Queued> {
-    while let Some(job) = next_job(rx) {
-        if job.needs_executor() {
-            return Some(job);
+    while let Some(taken) = feed::next_job(rx, &mut worker.feed) {
+        if taken.job.needs_executor() {
+            if taken.from_feed {
+                if let Some(feed) = &worker.feed {
+                    feed.gate().release();
+                }
+            }
+            return Some(taken.job);
         }
-        if handle_job(worker, rx, job).is_break() {
+        if handle_job(worker, rx, taken.job, taken.from_feed).is_break() {
             break;
         }
     }
@@ -189,6 +200,7 @@ pub(crate) fn handle_job(
     worker: &mut Worker,
     rx: &Receiver<Queued>,
     job: Queued,
+    from_feed: bool,
 ) -> ControlFlow<()> {
     let shared = worker.shared.clone();
     #[cfg(feature = "tokio")]
@@ -206,7 +218,15 @@ pub(crate) fn handle_job(
         // Given up on while stuck in that job: leave without touching the queue again.
         return ControlFlow::Break(());
     }
-    if shared.is_closed() && rx.is_empty() && worker.idle() {
+    if let Some(feed) = worker.feed.as_ref().filter(|_| from_feed) {
+        feed.gate().release();
+    }
+    // A closed thread still serves an open feed until it is empty.
+    let feed_done = worker
+        .feed
+        .as_ref()
+        .is_none_or(|feed| !feed.gate().open() || feed.is_empty());
+    if shared.is_closed() && rx.is_empty() && worker.idle() && feed_done {
         // Closed while handles still exist (an async driver's shutdown): what was accepted
         // is done. Late senders drain their own jobs once this thread is gone.
         return ControlFlow::Break(());
@@ -235,29 +255,11 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-/// The next job, polling briefly before blocking; `None` once every sender is gone and the
-/// queue is empty.
+/// The next job from the own queue, polling briefly before blocking; `None` once every sender
+/// is gone and the queue is empty.
+#[cfg(feature = "tokio")]
 pub(crate) fn next_job(rx: &Receiver<Queued>) -> Option<Queued> {
-    let mut next = None;
-    let mut disconnected = false;
-    let found = wait::spin_until(|| match rx.try_recv() {
-        Ok(job) => {
-            next = Some(job);
-            true
-        }
-        Err(TryRecvError::Empty) => false,
-        Err(TryRecvError::Disconnected) => {
-            disconnected = true;
-            true
-        }
-    });
-    if found {
-        return next;
-    }
-    if disconnected {
-        return None;
-    }
-    rx.recv().ok()
+    feed::next_job(rx, &mut None).map(|taken| taken.job)
 }
 
 /// A request: run its work on the VM and resolve its slot with the outcome.
@@ -268,7 +270,7 @@ where
 {
     fn run(self: Arc<Self>, worker: &mut Worker, token: CancelToken, deadline: Option<Instant>) {
         let gen = worker.next_generation();
-        let Some(work) = self.start(gen) else {
+        let Some(work) = self.start(gen, &worker.shared.interrupter) else {
             // Cancelled or expired while queued: already resolved, never started.
             return;
         };
@@ -291,6 +293,20 @@ where
         worker.shared.request_ended();
 
         let outcome = outcome(&worker.shared, &token, deadline, result);
+        // Reported before the caller can see the result: whatever the report decides (a pool
+        // retiring this thread, say) holds by the time the caller makes its next request.
+        if let Some(feed) = &worker.feed {
+            feed.gate().finished(&JobReport {
+                outcome: match &outcome {
+                    Ok(_) => Outcome::Ok,
+                    Err(IsleError::Cancelled | IsleError::Shutdown) => Outcome::Cancelled,
+                    Err(IsleError::Timeout) => Outcome::TimedOut,
+                    Err(IsleError::Panic(_)) => Outcome::Panicked,
+                    Err(_) => Outcome::Failed,
+                },
+                memory: worker.vm.lua().used_memory(),
+            });
+        }
         // Lua 5.1, LuaJIT and Luau do not collect garbage before reporting that an allocation
         // failed, so what a failed request left behind could make the next one fail too.
         #[cfg(any(

@@ -1,0 +1,151 @@
+//! A second queue a Lua thread serves: work shared with other Lua threads (a pool's), taken
+//! only while the thread's gate lets it, plus what the thread reports after each job.
+//!
+//! Several Lua threads wait on one feed; whichever is free first takes the next job, so no
+//! job waits behind a busy thread while another is idle. A thread *claims* (through its gate)
+//! before it takes a job from the feed and releases the claim when the job is done, so that
+//! whoever owns the gate always knows whether the thread is serving the feed, and can close
+//! the gate (for exclusive use, or before retiring the thread) without racing a take.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Select, TryRecvError};
+
+use crate::core::queue::Queued;
+use crate::core::wait;
+
+/// The feed of one Lua thread: the shared queue and the thread's gate to it.
+pub(crate) struct Feed {
+    rx: Receiver<Queued>,
+    gate: Arc<dyn FeedGate>,
+}
+
+impl fmt::Debug for Feed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feed")
+            .field("queued", &self.rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The owner's side of a Lua thread's access to a feed.
+pub(crate) trait FeedGate: Send + Sync {
+    /// Marks the thread busy with a job from the feed, if it may take one now.
+    fn claim(&self) -> bool;
+    /// Ends a claim: the feed was empty, or the job taken under it is done.
+    fn release(&self);
+    /// Whether the thread may take jobs from the feed now (it waits on the feed only then;
+    /// whoever opens the gate again wakes it through its own queue).
+    fn open(&self) -> bool;
+    /// Called on the Lua thread after every request that ran, from either queue, before its
+    /// result is handed over.
+    fn finished(&self, report: &JobReport);
+}
+
+/// How a job a Lua thread took ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    /// An error other than the ones below (a Lua error, a conversion, ...).
+    Failed,
+    Panicked,
+    Cancelled,
+    TimedOut,
+}
+
+/// What a Lua thread reports after a request that ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobReport {
+    pub(crate) outcome: Outcome,
+    /// The VM's memory in use after the job.
+    pub(crate) memory: usize,
+}
+
+impl Feed {
+    pub(crate) fn new(rx: Receiver<Queued>, gate: Arc<dyn FeedGate>) -> Self {
+        Feed { rx, gate }
+    }
+
+    pub(crate) fn gate(&self) -> &dyn FeedGate {
+        &*self.gate
+    }
+
+    /// Whether nothing is queued in the feed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+/// A job and where it came from.
+pub(crate) struct Taken {
+    pub(crate) job: Queued,
+    /// Taken from the feed under a claim, to be released once the job is done.
+    pub(crate) from_feed: bool,
+}
+
+/// The next job from the thread's own queue or, while the gate is open, from the feed;
+/// polling briefly before blocking. `None` once the own queue is disconnected and the feed has
+/// nothing the thread may take. A feed that disconnects is dropped.
+pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option<Taken> {
+    loop {
+        let mut next = None;
+        let mut own_gone = false;
+        let mut feed_gone = false;
+        let found = wait::spin_until(|| {
+            match rx.try_recv() {
+                Ok(job) => {
+                    next = Some(Taken {
+                        job,
+                        from_feed: false,
+                    });
+                    return true;
+                }
+                Err(TryRecvError::Disconnected) => own_gone = true,
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Some(feed) = feed.as_ref().filter(|_| !feed_gone) {
+                if feed.gate.claim() {
+                    match feed.rx.try_recv() {
+                        Ok(job) => {
+                            next = Some(Taken {
+                                job,
+                                from_feed: true,
+                            });
+                            return true;
+                        }
+                        Err(err) => {
+                            feed.gate.release();
+                            feed_gone = err == TryRecvError::Disconnected;
+                        }
+                    }
+                }
+            }
+            own_gone
+        });
+        if feed_gone {
+            *feed = None;
+        }
+        if found {
+            return next;
+        }
+        // Block on the own queue, and on the feed while the gate is open; then poll again.
+        match feed.as_ref().filter(|feed| feed.gate.open()) {
+            None => {
+                // Disconnected: the feed may still hold work for an open gate; poll again.
+                if let Ok(job) = rx.recv() {
+                    return Some(Taken {
+                        job,
+                        from_feed: false,
+                    });
+                }
+            }
+            Some(feed) => {
+                let mut select = Select::new();
+                select.recv(rx);
+                select.recv(&feed.rx);
+                select.ready();
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Exclusive use of one member: the guard, and how a member goes back into service.
+
+use std::fmt;
+use std::ops::Deref;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Weak};
+
+use super::member::{self, Member, CHECKED_OUT, IDLE, RETIRING};
+use super::recycle::Cause;
+use super::shared::PoolCore;
+use super::supervisor::Event;
+use crate::error::IsleError;
+use crate::handle::isle::Isle;
+
+/// One member of an [`IslePool`](crate::IslePool), checked out for exclusive use: an isle
+/// handle (it derefs to [`Isle`]) that nobody else's requests run on while it lives.
+///
+/// Owned and `'static`: it moves into threads and tasks. Dropping it returns the member to
+/// the pool (after [`on_return`](crate::IslePoolBuilder::on_return), if set);
+/// [`discard`](PooledIsle::discard) has it replaced by a fresh one instead.
+///
+/// # Examples
+///
+/// ```
+/// let pool = mlua_isle::IslePool::builder().size(2).spawn(|_| Ok(()))?;
+/// let session = pool.checkout()?;
+/// std::thread::spawn(move || {
+///     session.exec(|lua| lua.globals().set("step", 1))?;
+///     // Still the same VM: nothing else ran on it in between.
+///     assert_eq!(session.eval::<i64>("step + 1")?, 2);
+///     Ok::<(), mlua_isle::IsleError>(())
+/// })
+/// .join()
+/// .unwrap()?;
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
+#[must_use = "dropping a checked-out member returns it at once"]
+pub struct PooledIsle {
+    member: Option<Arc<Member>>,
+    pool: Arc<PoolCore>,
+}
+
+impl PooledIsle {
+    pub(crate) fn new(member: Arc<Member>, pool: Arc<PoolCore>) -> Self {
+        PooledIsle {
+            member: Some(member),
+            pool,
+        }
+    }
+
+    /// Replaces this member with a fresh VM instead of returning it (its state is not worth
+    /// keeping). The old VM finishes what its queue holds and goes; the replacement starts in
+    /// the background.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = mlua_isle::IslePool::builder().size(1).spawn(|_| Ok(()))?;
+    /// let session = pool.checkout()?;
+    /// session.exec(|lua| lua.globals().set("dirty", true))?;
+    /// session.discard();
+    /// // Once the replacement is in, `dirty` is gone.
+    /// assert!(!pool.eval::<bool>("dirty ~= nil")?);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn discard(mut self) {
+        if let Some(member) = self.member.take() {
+            retire(&self.pool, &member, Cause::Discarded);
+        }
+    }
+}
+
+impl Deref for PooledIsle {
+    type Target = Isle;
+
+    fn deref(&self) -> &Isle {
+        &self
+            .member
+            .as_ref()
+            .expect("a guard holds its member until it is dropped")
+            .isle
+    }
+}
+
+impl Drop for PooledIsle {
+    fn drop(&mut self) {
+        if let Some(member) = self.member.take() {
+            give_back(&self.pool, member);
+        }
+    }
+}
+
+impl fmt::Debug for PooledIsle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledIsle")
+            .field("index", &self.member.as_ref().map(|m| m.cell.index))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes a checked-out member out of service for `cause`.
+fn retire(pool: &PoolCore, member: &Member, cause: Cause) {
+    if member.cell.transition(CHECKED_OUT, RETIRING) {
+        pool.counters.recycled(cause);
+        pool.send(Event::Retire {
+            index: member.cell.index,
+            serial: member.cell.serial,
+        });
+    }
+}
+
+/// Returns a checked-out member: its own thread runs `on_return` and puts it back into
+/// service (or has it replaced). Never blocks: with the member's queue full, the supervisor
+/// queues the return.
+fn give_back(pool: &Arc<PoolCore>, member: Arc<Member>) {
+    if let Some(cause) = member.cell.take_retire_on_return() {
+        return retire(pool, &member, cause);
+    }
+    let job = return_job(Arc::downgrade(pool));
+    match member.isle.request().try_enqueue().spawn_exec(job) {
+        Ok(task) => task.detach(),
+        Err(IsleError::Full) => pool.send(Event::Return(member)),
+        // The member is gone; the supervisor hears of it from its exit.
+        Err(_) => {}
+    }
+}
+
+/// [`give_back`], from the supervisor: waits for room in the member's queue.
+pub(crate) fn give_back_waiting(pool: &Arc<PoolCore>, member: Arc<Member>) {
+    let job = return_job(Arc::downgrade(pool));
+    if let Ok(task) = member.isle.request().spawn_exec(job) {
+        task.detach();
+    }
+}
+
+/// The work that puts a returned member back into service, on its own thread.
+fn return_job(pool: Weak<PoolCore>) -> impl FnOnce(&mlua::Lua) -> mlua::Result<()> + Send {
+    move |lua| {
+        let (Some(cell), Some(pool)) = (member::this_member(), pool.upgrade()) else {
+            return Ok(());
+        };
+        cell.quiet();
+        // A panicking or failing hook leaves the VM in a state nobody vouches for.
+        let reset = |on_return: &super::shared::MemberFn| {
+            catch_unwind(AssertUnwindSafe(|| on_return(lua))).is_ok_and(|r| r.is_ok())
+        };
+        let cause = match &pool.template.on_return {
+            Some(on_return) if !reset(on_return) => Some(Cause::OnReturn),
+            _ => cell.take_retire_on_return(),
+        };
+        match cause {
+            Some(cause) => {
+                if cell.transition(CHECKED_OUT, RETIRING) {
+                    pool.counters.recycled(cause);
+                    pool.send(Event::Retire {
+                        index: cell.index,
+                        serial: cell.serial,
+                    });
+                }
+            }
+            None => {
+                cell.transition(CHECKED_OUT, IDLE);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! One member of a pool: its isle, and the state its Lua thread and the pool share.
+//!
+//! A member's state says whether its Lua thread may take work from the pool's queue:
+//!
+//! ```text
+//! SPARE ──(installed)──▶ IDLE ◀──(job done)── BUSY
+//!                         │ ▲ ───(claims a job)──▶
+//!                         │ └──(returned)── CHECKED_OUT ◀──(checkout job / try_checkout)
+//!                         └─────────────▶ RETIRING (replaced; takes nothing more)
+//! ```
+//!
+//! Only an IDLE member's thread claims a job from the queue (IDLE → BUSY, then it takes the
+//! job, or goes back to IDLE if another member was faster). `try_checkout` takes an IDLE member
+//! with the same compare-and-swap, so a member is never both checked out and running a queued
+//! job; a checkout through the queue runs on a BUSY member and turns it CHECKED_OUT.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::Wake;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::recycle::{Cause, Ended};
+use super::shared::PoolCore;
+use super::supervisor::Event;
+use crate::handle::isle::Isle;
+use crate::lua_thread::feed::{FeedGate, JobReport, Outcome};
+
+pub(crate) const SPARE: u8 = 0;
+pub(crate) const IDLE: u8 = 1;
+pub(crate) const BUSY: u8 = 2;
+pub(crate) const CHECKED_OUT: u8 = 3;
+pub(crate) const RETIRING: u8 = 4;
+
+/// A member: the isle, and what its Lua thread shares with the pool.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) cell: Arc<MemberCell>,
+    pub(crate) isle: Isle,
+}
+
+/// The part of a member its Lua thread shares with the pool.
+#[derive(Debug)]
+pub(crate) struct MemberCell {
+    state: AtomicU8,
+    /// Position in the pool (thread names carry it); a replacement takes its predecessor's.
+    pub(crate) index: usize,
+    /// Distinguishes a replacement from its predecessor at the same index.
+    pub(crate) serial: u64,
+    born: Instant,
+    served: AtomicU64,
+    /// Set by the pool's own jobs (checkout, return, wake-up): not counted, not judged.
+    quiet: AtomicBool,
+    /// Why to replace the member once it is returned (the policy spoke while it was out);
+    /// 0 for none, else the cause's discriminant + 1.
+    retire_on_return: AtomicU8,
+    /// The member itself, once installed (a checkout on its thread hands it out).
+    pub(crate) member: OnceLock<Weak<Member>>,
+    pool: Weak<PoolCore>,
+}
+
+impl MemberCell {
+    pub(crate) fn new(index: usize, serial: u64, pool: Weak<PoolCore>) -> Self {
+        MemberCell {
+            state: AtomicU8::new(SPARE),
+            index,
+            serial,
+            born: Instant::now(),
+            served: AtomicU64::new(0),
+            quiet: AtomicBool::new(false),
+            retire_on_return: AtomicU8::new(0),
+            member: OnceLock::new(),
+            pool,
+        }
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    /// Moves from `from` to `to`; returns whether the member was in `from`.
+    pub(crate) fn transition(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Sets the state whatever it was (the supervisor retiring a member).
+    pub(crate) fn force_state(&self, state: u8) {
+        self.state.store(state, Ordering::SeqCst);
+    }
+
+    /// Marks the job running now as the pool's own.
+    pub(crate) fn quiet(&self) {
+        self.quiet.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the member out of service for `cause` and tells the supervisor, unless it is
+    /// checked out (then it is replaced when returned) or already retiring.
+    pub(crate) fn retire(&self, pool: &PoolCore, cause: Cause) {
+        loop {
+            match self.state() {
+                RETIRING => return,
+                CHECKED_OUT => {
+                    self.retire_on_return
+                        .store(cause as u8 + 1, Ordering::SeqCst);
+                    // Returned meanwhile? Then the return did not see the cause: retire now.
+                    if self.state() == CHECKED_OUT {
+                        return;
+                    }
+                }
+                state => {
+                    if self.transition(state, RETIRING) {
+                        pool.counters.recycled(cause);
+                        pool.send(Event::Retire {
+                            index: self.index,
+                            serial: self.serial,
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cause recorded while the member was checked out, if any.
+    pub(crate) fn take_retire_on_return(&self) -> Option<Cause> {
+        match self.retire_on_return.swap(0, Ordering::SeqCst) {
+            0 => None,
+            n => Cause::from_index(n - 1),
+        }
+    }
+}
+
+impl FeedGate for MemberCell {
+    fn claim(&self) -> bool {
+        self.transition(IDLE, BUSY)
+    }
+
+    fn release(&self) {
+        self.transition(BUSY, IDLE);
+    }
+
+    fn open(&self) -> bool {
+        self.state() == IDLE
+    }
+
+    fn finished(&self, report: &JobReport) {
+        if self.quiet.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let ended = match report.outcome {
+            Outcome::Ok => Ended::Ok,
+            Outcome::Failed => Ended::Failed,
+            Outcome::Panicked => Ended::Panicked,
+            Outcome::Cancelled => Ended::Cancelled,
+            Outcome::TimedOut => Ended::TimedOut,
+        };
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        pool.counters.ended(ended);
+        if let Some(cause) = pool
+            .recycle
+            .verdict(served, self.born, report.memory, ended)
+        {
+            self.retire(&pool, cause);
+        }
+    }
+}
+
+thread_local! {
+    /// The member whose Lua thread this is.
+    static THIS_MEMBER: RefCell<Option<Arc<MemberCell>>> = const { RefCell::new(None) };
+}
+
+/// Marks the calling thread as `cell`'s Lua thread (from the member's `init`).
+pub(crate) fn set_this_member(cell: Arc<MemberCell>) {
+    THIS_MEMBER.set(Some(cell));
+}
+
+/// The member whose Lua thread this is, if any.
+pub(crate) fn this_member() -> Option<Arc<MemberCell>> {
+    THIS_MEMBER.with_borrow(Clone::clone)
+}
+
+/// Tells the supervisor when a member's thread ends (or the isle gives up on it).
+pub(crate) struct ExitWatch {
+    pub(crate) events: Sender<Event>,
+    pub(crate) index: usize,
+    pub(crate) serial: u64,
+}
+
+impl Wake for ExitWatch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.events.send(Event::Exited {
+            index: self.index,
+            serial: self.serial,
+        });
+    }
+}
