@@ -95,6 +95,30 @@
 //! code returns, and keeps its memory until then. [`Isle::shutdown_timeout`] gives up the same
 //! way.
 //!
+//! # Pools
+//!
+//! One isle is one core. An [`IslePool`] runs several isles made from the same
+//! [`IsleBuilder`]: a request goes to whichever member is free first, [`IslePool::checkout`]
+//! hands out one member for a multi-step session, and members are replaced by fresh VMs
+//! when the [`Recycle`] policy says so, when they panic, or when they die.
+//!
+//! ```
+//! use mlua_isle::{IslePool, Recycle};
+//!
+//! let pool = IslePool::builder()
+//!     .size(2)
+//!     .recycle(Recycle::new().after_requests(1000))
+//!     .spawn(|lua| lua.load("function square(x) return x * x end").exec())?;
+//! let tasks: Vec<_> = (1..=4).map(|i| pool.spawn_call::<i64>("square", i)).collect::<Result<_, _>>()?;
+//! let squares: Vec<i64> = tasks.into_iter().map(|t| t.wait()).collect::<Result<_, _>>()?;
+//! assert_eq!(squares, [1, 4, 9, 16]);
+//!
+//! let session = pool.checkout()?; // exclusive until dropped; moves into threads
+//! session.exec(|lua| lua.globals().set("step", 1))?;
+//! assert_eq!(session.eval::<i64>("step")?, 1);
+//! # Ok::<(), mlua_isle::IsleError>(())
+//! ```
+//!
 //! # Async (`tokio` feature)
 //!
 //! [`AsyncIsle`] is the same isle with waits that yield to the executor: a cheap `Clone`

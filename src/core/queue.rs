@@ -11,7 +11,9 @@
 //! sees the job, at the price of one fence per submission and no shared counter.
 
 use std::fmt;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(feature = "tokio")]
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 

@@ -24,7 +24,7 @@ use super::recycle::{Cause, Ended};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// Live members (serving, or being replaced and not yet gone).
+    /// Members in place (a position whose replacement is still starting is not counted).
     pub size: usize,
     /// Members waiting for work.
     pub idle: usize,
