@@ -8,7 +8,11 @@ use mlua_isle::{IsleBuilder, IsleError, IslePool, Recycle};
 
 fn main() -> Result<(), IsleError> {
     let pool = IslePool::builder()
-        .isle(IsleBuilder::new().memory_limit(64 << 20).timeout(Duration::from_secs(1)))
+        .isle(
+            IsleBuilder::new()
+                .memory_limit(64 << 20)
+                .timeout(Duration::from_secs(1)),
+        )
         .size(2)
         .thread_name("demo")
         .recycle(Recycle::new().after_requests(10_000))

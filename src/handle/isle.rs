@@ -372,8 +372,14 @@ impl Isle {
         let shared = &self.handle.shared;
         shared.close();
         // A full queue holds jobs: the thread looks at the flag after each of them anyway.
-        let _ = self.handle.tx.try_send(Queued::wake());
+        self.wake();
         wait_for_exit(shared, deadline)
+    }
+
+    /// Makes the Lua thread look at its queues again (a pool member whose gate opened, or that
+    /// should look at the pool's queue). Never blocks: a full queue wakes it anyway.
+    pub(crate) fn wake(&self) {
+        let _ = self.handle.tx.try_send(Queued::wake());
     }
 
     /// Wakes `waker` once the Lua thread has ended, or the isle gave up on it.

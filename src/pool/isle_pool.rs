@@ -411,9 +411,18 @@ impl IslePool {
         if self.core.is_closed() {
             return Err(IsleError::Shutdown);
         }
-        for member in self.core.snapshot() {
+        let members = self.core.snapshot();
+        for (i, member) in members.iter().enumerate() {
             if member.cell.transition(IDLE, CHECKED_OUT) {
-                return Ok(PooledIsle::new(member, self.core.clone()));
+                // The member may just have been woken for a queued request, which it will not
+                // take now: hand the wake-up on to another idle member.
+                if !self.core.feed_rx.is_empty() {
+                    let other = members[i + 1..].iter().chain(&members[..i]);
+                    if let Some(idle) = other.into_iter().find(|m| m.cell.state() == IDLE) {
+                        idle.isle.wake();
+                    }
+                }
+                return Ok(PooledIsle::new(member.clone(), self.core.clone()));
             }
         }
         Err(IsleError::Full)

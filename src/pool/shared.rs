@@ -216,15 +216,7 @@ impl PoolCore {
         drop(old);
         joining.cell.transition(SPARE, IDLE);
         // Its Lua thread waits on its own queue only while it is not serving: wake it.
-        let wake = joining.isle.request().try_enqueue().spawn_exec(|_| {
-            if let Some(cell) = member::this_member() {
-                cell.quiet();
-            }
-            Ok(())
-        });
-        if let Ok(task) = wake {
-            task.detach();
-        }
+        joining.isle.wake();
     }
 
     /// Takes the member at `index` out if it is the one with `serial`.
