@@ -294,7 +294,7 @@ pub use crate::core::token::{CancelToken, Cancellation, DropGuard};
 pub use crate::error::{IsleError, LuaError, LuaErrorKind};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use crate::handle::async_isle::{AsyncIsle, AsyncIsleDriver};
+pub use crate::handle::async_isle::{Async, AsyncIsle, AsyncIsleDriver};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use crate::handle::async_task::AsyncTask;
@@ -304,10 +304,13 @@ pub use crate::handle::builder::{
 };
 pub use crate::handle::code::Code;
 pub use crate::handle::isle::Isle;
-pub use crate::handle::request::Request;
+pub use crate::handle::request::{Blocking, Request};
 pub use crate::handle::task::Task;
 pub use crate::interrupt::{without_interrupts, Interrupt};
 pub use crate::lua_thread::current::{checkpoint, current_deadline, current_token};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use crate::pool::{AsyncIslePool, AsyncIslePoolDriver, PooledAsyncIsle};
 pub use crate::pool::{
     IslePool, IslePoolBuilder, PoolStats, PooledIsle, Recycle, Recycled,
     DEFAULT_POOL_QUEUE_PER_MEMBER,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
-use crate::core::queue::{Handle, Job, Shared, Where};
+use crate::core::queue::{Handle, Job, Queued, Shared, WhenFull, Where};
 use crate::core::slot::Slot;
 use crate::core::wait;
 use crate::core::watchdog::Sleep;
@@ -22,7 +22,7 @@ use crate::handle::async_task::AsyncTask;
 use crate::handle::builder::{IsleBuilder, Launched};
 use crate::handle::code::Code;
 use crate::handle::isle;
-use crate::handle::request::{IsleHandle, Request};
+use crate::handle::request::{IsleHandle, Request, Target};
 use crate::lua_thread::executor::Coroutine;
 use crate::lua_thread::vm::Vm;
 
@@ -135,6 +135,11 @@ impl IsleBuilder {
 }
 
 impl AsyncIsle {
+    /// An async handle over an existing isle's queue.
+    pub(crate) fn from_handle(handle: Arc<Handle>) -> Self {
+        AsyncIsle { handle }
+    }
+
     /// Starts an isle with the default settings and runs `init` on its VM; see
     /// [`IsleBuilder::spawn_async`].
     ///
@@ -200,7 +205,7 @@ impl AsyncIsle {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn request(&self) -> Request<'_, AsyncIsle> {
+    pub fn request(&self) -> Request<'_, AsyncIsle, Async> {
         Request::new(self)
     }
 
@@ -541,8 +546,64 @@ impl IsleHandle for AsyncIsle {
     }
 }
 
+/// What the async verbs of a [`Request`] can be made on: an async isle, or an async pool.
+pub(crate) trait AsyncTarget: Target + Sync {
+    /// Queues `job`, waiting asynchronously for room (unless `when_full` says fail). Cancel
+    /// safe: dropped while waiting, it drops the job, which resolves its request.
+    fn submit_async(
+        &self,
+        job: Queued,
+        when_full: WhenFull,
+    ) -> impl Future<Output = Result<(), IsleError>> + Send;
+
+    /// Whether a request queued now is likely answered within microseconds (nothing much
+    /// ahead of it): its task then spins briefly on the first poll.
+    fn answers_soon(&self) -> bool;
+}
+
+/// Marks a [`Request`] whose verbs are async (on an [`AsyncIsle`]).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mlua_isle::IsleError> {
+/// let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+/// let request: mlua_isle::Request<'_, mlua_isle::AsyncIsle, mlua_isle::Async> = isle.request();
+/// assert_eq!(request.eval::<i64>("1").await?, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Async;
+
+impl Target for AsyncIsle {
+    fn id(&self) -> u64 {
+        self.handle.shared.id
+    }
+
+    fn default_timeout(&self) -> Option<Duration> {
+        self.handle.shared.default_timeout
+    }
+}
+
+impl AsyncTarget for AsyncIsle {
+    fn submit_async(
+        &self,
+        job: Queued,
+        when_full: WhenFull,
+    ) -> impl Future<Output = Result<(), IsleError>> + Send {
+        self.handle.submit_async(job, when_full)
+    }
+
+    fn answers_soon(&self) -> bool {
+        self.handle.tx.len() <= 1
+    }
+}
+
 /// The async verbs; the options are those of every [`Request`].
-impl Request<'_, AsyncIsle> {
+#[allow(private_bounds)]
+impl<I: AsyncTarget> Request<'_, I, Async> {
     /// Evaluates `code` and converts its result to `T`; see the blocking
     /// [`Request::eval`](Request#method.eval).
     ///
@@ -872,25 +933,33 @@ impl Request<'_, AsyncIsle> {
         .await
     }
 
+    /// Runs `work` on the VM and waits for its result.
+    pub(crate) async fn exec_raw<T, W>(self, work: W) -> Result<T, IsleError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,
+    {
+        self.submit(work).await?.await
+    }
+
     async fn submit<T, W>(self, work: W) -> Result<AsyncTask<T>, IsleError>
     where
         T: Send + 'static,
         W: Send + 'static,
         Slot<T, W>: Job,
     {
-        let handle = self.isle.handle();
         let prepared = self.prepare(work);
         if let Some(job) = prepared.job() {
-            handle.submit_async(job, self.when_full).await?;
+            self.isle.submit_async(job, self.when_full).await?;
         }
         // Alone in the queue, the request is likely answered within microseconds: worth a
         // brief wait on the first poll. Behind others, the caller had better yield at once.
-        let spin = handle.tx.len() <= 1;
+        let spin = self.isle.answers_soon();
         Ok(AsyncTask::new(
             prepared.slot,
             prepared.token,
             prepared.deadline,
-            handle.shared.id,
+            self.isle.id(),
             spin,
         ))
     }
@@ -986,25 +1055,48 @@ impl AsyncIsleDriver {
         if let Some(handle) = self.handle.upgrade() {
             handle.wake();
         }
-        if let Some(deadline) = deadline {
-            if !exited_by(&shared, deadline).await {
-                shared.kill();
-                shared.close_and_drain();
-                if !exited_by(&shared, Instant::now().checked_add(shared.grace)).await {
-                    shared.give_up(None, IsleError::Shutdown, Where::Here);
-                }
-            }
-        }
-        exited_by(&shared, None).await;
-        // The flag, set before anything else when the isle gives up, decides: the thread may
-        // have ended (and resolved `exited`) before the give-up got to resolving it.
-        let abandoned = matches!(shared.exited.take(), Some(Err(IsleError::Abandoned)));
-        if abandoned || shared.is_abandoned() {
-            return Err(IsleError::Abandoned);
-        }
+        wait_for_exit(&shared, deadline).await?;
         // The thread has ended (or is ending): joining does not block for long.
         isle::join(self.thread.take())
     }
+}
+
+impl AsyncIsle {
+    /// Closes the isle and waits for its thread to end, as
+    /// [`AsyncIsleDriver::shutdown_until`] does (for a pool's members).
+    pub(crate) async fn close_and_wait(
+        &self,
+        deadline: Option<Option<Instant>>,
+    ) -> Result<(), IsleError> {
+        self.handle.shared.close();
+        self.handle.wake();
+        wait_for_exit(&self.handle.shared, deadline).await
+    }
+}
+
+/// Waits for the Lua thread of a closed isle to end; with a deadline (`Some`), kills what still
+/// runs then and gives up on it after the grace period.
+async fn wait_for_exit(
+    shared: &Arc<Shared>,
+    deadline: Option<Option<Instant>>,
+) -> Result<(), IsleError> {
+    if let Some(deadline) = deadline {
+        if !exited_by(shared, deadline).await {
+            shared.kill();
+            shared.close_and_drain();
+            if !exited_by(shared, Instant::now().checked_add(shared.grace)).await {
+                shared.give_up(None, IsleError::Shutdown, Where::Here);
+            }
+        }
+    }
+    exited_by(shared, None).await;
+    // The flag, set before anything else when the isle gives up, decides: the thread may
+    // have ended (and resolved `exited`) before the give-up got to resolving it.
+    let abandoned = matches!(shared.exited.take(), Some(Err(IsleError::Abandoned)));
+    if abandoned || shared.is_abandoned() {
+        return Err(IsleError::Abandoned);
+    }
+    Ok(())
 }
 
 /// Waits until the isle's thread has ended (or was given up on), or until `deadline`; returns

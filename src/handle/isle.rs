@@ -47,14 +47,15 @@ use crate::lua_thread::worker;
 /// # Ok::<(), mlua_isle::IsleError>(())
 /// ```
 pub struct Isle {
-    handle: Handle,
+    /// Shared only with the async view a pool's guard hands out.
+    handle: Arc<Handle>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Isle {
     pub(crate) fn new(launched: Launched) -> Self {
         Isle {
-            handle: launched.handle,
+            handle: Arc::new(launched.handle),
             thread: Some(launched.thread),
         }
     }
@@ -374,6 +375,12 @@ impl Isle {
         // A full queue holds jobs: the thread looks at the flag after each of them anyway.
         self.wake();
         wait_for_exit(shared, deadline)
+    }
+
+    /// An async handle to the same isle (for a checked-out member of an async pool).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn async_view(&self) -> crate::handle::async_isle::AsyncIsle {
+        crate::handle::async_isle::AsyncIsle::from_handle(self.handle.clone())
     }
 
     /// Makes the Lua thread look at its queues again (a pool member whose gate opened, or that

@@ -1,5 +1,6 @@
 //! [`Request`]: per-request options (deadline, cancel token, queue policy) and submission.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,12 +48,27 @@ use crate::lua_thread::vm::Vm;
 /// ```
 #[derive(Debug, Clone)]
 #[must_use = "a request does nothing until one of its methods is called"]
-pub struct Request<'a, I = Isle> {
+pub struct Request<'a, I = Isle, V = Blocking> {
     pub(crate) isle: &'a I,
     deadline: DeadlineSetting,
     token: Option<CancelToken>,
     pub(crate) when_full: WhenFull,
+    verbs: PhantomData<V>,
 }
+
+/// Marks a [`Request`] whose verbs block (on an [`Isle`](crate::Isle) or an
+/// [`IslePool`](crate::IslePool)).
+///
+/// # Examples
+///
+/// ```
+/// let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+/// let request: mlua_isle::Request<'_, mlua_isle::Isle, mlua_isle::Blocking> = isle.request();
+/// assert_eq!(request.eval::<i64>("1")?, 1);
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Blocking;
 
 /// The isle handles a [`Request`] can be made on.
 pub(crate) trait IsleHandle {
@@ -73,7 +89,7 @@ pub(crate) trait BlockingTarget: Target {
     fn submit(&self, job: Queued, when_full: WhenFull) -> Result<(), IsleError>;
 }
 
-impl<H: IsleHandle> Target for H {
+impl Target for Isle {
     fn id(&self) -> u64 {
         self.handle().shared.id
     }
@@ -115,13 +131,14 @@ enum DeadlineSetting {
     At(Instant),
 }
 
-impl<'a, I> Request<'a, I> {
+impl<'a, I, V> Request<'a, I, V> {
     pub(crate) fn new(isle: &'a I) -> Self {
         Request {
             isle,
             deadline: DeadlineSetting::IsleDefault,
             token: None,
             when_full: WhenFull::Wait,
+            verbs: PhantomData,
         }
     }
 
@@ -250,7 +267,7 @@ impl<'a, I> Request<'a, I> {
 
 /// The blocking verbs, on an isle or a pool.
 #[allow(private_bounds)]
-impl<I: BlockingTarget> Request<'_, I> {
+impl<I: BlockingTarget> Request<'_, I, Blocking> {
     /// Evaluates `code` and converts its result to `T`, blocking until done.
     ///
     /// `code` is tried as an expression first, then as a block (as Lua's REPL does), so both

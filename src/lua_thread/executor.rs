@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::Receiver;
 
 use crate::core::queue::{Job, Queued, Shared, Wakeup};
 use crate::core::slot::{Resolve, Slot};
@@ -33,6 +33,7 @@ use crate::core::watchdog::Sleep;
 use crate::error::IsleError;
 use crate::interrupt::{self, Armed};
 use crate::lua_thread::current;
+use crate::lua_thread::feed::{self, Feed, Polled, Taken};
 use crate::lua_thread::vm::Vm;
 use crate::lua_thread::worker::{self, Worker};
 
@@ -112,16 +113,19 @@ pub(crate) fn serve(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) -
 /// The local task that serves the queue.
 async fn main_loop(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) {
     let shared = worker.shared.clone();
-    let mut next = Some(first);
+    let mut next = Some(Taken {
+        job: first,
+        from_feed: false,
+    });
     loop {
         let job = match next.take() {
             Some(job) => job,
             None => match next_job(worker, rx).await {
-                Some(job) => job,
+                Some(taken) => taken,
                 None => break,
             },
         };
-        if worker::handle_job(worker, rx, job, false).is_break() {
+        if worker::handle_job(worker, rx, job.job, job.from_feed).is_break() {
             return;
         }
         if worker.executor.as_ref().is_some_and(|e| e.active() > 0) {
@@ -142,24 +146,29 @@ async fn main_loop(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) {
     }
 }
 
-/// The next job, letting the other local tasks run while there is none; `None` once every
-/// sender is gone and the queue is empty.
-async fn next_job(worker: &Worker, rx: &Receiver<Queued>) -> Option<Queued> {
-    let shared = &worker.shared;
+/// The next job (from the own queue, or from the feed while the gate is open), letting the
+/// other local tasks run while there is none; `None` once every sender is gone and nothing is
+/// left for this thread.
+async fn next_job(worker: &mut Worker, rx: &Receiver<Queued>) -> Option<Taken> {
+    let shared = worker.shared.clone();
     let start = Instant::now();
     loop {
-        match rx.try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => {}
+        match feed::poll_next(rx, &mut worker.feed) {
+            Polled::Job(taken) => return Some(taken),
+            Polled::Done => return None,
+            Polled::Empty => {}
         }
-        if (shared.is_closed() || shared.interrupter.is_killed()) && worker.idle() {
+        let feed_done = worker
+            .feed
+            .as_ref()
+            .is_none_or(|feed| !feed.gate().open() || feed.is_empty());
+        if (shared.is_closed() || shared.interrupter.is_killed()) && worker.idle() && feed_done {
             // Shut down (or killed) and nothing left in progress.
             return None;
         }
         if worker.idle() {
             // No coroutine needs this thread meanwhile: wait as the plain server does.
-            return worker::next_job(rx);
+            return feed::next_job(rx, &mut worker.feed);
         }
         if start.elapsed() < wait::SPIN_BUDGET {
             tokio::task::yield_now().await;
@@ -167,11 +176,26 @@ async fn next_job(worker: &Worker, rx: &Receiver<Queued>) -> Option<Queued> {
         }
         // Senders notify after queueing (and the last handle after disconnecting): listen,
         // then look again, so that nothing sent in between is missed.
+        let signals = worker.feed.as_ref().map(Feed::signals);
         let arrived = shared.arrived.listen();
-        match rx.try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => arrived.await,
+        let mut fed = signals.as_ref().map(|signals| signals.arrived.listen());
+        match feed::poll_next(rx, &mut worker.feed) {
+            Polled::Job(taken) => return Some(taken),
+            Polled::Done => return None,
+            Polled::Empty => {
+                let mut arrived = std::pin::pin!(arrived);
+                std::future::poll_fn(|cx| {
+                    let fed_ready = fed
+                        .as_mut()
+                        .is_some_and(|fed| Pin::new(fed).poll(cx).is_ready());
+                    if fed_ready || arrived.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await;
+            }
         }
     }
 }

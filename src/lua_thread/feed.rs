@@ -13,12 +13,28 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::core::queue::Queued;
+#[cfg(feature = "tokio")]
+use crate::core::queue::Wakeup;
 use crate::core::wait;
 
-/// The feed of one Lua thread: the shared queue and the thread's gate to it.
+/// The feed of one Lua thread: the shared queue, the thread's gate to it, and the events
+/// shared by everyone who uses the feed.
 pub(crate) struct Feed {
     rx: Receiver<Queued>,
     gate: Arc<dyn FeedGate>,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    signals: Arc<FeedSignals>,
+}
+
+/// Events of a feed, for async waiters.
+#[derive(Debug, Default)]
+pub(crate) struct FeedSignals {
+    /// Notified by senders after queueing: a Lua thread serving coroutines waits on it.
+    #[cfg(feature = "tokio")]
+    pub(crate) arrived: Wakeup,
+    /// Notified by Lua threads after taking a job: async senders wait on it for room.
+    #[cfg(feature = "tokio")]
+    pub(crate) room: Wakeup,
 }
 
 impl fmt::Debug for Feed {
@@ -63,8 +79,18 @@ pub(crate) struct JobReport {
 }
 
 impl Feed {
-    pub(crate) fn new(rx: Receiver<Queued>, gate: Arc<dyn FeedGate>) -> Self {
-        Feed { rx, gate }
+    pub(crate) fn new(
+        rx: Receiver<Queued>,
+        gate: Arc<dyn FeedGate>,
+        signals: Arc<FeedSignals>,
+    ) -> Self {
+        Feed { rx, gate, signals }
+    }
+
+    /// The feed's events.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn signals(&self) -> Arc<FeedSignals> {
+        self.signals.clone()
     }
 
     pub(crate) fn gate(&self) -> &dyn FeedGate {
@@ -84,48 +110,68 @@ pub(crate) struct Taken {
     pub(crate) from_feed: bool,
 }
 
-/// The next job from the thread's own queue or, while the gate is open, from the feed;
-/// polling briefly before blocking. `None` once the own queue is disconnected and the feed has
-/// nothing the thread may take. A feed that disconnects is dropped.
-pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option<Taken> {
-    loop {
-        let mut next = None;
-        let mut own_gone = false;
-        let mut feed_gone = false;
-        let found = wait::spin_until(|| {
-            match rx.try_recv() {
+/// What one look at the queues found.
+pub(crate) enum Polled {
+    Job(Taken),
+    /// Nothing for now.
+    Empty,
+    /// The own queue is disconnected and the feed has nothing this thread may take.
+    Done,
+}
+
+/// One look at the own queue, then (under a claim) at the feed; drops a disconnected feed.
+pub(crate) fn poll_next(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Polled {
+    let own_gone = match rx.try_recv() {
+        Ok(job) => {
+            return Polled::Job(Taken {
+                job,
+                from_feed: false,
+            })
+        }
+        Err(TryRecvError::Disconnected) => true,
+        Err(TryRecvError::Empty) => false,
+    };
+    if let Some(open) = feed.as_ref() {
+        if open.gate.claim() {
+            match open.rx.try_recv() {
                 Ok(job) => {
-                    next = Some(Taken {
+                    #[cfg(feature = "tokio")]
+                    open.signals.room.notify(1);
+                    return Polled::Job(Taken {
                         job,
-                        from_feed: false,
+                        from_feed: true,
                     });
-                    return true;
                 }
-                Err(TryRecvError::Disconnected) => own_gone = true,
-                Err(TryRecvError::Empty) => {}
-            }
-            if let Some(feed) = feed.as_ref().filter(|_| !feed_gone) {
-                if feed.gate.claim() {
-                    match feed.rx.try_recv() {
-                        Ok(job) => {
-                            next = Some(Taken {
-                                job,
-                                from_feed: true,
-                            });
-                            return true;
-                        }
-                        Err(err) => {
-                            feed.gate.release();
-                            feed_gone = err == TryRecvError::Disconnected;
-                        }
+                Err(err) => {
+                    open.gate.release();
+                    if err == TryRecvError::Disconnected {
+                        *feed = None;
                     }
                 }
             }
-            own_gone
-        });
-        if feed_gone {
-            *feed = None;
         }
+    }
+    if own_gone {
+        Polled::Done
+    } else {
+        Polled::Empty
+    }
+}
+
+/// The next job from the thread's own queue or, while the gate is open, from the feed;
+/// polling briefly before blocking. `None` once the own queue is disconnected and the feed has
+/// nothing the thread may take.
+pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option<Taken> {
+    loop {
+        let mut next = None;
+        let found = wait::spin_until(|| match poll_next(rx, feed) {
+            Polled::Job(taken) => {
+                next = Some(taken);
+                true
+            }
+            Polled::Done => true,
+            Polled::Empty => false,
+        });
         if found {
             return next;
         }

@@ -255,13 +255,6 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-/// The next job from the own queue, polling briefly before blocking; `None` once every sender
-/// is gone and the queue is empty.
-#[cfg(feature = "tokio")]
-pub(crate) fn next_job(rx: &Receiver<Queued>) -> Option<Queued> {
-    feed::next_job(rx, &mut None).map(|taken| taken.job)
-}
-
 /// A request: run its work on the VM and resolve its slot with the outcome.
 impl<T, W> Job for Slot<T, W>
 where

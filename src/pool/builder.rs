@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use mlua::Lua;
 
@@ -245,6 +246,15 @@ impl IslePoolBuilder {
     where
         F: Fn(&Lua) -> mlua::Result<()> + Send + Sync + 'static,
     {
+        let (template, recycle, size, queue_capacity, default_timeout) = self.into_parts(init)?;
+        IslePool::start(template, recycle, size, queue_capacity, default_timeout)
+    }
+
+    /// Validates the settings and turns them into what the pool is made from.
+    pub(crate) fn into_parts<F>(self, init: F) -> Result<Parts, IsleError>
+    where
+        F: Fn(&Lua) -> mlua::Result<()> + Send + Sync + 'static,
+    {
         let size = self.size.unwrap_or_else(|| {
             thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
@@ -274,12 +284,16 @@ impl IslePoolBuilder {
             on_return: self.on_return,
             name,
         };
-        IslePool::start(
+        Ok((
             template,
             self.recycle,
             size,
             queue_capacity,
             default_timeout,
-        )
+        ))
     }
 }
+
+/// What a pool is made from: the member template, the policy, the size, the queue capacity
+/// and the default timeout.
+pub(crate) type Parts = (Template, Recycle, usize, usize, Option<Duration>);

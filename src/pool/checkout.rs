@@ -48,6 +48,34 @@ impl PooledIsle {
         }
     }
 
+    /// Checks out a member of `pool` that is idle right now.
+    pub(crate) fn try_checkout(pool: &Arc<PoolCore>) -> Result<PooledIsle, IsleError> {
+        if pool.is_closed() {
+            return Err(IsleError::Shutdown);
+        }
+        let members = pool.snapshot();
+        for (i, member) in members.iter().enumerate() {
+            if member.cell.transition(IDLE, CHECKED_OUT) {
+                // The member may just have been woken for a queued request, which it will not
+                // take now: hand the wake-up on to another idle member.
+                if !pool.feed_rx.is_empty() {
+                    let other = members[i + 1..].iter().chain(&members[..i]);
+                    if let Some(idle) = other.into_iter().find(|m| m.cell.state() == IDLE) {
+                        idle.isle.wake();
+                    }
+                }
+                return Ok(PooledIsle::new(member.clone(), pool.clone()));
+            }
+        }
+        Err(IsleError::Full)
+    }
+
+    /// An async handle to the checked-out member.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn async_view(&self) -> crate::handle::async_isle::AsyncIsle {
+        self.deref().async_view()
+    }
+
     /// Replaces this member with a fresh VM instead of returning it (its state is not worth
     /// keeping). The old VM finishes what its queue holds and goes; the replacement starts in
     /// the background.

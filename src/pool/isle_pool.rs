@@ -9,11 +9,11 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
 use super::builder::IslePoolBuilder;
 use super::checkout::PooledIsle;
-use super::member::{self, BUSY, CHECKED_OUT, IDLE};
+use super::member::{self, BUSY, CHECKED_OUT};
 use super::recycle::Recycle;
 use super::shared::{PoolCore, Template};
 use super::stats::PoolStats;
-use super::supervisor::{self, Event};
+use super::supervisor::Event;
 use crate::core::queue::{Queued, WhenFull};
 use crate::core::wait;
 use crate::error::IsleError;
@@ -95,49 +95,23 @@ impl IslePool {
         queue_capacity: usize,
         default_timeout: Option<Duration>,
     ) -> Result<IslePool, IsleError> {
-        let (events_tx, events) = crossbeam_channel::unbounded();
-        let core = Arc::new(PoolCore::new(
-            template,
-            recycle,
-            size,
-            queue_capacity,
-            default_timeout,
-            events_tx,
-        ));
+        let (core, events) =
+            PoolCore::create(template, recycle, size, queue_capacity, default_timeout);
         // All threads start at once; then each `init` is waited for.
-        let mut launched = Vec::with_capacity(size);
-        let mut failed = None;
-        for index in 0..size {
-            match core.launch(index) {
-                Ok(started) => launched.push(started),
-                Err(err) => {
-                    failed = Some(err);
-                    break;
-                }
-            }
-        }
+        let (launched, mut failed) = match core.launch_all() {
+            Ok(launched) => (launched, None),
+            Err((launched, err)) => (launched, Some(err)),
+        };
         let mut members = Vec::with_capacity(size);
         for (cell, started) in launched {
             match core.finish(cell, started) {
                 Ok(member) => members.push(member),
-                Err(err) => failed = failed.or(Some(err)),
+                Err(err) => {
+                    failed.get_or_insert(err);
+                }
             }
         }
-        if let Some(err) = failed {
-            core.close();
-            drop(members);
-            return Err(err);
-        }
-        for member in &members {
-            core.install(member);
-        }
-        let supervisor = {
-            let pool = Arc::downgrade(&core);
-            std::thread::Builder::new()
-                .name(format!("{}-supervisor", core.template.name))
-                .spawn(move || supervisor::run(pool, events))
-                .map_err(IsleError::Spawn)?
-        };
+        let supervisor = core.start(members, failed, events)?;
         Ok(IslePool {
             core,
             supervisor: Some(supervisor),
@@ -408,24 +382,7 @@ impl IslePool {
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn try_checkout(&self) -> Result<PooledIsle, IsleError> {
-        if self.core.is_closed() {
-            return Err(IsleError::Shutdown);
-        }
-        let members = self.core.snapshot();
-        for (i, member) in members.iter().enumerate() {
-            if member.cell.transition(IDLE, CHECKED_OUT) {
-                // The member may just have been woken for a queued request, which it will not
-                // take now: hand the wake-up on to another idle member.
-                if !self.core.feed_rx.is_empty() {
-                    let other = members[i + 1..].iter().chain(&members[..i]);
-                    if let Some(idle) = other.into_iter().find(|m| m.cell.state() == IDLE) {
-                        idle.isle.wake();
-                    }
-                }
-                return Ok(PooledIsle::new(member.clone(), self.core.clone()));
-            }
-        }
-        Err(IsleError::Full)
+        PooledIsle::try_checkout(&self.core)
     }
 
     /// Runs `f` on every live member (checked-out ones included, between their holder's
@@ -498,19 +455,7 @@ impl IslePool {
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn stats(&self) -> PoolStats {
-        let mut stats = PoolStats::default();
-        for member in self.core.snapshot() {
-            stats.size += 1;
-            match member.cell.state() {
-                IDLE => stats.idle += 1,
-                BUSY => stats.busy += 1,
-                CHECKED_OUT => stats.checked_out += 1,
-                _ => {}
-            }
-        }
-        stats.queued = self.core.feed_rx.len();
-        self.core.counters.fill(&mut stats);
-        stats
+        self.core.stats()
     }
 
     /// Stops accepting requests, lets every member finish what is queued (checked-out
@@ -575,10 +520,7 @@ impl IslePool {
             // It ends at `Stop`, after a replacement it may be starting.
             let _ = supervisor.join();
         }
-        let members: Vec<_> = {
-            let mut members = self.core.members();
-            members.iter_mut().filter_map(Option::take).collect()
-        };
+        let members = self.core.take_members();
         let mut result = Ok(());
         for member in members {
             let outcome = match Arc::try_unwrap(member) {
@@ -628,13 +570,7 @@ fn far_future() -> Instant {
 impl Drop for IslePool {
     fn drop(&mut self) {
         // Never blocks: members finish what is queued and end on their own.
-        self.core.close();
-        self.core.send(Event::Stop);
-        let members: Vec<_> = {
-            let mut members = self.core.members();
-            members.iter_mut().filter_map(Option::take).collect()
-        };
-        drop(members);
+        self.core.release();
     }
 }
 

@@ -11,6 +11,8 @@
 //!   supervisor thread replaces members the policy retires, and members that die or are
 //!   given up on, off every caller's path.
 
+#[cfg(feature = "tokio")]
+mod async_pool;
 mod builder;
 mod checkout;
 mod isle_pool;
@@ -20,6 +22,8 @@ mod shared;
 mod stats;
 mod supervisor;
 
+#[cfg(feature = "tokio")]
+pub use self::async_pool::{AsyncIslePool, AsyncIslePoolDriver, PooledAsyncIsle};
 pub use self::builder::{IslePoolBuilder, DEFAULT_POOL_QUEUE_PER_MEMBER};
 pub use self::checkout::PooledIsle;
 pub use self::isle_pool::IslePool;

@@ -5,21 +5,22 @@ use std::fmt;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mlua::Lua;
 
-use super::member::{self, ExitWatch, Member, MemberCell, IDLE, SPARE};
+use super::member::{self, ExitWatch, Member, MemberCell, BUSY, CHECKED_OUT, IDLE, SPARE};
 use super::recycle::Recycle;
-use super::stats::Counters;
-use super::supervisor::Event;
+use super::stats::{Counters, PoolStats};
+use super::supervisor::{self, Event};
 use crate::core::queue::{Queued, WhenFull};
 use crate::core::wait;
 use crate::error::IsleError;
-use crate::handle::builder::IsleBuilder;
+use crate::handle::builder::{IsleBuilder, Launched};
 use crate::handle::isle::Isle;
-use crate::lua_thread::feed::Feed;
+use crate::lua_thread::feed::{Feed, FeedSignals};
 
 /// A function every member runs: `init`, `on_return`.
 pub(crate) type MemberFn = Arc<dyn Fn(&Lua) -> mlua::Result<()> + Send + Sync>;
@@ -54,6 +55,8 @@ pub(crate) struct PoolCore {
     events: Sender<Event>,
     pub(crate) default_timeout: Option<Duration>,
     next_serial: AtomicU64,
+    /// The queue's events, for async senders and members serving coroutines.
+    pub(crate) signals: Arc<FeedSignals>,
 }
 
 impl fmt::Debug for PoolCore {
@@ -65,17 +68,21 @@ impl fmt::Debug for PoolCore {
     }
 }
 
+/// Members launched, each waiting for its `init`.
+pub(crate) type Launching = Vec<(Arc<MemberCell>, Launched)>;
+
 impl PoolCore {
-    pub(crate) fn new(
+    /// A pool with no member yet, and the receiver of its supervisor's events.
+    pub(crate) fn create(
         template: Template,
         recycle: Recycle,
         size: usize,
         queue_capacity: usize,
         default_timeout: Option<Duration>,
-        events: Sender<Event>,
-    ) -> Self {
+    ) -> (Arc<Self>, Receiver<Event>) {
+        let (events_tx, events) = crossbeam_channel::unbounded();
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(queue_capacity);
-        PoolCore {
+        let core = PoolCore {
             id: crate::core::queue::next_isle_id(),
             feed_tx,
             feed_rx,
@@ -85,10 +92,51 @@ impl PoolCore {
             template,
             recycle,
             counters: Counters::default(),
-            events,
             default_timeout,
             next_serial: AtomicU64::new(1),
+            signals: Arc::default(),
+            events: events_tx,
+        };
+        (Arc::new(core), events)
+    }
+
+    /// Starts every member's thread; on failure, those started so far and the error.
+    pub(crate) fn launch_all(self: &Arc<Self>) -> Result<Launching, (Launching, IsleError)> {
+        let size = self.size();
+        let mut launched = Vec::with_capacity(size);
+        for index in 0..size {
+            match self.launch(index) {
+                Ok(started) => launched.push(started),
+                Err(err) => return Err((launched, err)),
+            }
         }
+        Ok(launched)
+    }
+
+    /// Puts the first members in service and starts the supervisor, unless a member failed
+    /// to start (`failed`): then the others go again and the error is returned.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        members: Vec<Arc<Member>>,
+        failed: Option<IsleError>,
+        events: Receiver<Event>,
+    ) -> Result<JoinHandle<()>, IsleError> {
+        if let Some(err) = failed {
+            self.close();
+            drop(members);
+            return Err(err);
+        }
+        for member in &members {
+            self.install(member);
+        }
+        let pool = Arc::downgrade(self);
+        thread::Builder::new()
+            .name(format!("{}-supervisor", self.template.name))
+            .spawn(move || supervisor::run(pool, events))
+            .map_err(|err| {
+                self.release();
+                IsleError::Spawn(err)
+            })
     }
 
     /// Locks the members; only `Option` swaps happen under the lock, so a poisoned lock is
@@ -113,6 +161,9 @@ impl PoolCore {
 
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // Async senders waiting for room must learn that none will come.
+        #[cfg(feature = "tokio")]
+        self.signals.room.notify(usize::MAX);
     }
 
     /// Marks the queue dead (no member takes anything any more) and resolves what it holds
@@ -147,12 +198,57 @@ impl PoolCore {
                 TrySendError::Disconnected(_) => IsleError::Shutdown,
             })?;
         }
+        self.sent();
+        Ok(())
+    }
+
+    /// After a successful send.
+    fn sent(&self) {
         // Pairs with the fence in `close_and_drain`: either the last drain sees the job, or
         // this load sees the queue dead.
         fence(Ordering::SeqCst);
         if self.dead.load(Ordering::Relaxed) {
             self.drain();
         }
+        #[cfg(feature = "tokio")]
+        self.signals.arrived.notify(1);
+    }
+
+    /// Queues `job` for whichever member is free first, waiting asynchronously for room
+    /// (unless `when_full` says fail). Cancel safe: dropped while waiting, it drops the job,
+    /// which resolves its request.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn submit_async(
+        &self,
+        mut job: Queued,
+        when_full: WhenFull,
+    ) -> Result<(), IsleError> {
+        loop {
+            if self.is_closed() {
+                return Err(IsleError::Shutdown);
+            }
+            job = match self.feed_tx.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(IsleError::Shutdown),
+                // Only members make room: a member's own thread never waits for it (except in
+                // a coroutine request, which yields to that thread's executor).
+                Err(TrySendError::Full(_))
+                    if when_full == WhenFull::Fail || wait::would_block_isle(self.id) =>
+                {
+                    return Err(IsleError::Full)
+                }
+                Err(TrySendError::Full(job)) => job,
+            };
+            // Listen first, then try again, so that room made in between is not missed.
+            let room = self.signals.room.listen();
+            job = match self.feed_tx.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(IsleError::Shutdown),
+                Err(TrySendError::Full(job)) => job,
+            };
+            room.await;
+        }
+        self.sent();
         Ok(())
     }
 
@@ -160,7 +256,7 @@ impl PoolCore {
     pub(crate) fn launch(
         self: &Arc<Self>,
         index: usize,
-    ) -> Result<(Arc<MemberCell>, crate::handle::builder::Launched), IsleError> {
+    ) -> Result<(Arc<MemberCell>, Launched), IsleError> {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let cell = Arc::new(MemberCell::new(index, serial, Arc::downgrade(self)));
         let template = &self.template;
@@ -174,7 +270,11 @@ impl PoolCore {
             let factory = factory.clone();
             builder = builder.factory(move || factory());
         }
-        builder.set_feed(Feed::new(self.feed_rx.clone(), cell.clone()));
+        builder.set_feed(Feed::new(
+            self.feed_rx.clone(),
+            cell.clone(),
+            self.signals.clone(),
+        ));
         let init = template.init.clone();
         let pool_id = self.id;
         let this = cell.clone();
@@ -190,10 +290,20 @@ impl PoolCore {
     pub(crate) fn finish(
         &self,
         cell: Arc<MemberCell>,
-        launched: crate::handle::builder::Launched,
+        launched: Launched,
     ) -> Result<Arc<Member>, IsleError> {
         launched.ready.wait_until(None);
         let outcome = launched.ready.take();
+        self.adopt(cell, launched, outcome)
+    }
+
+    /// Makes a launched member whose `init` ended with `outcome` a member (not yet serving).
+    pub(crate) fn adopt(
+        &self,
+        cell: Arc<MemberCell>,
+        launched: Launched,
+        outcome: Option<Result<(), IsleError>>,
+    ) -> Result<Arc<Member>, IsleError> {
         let isle = Isle::new(launched.started(outcome)?);
         let member = Arc::new(Member { cell, isle });
         let _ = member.cell.member.set(Arc::downgrade(&member));
@@ -230,9 +340,42 @@ impl PoolCore {
         }
     }
 
+    /// A snapshot of the members and the counters.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let mut stats = PoolStats::default();
+        for member in self.snapshot() {
+            stats.size += 1;
+            match member.cell.state() {
+                IDLE => stats.idle += 1,
+                BUSY => stats.busy += 1,
+                CHECKED_OUT => stats.checked_out += 1,
+                _ => {}
+            }
+        }
+        stats.queued = self.feed_rx.len();
+        self.counters.fill(&mut stats);
+        stats
+    }
+
     /// How many positions the pool has.
     pub(crate) fn size(&self) -> usize {
         self.members().len()
+    }
+}
+
+impl PoolCore {
+    /// Takes every member out of the pool.
+    pub(crate) fn take_members(&self) -> Vec<Arc<Member>> {
+        let mut members = self.members();
+        members.iter_mut().filter_map(Option::take).collect()
+    }
+
+    /// What dropping the last handle does: no new requests, no more replacements, and the
+    /// members finish what is queued and end on their own. Never blocks.
+    pub(crate) fn release(&self) {
+        self.close();
+        self.send(Event::Stop);
+        drop(self.take_members());
     }
 }
 

@@ -1,0 +1,177 @@
+//! The async pool: async verbs, coroutine requests, checkout futures, backpressure, shutdown.
+#![cfg(feature = "tokio")]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua_isle::{AsyncIslePool, AsyncIslePoolDriver, IsleError};
+
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+async fn pool(size: usize) -> (AsyncIslePool, AsyncIslePoolDriver) {
+    AsyncIslePool::builder()
+        .size(size)
+        .spawn_async(|lua| {
+            let sleep = lua.create_async_function(|_, ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(ms)
+            })?;
+            lua.globals().set("sleep", sleep)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_verbs_work_on_a_current_thread_runtime() {
+    let (pool, driver) = pool(2).await;
+    assert_eq!(pool.eval::<i64>("1 + 1").await.unwrap(), 2);
+    assert_eq!(pool.call::<String>("tostring", 3).await.unwrap(), "3");
+    let task = pool.spawn_exec(|lua| lua.load("'x'").eval::<String>()).await.unwrap();
+    assert_eq!(task.await.unwrap(), "x");
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coroutine_requests_wait_while_members_serve_others() {
+    let (pool, driver) = pool(1).await;
+    // One member: the coroutine request suspends in `sleep` and the member serves the rest.
+    let slow = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.coroutine_eval::<u64>("return sleep(50)").await }
+    });
+    for i in 0..20 {
+        assert_eq!(pool.eval::<i64>(format!("{i}").as_str()).await.unwrap(), i);
+    }
+    assert_eq!(slow.await.unwrap().unwrap(), 50);
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coroutine_requests_from_the_queue_run_on_any_member() {
+    let (pool, driver) = pool(2).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.coroutine_eval::<u64>("return sleep(5)").await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), 5);
+    }
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_checkout_future_dropped_at_any_point_leaks_nothing() {
+    let (pool, driver) = pool(1).await;
+    let held = pool.checkout().await.unwrap();
+    // While the only member is out, checkouts wait; drop them in every way.
+    for _ in 0..20 {
+        let waiting = pool.checkout();
+        assert!(tokio::time::timeout(Duration::from_millis(1), waiting).await.is_err());
+        tokio::select! {
+            _ = pool.checkout() => panic!("the only member is checked out"),
+            _ = tokio::task::yield_now() => {}
+        }
+        assert!(pool.checkout_timeout(Duration::from_millis(1)).await.unwrap_err().is_timeout());
+    }
+    drop(held);
+    // Every abandoned checkout left the member in the pool.
+    let again = tokio::time::timeout(HANG_GUARD, pool.checkout()).await.unwrap().unwrap();
+    assert_eq!(again.eval::<i64>("1").await.unwrap(), 1);
+    drop(again);
+    let stats = driver.stats();
+    assert_eq!(stats.size, 1);
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_submitters_wait_or_fail() {
+    let (pool, driver) = AsyncIslePool::builder()
+        .size(1)
+        .queue_capacity(2)
+        .spawn_async(|_| Ok(()))
+        .await
+        .unwrap();
+    let (release_tx, release) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let blocker = pool
+        .spawn_exec(move |_| {
+            let _ = started_tx.send(());
+            release.recv().unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    started.await.unwrap();
+    let queued: Vec<_> = futures_queue(&pool, 2).await;
+    let err = pool.request().try_enqueue().spawn_eval::<i64>("0").await.unwrap_err();
+    assert!(matches!(err, IsleError::Full));
+    // A waiting submitter gets in once there is room.
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.eval::<i64>("42").await }
+    });
+    release_tx.send(()).unwrap();
+    blocker.await.unwrap();
+    for task in queued {
+        task.await.unwrap();
+    }
+    assert_eq!(waiting.await.unwrap().unwrap(), 42);
+    driver.shutdown().await.unwrap();
+}
+
+async fn futures_queue(pool: &AsyncIslePool, n: usize) -> Vec<mlua_isle::AsyncTask<i64>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(pool.spawn_eval::<i64>("1").await.unwrap());
+    }
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_each_get_exactly_one_answer() {
+    let (pool, driver) = pool(2).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let pool = pool.clone();
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                for j in 0..50 {
+                    let n = i * 1000 + j;
+                    assert_eq!(pool.call::<i64>("tonumber", n).await.unwrap(), n);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(answered.load(Ordering::Relaxed), 64 * 50);
+    assert_eq!(driver.stats().completed, 64 * 50);
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_every_handle_lets_the_members_go() {
+    let (pool, driver) = pool(2).await;
+    let task = pool.spawn_eval::<i64>("5").await.unwrap();
+    drop(pool);
+    assert_eq!(task.await.unwrap(), 5);
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_stops_a_runaway_request() {
+    let (pool, driver) = pool(1).await;
+    let task = pool.spawn_eval::<()>("while true do end").await.unwrap();
+    tokio::time::timeout(HANG_GUARD, driver.shutdown_timeout(Duration::from_millis(20)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(task.await.unwrap_err().is_shutdown());
+}
