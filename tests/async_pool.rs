@@ -28,7 +28,10 @@ async fn async_verbs_work_on_a_current_thread_runtime() {
     let (pool, driver) = pool(2).await;
     assert_eq!(pool.eval::<i64>("1 + 1").await.unwrap(), 2);
     assert_eq!(pool.call::<String>("tostring", 3).await.unwrap(), "3");
-    let task = pool.spawn_exec(|lua| lua.load("'x'").eval::<String>()).await.unwrap();
+    let task = pool
+        .spawn_exec(|lua| lua.load("'x'").eval::<String>())
+        .await
+        .unwrap();
     assert_eq!(task.await.unwrap(), "x");
     driver.shutdown().await.unwrap();
 }
@@ -70,16 +73,25 @@ async fn a_checkout_future_dropped_at_any_point_leaks_nothing() {
     // While the only member is out, checkouts wait; drop them in every way.
     for _ in 0..20 {
         let waiting = pool.checkout();
-        assert!(tokio::time::timeout(Duration::from_millis(1), waiting).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(1), waiting)
+            .await
+            .is_err());
         tokio::select! {
             _ = pool.checkout() => panic!("the only member is checked out"),
             _ = tokio::task::yield_now() => {}
         }
-        assert!(pool.checkout_timeout(Duration::from_millis(1)).await.unwrap_err().is_timeout());
+        assert!(pool
+            .checkout_timeout(Duration::from_millis(1))
+            .await
+            .unwrap_err()
+            .is_timeout());
     }
     drop(held);
     // Every abandoned checkout left the member in the pool.
-    let again = tokio::time::timeout(HANG_GUARD, pool.checkout()).await.unwrap().unwrap();
+    let again = tokio::time::timeout(HANG_GUARD, pool.checkout())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.eval::<i64>("1").await.unwrap(), 1);
     drop(again);
     let stats = driver.stats();
@@ -107,7 +119,12 @@ async fn a_full_queue_makes_submitters_wait_or_fail() {
         .unwrap();
     started.await.unwrap();
     let queued: Vec<_> = futures_queue(&pool, 2).await;
-    let err = pool.request().try_enqueue().spawn_eval::<i64>("0").await.unwrap_err();
+    let err = pool
+        .request()
+        .try_enqueue()
+        .spawn_eval::<i64>("0")
+        .await
+        .unwrap_err();
     assert!(matches!(err, IsleError::Full));
     // A waiting submitter gets in once there is room.
     let waiting = tokio::spawn({
@@ -169,9 +186,12 @@ async fn dropping_every_handle_lets_the_members_go() {
 async fn shutdown_timeout_stops_a_runaway_request() {
     let (pool, driver) = pool(1).await;
     let task = pool.spawn_eval::<()>("while true do end").await.unwrap();
-    tokio::time::timeout(HANG_GUARD, driver.shutdown_timeout(Duration::from_millis(20)))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        HANG_GUARD,
+        driver.shutdown_timeout(Duration::from_millis(20)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(task.await.unwrap_err().is_shutdown());
 }

@@ -766,7 +766,6 @@ fn a_replacement_whose_init_fails_is_retried_until_it_starts() {
 }
 
 #[test]
-#[ignore = "bug: a replacement init failure with no live member fails queued requests with Shutdown though the pool retries"]
 fn requests_wait_while_the_only_member_fails_to_restart() {
     let calls = Arc::new(AtomicUsize::new(0));
     let (gate_tx, gate) = mpsc::channel::<()>();

@@ -54,6 +54,8 @@ pub(crate) trait FeedGate: Send + Sync {
     /// Whether the thread may take jobs from the feed now (it waits on the feed only then;
     /// whoever opens the gate again wakes it through its own queue).
     fn open(&self) -> bool;
+    /// Called on the Lua thread after every job it took, whether the job ran or not.
+    fn between_jobs(&self);
     /// Called on the Lua thread after every request that ran, from either queue, before its
     /// result is handed over.
     fn finished(&self, report: &JobReport);
@@ -131,7 +133,8 @@ pub(crate) fn poll_next(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Polle
         Err(TryRecvError::Disconnected) => true,
         Err(TryRecvError::Empty) => false,
     };
-    if let Some(open) = feed.as_ref() {
+    // Looking before claiming keeps an idle thread from claiming (and looking busy) in a loop.
+    if let Some(open) = feed.as_ref().filter(|feed| !feed.rx.is_empty()) {
         if open.gate.claim() {
             match open.rx.try_recv() {
                 Ok(job) => {
@@ -186,10 +189,31 @@ pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option
                     });
                 }
             }
-            Some(feed) => {
+            Some(open) => {
+                // A disconnected feed is ready for ever: look for that (under a claim, as any
+                // look at the feed) before blocking on it.
+                if open.gate.claim() {
+                    match open.rx.try_recv() {
+                        Ok(job) => {
+                            #[cfg(feature = "tokio")]
+                            open.signals.room.notify(1);
+                            return Some(Taken {
+                                job,
+                                from_feed: true,
+                            });
+                        }
+                        Err(err) => {
+                            open.gate.release();
+                            if err == TryRecvError::Disconnected {
+                                *feed = None;
+                                continue;
+                            }
+                        }
+                    }
+                }
                 let mut select = Select::new();
                 select.recv(rx);
-                select.recv(&feed.rx);
+                select.recv(&open.rx);
                 select.ready();
             }
         }

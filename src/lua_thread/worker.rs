@@ -60,6 +60,8 @@ pub(crate) struct Worker {
     next_gen: Rc<Cell<u64>>,
     /// The shared queue this thread also serves, while it is connected.
     pub(crate) feed: Option<Feed>,
+    /// Whether the job running now was claimed from the feed (and the claim not yet released).
+    claimed: bool,
     /// Whether the VM has a memory limit.
     #[cfg(any(
         feature = "lua51",
@@ -101,6 +103,7 @@ impl Worker {
                 shared: shared.clone(),
                 next_gen: Rc::new(Cell::new(1)),
                 feed: setup.feed,
+                claimed: false,
                 #[cfg(any(
                     feature = "lua51",
                     feature = "luajit",
@@ -213,13 +216,18 @@ pub(crate) fn handle_job(
     }
     #[cfg(test)]
     crate::core::pause::at(crate::core::pause::Window::JobStart);
+    worker.claimed = from_feed;
     job.run(worker);
     if shared.is_abandoned() {
         // Given up on while stuck in that job: leave without touching the queue again.
         return ControlFlow::Break(());
     }
-    if let Some(feed) = worker.feed.as_ref().filter(|_| from_feed) {
-        feed.gate().release();
+    let claimed = std::mem::take(&mut worker.claimed);
+    if let Some(feed) = &worker.feed {
+        if claimed {
+            feed.gate().release();
+        }
+        feed.gate().between_jobs();
     }
     // A closed thread still serves an open feed until it is empty.
     let feed_done = worker
@@ -299,6 +307,11 @@ where
                 },
                 memory: worker.vm.lua().used_memory(),
             });
+            // Free before the caller sees the result, so that its next request finds the
+            // thread idle.
+            if std::mem::take(&mut worker.claimed) {
+                feed.gate().release();
+            }
         }
         // Lua 5.1, LuaJIT and Luau do not collect garbage before reporting that an allocation
         // failed, so what a failed request left behind could make the next one fail too.

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::ops::Deref;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
@@ -15,7 +16,9 @@ use super::shared::PoolCore;
 use super::stats::PoolStats;
 use super::supervisor::Event;
 use crate::core::queue::{Queued, WhenFull};
+use crate::core::slot::Slot;
 use crate::core::wait;
+use crate::core::watchdog::Sleep;
 use crate::error::IsleError;
 use crate::handle::async_isle::{Async, AsyncIsle, AsyncTarget};
 use crate::handle::async_task::AsyncTask;
@@ -80,6 +83,8 @@ pub struct AsyncIslePoolDriver {
     core: Arc<PoolCore>,
     /// Weak, so that the driver does not keep the pool open.
     owner: Weak<Owner>,
+    /// Resolved when the supervisor's thread ends.
+    supervisor_exited: Option<Arc<Slot<()>>>,
 }
 
 impl IslePoolBuilder {
@@ -131,12 +136,13 @@ impl IslePoolBuilder {
                 }
             }
         }
-        // The supervisor ends at `Stop` (or when the pool is gone): it is never joined.
-        drop(core.start(members, failed, events)?);
+        // The supervisor ends once the pool is closed and its queue empty: it is not joined.
+        let supervisor = core.start(members, failed, events)?;
         let owner = Arc::new(Owner { core: core.clone() });
         let driver = AsyncIslePoolDriver {
             core,
             owner: Arc::downgrade(&owner),
+            supervisor_exited: Some(supervisor.exited),
         };
         Ok((AsyncIslePool { owner }, driver))
     }
@@ -440,7 +446,7 @@ impl AsyncIslePool {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), mlua_isle::IsleError> {
     /// # let (pool, _driver) = mlua_isle::AsyncIslePool::builder().size(1).spawn_async(|_| Ok(())).await?;
-    /// assert_eq!(pool.coroutine_call::<i64>("math.max", (1, 9)).await?, 9);
+    /// assert_eq!(pool.coroutine_call::<String>("tostring", 9).await?, "9");
     /// # Ok(())
     /// # }
     /// ```
@@ -740,7 +746,22 @@ impl AsyncIslePoolDriver {
             return Err(IsleError::Reentrant);
         }
         self.core.close();
+        self.core.unretire();
         self.core.send(Event::Stop);
+        // The supervisor ends once the members have taken everything queued.
+        if let Some(exited) = &self.supervisor_exited {
+            let mut sleep = deadline.flatten().map(|d| Box::pin(Sleep::until(d)));
+            poll_fn(|cx| {
+                if exited.poll_ready(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                match &mut sleep {
+                    Some(sleep) => sleep.as_mut().poll(cx),
+                    None => Poll::Pending,
+                }
+            })
+            .await;
+        }
         let mut result = Ok(());
         for member in self.core.take_members() {
             let outcome = member.isle.async_view().close_and_wait(deadline).await;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use super::member::{self, Member, CHECKED_OUT, IDLE, RETIRING};
 use super::recycle::Cause;
@@ -137,27 +138,28 @@ fn retire(pool: &PoolCore, member: &Member, cause: Cause) {
     }
 }
 
+/// How long `on_return` may run when the isle has no default timeout.
+const ON_RETURN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Returns a checked-out member: its own thread runs `on_return` and puts it back into
-/// service (or has it replaced). Never blocks: with the member's queue full, the supervisor
-/// queues the return.
-fn give_back(pool: &Arc<PoolCore>, member: Arc<Member>) {
+/// service (or has it replaced). Never blocks: with the member's queue full, the member's own
+/// thread queues the return after its next job (see [`MemberCell::between_jobs`]).
+///
+/// [`MemberCell::between_jobs`]: super::member::MemberCell
+pub(crate) fn give_back(pool: &Arc<PoolCore>, member: Arc<Member>) {
     if let Some(cause) = member.cell.take_retire_on_return() {
         return retire(pool, &member, cause);
     }
-    let job = return_job(Arc::downgrade(pool));
-    match member.isle.request().try_enqueue().spawn_exec(job) {
+    let request = member.isle.request().try_enqueue();
+    let request = match pool.default_timeout {
+        Some(_) => request,
+        None => request.timeout(ON_RETURN_TIMEOUT),
+    };
+    match request.spawn_exec(return_job(Arc::downgrade(pool))) {
         Ok(task) => task.detach(),
-        Err(IsleError::Full) => pool.send(Event::Return(member)),
+        Err(IsleError::Full) => member.cell.return_later(),
         // The member is gone; the supervisor hears of it from its exit.
         Err(_) => {}
-    }
-}
-
-/// [`give_back`], from the supervisor: waits for room in the member's queue.
-pub(crate) fn give_back_waiting(pool: &Arc<PoolCore>, member: Arc<Member>) {
-    let job = return_job(Arc::downgrade(pool));
-    if let Ok(task) = member.isle.request().spawn_exec(job) {
-        task.detach();
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
@@ -11,7 +10,7 @@ use super::builder::IslePoolBuilder;
 use super::checkout::PooledIsle;
 use super::member::{self, BUSY, CHECKED_OUT};
 use super::recycle::Recycle;
-use super::shared::{PoolCore, Template};
+use super::shared::{PoolCore, SupervisorThread, Template};
 use super::stats::PoolStats;
 use super::supervisor::Event;
 use crate::core::queue::{Queued, WhenFull};
@@ -46,7 +45,7 @@ use crate::handle::task::Task;
 /// ```
 pub struct IslePool {
     pub(crate) core: Arc<PoolCore>,
-    supervisor: Option<JoinHandle<()>>,
+    supervisor: Option<SupervisorThread>,
 }
 
 impl IslePool {
@@ -515,11 +514,14 @@ impl IslePool {
             return Err(IsleError::Reentrant);
         }
         self.core.close();
+        self.core.unretire();
         self.core.send(Event::Stop);
-        if let Some(supervisor) = self.supervisor.take() {
-            // It ends at `Stop`, after a replacement it may be starting.
-            let _ = supervisor.join();
-        }
+        // The supervisor ends once the members have taken everything queued (it replaces
+        // those that die meanwhile); a shutdown with a deadline stops waiting for that then.
+        let supervisor = self.supervisor.take();
+        let drained = supervisor
+            .as_ref()
+            .is_none_or(|s| s.exited.wait_until(deadline.flatten()));
         let members = self.core.take_members();
         let mut result = Ok(());
         for member in members {
@@ -542,6 +544,12 @@ impl IslePool {
             }
         }
         self.core.close_and_drain();
+        if let Some(supervisor) = supervisor {
+            // With the queue drained, it ends within a poll interval.
+            if drained || supervisor.exited.wait_until(None) {
+                let _ = supervisor.thread.join();
+            }
+        }
         result
     }
 }

@@ -56,6 +56,9 @@ pub(crate) struct MemberCell {
     /// Why to replace the member once it is returned (the policy spoke while it was out);
     /// 0 for none, else the cause's discriminant + 1.
     retire_on_return: AtomicU8,
+    /// Set when the member was returned while its queue was full: its own thread queues the
+    /// return after its next job.
+    return_pending: AtomicBool,
     /// The member itself, once installed (a checkout on its thread hands it out).
     pub(crate) member: OnceLock<Weak<Member>>,
     pool: Weak<PoolCore>,
@@ -71,6 +74,7 @@ impl MemberCell {
             served: AtomicU64::new(0),
             quiet: AtomicBool::new(false),
             retire_on_return: AtomicU8::new(0),
+            return_pending: AtomicBool::new(false),
             member: OnceLock::new(),
             pool,
         }
@@ -125,6 +129,11 @@ impl MemberCell {
         }
     }
 
+    /// Has the member's own thread queue its return after its next job.
+    pub(crate) fn return_later(&self) {
+        self.return_pending.store(true, Ordering::SeqCst);
+    }
+
     /// The cause recorded while the member was checked out, if any.
     pub(crate) fn take_retire_on_return(&self) -> Option<Cause> {
         match self.retire_on_return.swap(0, Ordering::SeqCst) {
@@ -147,6 +156,18 @@ impl FeedGate for MemberCell {
         self.state() == IDLE
     }
 
+    fn between_jobs(&self) {
+        if !self.return_pending.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        // A job just left the queue: there is room for the return now (or it is tried again
+        // after the next job).
+        let member = self.member.get().and_then(Weak::upgrade);
+        if let (Some(member), Some(pool)) = (member, self.pool.upgrade()) {
+            super::checkout::give_back(&pool, member);
+        }
+    }
+
     fn finished(&self, report: &JobReport) {
         if self.quiet.swap(false, Ordering::SeqCst) {
             return;
@@ -163,6 +184,10 @@ impl FeedGate for MemberCell {
             return;
         };
         pool.counters.ended(ended);
+        // A closing pool retires no one: its members are to finish what is queued.
+        if pool.is_closed() {
+            return;
+        }
         if let Some(cause) = pool
             .recycle
             .verdict(served, self.born, report.memory, ended)

@@ -11,11 +11,14 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mlua::Lua;
 
-use super::member::{self, ExitWatch, Member, MemberCell, BUSY, CHECKED_OUT, IDLE, SPARE};
+use super::member::{
+    self, ExitWatch, Member, MemberCell, BUSY, CHECKED_OUT, IDLE, RETIRING, SPARE,
+};
 use super::recycle::Recycle;
 use super::stats::{Counters, PoolStats};
 use super::supervisor::{self, Event};
 use crate::core::queue::{Queued, WhenFull};
+use crate::core::slot::{Completer, Slot};
 use crate::core::wait;
 use crate::error::IsleError;
 use crate::handle::builder::{IsleBuilder, Launched};
@@ -120,7 +123,7 @@ impl PoolCore {
         members: Vec<Arc<Member>>,
         failed: Option<IsleError>,
         events: Receiver<Event>,
-    ) -> Result<JoinHandle<()>, IsleError> {
+    ) -> Result<SupervisorThread, IsleError> {
         if let Some(err) = failed {
             self.close();
             drop(members);
@@ -130,13 +133,36 @@ impl PoolCore {
             self.install(member);
         }
         let pool = Arc::downgrade(self);
-        thread::Builder::new()
+        let sender = self.events.clone();
+        let exited = Slot::new((), None);
+        let done = Completer::new(exited.clone());
+        let thread = thread::Builder::new()
             .name(format!("{}-supervisor", self.template.name))
-            .spawn(move || supervisor::run(pool, events))
+            .spawn(move || {
+                // Resolved when the thread ends, however it ends.
+                let _done = done;
+                supervisor::run(pool, events, sender);
+            })
             .map_err(|err| {
                 self.release();
                 IsleError::Spawn(err)
-            })
+            })?;
+        Ok(SupervisorThread { thread, exited })
+    }
+
+    /// Every position, empty while a replacement is being started.
+    pub(crate) fn members_or_vacancies(&self) -> Vec<Option<Arc<Member>>> {
+        self.members().clone()
+    }
+
+    /// Closing: a member retired by the policy but still in its place serves again, so that
+    /// what is queued runs (the policy retires no one once the pool is closed).
+    pub(crate) fn unretire(&self) {
+        for member in self.snapshot() {
+            if member.isle.is_alive() && member.cell.transition(RETIRING, IDLE) {
+                member.isle.wake();
+            }
+        }
     }
 
     /// Locks the members; only `Option` swaps happen under the lock, so a poisoned lock is
@@ -370,17 +396,26 @@ impl PoolCore {
         members.iter_mut().filter_map(Option::take).collect()
     }
 
-    /// What dropping the last handle does: no new requests, no more replacements, and the
-    /// members finish what is queued and end on their own. Never blocks.
+    /// What dropping the last handle does: no new requests; the members finish what is
+    /// queued (the supervisor still replaces those that die meanwhile) and end once the pool
+    /// is gone. Never blocks.
     pub(crate) fn release(&self) {
         self.close();
+        self.unretire();
         self.send(Event::Stop);
-        drop(self.take_members());
     }
 }
 
-impl Drop for PoolCore {
-    fn drop(&mut self) {
-        self.close_and_drain();
+/// The supervisor's thread, and the slot resolved when it ends.
+pub(crate) struct SupervisorThread {
+    pub(crate) thread: JoinHandle<()>,
+    pub(crate) exited: Arc<Slot<()>>,
+}
+
+impl fmt::Debug for SupervisorThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorThread")
+            .field("ended", &self.exited.is_ready())
+            .finish()
     }
 }

@@ -1,13 +1,18 @@
 //! The supervisor: a pool's background thread that replaces members, so that no request and
-//! no caller ever waits for a thread to start or end.
+//! no caller ever waits for a thread to start or end. It never blocks on anything but its
+//! own events: a replacement's `init` is awaited through an event too.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::member::{Member, RETIRING};
+use super::member::{Member, MemberCell, RETIRING};
 use super::shared::PoolCore;
+use crate::handle::builder::Launched;
 
 /// What the supervisor hears about.
 #[derive(Debug)]
@@ -17,61 +22,93 @@ pub(crate) enum Event {
     Retire { index: usize, serial: u64 },
     /// The member's thread ended, or its isle gave up on it.
     Exited { index: usize, serial: u64 },
-    /// A checked-out member whose queue was full when its guard was dropped: queue its return
-    /// here, where waiting for room blocks nobody.
-    Return(Arc<Member>),
-    /// The pool is shutting down.
+    /// The replacement with `serial` finished its `init` (well or not).
+    Started { index: usize, serial: u64 },
+    /// The pool is closed: replace only while its queue holds work, and end once it is empty.
     Stop,
 }
 
 /// The first and the longest wait before retrying a replacement that failed to start.
 const RETRY_FIRST: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How often a stopping supervisor looks whether the queue is empty yet.
+const STOPPING_POLL: Duration = Duration::from_millis(5);
 
-/// The supervisor's loop; ends at [`Event::Stop`] or when the pool is gone.
-pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>) {
-    // Positions whose replacement failed to start: when to try again, and the next delay.
-    let mut retries: Vec<(usize, Instant, Duration)> = Vec::new();
+/// A replacement being started.
+struct Starting {
+    cell: Arc<MemberCell>,
+    launched: Launched,
+    /// The delay before a retry, should this start fail.
+    delay: Duration,
+}
+
+/// The supervisor's state.
+struct Supervisor {
+    pool: Weak<PoolCore>,
+    events: Sender<Event>,
+    starting: HashMap<usize, Starting>,
+    /// Positions whose replacement failed to start: when to try again, and the delay then.
+    retries: Vec<(usize, Instant, Duration)>,
+    stopping: bool,
+}
+
+/// The supervisor's loop; ends once the pool is closed and its queue empty, or the pool is
+/// gone.
+pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<Event>) {
+    let mut supervisor = Supervisor {
+        pool,
+        events: sender,
+        starting: HashMap::new(),
+        retries: Vec::new(),
+        stopping: false,
+    };
     loop {
-        let next_retry = retries.iter().map(|&(_, at, _)| at).min();
-        let event = match next_retry {
+        let Some(pool) = supervisor.pool.upgrade() else {
+            return;
+        };
+        supervisor.retry_due(&pool);
+        if supervisor.stopping {
+            if pool.feed_rx.is_empty() {
+                return;
+            }
+            supervisor.keep_serving(&pool);
+        }
+        let mut wake_at = supervisor.retries.iter().map(|r| r.1).min();
+        if supervisor.stopping {
+            let poll = Instant::now() + STOPPING_POLL;
+            wake_at = Some(wake_at.map_or(poll, |at| at.min(poll)));
+        }
+        drop(pool);
+        let event = match wake_at {
             None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(at) => events.recv_deadline(at),
         };
-        let Some(pool) = pool.upgrade() else {
+        let Some(pool) = supervisor.pool.upgrade() else {
             return;
         };
         match event {
-            Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Event::Stop) => supervisor.stopping = true,
+            // A closing pool retires no one (those it had retired serve again).
+            Ok(Event::Retire { .. }) if supervisor.stopping => {}
             Ok(Event::Retire { index, serial }) => {
                 if let Some(old) = pool.remove(index, serial) {
                     retire(old);
-                    replace(&pool, index, RETRY_FIRST, &mut retries);
+                    supervisor.replace(&pool, index, RETRY_FIRST);
                 }
             }
             Ok(Event::Exited { index, serial }) => {
                 if let Some(old) = pool.remove(index, serial) {
-                    pool.counters
-                        .replaced
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    pool.counters.replaced.fetch_add(1, Ordering::Relaxed);
                     if old.isle.is_abandoned() {
-                        pool.counters
-                            .abandoned
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        pool.counters.abandoned.fetch_add(1, Ordering::Relaxed);
                     }
                     retire(old);
-                    replace(&pool, index, RETRY_FIRST, &mut retries);
+                    supervisor.replace(&pool, index, RETRY_FIRST);
                 }
             }
-            Ok(Event::Return(member)) => super::checkout::give_back_waiting(&pool, member),
-            Err(RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                let due: Vec<_> = retries.iter().copied().filter(|r| r.1 <= now).collect();
-                retries.retain(|r| r.1 > now);
-                for (index, _, delay) in due {
-                    replace(&pool, index, delay, &mut retries);
-                }
-            }
+            Ok(Event::Started { index, serial }) => supervisor.started(&pool, index, serial),
         }
     }
 }
@@ -83,38 +120,120 @@ fn retire(old: Arc<Member>) {
     drop(old);
 }
 
-/// Starts a member at `index`, or schedules a retry `delay` later if it fails to start.
-fn replace(
-    pool: &Arc<PoolCore>,
-    index: usize,
-    delay: Duration,
-    retries: &mut Vec<(usize, Instant, Duration)>,
-) {
-    if pool.is_closed() {
-        return;
+impl Supervisor {
+    /// Starts a member at `index` (unless one is being started there already), without
+    /// waiting for its `init`: [`Event::Started`] says when it is done.
+    fn replace(&mut self, pool: &Arc<PoolCore>, index: usize, delay: Duration) {
+        if self.starting.contains_key(&index) || (self.stopping && pool.feed_rx.is_empty()) {
+            return;
+        }
+        match pool.launch(index) {
+            Ok((cell, launched)) => {
+                let watch = Waker::from(Arc::new(StartWatch {
+                    events: self.events.clone(),
+                    index,
+                    serial: cell.serial,
+                }));
+                let ready = launched.ready.clone();
+                self.starting.insert(
+                    index,
+                    Starting {
+                        cell,
+                        launched,
+                        delay,
+                    },
+                );
+                if ready
+                    .poll_ready(&mut Context::from_waker(&watch))
+                    .is_ready()
+                {
+                    watch.wake();
+                }
+            }
+            Err(_) => self.failed(pool, index, delay),
+        }
     }
-    let started = pool
-        .launch(index)
-        .and_then(|(cell, launched)| pool.finish(cell, launched));
-    match started {
-        Ok(member) => {
-            if pool.is_closed() {
-                // Shut down meanwhile: the new member only has to go again.
-                retire(member);
-            } else {
-                pool.install(&member);
+
+    /// A replacement's `init` is done: put it in service, or try again later.
+    fn started(&mut self, pool: &Arc<PoolCore>, index: usize, serial: u64) {
+        if self
+            .starting
+            .get(&index)
+            .is_none_or(|s| s.cell.serial != serial)
+        {
+            return;
+        }
+        let Some(Starting {
+            cell,
+            launched,
+            delay,
+        }) = self.starting.remove(&index)
+        else {
+            return;
+        };
+        let outcome = launched.ready.take();
+        match pool.adopt(cell, launched, outcome) {
+            Ok(member) => pool.install(&member),
+            Err(_) => self.failed(pool, index, delay),
+        }
+    }
+
+    /// A start at `index` failed: count it and try again after `delay`.
+    fn failed(&mut self, pool: &PoolCore, index: usize, delay: Duration) {
+        pool.counters.failed_starts.fetch_add(1, Ordering::Relaxed);
+        // Every position failing to start over and over: the pool looks broken for good, so
+        // what is queued fails now rather than waits for a VM that may never start.
+        if delay >= RETRY_MAX && pool.snapshot().is_empty() && self.starting.is_empty() {
+            pool.drain();
+        }
+        self.retries
+            .push((index, Instant::now() + delay, (delay * 2).min(RETRY_MAX)));
+    }
+
+    /// Retries the starts that are due (on every turn: a steady stream of events must not
+    /// hold them off).
+    fn retry_due(&mut self, pool: &Arc<PoolCore>) {
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .retries
+            .iter()
+            .copied()
+            .filter(|r| r.1 <= now)
+            .collect();
+        self.retries.retain(|r| r.1 > now);
+        for (index, _, delay) in due {
+            self.replace(pool, index, delay);
+        }
+    }
+
+    /// While the pool is closing with work queued, some member must be there to take it.
+    fn keep_serving(&mut self, pool: &Arc<PoolCore>) {
+        let members = pool.members_or_vacancies();
+        for (index, member) in members.into_iter().enumerate() {
+            let gone = member.is_none_or(|m| !m.isle.is_alive());
+            if gone && !self.retries.iter().any(|r| r.0 == index) {
+                self.replace(pool, index, RETRY_FIRST);
             }
         }
-        Err(_) => {
-            pool.counters
-                .failed_starts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // With no member left, nothing would ever take what is queued: fail it now
-            // rather than let its callers wait for a VM that cannot start.
-            if pool.snapshot().is_empty() {
-                pool.drain();
-            }
-            retries.push((index, Instant::now() + delay, (delay * 2).min(RETRY_MAX)));
-        }
+    }
+}
+
+/// Tells the supervisor when a replacement's `init` is done.
+struct StartWatch {
+    events: Sender<Event>,
+    index: usize,
+    serial: u64,
+}
+
+impl Wake for StartWatch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.events.send(Event::Started {
+            index: self.index,
+            serial: self.serial,
+        });
     }
 }
