@@ -228,3 +228,36 @@ fn a_blocking_call_on_a_member_thread_is_reentrant() {
         .unwrap_err();
     assert!(matches!(err, IsleError::Reentrant));
 }
+
+#[test]
+fn a_spare_takes_over_without_a_start_on_the_request_path() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let inits = Arc::new(AtomicUsize::new(0));
+    let (release_tx, release) = mpsc::channel::<()>();
+    let release = Mutex::new(release);
+    let counted = inits.clone();
+    let pool = IslePool::builder()
+        .size(1)
+        .spares(1)
+        .recycle(Recycle::new().after_requests(1))
+        .spawn(move |lua| {
+            // The first two VMs (member and spare) start at once; later ones wait.
+            if counted.fetch_add(1, Ordering::SeqCst) >= 2 {
+                release.lock().unwrap().recv().unwrap();
+            }
+            lua.globals().set("fresh", true)
+        })
+        .unwrap();
+    assert_eq!(pool.stats().spares, 1);
+    pool.exec(|lua| lua.globals().set("fresh", false)).unwrap();
+    // The member is recycled; the spare serves the next request while the new spare's
+    // `init` is still held.
+    let next = pool.spawn_eval::<bool>("fresh").unwrap();
+    assert!(next.wait_timeout(HANG_GUARD).unwrap().unwrap());
+    assert!(inits.load(Ordering::SeqCst) >= 2);
+    for _ in 0..4 {
+        let _ = release_tx.send(());
+    }
+    drop(release_tx);
+}

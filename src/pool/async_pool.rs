@@ -119,9 +119,9 @@ impl IslePoolBuilder {
     where
         F: Fn(&Lua) -> mlua::Result<()> + Send + Sync + 'static,
     {
-        let (template, recycle, size, queue_capacity, default_timeout) = self.into_parts(init)?;
-        let (core, events) =
-            PoolCore::create(template, recycle, size, queue_capacity, default_timeout);
+        let parts = self.into_parts(init)?;
+        let size = parts.size;
+        let (core, events) = PoolCore::create(parts);
         let (launched, mut failed) = match core.launch_all() {
             Ok(launched) => (launched, None),
             Err((launched, err)) => (launched, Some(err)),

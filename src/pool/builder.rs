@@ -3,13 +3,12 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use mlua::Lua;
 
 use super::isle_pool::IslePool;
 use super::recycle::Recycle;
-use super::shared::{Factory, MemberFn, Template};
+use super::shared::{Factory, MemberFn, Parts, Template};
 use crate::error::IsleError;
 use crate::handle::builder::IsleBuilder;
 
@@ -46,6 +45,7 @@ pub struct IslePoolBuilder {
     recycle: Recycle,
     on_return: Option<MemberFn>,
     queue_capacity: Option<usize>,
+    spares: usize,
 }
 
 impl fmt::Debug for IslePoolBuilder {
@@ -58,6 +58,7 @@ impl fmt::Debug for IslePoolBuilder {
             .field("recycle", &self.recycle)
             .field("on_return", &self.on_return.as_ref().map(|_| ".."))
             .field("queue_capacity", &self.queue_capacity)
+            .field("spares", &self.spares)
             .finish()
     }
 }
@@ -72,6 +73,7 @@ impl Default for IslePoolBuilder {
             recycle: Recycle::default(),
             on_return: None,
             queue_capacity: None,
+            spares: 0,
         }
     }
 }
@@ -220,6 +222,32 @@ impl IslePoolBuilder {
         self
     }
 
+    /// Keeps `spares` members started (their `init` done) but not serving: when a member is
+    /// recycled or dies, a spare takes its place at once and a new spare starts in the
+    /// background, so that even a pool of one that recycles after every request never makes
+    /// a request wait for a VM to start. Default 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{IslePool, Recycle};
+    ///
+    /// // A fresh VM for every request, with no start on the request path.
+    /// let pool = IslePool::builder()
+    ///     .size(1)
+    ///     .spares(1)
+    ///     .recycle(Recycle::new().after_requests(1))
+    ///     .spawn(|_| Ok(()))?;
+    /// pool.exec(|lua| lua.globals().set("left", 1))?;
+    /// assert!(pool.eval::<bool>("left == nil")?);
+    /// assert_eq!(pool.stats().spares + pool.stats().size, 2);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spares(mut self, spares: usize) -> Self {
+        self.spares = spares;
+        self
+    }
+
     /// Starts every member, runs `init` on each (and later on every replacement), and returns
     /// once all of them are ready.
     ///
@@ -246,8 +274,7 @@ impl IslePoolBuilder {
     where
         F: Fn(&Lua) -> mlua::Result<()> + Send + Sync + 'static,
     {
-        let (template, recycle, size, queue_capacity, default_timeout) = self.into_parts(init)?;
-        IslePool::start(template, recycle, size, queue_capacity, default_timeout)
+        IslePool::start(self.into_parts(init)?)
     }
 
     /// Validates the settings and turns them into what the pool is made from.
@@ -284,16 +311,13 @@ impl IslePoolBuilder {
             on_return: self.on_return,
             name,
         };
-        Ok((
+        Ok(Parts {
             template,
-            self.recycle,
+            recycle: self.recycle,
             size,
+            spares: self.spares,
             queue_capacity,
             default_timeout,
-        ))
+        })
     }
 }
-
-/// What a pool is made from: the member template, the policy, the size, the queue capacity
-/// and the default timeout.
-pub(crate) type Parts = (Template, Recycle, usize, usize, Option<Duration>);

@@ -132,7 +132,6 @@ fn retire(pool: &PoolCore, member: &Member, cause: Cause) {
     if member.cell.transition(CHECKED_OUT, RETIRING) {
         pool.counters.recycled(cause);
         pool.send(Event::Retire {
-            index: member.cell.index,
             serial: member.cell.serial,
         });
     }
@@ -183,7 +182,6 @@ fn return_job(pool: Weak<PoolCore>) -> impl FnOnce(&mlua::Lua) -> mlua::Result<(
                 if cell.transition(CHECKED_OUT, RETIRING) {
                     pool.counters.recycled(cause);
                     pool.send(Event::Retire {
-                        index: cell.index,
                         serial: cell.serial,
                     });
                 }

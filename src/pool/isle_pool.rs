@@ -9,8 +9,7 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 use super::builder::IslePoolBuilder;
 use super::checkout::PooledIsle;
 use super::member::{self, BUSY, CHECKED_OUT};
-use super::recycle::Recycle;
-use super::shared::{PoolCore, SupervisorThread, Template};
+use super::shared::{Parts, PoolCore, SupervisorThread};
 use super::stats::PoolStats;
 use super::supervisor::Event;
 use crate::core::queue::{Queued, WhenFull};
@@ -87,15 +86,9 @@ impl IslePool {
         IslePoolBuilder::new()
     }
 
-    pub(crate) fn start(
-        template: Template,
-        recycle: Recycle,
-        size: usize,
-        queue_capacity: usize,
-        default_timeout: Option<Duration>,
-    ) -> Result<IslePool, IsleError> {
-        let (core, events) =
-            PoolCore::create(template, recycle, size, queue_capacity, default_timeout);
+    pub(crate) fn start(parts: Parts) -> Result<IslePool, IsleError> {
+        let size = parts.size;
+        let (core, events) = PoolCore::create(parts);
         // All threads start at once; then each `init` is waited for.
         let (launched, mut failed) = match core.launch_all() {
             Ok(launched) => (launched, None),
@@ -429,7 +422,7 @@ impl IslePool {
             .collect()
     }
 
-    /// How many positions the pool has (members being replaced count).
+    /// How many members serve (spares not counted; a position being refilled counts).
     ///
     /// # Examples
     ///

@@ -45,7 +45,8 @@ pub(crate) struct Member {
 #[derive(Debug)]
 pub(crate) struct MemberCell {
     state: AtomicU8,
-    /// Position in the pool (thread names carry it); a replacement takes its predecessor's.
+    /// The position the member was started for (its thread name carries it); a spare that
+    /// takes over another position keeps it.
     pub(crate) index: usize,
     /// Distinguishes a replacement from its predecessor at the same index.
     pub(crate) serial: u64,
@@ -119,7 +120,6 @@ impl MemberCell {
                     if self.transition(state, RETIRING) {
                         pool.counters.recycled(cause);
                         pool.send(Event::Retire {
-                            index: self.index,
                             serial: self.serial,
                         });
                         return;
@@ -215,7 +215,6 @@ pub(crate) fn this_member() -> Option<Arc<MemberCell>> {
 /// Tells the supervisor when a member's thread ends (or the isle gives up on it).
 pub(crate) struct ExitWatch {
     pub(crate) events: Sender<Event>,
-    pub(crate) index: usize,
     pub(crate) serial: u64,
 }
 
@@ -226,7 +225,6 @@ impl Wake for ExitWatch {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let _ = self.events.send(Event::Exited {
-            index: self.index,
             serial: self.serial,
         });
     }

@@ -50,8 +50,11 @@ pub(crate) struct PoolCore {
     closed: AtomicBool,
     /// No member will take anything from the queue any more.
     dead: AtomicBool,
-    /// Members by index; `None` while a replacement is being made.
+    /// Members by position, serving ones first, then spares; `None` while a replacement is
+    /// being made.
     members: Mutex<Vec<Option<Arc<Member>>>>,
+    /// How many positions serve (the others hold spares).
+    active: usize,
     pub(crate) template: Template,
     pub(crate) recycle: Recycle,
     pub(crate) counters: Counters,
@@ -71,18 +74,32 @@ impl fmt::Debug for PoolCore {
     }
 }
 
+/// What a pool is made from.
+pub(crate) struct Parts {
+    pub(crate) template: Template,
+    pub(crate) recycle: Recycle,
+    /// Serving members.
+    pub(crate) size: usize,
+    /// Members kept started, not serving, to take over from one that goes.
+    pub(crate) spares: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) default_timeout: Option<Duration>,
+}
+
 /// Members launched, each waiting for its `init`.
 pub(crate) type Launching = Vec<(Arc<MemberCell>, Launched)>;
 
 impl PoolCore {
     /// A pool with no member yet, and the receiver of its supervisor's events.
-    pub(crate) fn create(
-        template: Template,
-        recycle: Recycle,
-        size: usize,
-        queue_capacity: usize,
-        default_timeout: Option<Duration>,
-    ) -> (Arc<Self>, Receiver<Event>) {
+    pub(crate) fn create(parts: Parts) -> (Arc<Self>, Receiver<Event>) {
+        let Parts {
+            template,
+            recycle,
+            size,
+            spares,
+            queue_capacity,
+            default_timeout,
+        } = parts;
         let (events_tx, events) = crossbeam_channel::unbounded();
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(queue_capacity);
         let core = PoolCore {
@@ -91,7 +108,8 @@ impl PoolCore {
             feed_rx,
             closed: AtomicBool::new(false),
             dead: AtomicBool::new(false),
-            members: Mutex::new(vec![None; size]),
+            members: Mutex::new(vec![None; size + spares]),
+            active: size,
             template,
             recycle,
             counters: Counters::default(),
@@ -105,7 +123,7 @@ impl PoolCore {
 
     /// Starts every member's thread; on failure, those started so far and the error.
     pub(crate) fn launch_all(self: &Arc<Self>) -> Result<Launching, (Launching, IsleError)> {
-        let size = self.size();
+        let size = self.positions();
         let mut launched = Vec::with_capacity(size);
         for index in 0..size {
             match self.launch(index) {
@@ -159,7 +177,11 @@ impl PoolCore {
     /// what is queued runs (the policy retires no one once the pool is closed).
     pub(crate) fn unretire(&self) {
         for member in self.snapshot() {
-            if member.isle.is_alive() && member.cell.transition(RETIRING, IDLE) {
+            let state = member.cell.state();
+            let idle = (state == RETIRING || state == SPARE)
+                && member.isle.is_alive()
+                && member.cell.transition(state, IDLE);
+            if idle {
                 member.isle.wake();
             }
         }
@@ -335,14 +357,14 @@ impl PoolCore {
         let _ = member.cell.member.set(Arc::downgrade(&member));
         let watch = Waker::from(Arc::new(ExitWatch {
             events: self.events.clone(),
-            index: member.cell.index,
             serial: member.cell.serial,
         }));
         member.isle.on_exit(&watch);
         Ok(member)
     }
 
-    /// Puts `member` at its position and lets it serve.
+    /// Puts `member` at the position it was started for and, unless that is a spare's, lets
+    /// it serve.
     pub(crate) fn install(&self, joining: &Arc<Member>) {
         let index = joining.cell.index;
         let old = {
@@ -350,26 +372,54 @@ impl PoolCore {
             members[index].replace(joining.clone())
         };
         drop(old);
-        joining.cell.transition(SPARE, IDLE);
-        // Its Lua thread waits on its own queue only while it is not serving: wake it.
-        joining.isle.wake();
+        if index < self.active {
+            self.serve(joining);
+        }
     }
 
-    /// Takes the member at `index` out if it is the one with `serial`.
-    pub(crate) fn remove(&self, index: usize, serial: u64) -> Option<Arc<Member>> {
+    /// Lets a member (new, or a spare) take work from the pool's queue.
+    fn serve(&self, member: &Member) {
+        member.cell.transition(SPARE, IDLE);
+        // Its Lua thread waits on its own queue only while it is not serving: wake it.
+        member.isle.wake();
+    }
+
+    /// Takes the member with `serial` out; returns it and the position it had.
+    pub(crate) fn remove(&self, serial: u64) -> Option<(usize, Arc<Member>)> {
         let mut members = self.members();
-        let slot = members.get_mut(index)?;
-        if slot.as_ref().is_some_and(|m| m.cell.serial == serial) {
-            slot.take()
-        } else {
-            None
-        }
+        let index = members
+            .iter()
+            .position(|m| m.as_ref().is_some_and(|m| m.cell.serial == serial))?;
+        members[index].take().map(|member| (index, member))
+    }
+
+    /// Moves a ready spare into the empty serving position `index`, lets it serve, and returns
+    /// the spare position it left; `None` if no spare is ready.
+    pub(crate) fn promote_spare(&self, index: usize) -> Option<usize> {
+        let promoted = {
+            let mut members = self.members();
+            let spare = (self.active..members.len()).find(|&j| {
+                members[j]
+                    .as_ref()
+                    .is_some_and(|m| m.cell.state() == SPARE && m.isle.is_alive())
+            })?;
+            let member = members[spare].take()?;
+            members[index] = Some(member.clone());
+            (spare, member)
+        };
+        self.serve(&promoted.1);
+        Some(promoted.0)
     }
 
     /// A snapshot of the members and the counters.
     pub(crate) fn stats(&self) -> PoolStats {
         let mut stats = PoolStats::default();
-        for member in self.snapshot() {
+        for (index, member) in self.members_or_vacancies().into_iter().enumerate() {
+            let Some(member) = member else { continue };
+            if index >= self.active {
+                stats.spares += 1;
+                continue;
+            }
             stats.size += 1;
             match member.cell.state() {
                 IDLE => stats.idle += 1,
@@ -383,8 +433,13 @@ impl PoolCore {
         stats
     }
 
-    /// How many positions the pool has.
+    /// How many members serve (spares not counted).
     pub(crate) fn size(&self) -> usize {
+        self.active
+    }
+
+    /// How many positions the pool has, spares included.
+    pub(crate) fn positions(&self) -> usize {
         self.members().len()
     }
 }

@@ -28,6 +28,8 @@ pub struct PoolStats {
     pub size: usize,
     /// Members waiting for work.
     pub idle: usize,
+    /// Spares ready to take over (see [`IslePoolBuilder::spares`](crate::IslePoolBuilder::spares)).
+    pub spares: usize,
     /// Members running a request from the pool's queue.
     pub busy: usize,
     /// Members checked out by a guard.

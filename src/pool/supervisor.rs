@@ -17,11 +17,11 @@ use crate::handle::builder::Launched;
 /// What the supervisor hears about.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// Replace the member at `index` if it is still the one with `serial` (retired by the
-    /// policy, counted where it was decided).
-    Retire { index: usize, serial: u64 },
+    /// Replace the member with `serial` if it is still in the pool (retired by the policy,
+    /// counted where it was decided).
+    Retire { serial: u64 },
     /// The member's thread ended, or its isle gave up on it.
-    Exited { index: usize, serial: u64 },
+    Exited { serial: u64 },
     /// The replacement with `serial` finished its `init` (well or not).
     Started { index: usize, serial: u64 },
     /// The pool is closed: replace only while its queue holds work, and end once it is empty.
@@ -92,20 +92,20 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
             Ok(Event::Stop) => supervisor.stopping = true,
             // A closing pool retires no one (those it had retired serve again).
             Ok(Event::Retire { .. }) if supervisor.stopping => {}
-            Ok(Event::Retire { index, serial }) => {
-                if let Some(old) = pool.remove(index, serial) {
+            Ok(Event::Retire { serial }) => {
+                if let Some((index, old)) = pool.remove(serial) {
                     retire(old);
-                    supervisor.replace(&pool, index, RETRY_FIRST);
+                    supervisor.take_over(&pool, index);
                 }
             }
-            Ok(Event::Exited { index, serial }) => {
-                if let Some(old) = pool.remove(index, serial) {
+            Ok(Event::Exited { serial }) => {
+                if let Some((index, old)) = pool.remove(serial) {
                     pool.counters.replaced.fetch_add(1, Ordering::Relaxed);
                     if old.isle.is_abandoned() {
                         pool.counters.abandoned.fetch_add(1, Ordering::Relaxed);
                     }
                     retire(old);
-                    supervisor.replace(&pool, index, RETRY_FIRST);
+                    supervisor.take_over(&pool, index);
                 }
             }
             Ok(Event::Started { index, serial }) => supervisor.started(&pool, index, serial),
@@ -121,6 +121,17 @@ fn retire(old: Arc<Member>) {
 }
 
 impl Supervisor {
+    /// Fills the position `index` a member left: with a ready spare (then a new spare
+    /// starts), or with a new member.
+    fn take_over(&mut self, pool: &Arc<PoolCore>, index: usize) {
+        let refill = if index < pool.size() {
+            pool.promote_spare(index).unwrap_or(index)
+        } else {
+            index
+        };
+        self.replace(pool, refill, RETRY_FIRST);
+    }
+
     /// Starts a member at `index` (unless one is being started there already), without
     /// waiting for its `init`: [`Event::Started`] says when it is done.
     fn replace(&mut self, pool: &Arc<PoolCore>, index: usize, delay: Duration) {
@@ -209,7 +220,7 @@ impl Supervisor {
     /// While the pool is closing with work queued, some member must be there to take it.
     fn keep_serving(&mut self, pool: &Arc<PoolCore>) {
         let members = pool.members_or_vacancies();
-        for (index, member) in members.into_iter().enumerate() {
+        for (index, member) in members.into_iter().enumerate().take(pool.size()) {
             let gone = member.is_none_or(|m| !m.isle.is_alive());
             if gone && !self.retries.iter().any(|r| r.0 == index) {
                 self.replace(pool, index, RETRY_FIRST);
