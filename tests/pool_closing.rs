@@ -38,21 +38,15 @@ fn queue(pool: &IslePool, count: usize) -> Vec<Task<usize>> {
         .collect()
 }
 
-/// Waits for every task, asserting that each returned its number (from `first`).
+/// Waits for every task, asserting that each ran and returned its number (from `first`).
 #[track_caller]
 fn assert_all_ran(tasks: Vec<Task<usize>>, first: usize) {
-    let results: Vec<_> = tasks
-        .into_iter()
-        .map(|task| task.wait_timeout(HANG).expect("hang guard"))
-        .collect();
-    let expected: Vec<_> = (first..first + results.len()).map(Ok).collect();
-    assert!(
-        results
-            .iter()
-            .map(|r| r.as_ref().ok().copied())
-            .eq(expected.iter().map(|r: &Result<usize, ()>| r.ok())),
-        "{results:?}"
-    );
+    for (number, task) in (first..).zip(tasks) {
+        match task.wait_timeout(HANG).expect("hang guard") {
+            Ok(value) => assert_eq!(value, number),
+            Err(err) => panic!("request {number} did not run: {err:?}"),
+        }
+    }
 }
 
 /// Runs `close` on another thread and waits (with the hang guard) for it to return.
@@ -160,8 +154,11 @@ fn shutdown_timeout_is_bounded_when_a_returned_members_queue_is_full() {
     let result =
         returns_within_hang_guard(move || pool.shutdown_timeout(Duration::from_millis(100)));
     assert!(result.is_ok(), "{result:?}");
-    assert!(looping.wait_timeout(HANG).expect("hang guard").is_err());
-    behind.wait_timeout(HANG).expect("hang guard").ok();
+    // Past the deadline, the member's running and queued requests end with `Shutdown`.
+    for task in [looping, behind] {
+        let err = task.wait_timeout(HANG).expect("hang guard").unwrap_err();
+        assert!(err.is_shutdown(), "{err:?}");
+    }
 }
 
 #[test]
