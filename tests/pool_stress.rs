@@ -97,12 +97,10 @@ fn observe(
     ledger.observed.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Finalizer code that holds the member for about 200 ms of CPU where no interrupt reaches:
-/// with a 5 ms timeout and a 20 ms grace period the isle gives up on it, and the thread ends
-/// on its own afterwards.
-const HARD_STOP: &str = "setmetatable({}, {__gc = function() \
-                           local t = os.clock() while os.clock() - t < 0.2 do end end}) \
-                         collectgarbage() while true do end return 0";
+/// Holds the member for about 200 ms in a host function that never looks at its token, where
+/// no interrupt reaches (on every Lua version): with a 5 ms timeout and a 20 ms grace period
+/// the isle gives up on it, and the thread ends on its own afterwards.
+const HARD_STOP: &str = "hold_cpu() return 0";
 
 fn client(pool: &IslePool, ledger: &Arc<Ledger>, thread_index: usize) {
     let mut rng = rand::rng();
@@ -237,7 +235,16 @@ fn a_storm_of_mixed_requests_resolves_each_once_and_leaves_no_thread() {
         .size(SIZE)
         .thread_name(NAME)
         .recycle(Recycle::new().after_requests(50))
-        .spawn(|_| Ok(()))
+        .spawn(|lua| {
+            let hold = lua.create_function(|_, ()| {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_millis(200) {
+                    std::hint::spin_loop();
+                }
+                Ok(())
+            })?;
+            lua.globals().set("hold_cpu", hold)
+        })
         .unwrap();
     let ledger = Arc::new(Ledger {
         closures: (0..THREADS * PER_THREAD)
