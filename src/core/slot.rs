@@ -172,7 +172,20 @@ impl<T, W> Slot<T, W> {
 
     /// Blocks until the slot is resolved or `deadline` passes; returns whether it is resolved.
     pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        if wait::spin_until(|| self.is_ready()) {
+        self.wait(deadline, wait::spin_until(|| self.is_ready()))
+    }
+
+    /// Like [`wait_until`](Self::wait_until), for a slot resolved once a VM is created or
+    /// closed (an isle starting or ending): polls yielding from the start (see
+    /// [`wait::yield_until`]).
+    pub(crate) fn wait_long_until(&self, deadline: Option<Instant>) -> bool {
+        self.wait(deadline, wait::yield_until(|| self.is_ready()))
+    }
+
+    /// Blocks until the slot is resolved or `deadline` passes, unless polling found it
+    /// resolved (`polled`); returns whether it is resolved.
+    fn wait(&self, deadline: Option<Instant>, polled: bool) -> bool {
+        if polled {
             return true;
         }
         let waker = wait::thread_waker();

@@ -32,12 +32,25 @@ fn has_parallelism() -> bool {
 /// Polls `ready` until it returns `true` or the spin budget is spent.
 ///
 /// Returns whether `ready` returned `true`.
-pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+pub(crate) fn spin_until(ready: impl FnMut() -> bool) -> bool {
+    poll_until(ready, true)
+}
+
+/// Like [`spin_until`], but yields between polls from the start: for waits that outlast
+/// [`PURE_SPIN`] anyway (a VM being created or closed), where busy-waiting would only delay
+/// the awaited thread if it shares this core.
+pub(crate) fn yield_until(ready: impl FnMut() -> bool) -> bool {
+    poll_until(ready, false)
+}
+
+/// Polls `ready` until it returns `true` or the spin budget is spent, busy-waiting first if
+/// `spin` (and there is more than one CPU), then yielding between polls.
+fn poll_until(mut ready: impl FnMut() -> bool, spin: bool) -> bool {
     if ready() {
         return true;
     }
     let start = Instant::now();
-    if has_parallelism() {
+    if spin && has_parallelism() {
         loop {
             for _ in 0..16 {
                 if ready() {

@@ -454,7 +454,7 @@ impl IsleBuilder {
         F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
     {
         let launched = self.launch(Box::new(init))?;
-        launched.ready.wait_until(None);
+        launched.ready.wait_long_until(None);
         let outcome = launched.ready.take();
         launched.started(outcome).map(Isle::new)
     }

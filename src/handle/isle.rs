@@ -408,16 +408,16 @@ impl Isle {
 fn wait_for_exit(shared: &Arc<Shared>, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
     let exited = &shared.exited;
     if let Some(deadline) = deadline {
-        if !exited.wait_until(deadline) {
+        if !exited.wait_long_until(deadline) {
             shared.kill();
             // The Lua thread may be stuck: resolve what is queued from here.
             shared.close_and_drain();
-            if !exited.wait_until(Instant::now().checked_add(shared.grace)) {
+            if !exited.wait_long_until(Instant::now().checked_add(shared.grace)) {
                 shared.give_up(None, IsleError::Shutdown, Where::Here);
             }
         }
     }
-    exited.wait_until(None);
+    exited.wait_long_until(None);
     // The flag, set before anything else when the isle gives up, decides: the thread may
     // have ended (and resolved `exited`) before the give-up got to resolving it.
     let abandoned = matches!(exited.take(), Some(Err(IsleError::Abandoned)));

@@ -682,12 +682,25 @@ unsafe fn check_coroutine(state: *mut ffi::lua_State) {
 /// into the resumer's protected call, leaving the coroutine recorded on the resume chain after
 /// it may have been freed. A short string that already exists is found, not allocated.
 fn anchor_resume_messages(lua: &Lua) -> mlua::Result<()> {
-    let messages = lua.create_sequence_from([
-        "cannot resume dead coroutine",
-        "cannot resume non-suspended coroutine",
-        "C stack overflow",
-    ])?;
-    lua.set_named_registry_value("mlua_isle.resume_messages", messages)
+    const MESSAGES: [&std::ffi::CStr; 3] = [
+        c"cannot resume dead coroutine",
+        c"cannot resume non-suspended coroutine",
+        c"C stack overflow",
+    ];
+    // SAFETY: `exec_raw` runs the closure in a protected call (a memory error becomes an
+    // `Err`) on the main state, which has room for the three values used at a time.
+    unsafe {
+        lua.exec_raw::<()>((), |state| {
+            ffi::lua_createtable(state, MESSAGES.len() as c_int, 0);
+            for (i, message) in MESSAGES.iter().enumerate() {
+                ffi::lua_pushstring(state, message.as_ptr());
+                ffi::lua_rawseti(state, -2, (i + 1) as _);
+            }
+            ffi::lua_pushstring(state, c"mlua_isle.resume_messages".as_ptr());
+            ffi::lua_insert(state, -2);
+            ffi::lua_rawset(state, ffi::LUA_REGISTRYINDEX);
+        })
+    }
 }
 
 /// The depth of the resume chain on this thread (1 between resumes: the main state).

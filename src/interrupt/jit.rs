@@ -30,9 +30,8 @@ pub(super) fn guard_load(lua: &Lua) -> mlua::Result<()> {
     };
     let pending = lua.create_function(|_, ()| Ok(super::hook::pending().is_some()))?;
     let error = globals.get::<mlua::Function>("error")?;
-    let guarded: mlua::Function = lua
-        .load(
-            r#"
+    static COMPILED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let source = r#"
             local load, pending, error = ...
             return function(...)
                 local f, err = load(...)
@@ -41,9 +40,8 @@ pub(super) fn guard_load(lua: &Lua) -> mlua::Result<()> {
                 end
                 return f, err
             end
-            "#,
-        )
-        .set_name("=[isle load]")
+            "#;
+    let guarded: mlua::Function = super::load_own_chunk(lua, &COMPILED, source, "=[isle load]")?
         .call((load, pending, error))?;
     globals.raw_set("load", guarded)
 }

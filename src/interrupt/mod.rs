@@ -205,6 +205,35 @@ impl Default for Interrupt {
 /// The generation that means "every request": set when the isle is killed.
 const KILL_ALL: u64 = u64::MAX;
 
+/// Loads `source`, a chunk of the isle's own, as a function named `name`. Parsing it is most
+/// of the cost of installing it, so it is parsed once per process: later VMs load the function
+/// `cache` keeps compiled (with its debug information: names and lines read the same), which
+/// came from the same Lua library. (Luau compiles it every time.)
+pub(crate) fn load_own_chunk(
+    lua: &Lua,
+    #[cfg_attr(feature = "luau", allow(unused_variables))] cache: &'static OnceLock<Vec<u8>>,
+    source: &str,
+    name: &str,
+) -> mlua::Result<mlua::Function> {
+    use mlua::chunk::ChunkMode;
+    #[cfg(not(feature = "luau"))]
+    if let Some(compiled) = cache.get() {
+        return lua
+            .load(compiled.as_slice())
+            .set_name(name)
+            .set_mode(ChunkMode::Binary)
+            .into_function();
+    }
+    let function = lua
+        .load(source)
+        .set_name(name)
+        .set_mode(ChunkMode::Text)
+        .into_function()?;
+    #[cfg(not(feature = "luau"))]
+    let _ = cache.set(function.dump(false));
+    Ok(function)
+}
+
 /// Lets any thread interrupt the request running on one isle's Lua thread.
 ///
 /// Every request holds an `Arc` to it, so its reference count changes on the callers' threads

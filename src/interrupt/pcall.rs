@@ -18,6 +18,7 @@
 
 use std::ffi::c_int;
 use std::ptr;
+use std::sync::OnceLock;
 
 use mlua::{ffi, Lua};
 
@@ -50,7 +51,9 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
             ffi::lua_pushcclosure(state, check_handler, 1);
         })?
     };
-    let lua_guard: mlua::Function = lua.load(LUA_GUARD).set_name("=[isle xpcall]").call(check)?;
+    static COMPILED: OnceLock<Vec<u8>> = OnceLock::new();
+    let lua_guard: mlua::Function =
+        super::load_own_chunk(lua, &COMPILED, LUA_GUARD, "=[isle xpcall]")?.call(check)?;
     // SAFETY: `exec_raw` pushes the upvalues and runs the closure in a protected call;
     // `lua_pushcclosure` takes them and leaves the closure as result.
     let pcall: mlua::Function = unsafe {

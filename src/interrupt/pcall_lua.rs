@@ -11,6 +11,8 @@
 //! from a hook, so a looping handler could not be interrupted), and also for an error that
 //! carries a panic.
 
+use std::sync::OnceLock;
+
 #[cfg(feature = "luau")]
 use mlua::ffi;
 use mlua::Lua;
@@ -67,8 +69,9 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     let pending = lua.create_function(|_, ()| Ok(hook::pending().is_some()))?;
     let type_of = globals.get::<mlua::Function>("type")?;
     let select = globals.get::<mlua::Function>("select")?;
+    static COMPILED: OnceLock<Vec<u8>> = OnceLock::new();
     let (isle_pcall, isle_xpcall): (mlua::Function, mlua::Function) =
-        lua.load(WRAPPERS).set_name("=[isle pcall]").call((
+        super::load_own_chunk(lua, &COMPILED, WRAPPERS, "=[isle pcall]")?.call((
             pcall,
             xpcall,
             probe.clone(),

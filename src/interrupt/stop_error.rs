@@ -41,20 +41,30 @@ fn message(stop: Stop) -> &'static CStr {
 
 /// Builds the values in `lua`'s registry, for the interrupts raised on this thread.
 pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
-    for stop in [Stop::Cancelled, Stop::Timeout, Stop::Killed] {
+    const STOPS: [Stop; 3] = [Stop::Cancelled, Stop::Timeout, Stop::Killed];
+    let value = |stop: Stop| {
         let text = message(stop).to_str().expect("the messages are ASCII");
-        let value = Value::Error(Box::new(mlua::Error::runtime(text)));
-        // SAFETY: `exec_raw` pushes `value` and runs the closure in a protected call;
-        // `luaL_ref` pops it into the registry (it may raise a memory error, which the
-        // protected call turns into an `Err`).
-        let reference = unsafe {
-            lua.exec_raw::<c_int>(value, |state| {
+        Value::Error(Box::new(mlua::Error::runtime(text)))
+    };
+    let [cancelled, timeout, killed] = STOPS.map(value);
+    // SAFETY: `exec_raw` pushes the three values and runs the closure in a protected call;
+    // `luaL_ref` pops a copy of each into the registry (it may raise a memory error, which the
+    // protected call turns into an `Err`), and its reference takes the value's place.
+    let (r1, r2, r3) = unsafe {
+        lua.exec_raw::<(c_int, c_int, c_int)>((cancelled, timeout, killed), |state| {
+            for i in 1..=STOPS.len() as c_int {
+                ffi::lua_pushvalue(state, i);
                 let reference = ffi::luaL_ref(state, ffi::LUA_REGISTRYINDEX);
                 ffi::lua_pushinteger(state, reference.into());
-            })?
-        };
-        REFS.with(|refs| refs[index(stop)].set(reference));
-    }
+                ffi::lua_replace(state, i);
+            }
+        })?
+    };
+    REFS.with(|refs| {
+        for (stop, reference) in STOPS.into_iter().zip([r1, r2, r3]) {
+            refs[index(stop)].set(reference);
+        }
+    });
     Ok(())
 }
 

@@ -386,9 +386,9 @@ mod luajit {
         let check: mlua::Function =
             unsafe { lua.exec_raw((), |state| ffi::lua_pushcfunction(state, check_stack))? };
         let type_of = lua.globals().get::<mlua::Function>("type")?;
-        lua.load(GUARDS)
-            .set_name("=[isle C stack guards]")
-            .call((check, type_of))
+        static COMPILED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let name = "=[isle C stack guards]";
+        crate::interrupt::load_own_chunk(lua, &COMPILED, GUARDS, name)?.call((check, type_of))
     }
 
     /// Raises "C stack overflow" (PUC Lua's message) when less than the reserve of the

@@ -159,6 +159,9 @@ pub(crate) fn run(
         Err(err) => return ready.complete(Err(err)),
     };
     ready.complete(Ok(()));
+    // Whoever spawned the isle is waiting for it and, if it shares this core, can only take
+    // it once this thread gives way: before polling for the first request.
+    std::thread::yield_now();
 
     // Serve on this thread until the first coroutine request; from then on (if ever), inside
     // an async executor that also drives the coroutines.

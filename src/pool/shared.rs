@@ -340,7 +340,7 @@ impl PoolCore {
         cell: Arc<MemberCell>,
         launched: Launched,
     ) -> Result<Arc<Member>, IsleError> {
-        launched.ready.wait_until(None);
+        launched.ready.wait_long_until(None);
         let outcome = launched.ready.take();
         self.adopt(cell, launched, outcome)
     }
