@@ -528,13 +528,15 @@ impl Wakeup {
         }
     }
 
-    /// Wakes up to `n` listeners. Call it after changing the awaited condition.
+    /// Wakes up to `n` more listeners (beyond those notified and not yet woken: each change
+    /// wakes someone). Call it after changing the awaited condition.
     pub(crate) fn notify(&self, n: usize) {
+        use event_listener::IntoNotification;
         // Pairs with the increment in `listen`: either the listener sees the change when it
         // checks again, or this load sees the listener.
         fence(Ordering::SeqCst);
         if self.listeners.load(Ordering::SeqCst) > 0 {
-            self.event.notify(n);
+            self.event.notify(n.additional());
         }
     }
 }
@@ -669,8 +671,12 @@ impl Handle {
                 }
                 Err(TrySendError::Full(job)) => job,
             };
-            // Listen first, then try again, so that room made in between is not missed.
+            // Listen first, then look again, so that room made (or a close) in between is not
+            // missed.
             let room = shared.room.listen();
+            if shared.closed.load(Ordering::Acquire) {
+                return Err(shared.refusal());
+            }
             job = match self.tx.try_send(job) {
                 Ok(()) => break,
                 Err(TrySendError::Disconnected(_)) => return Err(shared.refusal()),
@@ -682,9 +688,8 @@ impl Handle {
         Ok(())
     }
 
-    /// Wakes an idle Lua thread so that it notices the queue was closed (best effort: a full
-    /// queue means the thread is busy and will notice by itself).
-    #[cfg(feature = "tokio")]
+    /// Wakes an idle Lua thread so that it looks at its queues again (best effort: a full
+    /// queue means the thread is busy and will look by itself).
     pub(crate) fn wake(&self) {
         if self.tx.try_send(Queued::wake()).is_ok() {
             self.sent();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
-use crate::core::queue::{Handle, Queued, Shared, Where};
+use crate::core::queue::{Handle, Shared, Where};
 use crate::core::wait;
 use crate::error::IsleError;
 use crate::handle::builder::{IsleBuilder, Launched};
@@ -386,7 +386,7 @@ impl Isle {
     /// Makes the Lua thread look at its queues again (a pool member whose gate opened, or that
     /// should look at the pool's queue). Never blocks: a full queue wakes it anyway.
     pub(crate) fn wake(&self) {
-        let _ = self.handle.tx.try_send(Queued::wake());
+        self.handle.wake();
     }
 
     /// Wakes `waker` once the Lua thread has ended, or the isle gave up on it.

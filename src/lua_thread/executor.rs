@@ -176,7 +176,13 @@ async fn next_job(worker: &mut Worker, rx: &Receiver<Queued>) -> Option<Taken> {
         }
         // Senders notify after queueing (and the last handle after disconnecting): listen,
         // then look again, so that nothing sent in between is missed.
-        let signals = worker.feed.as_ref().map(Feed::signals);
+        // The feed's arrivals matter only while this thread may take from it: a closed gate
+        // must not swallow a wake-up meant for another member.
+        let signals = worker
+            .feed
+            .as_ref()
+            .filter(|feed| feed.gate().open())
+            .map(Feed::signals);
         let arrived = shared.arrived.listen();
         let mut fed = signals.as_ref().map(|signals| signals.arrived.listen());
         match feed::poll_next(rx, &mut worker.feed) {

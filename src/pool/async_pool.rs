@@ -751,16 +751,20 @@ impl AsyncIslePoolDriver {
         // The supervisor ends once the members have taken everything queued.
         if let Some(exited) = &self.supervisor_exited {
             let mut sleep = deadline.flatten().map(|d| Box::pin(Sleep::until(d)));
-            poll_fn(|cx| {
+            let drained = poll_fn(|cx| {
                 if exited.poll_ready(cx).is_ready() {
-                    return Poll::Ready(());
+                    return Poll::Ready(true);
                 }
                 match &mut sleep {
-                    Some(sleep) => sleep.as_mut().poll(cx),
+                    Some(sleep) => sleep.as_mut().poll(cx).map(|()| false),
                     None => Poll::Pending,
                 }
             })
             .await;
+            if !drained {
+                // Past the deadline: nothing queued starts any more, and no member is replaced.
+                self.core.close_and_drain();
+            }
         }
         let mut result = Ok(());
         for member in self.core.take_members() {

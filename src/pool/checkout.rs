@@ -140,42 +140,80 @@ fn retire(pool: &PoolCore, member: &Member, cause: Cause) {
 /// How long `on_return` may run when the isle has no default timeout.
 const ON_RETURN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Returns a checked-out member: its own thread runs `on_return` and puts it back into
-/// service (or has it replaced). Never blocks: with the member's queue full, the member's own
-/// thread queues the return after its next job (see [`MemberCell::between_jobs`]).
-///
-/// [`MemberCell::between_jobs`]: super::member::MemberCell
+/// A return still to queue: `on_return`, then putting the member back (or replacing it).
+pub(crate) const RESET: u8 = 1;
+/// A return still to queue: putting the member back (or replacing it).
+pub(crate) const SETTLE: u8 = 2;
+
+/// Returns a checked-out member: its own thread runs `on_return` (under a deadline) and then
+/// puts it back into service, or has it replaced. Never blocks.
 pub(crate) fn give_back(pool: &Arc<PoolCore>, member: Arc<Member>) {
     if let Some(cause) = member.cell.take_retire_on_return() {
         return retire(pool, &member, cause);
     }
-    let request = member.isle.request().try_enqueue();
-    let request = match pool.default_timeout {
-        Some(_) => request,
-        None => request.timeout(ON_RETURN_TIMEOUT),
+    let stage = if pool.template.on_return.is_some() {
+        RESET
+    } else {
+        SETTLE
     };
-    match request.spawn_exec(return_job(Arc::downgrade(pool))) {
+    queue_return(pool, &member, stage);
+}
+
+/// Queues the return of `member` from `stage` on, as requests on its own queue. The last one
+/// has no deadline, so that it runs whatever waits before it; with the queue full, the
+/// member's own thread queues what is left after its next job.
+pub(crate) fn queue_return(pool: &Arc<PoolCore>, member: &Member, stage: u8) {
+    if stage == RESET {
+        member.cell.reset_done(false);
+        let request = member.isle.request().try_enqueue();
+        let request = match pool.default_timeout {
+            Some(_) => request,
+            None => request.timeout(ON_RETURN_TIMEOUT),
+        };
+        match request.spawn_exec(reset_job(Arc::downgrade(pool))) {
+            Ok(task) => task.detach(),
+            Err(IsleError::Full) => return member.cell.return_later(&member.isle, RESET),
+            // The member is gone; the supervisor hears of it from its exit.
+            Err(_) => return,
+        }
+    }
+    let settle = member.isle.request().try_enqueue().no_timeout();
+    match settle.spawn_exec(settle_job(Arc::downgrade(pool))) {
         Ok(task) => task.detach(),
-        Err(IsleError::Full) => member.cell.return_later(),
-        // The member is gone; the supervisor hears of it from its exit.
+        Err(IsleError::Full) => member.cell.return_later(&member.isle, SETTLE),
         Err(_) => {}
     }
 }
 
-/// The work that puts a returned member back into service, on its own thread.
-fn return_job(pool: Weak<PoolCore>) -> impl FnOnce(&mlua::Lua) -> mlua::Result<()> + Send {
+/// Runs `on_return` on the member's own thread and records whether it succeeded.
+fn reset_job(pool: Weak<PoolCore>) -> impl FnOnce(&mlua::Lua) -> mlua::Result<()> + Send {
     move |lua| {
         let (Some(cell), Some(pool)) = (member::this_member(), pool.upgrade()) else {
             return Ok(());
         };
         cell.quiet();
-        // A panicking or failing hook leaves the VM in a state nobody vouches for.
-        let reset = |on_return: &super::shared::MemberFn| {
-            catch_unwind(AssertUnwindSafe(|| on_return(lua))).is_ok_and(|r| r.is_ok())
+        if let Some(on_return) = &pool.template.on_return {
+            // A panicking or failing hook leaves the VM in a state nobody vouches for.
+            let reset = catch_unwind(AssertUnwindSafe(|| on_return(lua)));
+            cell.reset_done(reset.is_ok_and(|r| r.is_ok()));
+        }
+        Ok(())
+    }
+}
+
+/// Puts a returned member back into service, or has it replaced (its `on_return` did not
+/// succeed, or the policy spoke while it was out).
+fn settle_job(pool: Weak<PoolCore>) -> impl FnOnce(&mlua::Lua) -> mlua::Result<()> + Send {
+    move |_| {
+        let (Some(cell), Some(pool)) = (member::this_member(), pool.upgrade()) else {
+            return Ok(());
         };
-        let cause = match &pool.template.on_return {
-            Some(on_return) if !reset(on_return) => Some(Cause::OnReturn),
-            _ => cell.take_retire_on_return(),
+        cell.quiet();
+        let reset_failed = pool.template.on_return.is_some() && !cell.take_reset_done();
+        let cause = if reset_failed {
+            Some(Cause::OnReturn)
+        } else {
+            cell.take_retire_on_return()
         };
         match cause {
             Some(cause) => {

@@ -515,6 +515,10 @@ impl IslePool {
         let drained = supervisor
             .as_ref()
             .is_none_or(|s| s.exited.wait_until(deadline.flatten()));
+        if !drained {
+            // Past the deadline: nothing queued starts any more, and no member is replaced.
+            self.core.close_and_drain();
+        }
         let members = self.core.take_members();
         let mut result = Ok(());
         for member in members {

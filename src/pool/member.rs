@@ -57,9 +57,11 @@ pub(crate) struct MemberCell {
     /// Why to replace the member once it is returned (the policy spoke while it was out);
     /// 0 for none, else the cause's discriminant + 1.
     retire_on_return: AtomicU8,
-    /// Set when the member was returned while its queue was full: its own thread queues the
-    /// return after its next job.
-    return_pending: AtomicBool,
+    /// The stage of a return that found the member's queue full (0 for none): its own thread
+    /// queues it after its next job.
+    return_pending: AtomicU8,
+    /// Whether the latest `on_return` succeeded.
+    reset_ok: AtomicBool,
     /// The member itself, once installed (a checkout on its thread hands it out).
     pub(crate) member: OnceLock<Weak<Member>>,
     pool: Weak<PoolCore>,
@@ -75,7 +77,8 @@ impl MemberCell {
             served: AtomicU64::new(0),
             quiet: AtomicBool::new(false),
             retire_on_return: AtomicU8::new(0),
-            return_pending: AtomicBool::new(false),
+            return_pending: AtomicU8::new(0),
+            reset_ok: AtomicBool::new(false),
             member: OnceLock::new(),
             pool,
         }
@@ -129,9 +132,23 @@ impl MemberCell {
         }
     }
 
-    /// Has the member's own thread queue its return after its next job.
-    pub(crate) fn return_later(&self) {
-        self.return_pending.store(true, Ordering::SeqCst);
+    /// Has the member's own thread queue what is left of its return (from `stage` on) after
+    /// its next job; `isle` is the member's, woken so that a next job comes.
+    pub(crate) fn return_later(&self, isle: &Isle, stage: u8) {
+        self.return_pending.store(stage, Ordering::SeqCst);
+        // After the store: either the marker gets in, or the queue is full of jobs taken
+        // after it; a look at the flag follows each.
+        isle.wake();
+    }
+
+    /// Records whether `on_return` succeeded.
+    pub(crate) fn reset_done(&self, ok: bool) {
+        self.reset_ok.store(ok, Ordering::SeqCst);
+    }
+
+    /// Whether `on_return` succeeded (and forgets it).
+    pub(crate) fn take_reset_done(&self) -> bool {
+        self.reset_ok.swap(false, Ordering::SeqCst)
     }
 
     /// The cause recorded while the member was checked out, if any.
@@ -157,14 +174,15 @@ impl FeedGate for MemberCell {
     }
 
     fn between_jobs(&self) {
-        if !self.return_pending.swap(false, Ordering::SeqCst) {
+        let stage = self.return_pending.swap(0, Ordering::SeqCst);
+        if stage == 0 {
             return;
         }
         // A job just left the queue: there is room for the return now (or it is tried again
         // after the next job).
         let member = self.member.get().and_then(Weak::upgrade);
         if let (Some(member), Some(pool)) = (member, self.pool.upgrade()) {
-            super::checkout::give_back(&pool, member);
+            super::checkout::queue_return(&pool, &member, stage);
         }
     }
 

@@ -203,6 +203,12 @@ impl PoolCore {
         let _ = self.events.send(event);
     }
 
+    /// Whether no member takes anything from the queue any more (shut down past its deadline,
+    /// or never started).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -218,7 +224,7 @@ impl PoolCore {
     /// with [`IsleError::Shutdown`]; senders racing with this clean up after themselves.
     pub(crate) fn close_and_drain(&self) {
         self.close();
-        self.dead.store(true, Ordering::Relaxed);
+        self.dead.store(true, Ordering::SeqCst);
         // Pairs with the fence in `submit`.
         fence(Ordering::SeqCst);
         self.drain();
@@ -287,8 +293,12 @@ impl PoolCore {
                 }
                 Err(TrySendError::Full(job)) => job,
             };
-            // Listen first, then try again, so that room made in between is not missed.
+            // Listen first, then look again, so that room made (or a close) in between is not
+            // missed.
             let room = self.signals.room.listen();
+            if self.is_closed() {
+                return Err(IsleError::Shutdown);
+            }
             job = match self.feed_tx.try_send(job) {
                 Ok(()) => break,
                 Err(TrySendError::Disconnected(_)) => return Err(IsleError::Shutdown),
@@ -366,6 +376,9 @@ impl PoolCore {
     /// Puts `member` at the position it was started for and, unless that is a spare's, lets
     /// it serve.
     pub(crate) fn install(&self, joining: &Arc<Member>) {
+        if self.is_dead() {
+            return;
+        }
         let index = joining.cell.index;
         let old = {
             let mut members = self.members();

@@ -68,7 +68,7 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
         };
         supervisor.retry_due(&pool);
         if supervisor.stopping {
-            if pool.feed_rx.is_empty() {
+            if pool.feed_rx.is_empty() || pool.is_dead() {
                 return;
             }
             supervisor.keep_serving(&pool);
@@ -90,8 +90,6 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
             Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
             Ok(Event::Stop) => supervisor.stopping = true,
-            // A closing pool retires no one (those it had retired serve again).
-            Ok(Event::Retire { .. }) if supervisor.stopping => {}
             Ok(Event::Retire { serial }) => {
                 if let Some((index, old)) = pool.remove(serial) {
                     retire(old);
@@ -135,7 +133,8 @@ impl Supervisor {
     /// Starts a member at `index` (unless one is being started there already), without
     /// waiting for its `init`: [`Event::Started`] says when it is done.
     fn replace(&mut self, pool: &Arc<PoolCore>, index: usize, delay: Duration) {
-        if self.starting.contains_key(&index) || (self.stopping && pool.feed_rx.is_empty()) {
+        let unneeded = self.stopping && pool.feed_rx.is_empty();
+        if self.starting.contains_key(&index) || unneeded || pool.is_dead() {
             return;
         }
         match pool.launch(index) {
