@@ -284,6 +284,17 @@ fn a_storm_of_mixed_requests_resolves_each_once_and_leaves_no_thread() {
     drop(all);
     pool.shutdown().unwrap();
 
+    // No thread of the pool is left (a hard-stopped one ends once its host function returns),
+    // and only then has every closure of a hard-stopped request been dropped.
+    let deadline = Instant::now() + HANG;
+    while pool_threads() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "threads left: {:?}",
+            thread_names()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     // Every closure went exactly once (run, or dropped unrun), every result was dropped.
     let wrong: Vec<_> = ledger
         .closures
@@ -299,16 +310,6 @@ fn a_storm_of_mixed_requests_resolves_each_once_and_leaves_no_thread() {
     );
     assert_eq!(ledger.results.load(Ordering::SeqCst), 0);
 
-    // No thread of the pool is left (a hard-stopped one ends once its finalizer does).
-    let deadline = Instant::now() + HANG;
-    while pool_threads() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "threads left: {:?}",
-            thread_names()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
     eprintln!(
         "{total} requests ({} checkouts, {} hard stops) in {:?}",
         ledger.checkouts.load(Ordering::SeqCst),
