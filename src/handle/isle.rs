@@ -383,6 +383,11 @@ impl Isle {
         crate::handle::async_isle::AsyncIsle::from_handle(self.handle.clone())
     }
 
+    /// Whether nothing is queued for the isle.
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        self.handle.tx.is_empty()
+    }
+
     /// Makes the Lua thread look at its queues again (a pool member whose gate opened, or that
     /// should look at the pool's queue). Never blocks: a full queue wakes it anyway.
     pub(crate) fn wake(&self) {

@@ -151,6 +151,14 @@ pub(crate) fn give_back(pool: &Arc<PoolCore>, member: Arc<Member>) {
     if let Some(cause) = member.cell.take_retire_on_return() {
         return retire(pool, &member, cause);
     }
+    if pool.template.on_return.is_none() && member.isle.queue_is_empty() {
+        // Nothing of the holder's is queued and nothing to reset: back into service at once
+        // (the member looks at the pool's queue again when woken).
+        if member.cell.transition(CHECKED_OUT, IDLE) {
+            member.isle.wake();
+        }
+        return;
+    }
     let stage = if pool.template.on_return.is_some() {
         RESET
     } else {

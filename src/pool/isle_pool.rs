@@ -336,6 +336,16 @@ impl IslePool {
     }
 
     fn checkout_until(&self, deadline: Option<Instant>) -> Result<PooledIsle, IsleError> {
+        if wait::on_isle_thread(self.core.id) {
+            return Err(IsleError::Reentrant);
+        }
+        // Nobody waits ahead: an idle member is taken at once, without a trip through the
+        // queue.
+        if self.core.feed_rx.is_empty() {
+            if let Ok(guard) = PooledIsle::try_checkout(&self.core) {
+                return Ok(guard);
+            }
+        }
         let request = match deadline {
             Some(deadline) => self.request().deadline(deadline),
             None => self.request().no_timeout(),
