@@ -1,6 +1,8 @@
 //! Closing a pool: `shutdown`, `shutdown_timeout` and dropping the pool run what is queued and
-//! stay bounded, also while members are retired, returned with a full queue or being
-//! replaced; and a member is free again as soon as its caller has the result.
+//! stay bounded, also while members are retired, discarded, returned with a full queue or being
+//! replaced, and nothing runs once they have returned; a member is free again as soon as its
+//! caller has the result, or once the work queued before its return has run; and a request
+//! reaches a member that can take it.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::HANG;
 use mlua_isle::{IsleBuilder, IsleError, IslePool, Recycle, Task};
@@ -46,6 +48,19 @@ fn assert_all_ran(tasks: Vec<Task<usize>>, first: usize) {
             Ok(value) => assert_eq!(value, number),
             Err(err) => panic!("request {number} did not run: {err:?}"),
         }
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after the hang guard.
+#[track_caller]
+fn eventually(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "hang guard: the condition never held"
+        );
+        thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -200,5 +215,200 @@ fn a_member_is_idle_as_soon_as_its_caller_has_the_result() {
         assert_eq!(pool.eval::<i64>("2").unwrap(), 2);
         let guard = pool.try_checkout().expect("the only member is idle");
         drop(guard);
+    }
+}
+
+#[test]
+fn a_return_queued_behind_slow_work_still_puts_the_member_back() {
+    let timeout = Duration::from_millis(100);
+    let pool = IslePool::builder()
+        .size(1)
+        .isle(IsleBuilder::new().timeout(timeout))
+        .spawn(|_| Ok(()))
+        .unwrap();
+    let guard = pool.checkout().unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let (release_tx, release) = mpsc::channel::<()>();
+    let slow = guard
+        .request()
+        .no_timeout()
+        .spawn_exec(move |_| {
+            started_tx.send(()).unwrap();
+            let _ = release.recv();
+            // The work itself: it outlasts the isle's default timeout, and so would any
+            // deadline counted from when the return was queued behind it.
+            thread::sleep(timeout * 3);
+            Ok(())
+        })
+        .unwrap();
+    started
+        .recv_timeout(HANG)
+        .expect("the slow request should start");
+    // Returned while its request runs: the return queues behind it.
+    drop(guard);
+    release_tx.send(()).unwrap();
+    slow.wait_timeout(HANG).expect("hang guard").unwrap();
+    eventually(|| pool.stats().checked_out == 0);
+    let stats = pool.stats();
+    assert_eq!((stats.idle, stats.checked_out), (1, 0), "{stats:?}");
+    let guard = pool.try_checkout().expect("the only member is back");
+    drop(guard);
+}
+
+#[test]
+fn shutdown_timeout_leaves_no_member_running_queued_work() {
+    let pool = IslePool::builder()
+        .size(1)
+        .isle(IsleBuilder::new().grace_period(HANG))
+        .spawn(|_| Ok(()))
+        .unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let running = Arc::new(AtomicUsize::new(0));
+    // Held by every request's closure: once only this one is left, no request can start.
+    let closures = Arc::new(());
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let started_tx = started_tx.clone();
+            let running = running.clone();
+            let closures = closures.clone();
+            pool.request()
+                .no_timeout()
+                .spawn_exec(move |_| {
+                    let _closures = closures;
+                    running.fetch_add(1, Ordering::SeqCst);
+                    let _ = started_tx.send(());
+                    // The work itself: a host call that a hard stop cannot interrupt.
+                    thread::sleep(Duration::from_millis(250));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .unwrap()
+        })
+        .collect();
+    started
+        .recv_timeout(HANG)
+        .expect("the first request should start");
+    // Past this deadline, with one request running and five queued, nothing else starts.
+    let result =
+        returns_within_hang_guard(move || pool.shutdown_timeout(Duration::from_millis(30)));
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(running.load(Ordering::SeqCst), 0, "a request still runs");
+    assert_eq!(
+        Arc::strong_count(&closures),
+        1,
+        "a request could still start"
+    );
+    // Each request ran, or ended with `Shutdown`: none is left for a member to take later.
+    for task in tasks {
+        match task.try_wait() {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => assert!(err.is_shutdown(), "{err:?}"),
+            Err(_) => panic!("a request was still pending when shutdown returned"),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod async_pool {
+    use std::time::Duration;
+
+    use mlua_isle::{AsyncIslePool, IsleError};
+    use tokio::sync::{mpsc, watch};
+    use tokio::time::timeout;
+
+    use super::HANG;
+
+    /// Polls `condition` until it holds, failing the test after the hang guard.
+    async fn eventually(mut condition: impl FnMut() -> bool) {
+        let polled = timeout(HANG, async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        polled.await.expect("hang guard: the condition never held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_discard_during_shutdown_with_queued_work_lets_shutdown_finish() {
+        let (pool, driver) = AsyncIslePool::builder()
+            .size(1)
+            .spawn_async(|_| Ok(()))
+            .await
+            .unwrap();
+        // The only member is checked out; three requests wait for it.
+        let guard = pool.checkout().await.unwrap();
+        let mut queued = Vec::new();
+        for i in 1..=3usize {
+            queued.push(pool.spawn_exec(move |_| Ok(i)).await.unwrap());
+        }
+        assert_eq!(pool.stats().queued, 3);
+        let shutdown = tokio::spawn(driver.shutdown());
+        // The pool is closing once a checkout is refused as `Shutdown` rather than `Full`.
+        eventually(|| matches!(pool.try_checkout(), Err(IsleError::Shutdown))).await;
+        guard.discard();
+        timeout(HANG, shutdown)
+            .await
+            .expect("hang guard: shutdown did not finish")
+            .unwrap()
+            .unwrap();
+        for (number, task) in (1..).zip(queued) {
+            assert_eq!(
+                timeout(HANG, task).await.expect("hang guard").unwrap(),
+                number
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checked_out_member_serving_coroutines_does_not_swallow_a_request_meant_for_another()
+    {
+        // `park()` reports that it started, then stays suspended until the test releases it.
+        let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+        let (release_tx, release) = watch::channel(false);
+        let (pool, driver) = AsyncIslePool::builder()
+            .size(2)
+            .spawn_async(move |lua| {
+                let started_tx = started_tx.clone();
+                let release = release.clone();
+                let park = lua.create_async_function(move |_, ()| {
+                    let started_tx = started_tx.clone();
+                    let mut release = release.clone();
+                    async move {
+                        let _ = started_tx.send(());
+                        let _ = release.wait_for(|&released| released).await;
+                        Ok("resumed")
+                    }
+                })?;
+                lua.globals().set("park", park)
+            })
+            .await
+            .unwrap();
+        eventually(|| pool.stats().idle == 2).await;
+        // One member, checked out, runs a suspended coroutine...
+        let guard = pool.try_checkout().unwrap();
+        let checked_out = tokio::spawn(async move {
+            let parked = guard.coroutine_eval::<String>("return park()").await;
+            drop(guard);
+            parked
+        });
+        timeout(HANG, started.recv()).await.expect("hang guard");
+        // ...and the other runs one too, and can take more work meanwhile.
+        let other = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.coroutine_eval::<String>("return park()").await }
+        });
+        timeout(HANG, started.recv()).await.expect("hang guard");
+        let one = timeout(HANG, pool.eval::<i64>("return 1"))
+            .await
+            .expect("hang guard: the request waited for a coroutine to end");
+        assert_eq!(one.unwrap(), 1);
+        // Served while both coroutines were still suspended.
+        assert!(!checked_out.is_finished() && !other.is_finished());
+        release_tx.send(true).unwrap();
+        for parked in [checked_out, other] {
+            let parked = timeout(HANG, parked).await.expect("hang guard").unwrap();
+            assert_eq!(parked.unwrap(), "resumed");
+        }
+        driver.shutdown().await.unwrap();
     }
 }
