@@ -684,8 +684,9 @@ impl AsyncIslePoolDriver {
         self.core.stats()
     }
 
-    /// Stops accepting requests (from every handle), lets the members finish what is queued
-    /// (checked-out members: once their guard is dropped), and waits for all of them to end.
+    /// Stops accepting requests (from every handle), lets the members finish what is queued,
+    /// and waits for all of them to end. Checked-out members are closed too: their guard's
+    /// requests in progress or queued finish, later ones fail with [`IsleError::Shutdown`].
     ///
     /// # Errors
     ///

@@ -460,8 +460,9 @@ impl IslePool {
         self.core.stats()
     }
 
-    /// Stops accepting requests, lets every member finish what is queued (checked-out
-    /// members: once their guard is dropped), and waits for all of them to end.
+    /// Stops accepting requests, lets every member finish what is queued, and waits for all
+    /// of them to end. Checked-out members are closed too: their guard's requests in
+    /// progress or queued finish, later ones fail with [`IsleError::Shutdown`].
     ///
     /// # Errors
     ///
@@ -543,7 +544,7 @@ impl IslePool {
                         }
                     }
                 },
-                // Checked out: it ends once its guard is dropped.
+                // Checked out: closed under its guard, it ends once its queue is done.
                 Err(member) => member.isle.close_and_wait(deadline),
             };
             if result.is_ok() {
