@@ -54,6 +54,8 @@ pub(crate) trait FeedGate: Send + Sync {
     /// Whether the thread may take jobs from the feed now (it waits on the feed only then;
     /// whoever opens the gate again wakes it through its own queue).
     fn open(&self) -> bool;
+    /// Whether the feed's owner is gone (then the feed disconnects, or has).
+    fn gone(&self) -> bool;
     /// Called on the Lua thread after every job it took, whether the job ran or not.
     fn between_jobs(&self);
     /// Called on the Lua thread after every request that ran, from either queue, before its
@@ -190,26 +192,11 @@ pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option
                 }
             }
             Some(open) => {
-                // A disconnected feed is ready for ever: look for that (under a claim, as any
-                // look at the feed) before blocking on it.
-                if open.gate.claim() {
-                    match open.rx.try_recv() {
-                        Ok(job) => {
-                            #[cfg(feature = "tokio")]
-                            open.signals.room.notify(1);
-                            return Some(Taken {
-                                job,
-                                from_feed: true,
-                            });
-                        }
-                        Err(err) => {
-                            open.gate.release();
-                            if err == TryRecvError::Disconnected {
-                                *feed = None;
-                                continue;
-                            }
-                        }
-                    }
+                // A disconnected feed is ready for ever: never block on one. (Looking without a
+                // claim: a claim would show this idle thread as busy.)
+                if open.gate.gone() {
+                    *feed = None;
+                    continue;
                 }
                 let mut select = Select::new();
                 select.recv(rx);

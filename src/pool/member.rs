@@ -173,6 +173,10 @@ impl FeedGate for MemberCell {
         self.state() == IDLE
     }
 
+    fn gone(&self) -> bool {
+        self.pool.strong_count() == 0
+    }
+
     fn between_jobs(&self) {
         let stage = self.return_pending.swap(0, Ordering::SeqCst);
         if stage == 0 {
