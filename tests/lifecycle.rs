@@ -250,3 +250,19 @@ fn requests_run_in_submission_order() {
     let log: Vec<i64> = isle.eval("log").unwrap();
     assert_eq!(log, (0..100).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_factory_vm_without_the_string_and_coroutine_libraries_starts() {
+    use mlua_isle::mlua::{Lua, LuaOptions, StdLib};
+    let isle = mlua_isle::Isle::builder()
+        .factory(|| Lua::new_with(StdLib::MATH, LuaOptions::new()))
+        .spawn(|_| Ok(()))
+        .unwrap();
+    assert_eq!(isle.eval::<i64>("math.max(1, 2)").unwrap(), 2);
+    assert!(isle.eval::<bool>("string == nil").unwrap());
+    let err = isle
+        .request()
+        .timeout(std::time::Duration::from_millis(20))
+        .eval::<()>("while true do end");
+    assert!(err.unwrap_err().is_timeout());
+}

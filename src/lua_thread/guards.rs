@@ -355,8 +355,11 @@ mod luajit {
     /// the function as the caller knows it, with the caller's position.
     const GUARDS: &str = r#"
         local check, type = ...
-        local gsub, load, loadstring = string.gsub, load, loadstring
-        local resume, wrap = coroutine.resume, coroutine.wrap
+        -- A VM made by a factory may lack a library: guard what is there.
+        local gsub = string and string.gsub
+        local load, loadstring = load, loadstring
+        local resume = coroutine and coroutine.resume
+        local wrap = coroutine and coroutine.wrap
         if gsub then
             string.gsub = function(...) check() return gsub(...) end
         end
