@@ -21,7 +21,7 @@ use crate::handle::task::Task;
 
 /// Many isles behind one handle: requests go to whichever member is free first; a member can
 /// be checked out for exclusive use; members are replaced when they die, are given up on, or
-/// the [`Recycle`] policy says so.
+/// the [`Recycle`](crate::Recycle) policy says so.
 ///
 /// `Send + Sync`: share it by reference or in an `Arc`. Requests are the same as an
 /// [`Isle`](crate::Isle)'s, with the same errors and the same exactly-once guarantee; a request
