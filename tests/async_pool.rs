@@ -195,3 +195,113 @@ async fn shutdown_timeout_stops_a_runaway_request() {
     .unwrap();
     assert!(task.await.unwrap_err().is_shutdown());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_recycled_and_replaced_as_in_the_blocking_pool() {
+    use mlua_isle::Recycle;
+    let (pool, driver) = AsyncIslePool::builder()
+        .size(1)
+        .recycle(Recycle::new().after_requests(2))
+        .spawn_async(|lua| lua.globals().set("count", 0))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(
+            pool.eval::<i64>("count = count + 1; return count")
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(seen, [1, 2, 1, 2]);
+    // A panic replaces the member too.
+    pool.exec(|lua| lua.globals().set("marked", true))
+        .await
+        .unwrap();
+    let err = pool
+        .exec::<(), _>(|_| panic!("deliberate"))
+        .await
+        .unwrap_err();
+    assert!(err.is_panic());
+    assert!(pool.eval::<bool>("marked == nil").await.unwrap());
+    let stats = driver.stats();
+    assert!(stats.recycled.requests >= 2, "{stats:?}");
+    assert_eq!(stats.recycled.panicked, 1);
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_checked_out_async_member_is_exclusive_and_discard_replaces_it() {
+    let (pool, driver) = AsyncIslePool::builder()
+        .size(1)
+        .on_return(|lua| lua.globals().set("session", mlua_isle::mlua::Nil))
+        .spawn_async(|_| Ok(()))
+        .await
+        .unwrap();
+    let session = pool.try_checkout().unwrap();
+    assert!(matches!(pool.try_checkout(), Err(IsleError::Full)));
+    session
+        .exec(|lua| lua.globals().set("session", "alice"))
+        .await
+        .unwrap();
+    assert_eq!(session.eval::<String>("session").await.unwrap(), "alice");
+    drop(session);
+    // `on_return` ran before anyone else got the member.
+    assert!(pool.eval::<bool>("session == nil").await.unwrap());
+    let session = pool.checkout().await.unwrap();
+    session
+        .exec(|lua| lua.globals().set("dirty", true))
+        .await
+        .unwrap();
+    session.discard();
+    assert!(pool.eval::<bool>("dirty == nil").await.unwrap());
+    assert_eq!(driver.stats().recycled.discarded, 1);
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_every_async_member() {
+    let (pool, driver) = pool(2).await;
+    let results = pool.broadcast_exec(|lua| lua.globals().set("v", 3)).await;
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(Result::is_ok));
+    // Two requests held at a barrier run on both members: each sees the broadcast.
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.exec(move |lua| {
+                    barrier.wait();
+                    lua.globals().get::<i64>("v")
+                })
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), 3);
+    }
+    driver.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_spare_serves_the_async_pool_after_a_recycle() {
+    use mlua_isle::Recycle;
+    let (pool, driver) = AsyncIslePool::builder()
+        .size(1)
+        .spares(1)
+        .recycle(Recycle::new().after_requests(1))
+        .spawn_async(|lua| lua.globals().set("fresh", true))
+        .await
+        .unwrap();
+    assert_eq!(driver.stats().spares, 1);
+    for _ in 0..5 {
+        assert!(pool
+            .eval::<bool>("local was = fresh; fresh = false; return was")
+            .await
+            .unwrap());
+    }
+    driver.shutdown().await.unwrap();
+}
