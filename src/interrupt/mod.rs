@@ -229,8 +229,14 @@ pub(crate) fn load_own_chunk(
         .set_name(name)
         .set_mode(ChunkMode::Text)
         .into_function()?;
+    // mlua panics if the dump fails (out of memory under a tight limit): then this VM just
+    // does not fill the cache.
     #[cfg(not(feature = "luau"))]
-    let _ = cache.set(function.dump(false));
+    if let Ok(dumped) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| function.dump(false)))
+    {
+        let _ = cache.set(dumped);
+    }
     Ok(function)
 }
 

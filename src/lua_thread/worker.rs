@@ -160,8 +160,12 @@ pub(crate) fn run(
     };
     ready.complete(Ok(()));
     // Whoever spawned the isle is waiting for it and, if it shares this core, can only take
-    // it once this thread gives way: before polling for the first request.
-    std::thread::yield_now();
+    // it once this thread gives way: before polling for the first request (unless work is
+    // already waiting, which the yield would only delay).
+    let work_waiting = !rx.is_empty() || worker.feed.as_ref().is_some_and(|f| !f.is_empty());
+    if !work_waiting {
+        std::thread::yield_now();
+    }
 
     // Serve on this thread until the first coroutine request; from then on (if ever), inside
     // an async executor that also drives the coroutines.
