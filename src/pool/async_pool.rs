@@ -11,7 +11,6 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
 use super::builder::IslePoolBuilder;
 use super::checkout::PooledIsle;
-use super::member::{self, BUSY, CHECKED_OUT};
 use super::shared::PoolCore;
 use super::stats::PoolStats;
 use super::supervisor::Event;
@@ -522,26 +521,15 @@ impl AsyncIslePool {
         &self,
         deadline: Option<Instant>,
     ) -> Result<PooledAsyncIsle, IsleError> {
+        if let Some(guard) = PooledIsle::at_once(self.core()) {
+            return Ok(PooledAsyncIsle::new(guard));
+        }
         let request = match deadline {
             Some(deadline) => self.request().deadline(deadline),
             None => self.request().no_timeout(),
         };
-        let pool = self.core().clone();
         let guard = request
-            .exec_raw(move |_| {
-                let cell = member::this_member().ok_or(IsleError::Shutdown)?;
-                cell.quiet();
-                let member = cell
-                    .member
-                    .get()
-                    .and_then(Weak::upgrade)
-                    .ok_or(IsleError::Shutdown)?;
-                // Only this thread moves a member out of BUSY while it runs a job.
-                if !cell.transition(BUSY, CHECKED_OUT) {
-                    return Err(IsleError::Shutdown);
-                }
-                Ok(PooledIsle::new(member, pool))
-            })
+            .exec_raw(PooledIsle::reserve(self.core().clone()))
             .await?;
         Ok(PooledAsyncIsle::new(guard))
     }

@@ -6,12 +6,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::member::{self, Member, CHECKED_OUT, IDLE, RETIRING};
+use super::member::{self, Member, BUSY, CHECKED_OUT, IDLE, RETIRING};
 use super::recycle::Cause;
 use super::shared::PoolCore;
 use super::supervisor::Event;
 use crate::error::IsleError;
 use crate::handle::isle::Isle;
+use crate::lua_thread::vm::Vm;
 
 /// One member of an [`IslePool`](crate::IslePool), checked out for exclusive use: an isle
 /// handle (it derefs to [`Isle`]) that nobody else's requests run on while it lives.
@@ -69,6 +70,36 @@ impl PooledIsle {
             }
         }
         Err(IsleError::Full)
+    }
+
+    /// The work of a checkout request: turns the member that runs it (a BUSY one, taken from
+    /// the pool's queue) over to the guard it returns.
+    pub(crate) fn reserve(
+        pool: Arc<PoolCore>,
+    ) -> impl FnOnce(&mut Vm) -> Result<PooledIsle, IsleError> + Send + 'static {
+        move |_| {
+            let cell = member::this_member().ok_or(IsleError::Shutdown)?;
+            cell.quiet();
+            let member = cell
+                .member
+                .get()
+                .and_then(Weak::upgrade)
+                .ok_or(IsleError::Shutdown)?;
+            // Only this thread moves a member out of BUSY while it runs a job.
+            if !cell.transition(BUSY, CHECKED_OUT) {
+                return Err(IsleError::Shutdown);
+            }
+            Ok(PooledIsle::new(member, pool))
+        }
+    }
+
+    /// An idle member at once, if nobody waits ahead in the pool's queue (no trip through it).
+    pub(crate) fn at_once(pool: &Arc<PoolCore>) -> Option<PooledIsle> {
+        if pool.feed_rx.is_empty() {
+            PooledIsle::try_checkout(pool).ok()
+        } else {
+            None
+        }
     }
 
     /// An async handle to the checked-out member.

@@ -8,7 +8,6 @@ use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
 use super::builder::IslePoolBuilder;
 use super::checkout::PooledIsle;
-use super::member::{self, BUSY, CHECKED_OUT};
 use super::shared::{Parts, PoolCore, SupervisorThread};
 use super::stats::PoolStats;
 use super::supervisor::Event;
@@ -339,32 +338,14 @@ impl IslePool {
         if wait::on_isle_thread(self.core.id) {
             return Err(IsleError::Reentrant);
         }
-        // Nobody waits ahead: an idle member is taken at once, without a trip through the
-        // queue.
-        if self.core.feed_rx.is_empty() {
-            if let Ok(guard) = PooledIsle::try_checkout(&self.core) {
-                return Ok(guard);
-            }
+        if let Some(guard) = PooledIsle::at_once(&self.core) {
+            return Ok(guard);
         }
         let request = match deadline {
             Some(deadline) => self.request().deadline(deadline),
             None => self.request().no_timeout(),
         };
-        let pool = self.core.clone();
-        request.exec_raw(move |_| {
-            let cell = member::this_member().ok_or(IsleError::Shutdown)?;
-            cell.quiet();
-            let member = cell
-                .member
-                .get()
-                .and_then(std::sync::Weak::upgrade)
-                .ok_or(IsleError::Shutdown)?;
-            // Only this thread moves a member out of BUSY while it runs a job.
-            if !cell.transition(BUSY, CHECKED_OUT) {
-                return Err(IsleError::Shutdown);
-            }
-            Ok(PooledIsle::new(member, pool))
-        })
+        request.exec_raw(PooledIsle::reserve(self.core.clone()))
     }
 
     /// Checks out a member that is idle right now.

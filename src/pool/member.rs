@@ -3,7 +3,7 @@
 //! A member's state says whether its Lua thread may take work from the pool's queue:
 //!
 //! ```text
-//! SPARE ──(installed)──▶ IDLE ◀──(job done)── BUSY
+//! SPARE ──(installed serving, or promoted)──▶ IDLE ◀──(job done)── BUSY
 //!                         │ ▲ ───(claims a job)──▶
 //!                         │ └──(returned)── CHECKED_OUT ◀──(checkout job / try_checkout)
 //!                         └─────────────▶ RETIRING (replaced; takes nothing more)
@@ -12,7 +12,8 @@
 //! Only an IDLE member's thread claims a job from the queue (IDLE → BUSY, then it takes the
 //! job, or goes back to IDLE if another member was faster). `try_checkout` takes an IDLE member
 //! with the same compare-and-swap, so a member is never both checked out and running a queued
-//! job; a checkout through the queue runs on a BUSY member and turns it CHECKED_OUT.
+//! job; a checkout through the queue runs on a BUSY member and turns it CHECKED_OUT. A spare
+//! stays SPARE until it takes over a serving position.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
