@@ -2,6 +2,9 @@
 //! coroutine requests; the floor is a raw tokio task → thread → oneshot round trip measured in
 //! the same run.
 //!
+//! `async_pool_throughput`: 64 tasks sending trivial calls, and 64 tasks sending CPU-bound calls
+//! (`fib(20)`), through an async pool of 2 against the same load through one async isle.
+//!
 //! Run with: `cargo bench --bench async --features tokio`
 
 use std::hint::black_box;
@@ -9,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mlua_isle::AsyncIsle;
+use mlua_isle::{AsyncIsle, AsyncIslePool};
 use tokio::runtime::Runtime;
 
 fn runtime() -> Runtime {
@@ -124,5 +127,85 @@ fn round_trip(c: &mut Criterion) {
     rt.block_on(driver.shutdown()).unwrap();
 }
 
-criterion_group!(benches, round_trip);
+const POOL_SCRIPTS: &str = r#"
+function f(x) return x end
+function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+"#;
+
+/// Something 64 tasks can send calls to: one async isle or an async pool.
+trait AsyncTarget: Clone + Send + Sync + 'static {
+    fn call_i64(&self, name: &'static str, x: i64)
+        -> impl std::future::Future<Output = i64> + Send;
+}
+
+impl AsyncTarget for AsyncIsle {
+    async fn call_i64(&self, name: &'static str, x: i64) -> i64 {
+        self.call::<i64>(name, x).await.unwrap()
+    }
+}
+
+impl AsyncTarget for AsyncIslePool {
+    async fn call_i64(&self, name: &'static str, x: i64) -> i64 {
+        self.call::<i64>(name, x).await.unwrap()
+    }
+}
+
+/// 64 tasks share `calls` calls of `name(arg)` and are all awaited.
+fn fan_out<T: AsyncTarget>(rt: &Runtime, target: &T, calls: u64, name: &'static str, arg: i64) {
+    const TASKS: u64 = 64;
+    rt.block_on(async {
+        let handles: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    for _ in 0..calls / TASKS {
+                        black_box(target.call_i64(name, arg).await);
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+    })
+}
+
+fn pool_throughput(c: &mut Criterion) {
+    let rt = runtime();
+    let (isle, isle_driver) = rt
+        .block_on(AsyncIsle::spawn(|lua| lua.load(POOL_SCRIPTS).exec()))
+        .unwrap();
+    let (pool, pool_driver) = rt
+        .block_on(
+            AsyncIslePool::builder()
+                .size(2)
+                .spawn_async(|lua| lua.load(POOL_SCRIPTS).exec()),
+        )
+        .unwrap();
+
+    let mut group = c.benchmark_group("async_pool_throughput");
+    group.sample_size(20);
+    const CALLS: u64 = 6_400;
+    group.throughput(Throughput::Elements(CALLS));
+    group.bench_function("isle/64_tasks_call", |b| {
+        b.iter(|| fan_out(&rt, &isle, CALLS, "f", 1))
+    });
+    group.bench_function("pool_of_2/64_tasks_call", |b| {
+        b.iter(|| fan_out(&rt, &pool, CALLS, "f", 1))
+    });
+    const FIB_CALLS: u64 = 640;
+    group.throughput(Throughput::Elements(FIB_CALLS));
+    group.bench_function("isle/64_tasks_fib20", |b| {
+        b.iter(|| fan_out(&rt, &isle, FIB_CALLS, "fib", 20))
+    });
+    group.bench_function("pool_of_2/64_tasks_fib20", |b| {
+        b.iter(|| fan_out(&rt, &pool, FIB_CALLS, "fib", 20))
+    });
+    group.finish();
+
+    rt.block_on(isle_driver.shutdown()).unwrap();
+    rt.block_on(pool_driver.shutdown()).unwrap();
+}
+
+criterion_group!(benches, round_trip, pool_throughput);
 criterion_main!(benches);

@@ -1,8 +1,9 @@
 //! Pools against one isle, each next to its floor measured in the same run:
 //!
 //! - `pool_cpu_bound`: a batch of CPU-bound requests (16 × `fib(24)`, queued with `spawn_call`,
-//!   then all waited for) through a pool of 2 against the same batch through one isle. On a
-//!   machine with 2 free cores the pool should take a little over half the time.
+//!   then all waited for) through a pool of 2 against the same batch through one isle, and the
+//!   machine's ceiling: the batch split over two plain threads with a VM each. On a machine
+//!   with 2 free cores the pool should take a little over half the time of one isle.
 //! - `pool_round_trip`: a trivial `call("f", x)` through a pool (of 1 and of 2) against one
 //!   isle's; and a checkout, one `call` on the guard and its return (drop) against one isle's
 //!   `call`.
@@ -100,6 +101,39 @@ fn cpu_bound(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Elements(BATCH as u64));
 
+    // The ceiling of this machine: the same batch split over two plain threads, each with a
+    // VM of its own (created outside the timing).
+    let (starts, workers): (Vec<_>, Vec<_>) = (0..2)
+        .map(|_| {
+            let (start, started) = crossbeam_channel::bounded::<crossbeam_channel::Sender<()>>(0);
+            let worker = thread::spawn(move || {
+                let lua = mlua::Lua::new();
+                lua.load(SCRIPTS).exec().unwrap();
+                let fib: mlua::Function = lua.globals().get("fib").unwrap();
+                while let Ok(done) = started.recv() {
+                    for _ in 0..BATCH / 2 {
+                        black_box(fib.call::<i64>(FIB).unwrap());
+                    }
+                    done.send(()).unwrap();
+                }
+            });
+            (start, worker)
+        })
+        .unzip();
+    group.bench_function(format!("raw_mlua_2_threads/{BATCH}x_fib{FIB}"), |b| {
+        b.iter(|| {
+            let (done, finished) = crossbeam_channel::bounded(2);
+            for start in &starts {
+                start.send(done.clone()).unwrap();
+            }
+            finished.recv().unwrap();
+            finished.recv().unwrap();
+        })
+    });
+    drop(starts);
+    for worker in workers {
+        worker.join().unwrap();
+    }
     // The floor: the same batch on one isle.
     let isle = isle();
     group.bench_function(format!("isle/{BATCH}x_fib{FIB}"), |b| {
