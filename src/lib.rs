@@ -219,6 +219,7 @@ mod handle;
 mod interrupt;
 mod lua_thread;
 mod pool;
+mod sandbox;
 
 #[cfg(not(any(
     feature = "lua54",
@@ -300,7 +301,7 @@ pub use crate::handle::async_isle::{Async, AsyncIsle, AsyncIsleDriver};
 pub use crate::handle::async_task::AsyncTask;
 pub use crate::handle::builder::{
     IsleBuilder, DEFAULT_CHUNK_CACHE, DEFAULT_GRACE_PERIOD, DEFAULT_QUEUE_CAPACITY,
-    DEFAULT_STACK_SIZE,
+    DEFAULT_STACK_SIZE, SANDBOX_GRACE_PERIOD, SANDBOX_MEMORY_LIMIT, SANDBOX_TIMEOUT,
 };
 pub use crate::handle::code::Code;
 pub use crate::handle::isle::Isle;
@@ -315,6 +316,7 @@ pub use crate::pool::{
     IslePool, IslePoolBuilder, PoolStats, PooledIsle, Recycle, Recycled,
     DEFAULT_POOL_QUEUE_PER_MEMBER,
 };
+pub use crate::sandbox::{take_output, Isolation, PrintSink, Sandbox};
 
 // The README's examples are compiled and run as doctests (they use the `tokio` feature).
 #[cfg(all(doctest, feature = "tokio"))]

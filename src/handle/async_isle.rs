@@ -889,7 +889,7 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
     {
         let code = code.into();
         self.submit(Coroutine(move |vm: &mut Vm| {
-            let chunk = vm.chunk(code.as_str())?;
+            let chunk = vm.coroutine_chunk(code.as_str())?;
             vm.coroutine::<T>(chunk, ())
         }))
         .await

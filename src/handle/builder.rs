@@ -15,6 +15,7 @@ use crate::interrupt::Interrupt;
 use crate::lua_thread::feed::Feed;
 use crate::lua_thread::vm::VmSource;
 use crate::lua_thread::worker::{self, Setup};
+use crate::sandbox::{Isolation, Sandbox};
 
 /// Default number of requests that can wait in an isle's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -33,6 +34,12 @@ pub const DEFAULT_STACK_SIZE: usize = if cfg!(any(feature = "luajit", feature = 
 } else {
     8 << 20
 };
+/// The memory limit [`IsleBuilder::sandboxed`] sets: 64 MiB.
+pub const SANDBOX_MEMORY_LIMIT: usize = 64 << 20;
+/// The default timeout [`IsleBuilder::sandboxed`] sets: 1 second.
+pub const SANDBOX_TIMEOUT: Duration = Duration::from_secs(1);
+/// The grace period [`IsleBuilder::sandboxed`] sets: 250 milliseconds.
+pub const SANDBOX_GRACE_PERIOD: Duration = Duration::from_millis(250);
 /// Default number of compiled `eval` chunks kept per isle.
 pub const DEFAULT_CHUNK_CACHE: usize = 64;
 /// Default time given to interrupted code to unwind before the isle gives up on it.
@@ -71,6 +78,8 @@ pub struct IsleBuilder {
     interrupt: Interrupt,
     #[cfg(any(feature = "luajit", feature = "luajit52"))]
     jit: bool,
+    sandbox: Option<Sandbox>,
+    isolation: Isolation,
     /// A shared queue the isle's thread also serves (set for pool members).
     feed: Option<Feed>,
 }
@@ -95,6 +104,8 @@ impl Default for IsleBuilder {
             interrupt: Interrupt::default(),
             #[cfg(any(feature = "luajit", feature = "luajit52"))]
             jit: false,
+            sandbox: None,
+            isolation: Isolation::Shared,
             feed: None,
         }
     }
@@ -114,7 +125,9 @@ impl fmt::Debug for IsleBuilder {
             .field("chunk_cache", &self.chunk_cache)
             .field("allow_binary_chunks", &self.allow_binary_chunks)
             .field("grace_period", &self.grace_period)
-            .field("interrupt", &self.interrupt);
+            .field("interrupt", &self.interrupt)
+            .field("sandbox", &self.sandbox)
+            .field("isolation", &self.isolation);
         #[cfg(any(feature = "luajit", feature = "luajit52"))]
         f.field("jit", &self.jit);
         f.finish()
@@ -399,6 +412,70 @@ impl IsleBuilder {
         self
     }
 
+    /// Takes away what `sandbox` does not allow (see [`Sandbox`]). The host's `init` still
+    /// runs with everything; the sandbox closes once it has run (read-only tables).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{Isle, Sandbox};
+    ///
+    /// let isle = Isle::builder()
+    ///     .sandbox(Sandbox::new().full_os(true))
+    ///     .spawn(|_| Ok(()))?;
+    /// assert!(isle.eval::<bool>("io == nil and os.getenv ~= nil")?);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// Everything for running code you did not write: the strict [`Sandbox`], a fresh
+    /// environment per request ([`Isolation::FreshEnvironment`]), a memory limit of
+    /// [`SANDBOX_MEMORY_LIMIT`], a default timeout of [`SANDBOX_TIMEOUT`] and a grace period of
+    /// [`SANDBOX_GRACE_PERIOD`]. Each can be changed by a later call (`.timeout(..)`, say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{Isle, IsleError};
+    ///
+    /// let isle = Isle::builder()
+    ///     .sandboxed()
+    ///     .spawn(|lua| lua.globals().set("greet", lua.create_function(|_, n: String| Ok(format!("hi {n}")))?))?;
+    /// assert_eq!(isle.eval::<String>("greet('you')")?, "hi you");
+    /// assert!(isle.eval::<bool>("os.exit == nil and io == nil")?);
+    /// assert!(matches!(isle.eval::<()>("while true do end"), Err(IsleError::Timeout)));
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn sandboxed(self) -> Self {
+        self.sandbox(Sandbox::new())
+            .isolation(Isolation::FreshEnvironment)
+            .memory_limit(SANDBOX_MEMORY_LIMIT)
+            .timeout(SANDBOX_TIMEOUT)
+            .grace_period(SANDBOX_GRACE_PERIOD)
+    }
+
+    /// Chooses what a request sees of earlier ones (default [`Isolation::Shared`]).
+    /// [`Isolation::FreshVm`] needs a pool: [`spawn`](Self::spawn) refuses it with
+    /// [`IsleError::Config`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{Isle, Isolation};
+    ///
+    /// let isle = Isle::builder().isolation(Isolation::FreshEnvironment).spawn(|_| Ok(()))?;
+    /// isle.eval::<()>("leftover = true")?;
+    /// assert_eq!(isle.eval::<Option<bool>>("leftover")?, None);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
     /// LuaJIT only: whether the JIT compiler may run (default: off).
     ///
     /// LuaJIT runs no hook inside compiled code, so with the JIT on, a loop that got compiled
@@ -477,6 +554,8 @@ impl IsleBuilder {
             interrupt: self.interrupt,
             #[cfg(any(feature = "luajit", feature = "luajit52"))]
             jit: self.jit,
+            sandbox: self.sandbox.clone(),
+            isolation: self.isolation,
             feed: None,
         }
     }
@@ -506,6 +585,15 @@ impl IsleBuilder {
         if self.queue_capacity == 0 {
             return Err(IsleError::Config("queue capacity must be at least 1"));
         }
+        if self.isolation == Isolation::FreshVm {
+            return Err(IsleError::Config(
+                "a fresh VM per request needs a pool (IslePoolBuilder::isolation)",
+            ));
+        }
+        let libs = match &self.sandbox {
+            Some(sandbox) => crate::sandbox::libraries(sandbox, self.libs),
+            None => self.libs,
+        };
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
         let shared = Shared::new(self.timeout, self.grace_period, rx.clone());
         let ready = Slot::new((), None);
@@ -513,7 +601,7 @@ impl IsleBuilder {
             source: match self.factory {
                 Some(factory) => VmSource::Factory(factory),
                 None => VmSource::Std {
-                    libs: self.libs,
+                    libs,
                     options: self.options,
                 },
             },
@@ -525,6 +613,8 @@ impl IsleBuilder {
             feed: self.feed,
             #[cfg(any(feature = "luajit", feature = "luajit52"))]
             jit: self.jit,
+            sandbox: self.sandbox,
+            isolation: self.isolation,
         };
         let thread = {
             let shared = shared.clone();

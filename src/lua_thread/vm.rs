@@ -9,6 +9,7 @@ use mlua::chunk::ChunkMode;
 use mlua::{FromLuaMulti, Function, IntoLuaMulti, Lua, LuaOptions, StdLib, Table, Value};
 
 use crate::error::IsleError;
+use crate::sandbox::Sealed;
 
 /// How the VM is created on the Lua thread.
 pub(crate) enum VmSource {
@@ -63,6 +64,8 @@ pub(crate) struct Vm {
     /// Coroutine bodies (see [`Vm::coroutine`]) by the address of the function they wrap.
     #[cfg(feature = "tokio")]
     bodies: Option<LruCache<usize, (Function, Function)>>,
+    /// The sandbox's and isolation's state, once `init` has run.
+    sealed: Option<Sealed>,
 }
 
 impl Vm {
@@ -73,7 +76,46 @@ impl Vm {
             chunks: NonZeroUsize::new(chunk_cache).map(LruCache::new),
             #[cfg(feature = "tokio")]
             bodies: NonZeroUsize::new(chunk_cache).map(LruCache::new),
+            sealed: None,
             lua,
+        }
+    }
+
+    /// From now on, compiles chunks in the per-request environment if there is one.
+    pub(crate) fn seal(&mut self, sealed: Sealed) {
+        // Chunks `init` compiled through `eval` are not in it.
+        if let Some(chunks) = &mut self.chunks {
+            chunks.clear();
+        }
+        self.sealed = Some(sealed);
+    }
+
+    /// Forgets what the finished request left behind (a no-op without isolation or sandbox).
+    pub(crate) fn after_request(&mut self) {
+        let Some(sealed) = &mut self.sealed else {
+            return;
+        };
+        // Failing (out of memory) leaves the environment as it is: drop the chunks that run
+        // in it, and the next request gets a new one.
+        if !matches!(sealed.after_request(&self.lua), Ok(false)) {
+            if let Some(chunks) = &mut self.chunks {
+                chunks.clear();
+            }
+        }
+    }
+
+    /// The compiled chunk for a coroutine request's `code`: in an environment of its own
+    /// when requests get a fresh one (coroutine requests may run alongside each other).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn coroutine_chunk(&mut self, code: &str) -> mlua::Result<Function> {
+        match self
+            .sealed
+            .as_ref()
+            .map(|s| s.coroutine_env(&self.lua))
+            .transpose()?
+        {
+            Some(Some(env)) => self.compile(code, Some(&env)),
+            _ => self.chunk(code),
         }
     }
 
@@ -91,21 +133,33 @@ impl Vm {
         if let Some(function) = self.chunks.as_mut().and_then(|c| c.get(code)) {
             return Ok(function.clone());
         }
-        let function = self.compile(code)?;
+        let env = self.sealed.as_ref().and_then(Sealed::env).cloned();
+        let function = self.compile(code, env.as_ref())?;
         if let Some(chunks) = &mut self.chunks {
             chunks.put(code.to_owned(), function.clone());
         }
         Ok(function)
     }
 
-    fn compile(&self, code: &str) -> mlua::Result<Function> {
+    fn compile(&self, code: &str, env: Option<&Table>) -> mlua::Result<Function> {
+        fn in_env<'a>(
+            chunk: mlua::chunk::Chunk<'a>,
+            env: Option<&Table>,
+        ) -> mlua::chunk::Chunk<'a> {
+            match env {
+                Some(env) => chunk.set_environment(env.clone()),
+                None => chunk,
+            }
+        }
         if !starts_with_statement_keyword(code) {
-            let expression = self
-                .lua
-                .load(format!("return {code}"))
-                .set_name(code)
-                .set_mode(ChunkMode::Text)
-                .into_function();
+            let expression = in_env(
+                self.lua
+                    .load(format!("return {code}"))
+                    .set_name(code)
+                    .set_mode(ChunkMode::Text),
+                env,
+            )
+            .into_function();
             match expression {
                 Ok(function) => return Ok(function),
                 // Out of memory as an expression: as a block it would need as much, and its
@@ -114,11 +168,11 @@ impl Vm {
                 Err(_) => {}
             }
         }
-        self.lua
-            .load(code)
-            .set_name(code)
-            .set_mode(ChunkMode::Text)
-            .into_function()
+        in_env(
+            self.lua.load(code).set_name(code).set_mode(ChunkMode::Text),
+            env,
+        )
+        .into_function()
     }
 
     /// Calls the global function `name`.

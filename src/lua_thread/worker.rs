@@ -23,6 +23,7 @@ use crate::lua_thread::feed::{self, Feed, JobReport, Outcome};
 use crate::lua_thread::guards;
 use crate::lua_thread::loaders;
 use crate::lua_thread::vm::{Vm, VmSource};
+use crate::sandbox::{self, Isolation, Sandbox};
 
 /// The user's `init` closure.
 pub(crate) type Init = Box<dyn FnOnce(&Lua) -> mlua::Result<()> + Send>;
@@ -42,6 +43,10 @@ pub(crate) struct Setup {
     /// Whether LuaJIT's compiler may run.
     #[cfg(any(feature = "luajit", feature = "luajit52"))]
     pub(crate) jit: bool,
+    /// What scripts may not do.
+    pub(crate) sandbox: Option<Sandbox>,
+    /// What a request sees of earlier ones.
+    pub(crate) isolation: Isolation,
 }
 
 /// The Lua thread's state between jobs.
@@ -95,7 +100,15 @@ impl Worker {
             let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
             // Last: the guards wrap the functions the interrupt machinery replaced too.
             guards::install(&lua)?;
-            let worker = Worker {
+            if let Some(sandbox) = &setup.sandbox {
+                sandbox::restrict(&lua, sandbox)?;
+            }
+            let sealing = setup.sandbox.is_some() || setup.isolation != Isolation::Shared;
+            let libraries = match sealing {
+                true => Some(sandbox::library_tables(&lua)?),
+                false => None,
+            };
+            let mut worker = Worker {
                 #[cfg(feature = "tokio")]
                 executor: None,
                 armed: Rc::new(armed),
@@ -124,6 +137,15 @@ impl Worker {
                 return Err(IsleError::Timeout);
             }
             result?;
+            if sealing {
+                let sealed = sandbox::seal(
+                    worker.vm.lua(),
+                    setup.sandbox.as_ref(),
+                    setup.isolation,
+                    libraries,
+                )?;
+                worker.vm.seal(sealed);
+            }
             Ok(worker)
         };
         catch_unwind(AssertUnwindSafe(build))
@@ -299,6 +321,8 @@ where
         let token = current::leave().expect("the request context is set while it runs");
         worker.armed.end();
         worker.shared.request_ended();
+        // What the request left in its environment is garbage from here on.
+        worker.vm.after_request();
 
         let outcome = outcome(&worker.shared, &token, deadline, result);
         // Reported before the caller can see the result: whatever the report decides (a pool

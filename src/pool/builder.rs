@@ -11,6 +11,7 @@ use super::recycle::Recycle;
 use super::shared::{Factory, MemberFn, Parts, Template};
 use crate::error::IsleError;
 use crate::handle::builder::IsleBuilder;
+use crate::sandbox::Isolation;
 
 /// The default capacity of a pool's queue, per member.
 pub const DEFAULT_POOL_QUEUE_PER_MEMBER: usize = 256;
@@ -46,6 +47,8 @@ pub struct IslePoolBuilder {
     on_return: Option<MemberFn>,
     queue_capacity: Option<usize>,
     spares: usize,
+    /// Whether every request gets a VM of its own.
+    fresh_vm: bool,
 }
 
 impl fmt::Debug for IslePoolBuilder {
@@ -59,6 +62,7 @@ impl fmt::Debug for IslePoolBuilder {
             .field("on_return", &self.on_return.as_ref().map(|_| ".."))
             .field("queue_capacity", &self.queue_capacity)
             .field("spares", &self.spares)
+            .field("fresh_vm", &self.fresh_vm)
             .finish()
     }
 }
@@ -74,6 +78,7 @@ impl Default for IslePoolBuilder {
             on_return: None,
             queue_capacity: None,
             spares: 0,
+            fresh_vm: false,
         }
     }
 }
@@ -248,6 +253,52 @@ impl IslePoolBuilder {
         self
     }
 
+    /// The members' isles get [`IsleBuilder::sandboxed`]: the strict sandbox, a fresh
+    /// environment per request and limits for untrusted code. Replaces the sandbox, isolation
+    /// and limits of an [`isle`](Self::isle) builder given before; one given after replaces
+    /// these.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = mlua_isle::IslePool::builder().size(1).sandboxed().spawn(|_| Ok(()))?;
+    /// assert!(pool.eval::<bool>("io == nil")?);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn sandboxed(mut self) -> Self {
+        self.isle = self.isle.sandboxed();
+        self
+    }
+
+    /// Chooses what a request sees of earlier ones. [`Isolation::FreshVm`] runs each request
+    /// on a VM no request ran on before: every member is replaced after one request (whatever
+    /// [`recycle`](Self::recycle) says), with at least one spare started ahead so that a
+    /// request does not wait for a VM to start while the pool keeps up. Others are set on the
+    /// members' isles ([`IsleBuilder::isolation`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{IslePool, Isolation};
+    ///
+    /// let pool = IslePool::builder()
+    ///     .size(1)
+    ///     .isolation(Isolation::FreshVm)
+    ///     .spawn(|_| Ok(()))?;
+    /// pool.eval::<()>("string.rep = nil")?;
+    /// assert_eq!(pool.eval::<String>("string.rep('a', 2)")?, "aa");
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        if isolation == Isolation::FreshVm {
+            self.fresh_vm = true;
+        } else {
+            self.fresh_vm = false;
+            self.isle = self.isle.isolation(isolation);
+        }
+        self
+    }
+
     /// Starts every member, runs `init` on each (and later on every replacement), and returns
     /// once all of them are ready.
     ///
@@ -311,11 +362,15 @@ impl IslePoolBuilder {
             on_return: self.on_return,
             name,
         };
+        let (recycle, spares) = match self.fresh_vm {
+            true => (self.recycle.after_requests(1), self.spares.max(1)),
+            false => (self.recycle, self.spares),
+        };
         Ok(Parts {
             template,
-            recycle: self.recycle,
+            recycle,
             size,
-            spares: self.spares,
+            spares,
             queue_capacity,
             default_timeout,
         })

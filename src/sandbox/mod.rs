@@ -1,0 +1,284 @@
+//! Untrusted scripts: what a sandboxed VM lacks, read-only libraries and host tables, and a
+//! fresh environment for each request.
+//!
+//! Applied by the Lua thread in two steps: [`restrict`] before `init` (removals and tamed
+//! functions), [`seal`] after it (read-only tables, the per-request environment); between
+//! requests, [`Sealed::after_request`] empties that environment.
+//!
+//! May import from `error` and `interrupt`, not from `lua_thread`, `handle` or `pool`.
+
+mod config;
+mod output;
+
+use std::sync::OnceLock;
+
+use mlua::{Lua, StdLib, Table, Value};
+
+pub use config::{Isolation, PrintSink, Sandbox};
+pub use output::take_output;
+
+/// Where the table of read-only tables (each mapped to its hidden contents) is kept.
+const FROZEN: &str = "mlua_isle.sandbox.frozen";
+
+/// The standard libraries a sandbox keeps out of the VM it is created with.
+pub(crate) fn libraries(sandbox: &Sandbox, mut libs: StdLib) -> StdLib {
+    #[cfg(not(feature = "luau"))]
+    if !sandbox.file_system {
+        libs = without(libs, StdLib::IO);
+    }
+    #[cfg(not(feature = "luau"))]
+    if !sandbox.modules {
+        libs = without(libs, StdLib::PACKAGE);
+    }
+    if !sandbox.debug {
+        libs = without(libs, StdLib::DEBUG);
+    }
+    #[cfg(any(feature = "luajit", feature = "luajit52"))]
+    if !sandbox.jit {
+        libs = without(without(libs, StdLib::JIT), StdLib::FFI);
+    }
+    libs
+}
+
+/// `libs` without `lib`.
+fn without(libs: StdLib, lib: StdLib) -> StdLib {
+    (libs | lib) ^ lib
+}
+
+/// Removes and tames what `sandbox` takes away, before `init` runs.
+pub(crate) fn restrict(lua: &Lua, sandbox: &Sandbox) -> mlua::Result<()> {
+    static COMPILED: OnceLock<Vec<u8>> = OnceLock::new();
+    let globals = lua.globals();
+    let opts = lua.create_table()?;
+    opts.raw_set("file_system", sandbox.file_system)?;
+    opts.raw_set("full_os", sandbox.full_os)?;
+    opts.raw_set("debug", sandbox.debug)?;
+    opts.raw_set("modules", sandbox.modules)?;
+    opts.raw_set("string_dump", sandbox.string_dump)?;
+    opts.raw_set("load_needs_env", sandbox.load_needs_env)?;
+    opts.raw_set("finalizers", sandbox.finalizers)?;
+    opts.raw_set("gc_control", sandbox.gc_control)?;
+    opts.raw_set("environment_functions", sandbox.environment_functions)?;
+    opts.raw_set("jit", sandbox.jit)?;
+    opts.raw_set("luau", cfg!(feature = "luau"))?;
+    opts.raw_set("keep_print", matches!(sandbox.print, PrintSink::Stdout))?;
+    let compile = lua.create_function(
+        |lua, (text, name, env): (mlua::LuaString, Option<String>, Table)| {
+            let name = name.unwrap_or_else(|| text.to_string_lossy());
+            let loaded = lua
+                .load(text.as_bytes().to_vec())
+                .set_name(name)
+                .set_mode(mlua::chunk::ChunkMode::Text)
+                .set_environment(env)
+                .into_function();
+            Ok(match loaded {
+                Ok(function) => (Value::Function(function), None),
+                Err(err) => (Value::Nil, Some(output::load_error_message(&err))),
+            })
+        },
+    )?;
+    let sink = output::install(lua, &sandbox.print)?;
+    let source = include_str!("restrict.lua");
+    let chunk = crate::interrupt::load_own_chunk(lua, &COMPILED, source, "=[isle sandbox]")?;
+    chunk.call::<()>((globals, opts, frozen_table(lua)?, compile, sink))
+}
+
+/// The table of read-only tables, created on first use (weak keys).
+fn frozen_table(lua: &Lua) -> mlua::Result<Table> {
+    if let Ok(table) = lua.named_registry_value::<Table>(FROZEN) {
+        return Ok(table);
+    }
+    let table = lua.create_table()?;
+    let meta = lua.create_table()?;
+    meta.raw_set("__mode", "k")?;
+    table.set_metatable(Some(meta))?;
+    lua.set_named_registry_value(FROZEN, &table)?;
+    Ok(table)
+}
+
+/// The tables among the globals before `init` runs: the libraries, by name.
+pub(crate) fn library_tables(lua: &Lua) -> mlua::Result<Table> {
+    let globals = lua.globals();
+    let libraries = lua.create_table()?;
+    for pair in globals.pairs::<Value, Value>() {
+        let (name, value) = pair?;
+        if let (Value::String(_), Value::Table(table)) = (&name, &value) {
+            if *table != globals {
+                libraries.raw_set(name, value)?;
+            }
+        }
+    }
+    Ok(libraries)
+}
+
+/// What [`seal`] left in the VM that later requests need.
+pub(crate) struct Sealed {
+    /// The environment of plain requests, emptied after each (with [`Isolation::FreshEnvironment`]).
+    env: Option<FreshEnv>,
+}
+
+/// The per-request environment: a table that reads through to the globals.
+struct FreshEnv {
+    table: Table,
+    meta: Table,
+}
+
+/// How many globals a request may leave before its environment is replaced rather than
+/// emptied (emptying keeps the table's capacity).
+const REUSE_LIMIT: usize = 64;
+
+/// Makes tables read-only after `init` and prepares the per-request environment.
+pub(crate) fn seal(
+    lua: &Lua,
+    sandbox: Option<&Sandbox>,
+    isolation: Isolation,
+    libraries: Option<Table>,
+) -> mlua::Result<Sealed> {
+    let fresh = isolation == Isolation::FreshEnvironment;
+    let freeze_libraries = fresh || sandbox.is_some_and(|s| s.read_only_libraries);
+    let freeze_host = fresh || sandbox.is_some_and(|s| s.read_only_host_tables);
+    if freeze_libraries || freeze_host {
+        let libraries = match libraries {
+            Some(libraries) => libraries,
+            None => lua.create_table()?,
+        };
+        freeze(lua, libraries, freeze_libraries, freeze_host)?;
+    }
+    let gc_free = sandbox.is_none_or(|s| s.gc_control);
+    let env = if fresh {
+        if gc_free {
+            output::watch_gc_settings(lua)?;
+        }
+        Some(FreshEnv::new(lua)?)
+    } else {
+        None
+    };
+    // Luau's own sandbox: read-only globals, and a writable environment of the main thread's
+    // own over them (what requests share without a fresh environment).
+    #[cfg(feature = "luau")]
+    if sandbox.is_some_and(|s| s.read_only_libraries) {
+        lua.sandbox(true)?;
+    }
+    Ok(Sealed { env })
+}
+
+#[cfg(not(feature = "luau"))]
+fn freeze(
+    lua: &Lua,
+    libraries: Table,
+    freeze_libraries: bool,
+    freeze_host: bool,
+) -> mlua::Result<()> {
+    static COMPILED: OnceLock<Vec<u8>> = OnceLock::new();
+    let source = include_str!("seal.lua");
+    let chunk = crate::interrupt::load_own_chunk(lua, &COMPILED, source, "=[isle seal]")?;
+    chunk.call::<()>((
+        lua.globals(),
+        frozen_table(lua)?,
+        libraries,
+        freeze_libraries,
+        freeze_host,
+    ))
+}
+
+#[cfg(feature = "luau")]
+fn freeze(
+    lua: &Lua,
+    libraries: Table,
+    freeze_libraries: bool,
+    freeze_host: bool,
+) -> mlua::Result<()> {
+    fn deep(table: &Table, seen: &mut Vec<Table>) -> mlua::Result<()> {
+        if table.is_readonly() || table.metatable().is_some() || seen.contains(table) {
+            return Ok(());
+        }
+        seen.push(table.clone());
+        for pair in table.pairs::<Value, Value>() {
+            if let (_, Value::Table(inner)) = pair? {
+                deep(&inner, seen)?;
+            }
+        }
+        table.set_readonly(true);
+        Ok(())
+    }
+    let globals = lua.globals();
+    if freeze_libraries {
+        for pair in libraries.pairs::<Value, Table>() {
+            pair?.1.set_readonly(true);
+        }
+        if let Some(meta) = lua.type_metatable::<mlua::LuaString>() {
+            meta.set_readonly(true);
+        }
+    }
+    if freeze_host {
+        let mut seen = vec![globals.clone()];
+        for pair in globals.pairs::<Value, Value>() {
+            if let (name, Value::Table(table)) = pair? {
+                if !libraries.contains_key(name)? {
+                    deep(&table, &mut seen)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl FreshEnv {
+    fn new(lua: &Lua) -> mlua::Result<FreshEnv> {
+        let meta = lua.create_table()?;
+        meta.raw_set("__index", lua.globals())?;
+        meta.raw_set("__metatable", false)?;
+        Ok(FreshEnv {
+            table: FreshEnv::table(lua, &meta)?,
+            meta,
+        })
+    }
+
+    fn table(lua: &Lua, meta: &Table) -> mlua::Result<Table> {
+        let table = lua.create_table()?;
+        table.set_metatable(Some(meta.clone()))?;
+        table.raw_set("_G", &table)?;
+        Ok(table)
+    }
+}
+
+impl Sealed {
+    /// The environment plain `eval` chunks are compiled with, if requests get a fresh one.
+    pub(crate) fn env(&self) -> Option<&Table> {
+        self.env.as_ref().map(|env| &env.table)
+    }
+
+    #[cfg(feature = "tokio")]
+    /// A new environment for one coroutine request (which may run alongside others).
+    pub(crate) fn coroutine_env(&self, lua: &Lua) -> mlua::Result<Option<Table>> {
+        self.env
+            .as_ref()
+            .map(|env| FreshEnv::table(lua, &env.meta))
+            .transpose()
+    }
+
+    /// Forgets what the request left: its globals, its output, the collector settings it
+    /// changed. Returns `true` when the environment was replaced by a new table (chunks
+    /// compiled with the old one must be dropped).
+    pub(crate) fn after_request(&mut self, lua: &Lua) -> mlua::Result<bool> {
+        output::clear(lua);
+        let Some(env) = &mut self.env else {
+            return Ok(false);
+        };
+        output::restore_gc_settings(lua);
+        let mut keys = Vec::new();
+        for pair in env.table.pairs::<Value, Value>() {
+            let (key, _) = pair?;
+            if keys.len() == REUSE_LIMIT {
+                env.table = FreshEnv::table(lua, &env.meta)?;
+                return Ok(true);
+            }
+            keys.push(key);
+        }
+        for key in keys {
+            env.table.raw_set(key, Value::Nil)?;
+        }
+        env.table.raw_set("_G", &env.table)?;
+        Ok(false)
+    }
+}

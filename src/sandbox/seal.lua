@@ -1,0 +1,73 @@
+-- [isle seal] Makes tables read-only in place, once `init` has run: each keeps its identity,
+-- its contents move behind its metatable. Receives the globals, the registry table of
+-- read-only tables, the tables that were libraries before `init`, and what to freeze.
+local G, frozen, libraries, freeze_libraries, freeze_host = ...
+local type, error, rawget, rawset, setmetatable, getmetatable, tostring, next =
+  type, error, rawget, rawset, setmetatable, getmetatable, tostring, next
+
+local function refuse(_, key)
+  error("attempt to modify a read-only table (field '" .. tostring(key) .. "')", 2)
+end
+
+local function freeze(t)
+  if frozen[t] ~= nil or getmetatable(t) ~= nil then return false end
+  local hidden = {}
+  for k, v in next, t do hidden[k] = v end
+  for k in next, hidden do rawset(t, k, nil) end
+  frozen[t] = hidden
+  setmetatable(t, {
+    __index = hidden,
+    __newindex = refuse,
+    __metatable = false,
+    __pairs = function() return next, hidden, nil end,
+    __len = function() return #hidden end,
+  })
+  return true
+end
+
+-- Host tables: the tables reachable from the globals, through tables without metatables.
+local function freeze_deep(t)
+  if not freeze(t) then return end
+  for _, v in next, frozen[t] do
+    if type(v) == "table" and v ~= G then freeze_deep(v) end
+  end
+end
+
+if freeze_libraries then
+  for _, lib in next, libraries do freeze(lib) end
+  local string_meta = getmetatable("")
+  if type(string_meta) == "table" then
+    string_meta.__metatable = false
+  end
+end
+if freeze_host then
+  for name, value in next, G do
+    if type(value) == "table" and value ~= G and not libraries[name] then
+      freeze_deep(value)
+    end
+  end
+end
+
+-- Raw writes would bypass the metatable: refuse them on read-only tables.
+local function check(t, fname)
+  if frozen[t] ~= nil then
+    error("bad argument #1 to '" .. fname .. "' (table is read-only)", 3)
+  end
+end
+local raw = rawset
+G.rawset = function(t, k, v)
+  check(t, "rawset")
+  return raw(t, k, v)
+end
+local tbl = frozen[G.table] or G.table
+if type(tbl) == "table" then
+  for _, fname in next, { "insert", "remove", "sort", "move", "setn" } do
+    local original = rawget(tbl, fname)
+    if original ~= nil then
+      rawset(tbl, fname, function(t, ...)
+        check(t, fname)
+        return original(t, ...)
+      end)
+    end
+  end
+end

@@ -1,0 +1,366 @@
+//! The sandbox preset and isolation between requests: what scripts can no longer reach, what
+//! they can no longer change, and what the next request no longer sees.
+
+mod common;
+
+use mlua_isle::{Isle, IsleError, Isolation, PrintSink, Sandbox};
+
+fn sandboxed() -> Isle {
+    Isle::builder()
+        .sandboxed()
+        .spawn(|lua| {
+            lua.load("config = { level = 3, nested = { deep = 1 } } function host_add(a, b) return a + b end")
+                .exec()
+        })
+        .unwrap()
+}
+
+fn is_blocked(isle: &Isle, code: &str) -> bool {
+    isle.eval::<()>(code).is_err()
+}
+
+#[test]
+fn dangerous_globals_are_gone() {
+    let isle = sandboxed();
+    for name in [
+        "io",
+        "dofile",
+        "loadfile",
+        "require",
+        "package",
+        "module",
+        "debug",
+        "loadstring",
+        "getfenv",
+        "setfenv",
+        "jit",
+    ] {
+        assert!(
+            isle.eval::<bool>(&format!("return {name} == nil")).unwrap(),
+            "{name} is reachable"
+        );
+    }
+    #[cfg(not(feature = "luau"))]
+    assert!(isle.eval::<bool>("return newproxy == nil").unwrap());
+    assert!(isle.eval::<bool>("return string.dump == nil").unwrap());
+}
+
+#[test]
+fn os_keeps_only_time_functions() {
+    let isle = sandboxed();
+    let names: Vec<String> = isle
+        .eval::<Vec<String>>(
+            "local t = {} for k in pairs(os) do t[#t + 1] = k end table.sort(t) return t",
+        )
+        .unwrap();
+    #[cfg(not(any(feature = "lua51", feature = "luajit")))]
+    assert_eq!(names, ["clock", "date", "difftime", "time"]);
+    let _ = names;
+    for name in [
+        "execute",
+        "exit",
+        "remove",
+        "rename",
+        "getenv",
+        "tmpname",
+        "setlocale",
+    ] {
+        assert!(isle
+            .eval::<bool>(&format!("return os.{name} == nil"))
+            .unwrap());
+    }
+    assert!(isle.eval::<f64>("return os.clock()").unwrap() >= 0.0);
+}
+
+#[test]
+fn load_reads_text_only_and_needs_an_environment() {
+    let isle = sandboxed();
+    assert_eq!(
+        isle.eval::<i64>("return load('return x', 'c', 't', { x = 4 })()")
+            .unwrap(),
+        4
+    );
+    assert!(is_blocked(&isle, "return load('return 1')"));
+    assert!(is_blocked(&isle, "return load('return 1', 'c', 't')"));
+    // A loaded chunk sees only the environment it was given.
+    assert!(isle
+        .eval::<bool>("return load('return config', 'c', 't', {})() == nil")
+        .unwrap());
+    // Binary chunks are refused: the mode must allow text, and text is all it reads.
+    let (f, msg) = isle
+        .eval::<(Option<bool>, String)>("return load('x', 'c', 'b', {})")
+        .unwrap();
+    assert!(f.is_none() && msg.contains("mode"), "{msg}");
+    let (f, msg) = isle
+        .eval::<(Option<bool>, String)>("return load('\\27Lua', 'c', 'bt', {})")
+        .unwrap();
+    assert!(f.is_none(), "{msg}");
+    // A reader function works as in Lua 5.2+.
+    assert_eq!(
+        isle.eval::<i64>(
+            "local parts, i = { 'return ', '4', '0' }, 0 \
+             return load(function() i = i + 1 return parts[i] end, 'r', 't', {})()"
+        )
+        .unwrap(),
+        40
+    );
+    // A syntax error is returned, not raised.
+    let (f, msg) = isle
+        .eval::<(Option<bool>, String)>("return load('return +', 'c', 't', {})")
+        .unwrap();
+    assert!(f.is_none() && !msg.is_empty());
+}
+
+#[test]
+fn finalizers_cannot_be_set() {
+    let isle = sandboxed();
+    assert!(is_blocked(
+        &isle,
+        "setmetatable({}, { __gc = function() end })"
+    ));
+    // A placeholder set before the function is refused as well.
+    assert!(is_blocked(
+        &isle,
+        "local mt = { __gc = true } setmetatable({}, mt)"
+    ));
+    assert!(is_blocked(&isle, "setmetatable({}, { __gc = false })"));
+    // Other metatables still work.
+    assert_eq!(
+        isle.eval::<i64>("return setmetatable({}, { __index = function() return 7 end }).x")
+            .unwrap(),
+        7
+    );
+}
+
+#[test]
+fn collectgarbage_cannot_stop_or_retune_the_collector() {
+    let isle = sandboxed();
+    for option in [
+        "stop",
+        "restart",
+        "setpause",
+        "setstepmul",
+        "incremental",
+        "generational",
+    ] {
+        assert!(
+            is_blocked(&isle, &format!("collectgarbage('{option}')")),
+            "{option} allowed"
+        );
+    }
+    assert!(isle.eval::<f64>("return collectgarbage('count')").unwrap() > 0.0);
+    // (Luau's `collectgarbage` knows only "count".)
+    #[cfg(not(feature = "luau"))]
+    isle.eval::<()>("collectgarbage('collect')").unwrap();
+}
+
+#[test]
+fn libraries_and_the_string_metatable_are_read_only() {
+    let isle = sandboxed();
+    for code in [
+        "string.rep = nil",
+        "string.evil = 1",
+        "math.pi = 3",
+        "table.insert = print",
+        "rawset(string, 'rep', print)",
+        "table.insert(string, 1)",
+        "setmetatable(string, nil)",
+        "getmetatable('').__index = {}",
+        "os.time = nil",
+        "coroutine.wrap = nil",
+    ] {
+        assert!(is_blocked(&isle, code), "allowed: {code}");
+    }
+    assert_eq!(isle.eval::<String>("return ('ab'):rep(2)").unwrap(), "abab");
+    assert_eq!(
+        isle.eval::<String>("return string.rep('x', 3)").unwrap(),
+        "xxx"
+    );
+    // Out of reach where Luau's read-only tables are not there to protect it.
+    #[cfg(not(feature = "luau"))]
+    assert!(isle.eval::<bool>("return getmetatable('') == false").unwrap());
+}
+
+#[test]
+fn host_globals_stay_visible_and_protected() {
+    let isle = sandboxed();
+    assert_eq!(isle.eval::<i64>("return host_add(2, 3)").unwrap(), 5);
+    assert_eq!(isle.eval::<i64>("return config.level").unwrap(), 3);
+    assert!(is_blocked(&isle, "config.level = 9"));
+    assert!(is_blocked(&isle, "config.nested.deep = 9"));
+    assert!(is_blocked(&isle, "rawset(config, 'level', 9)"));
+    // Replacing a host global affects only the request that does it.
+    isle.eval::<()>("host_add = nil config = nil").unwrap();
+    assert_eq!(isle.eval::<i64>("return host_add(1, 1)").unwrap(), 2);
+    assert_eq!(isle.eval::<i64>("return config.nested.deep").unwrap(), 1);
+}
+
+#[test]
+fn nothing_a_request_leaves_reaches_the_next() {
+    let isle = Isle::builder()
+        .isolation(Isolation::FreshEnvironment)
+        .spawn(|_| Ok(()))
+        .unwrap();
+    isle.eval::<()>("leaked = 1; _G.also = 2; rawset(_G, 'raw', 3)")
+        .unwrap();
+    assert!(isle
+        .eval::<bool>("return leaked == nil and also == nil and raw == nil")
+        .unwrap());
+    // `_G` is the request's own environment, and its metatable is out of reach.
+    assert!(isle
+        .eval::<bool>("return _G ~= nil and _G._G == _G")
+        .unwrap());
+    assert!(is_blocked(&isle, "setmetatable(_G, {})"));
+    assert!(isle
+        .eval::<bool>("return getmetatable(_G) == false")
+        .unwrap());
+    // Many globals: the environment is replaced, and still starts empty.
+    isle.eval::<()>("for i = 1, 1000 do _G['g' .. i] = i end")
+        .unwrap();
+    assert!(isle
+        .eval::<bool>("return g1 == nil and g1000 == nil")
+        .unwrap());
+    // The same cached chunk runs in a clean environment each time.
+    for _ in 0..3 {
+        assert_eq!(
+            isle.eval::<i64>("counter = (counter or 0) + 1 return counter")
+                .unwrap(),
+            1
+        );
+    }
+}
+
+#[test]
+fn gc_settings_a_request_changed_are_restored() {
+    let isle = Isle::builder()
+        .isolation(Isolation::FreshEnvironment)
+        .spawn(|_| Ok(()))
+        .unwrap();
+    isle.eval::<()>("collectgarbage('stop')").unwrap();
+    #[cfg(not(any(feature = "lua51", feature = "luajit", feature = "luau")))]
+    assert!(isle
+        .eval::<bool>("return collectgarbage('isrunning')")
+        .unwrap());
+    // Generational mode and tuning are put back too.
+    #[cfg(feature = "lua54")]
+    {
+        isle.eval::<()>("collectgarbage('generational')").unwrap();
+        assert_eq!(
+            isle.eval::<String>("return collectgarbage('incremental')")
+                .unwrap(),
+            "incremental"
+        );
+    }
+}
+
+#[test]
+fn print_goes_where_the_host_routes_it() {
+    // Discarded by default; `__tostring` still runs as with Lua's own print.
+    let isle = sandboxed();
+    isle.eval::<()>("print('x', 1, nil, true)").unwrap();
+    assert!(is_blocked(
+        &isle,
+        "print(setmetatable({}, { __tostring = function() error('boom') end }))"
+    ));
+    // Collected per request, capped.
+    let isle = Isle::builder()
+        .sandbox(Sandbox::new().print(PrintSink::collect(16)))
+        .spawn(|_| Ok(()))
+        .unwrap();
+    let out = isle
+        .exec(|lua| {
+            lua.load("print('a', 1) print(string.rep('y', 100)) print('b')")
+                .exec()?;
+            Ok(mlua_isle::take_output(lua))
+        })
+        .unwrap();
+    assert_eq!(out, "a\t1\nb\n");
+    isle.eval::<()>("print('left over')").unwrap();
+    assert_eq!(
+        isle.exec(|lua| Ok(mlua_isle::take_output(lua))).unwrap(),
+        ""
+    );
+}
+
+#[test]
+fn each_piece_can_be_given_back() {
+    let isle = Isle::builder()
+        .sandbox(
+            Sandbox::new()
+                .full_os(true)
+                .string_dump(true)
+                .finalizers(true)
+                .gc_control(true)
+                .load_needs_env(false)
+                .read_only_libraries(false),
+        )
+        .spawn(|_| Ok(()))
+        .unwrap();
+    #[cfg(not(feature = "luau"))]
+    assert!(isle.eval::<bool>("return os.getenv ~= nil").unwrap());
+    #[cfg(not(feature = "luau"))]
+    assert!(isle.eval::<bool>("return string.dump ~= nil").unwrap());
+    isle.eval::<()>("setmetatable({}, { __gc = function() end })")
+        .unwrap();
+    isle.eval::<()>("collectgarbage('stop') collectgarbage('restart')")
+        .unwrap();
+    assert_eq!(isle.eval::<i64>("return load('return 5')()").unwrap(), 5);
+    isle.eval::<()>("string.custom = 1").unwrap();
+    assert_eq!(isle.eval::<i64>("return string.custom").unwrap(), 1);
+}
+
+#[test]
+fn sandboxed_sets_limits_for_untrusted_code() {
+    let isle = sandboxed();
+    assert!(matches!(
+        isle.eval::<()>("while true do end"),
+        Err(IsleError::Timeout)
+    ));
+    assert!(matches!(
+        isle.eval::<()>("local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(1024) .. i end"),
+        Err(IsleError::Lua(_)) | Err(IsleError::Timeout)
+    ));
+    assert_eq!(isle.eval::<i64>("return 1 + 1").unwrap(), 2);
+}
+
+#[test]
+fn a_fresh_vm_needs_a_pool() {
+    let err = Isle::builder()
+        .isolation(Isolation::FreshVm)
+        .spawn(|_| Ok(()))
+        .unwrap_err();
+    assert!(matches!(err, IsleError::Config(_)));
+}
+
+#[test]
+fn a_pool_can_give_every_request_a_fresh_vm() {
+    let pool = mlua_isle::IslePool::builder()
+        .size(1)
+        .isolation(Isolation::FreshVm)
+        .spawn(|lua| lua.globals().set("base", 1))
+        .unwrap();
+    for _ in 0..5 {
+        assert!(pool
+            .eval::<bool>(
+                "local seen = marker ~= nil; marker = true; string.rep = nil; return not seen"
+            )
+            .unwrap());
+        assert_eq!(pool.eval::<i64>("base").unwrap(), 1);
+    }
+    assert!(pool.stats().recycled.total() >= 4);
+}
+
+#[test]
+fn a_sandboxed_pool_isolates_requests() {
+    let pool = mlua_isle::IslePool::builder()
+        .size(2)
+        .sandboxed()
+        .spawn(|_| Ok(()))
+        .unwrap();
+    for _ in 0..10 {
+        assert!(pool
+            .eval::<bool>("local fresh = x == nil; x = 1; return fresh")
+            .unwrap());
+    }
+    assert!(pool.eval::<bool>("io == nil and debug == nil").unwrap());
+}
