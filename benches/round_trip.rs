@@ -1,6 +1,7 @@
 //! Round trips, pipelining and the isle lifecycle, each next to its floor
 //! measured in the same run: the same work on raw mlua on the calling thread, and a raw
 //! crossbeam round trip to another thread. CPU-bound scripts are in `benches/interrupt.rs`.
+//! `isolation`: the same `eval` round trip with each isolation between requests.
 //!
 //! Run with: `cargo bench --bench round_trip`
 
@@ -9,7 +10,7 @@ use std::thread;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mlua_isle::mlua::{Function, Lua, ObjectLike};
-use mlua_isle::Isle;
+use mlua_isle::{Isle, IslePool, Isolation};
 
 fn raw_lua() -> Lua {
     let lua = Lua::new();
@@ -155,5 +156,40 @@ fn lifecycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trip, pipelined, lifecycle);
+/// `eval("return 1")` with each isolation between requests: the shared globals (the floor),
+/// a fresh environment per request, the whole sandbox preset, and a fresh VM per request
+/// through a pool of one with a spare.
+fn isolation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("isolation");
+    let shared = Isle::spawn(|_| Ok(())).unwrap();
+    group.bench_function("isle_shared/eval", |b| {
+        b.iter(|| black_box(shared.eval::<i64>("return 1").unwrap()))
+    });
+    shared.shutdown().unwrap();
+    let fresh = Isle::builder()
+        .isolation(Isolation::FreshEnvironment)
+        .spawn(|_| Ok(()))
+        .unwrap();
+    group.bench_function("isle_fresh_environment/eval", |b| {
+        b.iter(|| black_box(fresh.eval::<i64>("return 1").unwrap()))
+    });
+    fresh.shutdown().unwrap();
+    let sandboxed = Isle::builder().sandboxed().spawn(|_| Ok(())).unwrap();
+    group.bench_function("isle_sandboxed/eval", |b| {
+        b.iter(|| black_box(sandboxed.eval::<i64>("return 1").unwrap()))
+    });
+    sandboxed.shutdown().unwrap();
+    let pool = IslePool::builder()
+        .size(1)
+        .isolation(Isolation::FreshVm)
+        .spawn(|_| Ok(()))
+        .unwrap();
+    group.bench_function("pool_of_1_fresh_vm/eval", |b| {
+        b.iter(|| black_box(pool.eval::<i64>("return 1").unwrap()))
+    });
+    pool.shutdown().unwrap();
+    group.finish();
+}
+
+criterion_group!(benches, round_trip, pipelined, lifecycle, isolation);
 criterion_main!(benches);
