@@ -178,7 +178,9 @@ fn libraries_and_the_string_metatable_are_read_only() {
     );
     // Out of reach where Luau's read-only tables are not there to protect it.
     #[cfg(not(feature = "luau"))]
-    assert!(isle.eval::<bool>("return getmetatable('') == false").unwrap());
+    assert!(isle
+        .eval::<bool>("return getmetatable('') == false")
+        .unwrap());
 }
 
 #[test]
