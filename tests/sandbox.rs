@@ -366,3 +366,35 @@ fn a_sandboxed_pool_isolates_requests() {
     }
     assert!(pool.eval::<bool>("io == nil and debug == nil").unwrap());
 }
+
+#[test]
+fn iterating_a_read_only_table_does_not_hand_out_its_contents() {
+    let isle = sandboxed();
+    // `pairs` must not return the hidden table as the iterator's state.
+    assert!(
+        is_blocked(
+            &isle,
+            "local _, state = pairs(string) if type(state) == 'table' then state.rep = nil end \
+         return string.rep('a', 2) == 'aa' or error('tampered')"
+        ) || isle.eval::<String>("return string.rep('a', 2)").unwrap() == "aa"
+    );
+    assert_eq!(
+        isle.eval::<String>("return string.rep('a', 2)").unwrap(),
+        "aa"
+    );
+    #[cfg(not(any(feature = "lua51", feature = "luajit")))]
+    assert!(isle
+        .eval::<bool>("local n = 0 for k, v in pairs(string) do n = n + 1 end return n > 10")
+        .unwrap());
+}
+
+#[test]
+fn removing_g_from_the_environment_does_not_reveal_the_real_globals() {
+    let isle = sandboxed();
+    assert!(isle.eval::<bool>("_G = nil return _G == nil").unwrap());
+    isle.eval::<()>("rawset(_ENV or _G or {}, '_G', nil) local g = _G if g then g.leak = 1 end")
+        .unwrap();
+    assert!(isle.eval::<bool>("return leak == nil").unwrap());
+    // Host functions still see the real globals through Rust.
+    assert_eq!(isle.eval::<i64>("return host_add(1, 2)").unwrap(), 3);
+}

@@ -149,6 +149,9 @@ pub(crate) fn seal(
         if gc_free {
             output::watch_gc_settings(lua)?;
         }
+        // A request whose environment lost its `_G` must not find the real globals' one
+        // through it: from here on `_G` is only the request's own environment.
+        lua.globals().raw_remove("_G")?;
         Some(FreshEnv::new(lua)?)
     } else {
         None
@@ -178,6 +181,12 @@ fn freeze(
         libraries,
         freeze_libraries,
         freeze_host,
+        cfg!(any(
+            feature = "lua51",
+            feature = "lua52",
+            feature = "luajit",
+            feature = "luajit52"
+        )),
     ))
 }
 

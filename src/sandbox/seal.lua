@@ -1,7 +1,7 @@
 -- [isle seal] Makes tables read-only in place, once `init` has run: each keeps its identity,
 -- its contents move behind its metatable. Receives the globals, the registry table of
 -- read-only tables, the tables that were libraries before `init`, and what to freeze.
-local G, frozen, libraries, freeze_libraries, freeze_host = ...
+local G, frozen, libraries, freeze_libraries, freeze_host, raw_table_functions = ...
 local type, error, rawget, rawset, setmetatable, getmetatable, tostring, next =
   type, error, rawget, rawset, setmetatable, getmetatable, tostring, next
 
@@ -19,7 +19,15 @@ local function freeze(t)
     __index = hidden,
     __newindex = refuse,
     __metatable = false,
-    __pairs = function() return next, hidden, nil end,
+    -- An iterator of its own: handing out `hidden` (as `next`'s state) would let it be changed.
+    __pairs = function(self)
+      local key
+      return function()
+        local value
+        key, value = next(hidden, key)
+        return key, value
+      end, self, nil
+    end,
     __len = function() return #hidden end,
   })
   return true
@@ -59,8 +67,9 @@ G.rawset = function(t, k, v)
   check(t, "rawset")
   return raw(t, k, v)
 end
+-- (From Lua 5.3 on, the table library goes through metamethods, which refuse already.)
 local tbl = frozen[G.table] or G.table
-if type(tbl) == "table" then
+if raw_table_functions and type(tbl) == "table" then
   for _, fname in next, { "insert", "remove", "sort", "move", "setn" } do
     local original = rawget(tbl, fname)
     if original ~= nil then
