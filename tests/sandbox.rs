@@ -398,3 +398,24 @@ fn removing_g_from_the_environment_does_not_reveal_the_real_globals() {
     // Host functions still see the real globals through Rust.
     assert_eq!(isle.eval::<i64>("return host_add(1, 2)").unwrap(), 3);
 }
+
+#[test]
+fn memory_a_request_hoarded_does_not_starve_the_next() {
+    let isle = Isle::builder()
+        .isolation(Isolation::FreshEnvironment)
+        .memory_limit(16 << 20)
+        .spawn(|_| Ok(()))
+        .unwrap();
+    let hoard = "hoard = {} for i = 1, 80 do hoard[i] = string.rep(tostring(i), 128 * 1024 // #tostring(i)) end";
+    let hoard = hoard.replace(
+        "//",
+        if cfg!(any(feature = "lua51", feature = "luajit", feature = "luau")) {
+            "/"
+        } else {
+            "//"
+        },
+    );
+    for _ in 0..3 {
+        isle.eval::<()>(hoard.as_str()).unwrap();
+    }
+}

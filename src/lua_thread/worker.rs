@@ -143,6 +143,7 @@ impl Worker {
                     setup.sandbox.as_ref(),
                     setup.isolation,
                     libraries,
+                    setup.memory_limit,
                 )?;
                 worker.vm.seal(sealed);
             }

@@ -115,6 +115,10 @@ pub(crate) fn library_tables(lua: &Lua) -> mlua::Result<Table> {
 pub(crate) struct Sealed {
     /// The environment of plain requests, emptied after each (with [`Isolation::FreshEnvironment`]).
     env: Option<FreshEnv>,
+    /// The VM's memory limit: what a request left is collected before the next one if it
+    /// takes more than half of it (Lua 5.1, LuaJIT and Luau do not collect before failing
+    /// an allocation).
+    memory_limit: Option<usize>,
 }
 
 /// The per-request environment: a table that reads through to the globals.
@@ -133,6 +137,7 @@ pub(crate) fn seal(
     sandbox: Option<&Sandbox>,
     isolation: Isolation,
     libraries: Option<Table>,
+    memory_limit: Option<usize>,
 ) -> mlua::Result<Sealed> {
     let fresh = isolation == Isolation::FreshEnvironment;
     let freeze_libraries = fresh || sandbox.is_some_and(|s| s.read_only_libraries);
@@ -162,7 +167,7 @@ pub(crate) fn seal(
     if sandbox.is_some_and(|s| s.read_only_libraries) {
         lua.sandbox(true)?;
     }
-    Ok(Sealed { env })
+    Ok(Sealed { env, memory_limit })
 }
 
 #[cfg(not(feature = "luau"))]
@@ -252,6 +257,25 @@ impl FreshEnv {
 }
 
 impl Sealed {
+    /// Collects what the finished request left if it holds more than half the memory limit,
+    /// so that it cannot starve the next request on versions that fail an allocation without
+    /// collecting first.
+    fn collect_if_hoarded(&self, lua: &Lua) {
+        #[cfg(any(
+            feature = "lua51",
+            feature = "luajit",
+            feature = "luajit52",
+            feature = "luau"
+        ))]
+        if self
+            .memory_limit
+            .is_some_and(|limit| lua.used_memory() > limit / 2)
+        {
+            let _ = lua.gc_collect();
+        }
+        let _ = (lua, self.memory_limit);
+    }
+
     /// The environment plain `eval` chunks are compiled with, if requests get a fresh one.
     pub(crate) fn env(&self) -> Option<&Table> {
         self.env.as_ref().map(|env| &env.table)
@@ -280,6 +304,7 @@ impl Sealed {
             let (key, _) = pair?;
             if keys.len() == REUSE_LIMIT {
                 env.table = FreshEnv::table(lua, &env.meta)?;
+                self.collect_if_hoarded(lua);
                 return Ok(true);
             }
             keys.push(key);
@@ -288,6 +313,7 @@ impl Sealed {
             env.table.raw_set(key, Value::Nil)?;
         }
         env.table.raw_set("_G", &env.table)?;
+        self.collect_if_hoarded(lua);
         Ok(false)
     }
 }
