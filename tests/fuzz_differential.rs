@@ -42,8 +42,11 @@ const DUMP_DEPTH: usize = 4;
 /// A Lua value turned into plain Rust data that can be compared across threads and VMs.
 #[derive(Debug, Clone, PartialEq)]
 enum Owned {
+    /// `nil`.
     Nil,
+    /// A boolean.
     Bool(bool),
+    /// An integer (a Lua 5.3+ integer, or an integral number where mlua reports one).
     Int(i64),
     /// A float, by its `Debug` text (so that NaN equals NaN).
     Num(String),
@@ -107,6 +110,7 @@ impl FromLuaMulti for Dumped {
 /// How a program ended.
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
+    /// The values it returned.
     Values(Dumped),
     /// A Lua error: its kind and message (without traceback, addresses masked).
     Error(LuaErrorKind, String),
@@ -115,6 +119,7 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the program failed.
     fn is_error(&self) -> bool {
         !matches!(self, Outcome::Values(_))
     }
@@ -236,6 +241,7 @@ impl Case {
         })
     }
 
+    /// Whether both isle runs match the plain one.
     fn agrees(&self) -> bool {
         self.plain == self.exec && self.plain == self.eval
     }
@@ -272,6 +278,7 @@ struct Stats {
 }
 
 impl Stats {
+    /// Counts `case`, printing it in full if it is one of the first mismatches.
     fn record(&mut self, case: &Case) {
         self.programs += 1;
         if case.plain.is_error() {

@@ -1085,12 +1085,13 @@ impl Gen {
         let ld = self.fresh("ld");
         self.line(&format!("local {ld} = loadstring or load"));
         if self.chance(0.7) {
+            // Under pcall: Luau's `loadstring` raises syntax errors instead of returning them.
             self.line(&format!(
-                "if {ld} then local f, err = {ld}(\"{src}\") if f then log(pcall(f, 9)) else log(err) end end"
+                "if {ld} then local ok, f, err = pcall({ld}, \"{src}\") if not ok then log(f) elseif f then log(pcall(f, 9)) else log(err) end end"
             ));
         } else if self.chance(0.5) {
             self.line(&format!(
-                "if {ld} then local f, err = {ld}(\"{src}\", \"=named\") if f then log(pcall(f)) else log(err) end end"
+                "if {ld} then local ok, f, err = pcall({ld}, \"{src}\", \"=named\") if not ok then log(f) elseif f then log(pcall(f)) else log(err) end end"
             ));
         } else if !LUAU {
             // `load` with a reader function (Luau has no `load`).
@@ -1438,7 +1439,8 @@ impl Gen {
             3 => format!("string.format(\"%x-%03d\", {0}, {0})", self.int(0, 300)),
             4 => format!("string.format(\"%g\", {})", self.num_expr(d)),
             5 => format!("string.format(\"%-6s|\", {})", self.str_operand()),
-            6 if !self.scope.objs.is_empty() => {
+            // Luau's `%s` takes strings only.
+            6 if !LUAU && !self.scope.objs.is_empty() => {
                 let o = self.pick_name(&self.scope.objs.clone()).unwrap();
                 format!("string.format(\"%s\", {o})")
             }
