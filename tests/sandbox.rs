@@ -40,7 +40,6 @@ fn dangerous_globals_are_gone() {
             "{name} is reachable"
         );
     }
-    #[cfg(not(feature = "luau"))]
     assert!(isle.eval::<bool>("return newproxy == nil").unwrap());
     assert!(isle.eval::<bool>("return string.dump == nil").unwrap());
 }

@@ -283,7 +283,7 @@ impl Sandbox {
     }
 
     /// Allows scripts to set finalizers: `__gc` in a metatable given to `setmetatable` (and
-    /// `newproxy` on Lua 5.1 and LuaJIT). Default: off, as a finalizer runs whenever the
+    /// `newproxy`, on Lua 5.1, LuaJIT and Luau). Default: off, as a finalizer runs whenever the
     /// collector gets to it, possibly during a later request or while the VM closes.
     ///
     /// # Examples

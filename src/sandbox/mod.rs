@@ -60,7 +60,6 @@ pub(crate) fn restrict(lua: &Lua, sandbox: &Sandbox) -> mlua::Result<()> {
     opts.raw_set("gc_control", sandbox.gc_control)?;
     opts.raw_set("environment_functions", sandbox.environment_functions)?;
     opts.raw_set("jit", sandbox.jit)?;
-    opts.raw_set("luau", cfg!(feature = "luau"))?;
     opts.raw_set("keep_print", matches!(sandbox.print, PrintSink::Stdout))?;
     let compile = lua.create_function(
         |lua, (text, name, env): (mlua::LuaString, Option<String>, Table)| {

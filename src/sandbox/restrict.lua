@@ -86,9 +86,7 @@ elseif not opts.keep_print then
 end
 
 if not opts.finalizers then
-  if not opts.luau then
-    G.newproxy = nil
-  end
+  G.newproxy = nil
   G.setmetatable = function(t, mt)
     if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
       error("cannot set a finalizer (__gc) in the sandbox", 2)
