@@ -418,3 +418,130 @@ fn memory_a_request_hoarded_does_not_starve_the_next() {
         isle.eval::<()>(hoard.as_str()).unwrap();
     }
 }
+
+/// A 20 MiB allocation: fits a fresh sandboxed isle (64 MiB limit) with room to spare.
+const BIG: &str = "local s = string.rep('x', 20 * 2^20) return #s";
+
+#[test]
+fn a_request_that_fills_memory_still_leaves_nothing_to_the_next() {
+    let isle = sandboxed();
+    let _ = isle.eval::<()>(
+        r#"
+for i = 1, 70 do _G["k" .. i] = i end
+tostring = function() return "replaced" end
+local hold = {} for i = 1, 4096 do hold[i] = false end
+k1 = hold
+local n, size = 0, 2^22
+while size >= 1 and n < 4096 do
+  local ok, s = pcall(string.rep, "y", size, "" .. n)
+  if ok then n = n + 1; hold[n] = s else size = math.floor(size / 2) end
+end"#,
+    );
+    assert_eq!(isle.eval::<String>("return tostring(42)").unwrap(), "42");
+    assert!(isle.eval::<bool>("return k1 == nil and k2 == nil").unwrap());
+    isle.eval::<i64>(BIG).unwrap();
+}
+
+#[test]
+fn an_environment_a_request_grew_does_not_keep_its_memory() {
+    let isle = sandboxed();
+    isle.eval::<i64>(BIG).unwrap();
+    isle.eval::<()>("for i = 1, 2^21 do _G[i] = true end for i = 1, 2^21 do _G[i] = nil end")
+        .unwrap();
+    for _ in 0..3 {
+        isle.eval::<i64>(BIG).unwrap();
+    }
+}
+
+#[test]
+fn large_chunks_are_not_kept_by_the_cache() {
+    let isle = sandboxed();
+    for c in ["a", "b"] {
+        let code = format!("return #\"{}\"", c.repeat(10 << 20));
+        assert_eq!(isle.eval::<i64>(code.as_str()).unwrap(), 10 << 20);
+    }
+    isle.eval::<i64>("local s = string.rep('x', 12 * 2^20) return #s")
+        .unwrap();
+    // Messages still name a chunk by its first line, as Lua does.
+    let err = isle
+        .eval::<()>("error('x')\n-- more")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("error('x')"), "{err}");
+}
+
+#[test]
+fn a_collector_step_cannot_put_the_collector_to_sleep() {
+    let isle = sandboxed();
+    assert!(is_blocked(&isle, "collectgarbage('step', -2^31)"));
+    isle.eval::<()>("collectgarbage('step')").unwrap();
+    isle.eval::<()>("collectgarbage('step', 0)").unwrap();
+    // Without the sandbox, a fresh environment puts the collector back after such a step.
+    let isle = Isle::builder()
+        .isolation(Isolation::FreshEnvironment)
+        .spawn(|_| Ok(()))
+        .unwrap();
+    isle.eval::<()>("collectgarbage('step', -2^31)").unwrap();
+    let mut highest = 0.0f64;
+    for _ in 0..5 {
+        let kb: f64 = isle
+            .eval(
+                "local t = {} for i = 1, 200000 do t[i] = {} end t = nil \
+                 collectgarbage('collect') return collectgarbage('count')",
+            )
+            .unwrap();
+        highest = highest.max(kb);
+    }
+    assert!(highest < 10_000.0, "{highest} KiB in use");
+}
+
+#[test]
+fn a_random_seed_does_not_carry_over() {
+    let isle = sandboxed();
+    let seeded: Vec<i64> = isle
+        .eval("math.randomseed(7) local t = {} for i = 1, 4 do t[i] = math.random(1, 1000000) end return t")
+        .unwrap();
+    isle.eval::<()>("math.randomseed(7)").unwrap();
+    let next: Vec<i64> = isle
+        .eval("local t = {} for i = 1, 4 do t[i] = math.random(1, 1000000) end return t")
+        .unwrap();
+    assert_ne!(seeded, next);
+}
+
+#[test]
+fn tables_init_leaves_are_read_only_through_keys_libraries_and_replacements() {
+    let isle = Isle::builder()
+        .sandboxed()
+        .spawn(|lua| {
+            lua.load(
+                "os = { time = os.time } \
+                 string.helpers = { trim = function(s) return s end } \
+                 lookup = { [{ role = 'user' }] = true }",
+            )
+            .exec()
+        })
+        .unwrap();
+    assert!(is_blocked(&isle, "os.time = function() return 0 end"));
+    assert!(isle.eval::<i64>("return os.time()").unwrap() > 0);
+    assert!(is_blocked(
+        &isle,
+        "string.helpers.trim = function() return 'hijacked' end"
+    ));
+    assert_eq!(
+        isle.eval::<String>("return string.helpers.trim('x')")
+            .unwrap(),
+        "x"
+    );
+    #[cfg(not(any(feature = "lua51", feature = "luajit")))]
+    {
+        assert!(is_blocked(
+            &isle,
+            "for k in pairs(lookup) do k.role = 'admin' end"
+        ));
+        assert_eq!(
+            isle.eval::<String>("for k in pairs(lookup) do return k.role end")
+                .unwrap(),
+            "user"
+        );
+    }
+}

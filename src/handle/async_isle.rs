@@ -889,8 +889,7 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
     {
         let code = code.into();
         self.submit(Coroutine(move |vm: &mut Vm| {
-            let chunk = vm.coroutine_chunk(code.as_str())?;
-            vm.coroutine::<T>(chunk, ())
+            vm.coroutine_eval::<T>(code.as_str())
         }))
         .await
     }

@@ -95,27 +95,41 @@ impl Vm {
         let Some(sealed) = &mut self.sealed else {
             return;
         };
-        // Failing (out of memory) leaves the environment as it is: drop the chunks that run
-        // in it, and the next request gets a new one.
-        if !matches!(sealed.after_request(&self.lua), Ok(false)) {
+        if sealed.after_request(&self.lua) {
             if let Some(chunks) = &mut self.chunks {
                 chunks.clear();
             }
+            #[cfg(feature = "tokio")]
+            if let Some(bodies) = &mut self.bodies {
+                bodies.clear();
+            }
+            sealed.collect(&self.lua);
         }
     }
 
-    /// The compiled chunk for a coroutine request's `code`: in an environment of its own
-    /// when requests get a fresh one (coroutine requests may run alongside each other).
+    /// Runs a coroutine request's `code` as [`coroutine`](Self::coroutine) does: compiled in
+    /// an environment of its own when requests get a fresh one (coroutine requests may run
+    /// alongside each other), and then not cached, so that the environment goes with it.
     #[cfg(feature = "tokio")]
-    pub(crate) fn coroutine_chunk(&mut self, code: &str) -> mlua::Result<Function> {
-        match self
+    pub(crate) fn coroutine_eval<T: FromLuaMulti + 'static>(
+        &mut self,
+        code: &str,
+    ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
+        let env = self
             .sealed
             .as_ref()
             .map(|s| s.coroutine_env(&self.lua))
             .transpose()?
-        {
-            Some(Some(env)) => self.compile(code, Some(&env)),
-            _ => self.chunk(code),
+            .flatten();
+        match env {
+            Some(env) => {
+                let chunk = self.compile(code, Some(&env))?;
+                self.coroutine_with(chunk, (), false)
+            }
+            None => {
+                let chunk = self.chunk(code)?;
+                self.coroutine_with(chunk, (), true)
+            }
         }
     }
 
@@ -135,7 +149,8 @@ impl Vm {
         }
         let env = self.sealed.as_ref().and_then(Sealed::env).cloned();
         let function = self.compile(code, env.as_ref())?;
-        if let Some(chunks) = &mut self.chunks {
+        let cached = self.sealed.as_ref().is_none_or(|s| s.caches(code.len()));
+        if let (Some(chunks), true) = (&mut self.chunks, cached) {
             chunks.put(code.to_owned(), function.clone());
         }
         Ok(function)
@@ -155,7 +170,7 @@ impl Vm {
             let expression = in_env(
                 self.lua
                     .load(format!("return {code}"))
-                    .set_name(code)
+                    .set_name(self.chunk_name(code))
                     .set_mode(ChunkMode::Text),
                 env,
             )
@@ -169,10 +184,22 @@ impl Vm {
             }
         }
         in_env(
-            self.lua.load(code).set_name(code).set_mode(ChunkMode::Text),
+            self.lua
+                .load(code)
+                .set_name(self.chunk_name(code))
+                .set_mode(ChunkMode::Text),
             env,
         )
         .into_function()
+    }
+
+    /// The name `code` is compiled under: the code itself, as Lua names a loaded string; in a
+    /// sealed VM (whose memory is the scripts') only as much of it as Lua shows in messages.
+    fn chunk_name<'c>(&self, code: &'c str) -> std::borrow::Cow<'c, str> {
+        match self.sealed {
+            Some(_) => crate::sandbox::short_chunk_name(code),
+            None => code.into(),
+        }
     }
 
     /// Calls the global function `name`.
@@ -205,13 +232,23 @@ impl Vm {
         function: Function,
         args: impl IntoLuaMulti,
     ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
+        self.coroutine_with(function, args, true)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn coroutine_with<T: FromLuaMulti + 'static>(
+        &mut self,
+        function: Function,
+        args: impl IntoLuaMulti,
+        cache: bool,
+    ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
         let key = function.to_pointer() as usize;
         let cached = self.bodies.as_mut().and_then(|b| b.get(&key)).cloned();
         let body = match cached {
             Some((_, body)) => body,
             None => {
                 let body = crate::interrupt::protected_body(&self.lua, function.clone())?;
-                if let Some(bodies) = &mut self.bodies {
+                if let (Some(bodies), true) = (&mut self.bodies, cache) {
                     // The entry holds `function`, so its address cannot be reused meanwhile.
                     bodies.put(key, (function, body.clone()));
                 }

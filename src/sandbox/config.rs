@@ -30,7 +30,8 @@ pub enum PrintSink {
     Stdout,
     /// Output of the running request is kept, up to a number of bytes, for
     /// [`take_output`](crate::take_output) to read before the request ends; what is left is
-    /// dropped when it ends.
+    /// dropped when it ends. (Coroutine requests that are suspended while others run share
+    /// the isle's buffer: what one prints before it awaits, the next request to end drops.)
     Collect {
         /// Bytes kept per request; later output is dropped.
         limit: usize,

@@ -63,7 +63,10 @@ pub(crate) fn restrict(lua: &Lua, sandbox: &Sandbox) -> mlua::Result<()> {
     opts.raw_set("keep_print", matches!(sandbox.print, PrintSink::Stdout))?;
     let compile = lua.create_function(
         |lua, (text, name, env): (mlua::LuaString, Option<String>, Table)| {
-            let name = name.unwrap_or_else(|| text.to_string_lossy());
+            let name = match name {
+                Some(name) => name,
+                None => short_chunk_name(&text.to_string_lossy()).into_owned(),
+            };
             let loaded = lua
                 .load(text.as_bytes().to_vec())
                 .set_name(name)
@@ -114,9 +117,9 @@ pub(crate) fn library_tables(lua: &Lua) -> mlua::Result<Table> {
 pub(crate) struct Sealed {
     /// The environment of plain requests, emptied after each (with [`Isolation::FreshEnvironment`]).
     env: Option<FreshEnv>,
-    /// The VM's memory limit: what a request left is collected before the next one if it
-    /// takes more than half of it (Lua 5.1, LuaJIT and Luau do not collect before failing
-    /// an allocation).
+    /// The VM's memory limit: when a finished request leaves more than a quarter of it in
+    /// use, the environment and the chunk cache start over and garbage is collected (Lua 5.1,
+    /// LuaJIT and Luau do not collect before failing an allocation).
     memory_limit: Option<usize>,
 }
 
@@ -125,10 +128,6 @@ struct FreshEnv {
     table: Table,
     meta: Table,
 }
-
-/// How many globals a request may leave before its environment is replaced rather than
-/// emptied (emptying keeps the table's capacity).
-const REUSE_LIMIT: usize = 64;
 
 /// Makes tables read-only after `init` and prepares the per-request environment.
 pub(crate) fn seal(
@@ -141,6 +140,10 @@ pub(crate) fn seal(
     let fresh = isolation == Isolation::FreshEnvironment;
     let freeze_libraries = fresh || sandbox.is_some_and(|s| s.read_only_libraries);
     let freeze_host = fresh || sandbox.is_some_and(|s| s.read_only_host_tables);
+    // Before the libraries become read-only.
+    if fresh || sandbox.is_some() {
+        output::watch_random_seed(lua, sandbox.is_some())?;
+    }
     if freeze_libraries || freeze_host {
         let libraries = match libraries {
             Some(libraries) => libraries,
@@ -201,36 +204,40 @@ fn freeze(
     freeze_libraries: bool,
     freeze_host: bool,
 ) -> mlua::Result<()> {
+    // Tables reachable through keys and values, without metatables.
     fn deep(table: &Table, seen: &mut Vec<Table>) -> mlua::Result<()> {
-        if table.is_readonly() || table.metatable().is_some() || seen.contains(table) {
+        if table.metatable().is_some() || seen.contains(table) {
             return Ok(());
         }
         seen.push(table.clone());
         for pair in table.pairs::<Value, Value>() {
-            if let (_, Value::Table(inner)) = pair? {
-                deep(&inner, seen)?;
+            let (key, value) = pair?;
+            for inner in [key, value] {
+                if let Value::Table(inner) = inner {
+                    deep(&inner, seen)?;
+                }
             }
         }
         table.set_readonly(true);
         Ok(())
     }
     let globals = lua.globals();
-    if freeze_libraries {
-        for pair in libraries.pairs::<Value, Table>() {
-            pair?.1.set_readonly(true);
-        }
-        if let Some(meta) = lua.type_metatable::<mlua::LuaString>() {
-            meta.set_readonly(true);
+    let mut seen = vec![globals.clone()];
+    for pair in globals.pairs::<Value, Value>() {
+        let (name, value) = pair?;
+        let Value::Table(table) = value else {
+            continue;
+        };
+        let library = libraries
+            .raw_get::<Option<Table>>(name)?
+            .is_some_and(|lib| lib == table);
+        if (library && freeze_libraries) || (!library && freeze_host) {
+            deep(&table, &mut seen)?;
         }
     }
-    if freeze_host {
-        let mut seen = vec![globals.clone()];
-        for pair in globals.pairs::<Value, Value>() {
-            if let (name, Value::Table(table)) = pair? {
-                if !libraries.contains_key(name)? {
-                    deep(&table, &mut seen)?;
-                }
-            }
+    if freeze_libraries {
+        if let Some(meta) = lua.type_metatable::<mlua::LuaString>() {
+            meta.set_readonly(true);
         }
     }
     Ok(())
@@ -256,28 +263,15 @@ impl FreshEnv {
 }
 
 impl Sealed {
-    /// Collects what the finished request left if it holds more than half the memory limit,
-    /// so that it cannot starve the next request on versions that fail an allocation without
-    /// collecting first.
-    fn collect_if_hoarded(&self, lua: &Lua) {
-        #[cfg(any(
-            feature = "lua51",
-            feature = "luajit",
-            feature = "luajit52",
-            feature = "luau"
-        ))]
-        if self
-            .memory_limit
-            .is_some_and(|limit| lua.used_memory() > limit / 2)
-        {
-            let _ = lua.gc_collect();
-        }
-        let _ = (lua, self.memory_limit);
-    }
-
     /// The environment plain `eval` chunks are compiled with, if requests get a fresh one.
     pub(crate) fn env(&self) -> Option<&Table> {
         self.env.as_ref().map(|env| &env.table)
+    }
+
+    /// Whether a chunk of `len` bytes of source is kept compiled: a sealed VM's memory is the
+    /// scripts' (under its limit), so large chunks, whose constants can be large, are not.
+    pub(crate) fn caches(&self, len: usize) -> bool {
+        len <= CACHED_CHUNK_LIMIT
     }
 
     #[cfg(feature = "tokio")]
@@ -289,30 +283,64 @@ impl Sealed {
             .transpose()
     }
 
-    /// Forgets what the request left: its globals, its output, the collector settings it
-    /// changed. Returns `true` when the environment was replaced by a new table (chunks
-    /// compiled with the old one must be dropped).
-    pub(crate) fn after_request(&mut self, lua: &Lua) -> mlua::Result<bool> {
-        output::clear(lua);
+    /// Forgets what the request left: its globals, its output, the collector settings and
+    /// random seed it changed. Returns `true` when the environment was replaced by a new table
+    /// (chunks compiled with the old one must be dropped).
+    ///
+    /// Emptying the environment allocates nothing, so it cannot fail for lack of memory;
+    /// replacing it can, and then the emptied one stays.
+    pub(crate) fn after_request(&mut self, lua: &Lua) -> bool {
+        forget_request_effects(lua);
         let Some(env) = &mut self.env else {
-            return Ok(false);
+            return false;
         };
-        output::restore_gc_settings(lua);
-        let mut keys = Vec::new();
-        for pair in env.table.pairs::<Value, Value>() {
-            let (key, _) = pair?;
-            if keys.len() == REUSE_LIMIT {
-                env.table = FreshEnv::table(lua, &env.meta)?;
-                self.collect_if_hoarded(lua);
-                return Ok(true);
-            }
-            keys.push(key);
+        let _ = env.table.clear();
+        let _ = env.table.raw_set("_G", &env.table);
+        // An emptied table keeps its capacity: a request that grew its environment (or left
+        // large chunks in the cache) holds memory the next request may need. Under a limit,
+        // when much is in use, start over: a new environment, no cached chunks, a collection.
+        let crowded = self
+            .memory_limit
+            .is_some_and(|limit| lua.used_memory() > limit / 4);
+        if !crowded {
+            return false;
         }
-        for key in keys {
-            env.table.raw_set(key, Value::Nil)?;
+        if let Ok(table) = FreshEnv::table(lua, &env.meta) {
+            env.table = table;
         }
-        env.table.raw_set("_G", &env.table)?;
-        self.collect_if_hoarded(lua);
-        Ok(false)
+        true
     }
+
+    /// Collects garbage after the chunk cache let go of what it held (see
+    /// [`after_request`](Self::after_request)).
+    pub(crate) fn collect(&self, lua: &Lua) {
+        let _ = lua.gc_collect();
+    }
+}
+
+/// How much of a chunk's source names it in a sealed VM: as much as Lua shows in messages, so
+/// that a large chunk is not kept twice (its text, then its name).
+pub(crate) fn short_chunk_name(code: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 120;
+    let line = code.split('\n').next().unwrap_or("");
+    if line.len() == code.len() && code.len() <= SHOWN {
+        return code.into();
+    }
+    let mut end = line.len().min(SHOWN);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    // The newline makes Lua mark the name as cut short ("...").
+    format!("{}\n", &line[..end]).into()
+}
+
+/// Chunks longer than this are compiled for each request in a sealed VM.
+const CACHED_CHUNK_LIMIT: usize = 16 << 10;
+
+/// Forgets what a finished request (plain or coroutine) changed outside its environment:
+/// its collected output, the collector settings, the random seed.
+pub(crate) fn forget_request_effects(lua: &Lua) {
+    output::clear(lua);
+    output::restore_gc_settings(lua);
+    output::reseed_if_seeded(lua);
 }

@@ -15,6 +15,12 @@ struct Output {
 /// Set when a request changed how the collector runs.
 struct GcTouched(Cell<bool>);
 
+/// Set when a request seeded the random generator; holds the original `math.randomseed`.
+struct Seeded {
+    seeded: Cell<bool>,
+    randomseed: Function,
+}
+
 /// The function `print` hands each line to, or `None` when `print` keeps Lua's own behaviour
 /// or discards.
 pub(super) fn install(lua: &Lua, sink: &PrintSink) -> mlua::Result<Option<Function>> {
@@ -154,4 +160,61 @@ pub(super) fn restore_gc_settings(lua: &Lua) {
     lua.gc_set_mode(mlua::state::GcMode::Incremental(
         mlua::state::GcIncParams::default(),
     ));
+}
+
+/// Makes `math.randomseed` note that a request seeded the generator, so that
+/// [`reseed_if_seeded`] gives the next request an unpredictable sequence again. Where the
+/// generator is the C library's, shared by the whole process (Lua 5.1 to 5.3), a sandboxed
+/// script's `randomseed` does nothing instead.
+pub(super) fn watch_random_seed(lua: &Lua, sandboxed: bool) -> mlua::Result<()> {
+    let Ok(math) = lua.globals().get::<mlua::Table>("math") else {
+        return Ok(());
+    };
+    let Ok(randomseed) = math.raw_get::<Function>("randomseed") else {
+        return Ok(());
+    };
+    const PROCESS_WIDE: bool = cfg!(any(feature = "lua51", feature = "lua52", feature = "lua53"));
+    if PROCESS_WIDE {
+        if sandboxed {
+            math.raw_set(
+                "randomseed",
+                lua.create_function(|_, _: MultiValue| Ok(()))?,
+            )?;
+        }
+        return Ok(());
+    }
+    lua.set_app_data(Seeded {
+        seeded: Cell::new(false),
+        randomseed: randomseed.clone(),
+    });
+    let watched = lua.create_function(move |lua, args: MultiValue| {
+        if let Some(seeded) = lua.app_data_ref::<Seeded>() {
+            seeded.seeded.set(true);
+        }
+        randomseed.call::<MultiValue>(args)
+    })?;
+    math.raw_set("randomseed", watched)
+}
+
+/// Seeds the random generator from the host if the finished request seeded it.
+pub(super) fn reseed_if_seeded(lua: &Lua) {
+    let Some(randomseed) = lua
+        .app_data_ref::<Seeded>()
+        .filter(|seeded| seeded.seeded.replace(false))
+        .map(|seeded| seeded.randomseed.clone())
+    else {
+        return;
+    };
+    let _ = randomseed.call::<()>(host_entropy());
+}
+
+/// A seed the script cannot predict.
+fn host_entropy() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    // Within the range every version takes as a seed.
+    (hasher.finish() >> 12) as i64
 }

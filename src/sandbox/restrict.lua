@@ -67,7 +67,10 @@ G.load = function(chunk, name, mode, env)
   return compile(chunk, name, env)
 end
 
--- `print` goes where the host routes it.
+-- `print` (and Lua 5.4's `warn`) go where the host routes them.
+if not opts.keep_print then
+  G.warn = nil
+end
 if sink ~= nil then
   G.print = function(...)
     local n = select("#", ...)
@@ -101,6 +104,13 @@ if not opts.gc_control then
   G.collectgarbage = function(option, ...)
     if option ~= nil and not harmless[option] then
       error("collectgarbage('" .. tostring(option) .. "') is not allowed in the sandbox", 2)
+    end
+    -- A step of a given size moves the collector's debt; a negative one would put it to sleep.
+    if option == "step" and select("#", ...) > 0 then
+      local size = ...
+      if type(size) ~= "number" or size < 0 or size > 1048576 then
+        error("collectgarbage('step', n) takes 0 <= n <= 1048576 in the sandbox", 2)
+      end
     end
     return collect(option, ...)
   end

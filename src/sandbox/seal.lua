@@ -33,26 +33,31 @@ local function freeze(t)
   return true
 end
 
--- Host tables: the tables reachable from the globals, through tables without metatables.
+-- The tables reachable from `t` through keys and values, without metatables.
 local function freeze_deep(t)
   if not freeze(t) then return end
-  for _, v in next, frozen[t] do
+  for k, v in next, frozen[t] do
+    if type(k) == "table" and k ~= G then freeze_deep(k) end
     if type(v) == "table" and v ~= G then freeze_deep(v) end
   end
 end
 
+-- A global is a library if it still holds the table it held before `init`; `package` stays
+-- writable (`require` records what it loaded there).
+for name, value in next, G do
+  if type(value) == "table" and value ~= G then
+    local library = libraries[name] == value
+    if library and freeze_libraries and name ~= "package" then
+      freeze_deep(value)
+    elseif not library and freeze_host then
+      freeze_deep(value)
+    end
+  end
+end
 if freeze_libraries then
-  for _, lib in next, libraries do freeze(lib) end
   local string_meta = getmetatable("")
   if type(string_meta) == "table" then
     string_meta.__metatable = false
-  end
-end
-if freeze_host then
-  for name, value in next, G do
-    if type(value) == "table" and value ~= G and not libraries[name] then
-      freeze_deep(value)
-    end
   end
 end
 
