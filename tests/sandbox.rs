@@ -464,16 +464,20 @@ fn large_chunks_are_not_kept_by_the_cache() {
         .unwrap();
     // Messages still name a chunk by its first line, as Lua does.
     let err = isle
-        .eval::<()>("error('x')\n-- more")
+        .eval::<()>("local x = nil + 1\n-- more")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("error('x')"), "{err}");
+    assert!(err.contains("local x = nil + 1"), "{err}");
 }
 
 #[test]
 fn a_collector_step_cannot_put_the_collector_to_sleep() {
     let isle = sandboxed();
     assert!(is_blocked(&isle, "collectgarbage('step', -2^31)"));
+    // (Luau's `collectgarbage` knows only "count".)
+    if cfg!(feature = "luau") {
+        return;
+    }
     isle.eval::<()>("collectgarbage('step')").unwrap();
     isle.eval::<()>("collectgarbage('step', 0)").unwrap();
     // Without the sandbox, a fresh environment puts the collector back after such a step.

@@ -377,7 +377,7 @@ where
         self.slot.complete(result);
         // What the request changed outside its environment (a sandbox's collected output,
         // collector settings, the random seed) does not reach later requests.
-        crate::sandbox::forget_request_effects(&self.context.lua);
+        crate::sandbox::after_coroutine_request(&self.context.lua);
     }
 
     /// Registers for the wake-ups that end a suspended request; `true` if one is due already.

@@ -140,6 +140,7 @@ pub(crate) fn seal(
     let fresh = isolation == Isolation::FreshEnvironment;
     let freeze_libraries = fresh || sandbox.is_some_and(|s| s.read_only_libraries);
     let freeze_host = fresh || sandbox.is_some_and(|s| s.read_only_host_tables);
+    lua.set_app_data(SealedLimit(memory_limit));
     // Before the libraries become read-only.
     if fresh || sandbox.is_some() {
         output::watch_random_seed(lua, sandbox.is_some())?;
@@ -339,8 +340,24 @@ const CACHED_CHUNK_LIMIT: usize = 16 << 10;
 
 /// Forgets what a finished request (plain or coroutine) changed outside its environment:
 /// its collected output, the collector settings, the random seed.
-pub(crate) fn forget_request_effects(lua: &Lua) {
+fn forget_request_effects(lua: &Lua) {
     output::clear(lua);
     output::restore_gc_settings(lua);
     output::reseed_if_seeded(lua);
 }
+
+/// After a coroutine request in a sealed VM: forgets what it changed outside its environment
+/// (see [`Sealed::after_request`]), and collects its environment at once if much memory is in
+/// use (an allocation that fails does not always collect first).
+pub(crate) fn after_coroutine_request(lua: &Lua) {
+    let Some(limit) = lua.app_data_ref::<SealedLimit>().map(|limit| limit.0) else {
+        return;
+    };
+    forget_request_effects(lua);
+    if limit.is_some_and(|limit| lua.used_memory() > limit / 4) {
+        let _ = lua.gc_collect();
+    }
+}
+
+/// Marks a sealed VM, with its memory limit (for [`after_coroutine_request`]).
+struct SealedLimit(Option<usize>);
