@@ -119,6 +119,28 @@
 //! # Ok::<(), mlua_isle::IsleError>(())
 //! ```
 //!
+//! # Untrusted scripts
+//!
+//! [`IsleBuilder::sandboxed`] is the preset for code you did not write: a strict [`Sandbox`]
+//! (no file system, processes, `debug`, modules or bytecode; `load` only with an environment;
+//! `print` to a [`PrintSink`]; no finalizers; read-only libraries and host tables), a fresh
+//! environment per request ([`Isolation::FreshEnvironment`]), a memory limit and a deadline.
+//! Pools add [`Isolation::FreshVm`]. The README states the threat model.
+//!
+//! ```
+//! use mlua_isle::{Isle, IsleError};
+//!
+//! let isle = Isle::builder()
+//!     .sandboxed()
+//!     .spawn(|lua| lua.load("rules = { max = 3 }").exec())?;
+//! assert_eq!(isle.eval::<i64>("rules.max")?, 3);
+//! assert!(isle.eval::<()>("rules.max = 100").is_err());
+//! assert!(isle.eval::<bool>("os.execute == nil and io == nil")?);
+//! isle.eval::<()>("scratch = 1")?;
+//! assert_eq!(isle.eval::<Option<i64>>("scratch")?, None);
+//! # Ok::<(), IsleError>(())
+//! ```
+//!
 //! # Async (`tokio` feature)
 //!
 //! [`AsyncIsle`] is the same isle with waits that yield to the executor: a cheap `Clone`
