@@ -334,3 +334,23 @@ fn finalizers_resume_coroutines_while_the_vm_closes() {
         assert_eq!(rx.recv().unwrap(), 22);
     });
 }
+
+/// Plain Lua loads a chunk afresh each time: a chunk that assigns `_ENV` (Lua 5.2+) must not
+/// leave its next run in the environment it chose, although the isle caches compiled chunks.
+#[test]
+fn assigning_env_does_not_reach_the_next_run_of_the_same_code() {
+    let isle = Isle::spawn(|_| Ok(())).unwrap();
+    let code = "local first = rawget(_ENV, 'marked') == nil \
+                _ENV = setmetatable({ marked = true }, { __index = _ENV }) \
+                return first";
+    if cfg!(any(
+        feature = "lua52",
+        feature = "lua53",
+        feature = "lua54",
+        feature = "lua55"
+    )) {
+        for _ in 0..3 {
+            assert!(isle.eval::<bool>(code).unwrap());
+        }
+    }
+}

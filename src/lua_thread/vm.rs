@@ -149,7 +149,8 @@ impl Vm {
         }
         let env = self.sealed.as_ref().and_then(Sealed::env).cloned();
         let function = self.compile(code, env.as_ref())?;
-        let cached = self.sealed.as_ref().is_none_or(|s| s.caches(code.len()));
+        let cached =
+            self.sealed.as_ref().is_none_or(|s| s.caches(code.len())) && !assigns_env(code);
         if let (Some(chunks), true) = (&mut self.chunks, cached) {
             chunks.put(code.to_owned(), function.clone());
         }
@@ -257,6 +258,17 @@ impl Vm {
         };
         Ok(Box::pin(body.call_async::<T>(args)))
     }
+}
+
+/// Whether `code` may assign `_ENV` (Lua 5.2+), which would change the compiled chunk for its
+/// next run: plain Lua loads a chunk afresh each time, so such code is not cached.
+fn assigns_env(code: &str) -> bool {
+    cfg!(any(
+        feature = "lua52",
+        feature = "lua53",
+        feature = "lua54",
+        feature = "lua55"
+    )) && code.contains("_ENV")
 }
 
 /// Whether `code` begins with a keyword that can only start a statement, so that trying to
