@@ -423,7 +423,7 @@ impl IsleBuilder {
     /// let isle = Isle::builder()
     ///     .sandbox(Sandbox::new().full_os(true))
     ///     .spawn(|_| Ok(()))?;
-    /// assert!(isle.eval::<bool>("io == nil and os.getenv ~= nil")?);
+    /// assert!(isle.eval::<bool>("io == nil and os.time ~= nil")?);
     /// # Ok::<(), mlua_isle::IsleError>(())
     /// ```
     pub fn sandbox(mut self, sandbox: Sandbox) -> Self {

@@ -136,7 +136,7 @@ pub enum Isolation {
 ///
 /// let isle = Isle::builder().sandbox(Sandbox::new()).spawn(|_| Ok(()))?;
 /// assert!(isle.eval::<bool>("io == nil and os.execute == nil and string.dump == nil")?);
-/// assert!(isle.eval::<()>("setmetatable({}, { __gc = print })").is_err());
+/// assert!(isle.eval::<()>("string.rep = nil").is_err());
 /// # Ok::<(), mlua_isle::IsleError>(())
 /// ```
 #[derive(Clone, Debug)]
