@@ -549,3 +549,76 @@ fn tables_init_leaves_are_read_only_through_keys_libraries_and_replacements() {
         );
     }
 }
+
+#[test]
+fn a_fresh_vm_pool_hands_each_checkout_a_fresh_vm() {
+    let pool = mlua_isle::IslePool::builder()
+        .size(1)
+        .isolation(Isolation::FreshVm)
+        .spawn(|_| Ok(()))
+        .unwrap();
+    for _ in 0..3 {
+        let guard = pool.checkout().unwrap();
+        assert!(guard.eval::<bool>("return mark == nil").unwrap());
+        guard.eval::<()>("mark = true").unwrap();
+        drop(guard);
+    }
+}
+
+#[test]
+fn a_closing_fresh_vm_pool_runs_nothing_queued_on_a_used_vm() {
+    use std::sync::{Arc, Mutex};
+    common::within_hang_guard(|| {
+        let (release, released) = crossbeam_channel::bounded::<()>(1);
+        let (started, running) = crossbeam_channel::bounded::<()>(1);
+        let released = Arc::new(Mutex::new(released));
+        let pool = mlua_isle::IslePool::builder()
+            .size(1)
+            .isolation(Isolation::FreshVm)
+            .spawn(move |lua| {
+                let released = released.clone();
+                let started = started.clone();
+                let block = lua.create_function(move |_, ()| {
+                    let _ = started.send(());
+                    let _ = released.lock().unwrap().recv();
+                    Ok(())
+                })?;
+                lua.globals().set("block", block)
+            })
+            .unwrap();
+        let first = pool.spawn_eval::<()>("block() leak = 'first'").unwrap();
+        running.recv().unwrap();
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                pool.spawn_eval::<Option<String>>("local seen = leak leak = 'queued' return seen")
+                    .unwrap()
+            })
+            .collect();
+        let closing = std::thread::spawn(move || pool.shutdown());
+        // Queued work resolves as the pool winds down, before the running request ends.
+        let mut queued = queued.into_iter();
+        let next = queued.next().unwrap();
+        assert!(matches!(next.wait(), Err(IsleError::Shutdown)));
+        release.send(()).unwrap();
+        first.wait().unwrap();
+        for task in queued {
+            assert!(matches!(task.wait(), Err(IsleError::Shutdown)));
+        }
+        closing.join().unwrap().unwrap();
+    });
+}
+
+#[cfg(any(feature = "luajit", feature = "luajit52"))]
+#[test]
+fn a_factory_vm_loses_ffi_in_the_sandbox() {
+    use mlua::{Lua, LuaOptions, StdLib};
+    let isle = Isle::builder()
+        // SAFETY (test): a VM with every library, to check that the sandbox removes `ffi`.
+        .factory(|| unsafe { Ok(Lua::unsafe_new_with(StdLib::ALL, LuaOptions::new())) })
+        .sandboxed()
+        .spawn(|_| Ok(()))
+        .unwrap();
+    assert!(isle
+        .eval::<bool>("return ffi == nil and jit == nil")
+        .unwrap());
+}

@@ -59,3 +59,19 @@ async fn coroutine_requests_leave_no_output_or_collector_settings() {
         .unwrap());
     driver.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_fresh_vm_pool_refuses_coroutine_requests() {
+    let (pool, driver) = mlua_isle::AsyncIslePool::builder()
+        .size(1)
+        .isolation(Isolation::FreshVm)
+        .spawn_async(|_| Ok(()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        pool.coroutine_eval::<()>("leak = 1").await,
+        Err(mlua_isle::IsleError::Config(_))
+    ));
+    assert_eq!(pool.eval::<i64>("return 1").await.unwrap(), 1);
+    driver.shutdown().await.unwrap();
+}

@@ -734,8 +734,7 @@ impl AsyncIslePoolDriver {
         if wait::on_isle_thread(self.core.id) {
             return Err(IsleError::Reentrant);
         }
-        self.core.close();
-        self.core.unretire();
+        self.core.wind_down();
         self.core.send(Event::Stop);
         // The supervisor ends once the members have taken everything queued.
         if let Some(exited) = &self.supervisor_exited {

@@ -373,6 +373,7 @@ impl IslePoolBuilder {
             spares,
             queue_capacity,
             default_timeout,
+            fresh_vm: self.fresh_vm,
         })
     }
 }

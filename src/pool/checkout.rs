@@ -182,6 +182,11 @@ pub(crate) fn give_back(pool: &Arc<PoolCore>, member: Arc<Member>) {
     if let Some(cause) = member.cell.take_retire_on_return() {
         return retire(pool, &member, cause);
     }
+    // A session is one request's worth of VM: the next holder gets a fresh one (also after a
+    // session of coroutine requests only, which the policy does not count).
+    if pool.fresh_vm {
+        return retire(pool, &member, Cause::Requests);
+    }
     if pool.template.on_return.is_none() && member.isle.queue_is_empty() {
         // Nothing of the holder's is queued and nothing to reset: back into service at once
         // (the member looks at the pool's queue again when woken).

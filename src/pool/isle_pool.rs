@@ -498,8 +498,7 @@ impl IslePool {
         if wait::on_isle_thread(self.core.id) {
             return Err(IsleError::Reentrant);
         }
-        self.core.close();
-        self.core.unretire();
+        self.core.wind_down();
         self.core.send(Event::Stop);
         // The supervisor ends once the members have taken everything queued (it replaces
         // those that die meanwhile); a shutdown with a deadline stops waiting for that then.

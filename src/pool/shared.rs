@@ -63,6 +63,8 @@ pub(crate) struct PoolCore {
     next_serial: AtomicU64,
     /// The queue's events, for async senders and members serving coroutines.
     pub(crate) signals: Arc<FeedSignals>,
+    /// Whether each request must run on a VM no request ran on.
+    pub(crate) fresh_vm: bool,
 }
 
 impl fmt::Debug for PoolCore {
@@ -84,6 +86,10 @@ pub(crate) struct Parts {
     pub(crate) spares: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) default_timeout: Option<Duration>,
+    /// Whether each request must run on a VM no request ran on ([`Isolation::FreshVm`]).
+    ///
+    /// [`Isolation::FreshVm`]: crate::Isolation::FreshVm
+    pub(crate) fresh_vm: bool,
 }
 
 /// Members launched, each waiting for its `init`.
@@ -99,6 +105,7 @@ impl PoolCore {
             spares,
             queue_capacity,
             default_timeout,
+            fresh_vm,
         } = parts;
         let (events_tx, events) = crossbeam_channel::unbounded();
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(queue_capacity);
@@ -117,6 +124,7 @@ impl PoolCore {
             next_serial: AtomicU64::new(1),
             signals: Arc::default(),
             events: events_tx,
+            fresh_vm,
         };
         (Arc::new(core), events)
     }
@@ -277,6 +285,13 @@ impl PoolCore {
         mut job: Queued,
         when_full: WhenFull,
     ) -> Result<(), IsleError> {
+        // A coroutine request may run alongside others on its member, which the policy does
+        // not count: no fresh VM per request for those.
+        if self.fresh_vm && job.needs_executor() {
+            return Err(IsleError::Config(
+                "a pool with a fresh VM per request does not run coroutine requests",
+            ));
+        }
         loop {
             if self.is_closed() {
                 return Err(IsleError::Shutdown);
@@ -468,9 +483,21 @@ impl PoolCore {
     /// queued (the supervisor still replaces those that die meanwhile) and end once the pool
     /// is gone. Never blocks.
     pub(crate) fn release(&self) {
-        self.close();
-        self.unretire();
+        self.wind_down();
         self.send(Event::Stop);
+    }
+
+    /// Closes the pool for new requests. What is queued still runs on the members (a member
+    /// the policy retired but still in its place serves again) — unless each request must get
+    /// a fresh VM: no member is replaced any more, so what is queued resolves
+    /// [`IsleError::Shutdown`] instead of running on a VM another request used.
+    pub(crate) fn wind_down(&self) {
+        if self.fresh_vm {
+            self.close_and_drain();
+        } else {
+            self.close();
+            self.unretire();
+        }
     }
 }
 

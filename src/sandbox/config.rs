@@ -118,7 +118,12 @@ pub enum Isolation {
     FreshEnvironment,
     /// Each request runs on a VM that no request ran on before: pools only, built from
     /// recycling after every request with a ready spare
-    /// ([`IslePoolBuilder::isolation`](crate::IslePoolBuilder::isolation)).
+    /// ([`IslePoolBuilder::isolation`](crate::IslePoolBuilder::isolation)). A checkout is one
+    /// session: its requests share a fresh VM, which is replaced when it is returned. Such a
+    /// pool refuses coroutine requests ([`IsleError::Config`](crate::IsleError::Config): they
+    /// may run alongside others on one VM), and once it is shut down, requests still queued
+    /// resolve [`IsleError::Shutdown`](crate::IsleError::Shutdown) rather than run on a used
+    /// VM.
     FreshVm,
 }
 
@@ -326,7 +331,8 @@ impl Sandbox {
         self
     }
 
-    /// Gives back LuaJIT's `jit` module (default: off; no effect on other versions).
+    /// Gives back LuaJIT's `jit` module, and `ffi` if the VM has it (a VM from a factory):
+    /// default off, as `ffi` calls native code; no effect on other versions.
     ///
     /// # Examples
     ///

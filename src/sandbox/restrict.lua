@@ -18,7 +18,8 @@ if not opts.environment_functions then
   G.getfenv, G.setfenv = nil, nil
 end
 if not opts.jit then
-  G.jit = nil
+  -- (LuaJIT's `ffi` calls native code; a VM from a factory may have it as a global.)
+  G.jit, G.ffi = nil, nil
 end
 if not opts.full_os and type(G.os) == "table" then
   local keep = { clock = true, time = true, date = true, difftime = true }
