@@ -140,6 +140,7 @@ pub(crate) fn seal(
     let fresh = isolation == Isolation::FreshEnvironment;
     let freeze_libraries = fresh || sandbox.is_some_and(|s| s.read_only_libraries);
     let freeze_host = fresh || sandbox.is_some_and(|s| s.read_only_host_tables);
+    #[cfg(feature = "tokio")]
     lua.set_app_data(SealedLimit(memory_limit));
     // Before the libraries become read-only.
     if fresh || sandbox.is_some() {
@@ -346,6 +347,7 @@ fn forget_request_effects(lua: &Lua) {
     output::reseed_if_seeded(lua);
 }
 
+#[cfg(feature = "tokio")]
 /// After a coroutine request in a sealed VM: forgets what it changed outside its environment
 /// (see [`Sealed::after_request`]), and collects its environment at once if much memory is in
 /// use (an allocation that fails does not always collect first).
@@ -359,5 +361,6 @@ pub(crate) fn after_coroutine_request(lua: &Lua) {
     }
 }
 
+#[cfg(feature = "tokio")]
 /// Marks a sealed VM, with its memory limit (for [`after_coroutine_request`]).
 struct SealedLimit(Option<usize>);
