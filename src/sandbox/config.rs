@@ -115,6 +115,13 @@ pub enum Isolation {
     /// Library tables and the string metatable are read-only, and garbage-collector settings
     /// a request changed are restored after it. See the crate's "Untrusted scripts" section
     /// for what holds only with a [`Sandbox`].
+    ///
+    /// # Caveats
+    ///
+    /// Only `eval` (and `coroutine_eval`) run in the fresh environment: `call` runs a host
+    /// function in the globals `init` left, and Lua that `exec` loads itself runs in the real
+    /// globals, which no longer hold `_G` once `init` has run (a request that removed its own
+    /// `_G` must not find theirs).
     FreshEnvironment,
     /// Each request runs on a VM that no request ran on before: pools only, built from
     /// recycling after every request with a ready spare
