@@ -305,3 +305,29 @@ async fn a_spare_serves_the_async_pool_after_a_recycle() {
     }
     driver.shutdown().await.unwrap();
 }
+
+/// Coroutine requests count as requests: for the recycling policy and in the statistics.
+#[tokio::test(flavor = "current_thread")]
+async fn coroutine_requests_count_for_recycling_and_statistics() {
+    let (pool, driver) = AsyncIslePool::builder()
+        .size(1)
+        .recycle(mlua_isle::Recycle::new().after_requests(2))
+        .spawn_async(|_| Ok(()))
+        .await
+        .unwrap();
+    for i in 0..4i64 {
+        let seen: Option<i64> = pool
+            .coroutine_eval(format!("local seen = mark mark = {i} return seen"))
+            .await
+            .unwrap();
+        // A member is replaced after its second request: the odd ones see the mark left
+        // by the request before them, the even ones start on a fresh VM.
+        assert_eq!(seen, (i % 2 == 1).then_some(i - 1), "request {i}");
+    }
+    assert!(pool.coroutine_eval::<()>("error('x')").await.is_err());
+    let stats = pool.stats();
+    assert_eq!(stats.completed, 4, "{stats:?}");
+    assert_eq!(stats.failed, 1, "{stats:?}");
+    assert!(stats.recycled.total() >= 2, "{stats:?}");
+    driver.shutdown().await.unwrap();
+}

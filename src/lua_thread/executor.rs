@@ -55,6 +55,9 @@ struct Context_ {
     active: Cell<usize>,
     /// Notified when `active` drops to 0.
     idle: Wakeup,
+    /// The pool member's gate, told when each coroutine request ends (as plain requests tell
+    /// it), so that its recycling policy and counters see them.
+    gate: Option<Arc<dyn feed::FeedGate>>,
 }
 
 impl Context_ {
@@ -100,6 +103,7 @@ pub(crate) fn serve(worker: &mut Worker, rx: &Receiver<Queued>, first: Queued) -
             generations: worker.generations(),
             active: Cell::new(0),
             idle: Wakeup::default(),
+            gate: worker.feed.as_ref().map(Feed::shared_gate),
         }),
     });
     local.block_on(&runtime, main_loop(worker, rx, first));
@@ -373,6 +377,13 @@ where
             if collect {
                 let _ = self.context.lua.gc_collect();
             }
+        }
+        // Reported before the caller can see the result, as for plain requests.
+        if let Some(gate) = &self.context.gate {
+            gate.finished(&feed::JobReport {
+                outcome: feed::Outcome::of(&result),
+                memory: self.context.lua.used_memory(),
+            });
         }
         self.slot.complete(result);
         // What the request changed outside its environment (a sandbox's collected output,

@@ -74,6 +74,20 @@ pub(crate) enum Outcome {
     TimedOut,
 }
 
+impl Outcome {
+    /// How a request with `result` ended.
+    pub(crate) fn of<T>(result: &Result<T, crate::error::IsleError>) -> Outcome {
+        use crate::error::IsleError;
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(IsleError::Cancelled | IsleError::Shutdown) => Outcome::Cancelled,
+            Err(IsleError::Timeout) => Outcome::TimedOut,
+            Err(IsleError::Panic(_)) => Outcome::Panicked,
+            Err(_) => Outcome::Failed,
+        }
+    }
+}
+
 /// What a Lua thread reports after a request that ran.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct JobReport {
@@ -99,6 +113,12 @@ impl Feed {
 
     pub(crate) fn gate(&self) -> &dyn FeedGate {
         &*self.gate
+    }
+
+    /// The gate, shared (with coroutine tasks, which report when they end).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared_gate(&self) -> Arc<dyn FeedGate> {
+        self.gate.clone()
     }
 
     /// Whether nothing is queued in the feed.

@@ -328,13 +328,7 @@ where
         // retiring this thread, say) holds by the time the caller makes its next request.
         if let Some(feed) = &worker.feed {
             feed.gate().finished(&JobReport {
-                outcome: match &outcome {
-                    Ok(_) => Outcome::Ok,
-                    Err(IsleError::Cancelled | IsleError::Shutdown) => Outcome::Cancelled,
-                    Err(IsleError::Timeout) => Outcome::TimedOut,
-                    Err(IsleError::Panic(_)) => Outcome::Panicked,
-                    Err(_) => Outcome::Failed,
-                },
+                outcome: Outcome::of(&outcome),
                 memory: worker.vm.lua().used_memory(),
             });
             // Free before the caller sees the result, so that its next request finds the
