@@ -331,3 +331,105 @@ async fn coroutine_requests_count_for_recycling_and_statistics() {
     assert!(stats.recycled.total() >= 2, "{stats:?}");
     driver.shutdown().await.unwrap();
 }
+
+/// A coroutine request that fails to start (its code does not compile, its function does
+/// not exist) counts as failed, as a plain one does.
+#[tokio::test(flavor = "current_thread")]
+async fn coroutine_requests_that_fail_to_start_count_as_failed() {
+    let (pool, driver) = pool(1).await;
+    assert!(pool.coroutine_eval::<()>("(").await.is_err());
+    assert!(pool.coroutine_call::<()>("nope", ()).await.is_err());
+    assert_eq!(pool.stats().failed, 2);
+    driver.shutdown().await.unwrap();
+}
+
+/// A future that completes once `go` is set, flagging `started` when first polled.
+struct Gate(
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+impl std::future::Future for Gate {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.1.store(true, Ordering::SeqCst);
+        if self.0.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
+/// Randomized: a coroutine request's report retiring a member while the guard that holds
+/// it is returned on another thread. The cause must not be lost (the member would stay in
+/// service past its policy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retire_racing_with_a_return_is_not_lost() {
+    use std::sync::atomic::AtomicBool;
+    let go = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (g, s) = (go.clone(), started.clone());
+    let (pool, driver) = AsyncIslePool::builder()
+        .size(1)
+        .spares(2)
+        .recycle(mlua_isle::Recycle::new().after_requests(1))
+        .spawn_async(move |lua| {
+            let (g, s) = (g.clone(), s.clone());
+            let gate = lua.create_async_function(move |_, ()| {
+                let gate = Gate(g.clone(), s.clone());
+                async move {
+                    gate.await;
+                    Ok(())
+                }
+            })?;
+            lua.globals().set("gate", gate)
+        })
+        .await
+        .unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..200 {
+        go.store(false, Ordering::SeqCst);
+        started.store(false, Ordering::SeqCst);
+        let before = pool.stats().recycled.requests;
+        let task = pool
+            .request()
+            .spawn_coroutine_eval::<()>("gate()")
+            .await
+            .unwrap();
+        while !started.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let guard = loop {
+            match pool.try_checkout() {
+                Ok(guard) => break guard,
+                Err(IsleError::Full) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let spins = (seed % 3000) as usize;
+        let release = go.clone();
+        let holder = std::thread::spawn(move || {
+            release.store(true, Ordering::SeqCst);
+            for _ in 0..spins {
+                std::hint::spin_loop();
+            }
+            drop(guard);
+        });
+        task.await.unwrap();
+        holder.join().unwrap();
+        assert_eq!(
+            pool.stats().recycled.requests,
+            before + 1,
+            "round {round}: the member was not retired"
+        );
+    }
+    driver.shutdown().await.unwrap();
+}

@@ -625,3 +625,67 @@ fn a_factory_vm_loses_ffi_in_the_sandbox() {
         .eval::<bool>("return ffi == nil and jit == nil")
         .unwrap());
 }
+
+#[test]
+fn the_memory_policy_sees_what_a_fresh_environment_leaves_after_cleanup() {
+    let pool = mlua_isle::IslePool::builder()
+        .size(1)
+        .isle(Isle::builder().memory_limit(64 << 20))
+        .isolation(Isolation::FreshEnvironment)
+        .recycle(mlua_isle::Recycle::new().memory_high_water(8 << 20))
+        .spawn(|_| Ok(()))
+        .unwrap();
+    for _ in 0..3 {
+        pool.eval::<()>("big = {} for i = 1, 300000 do big[i] = {i} end")
+            .unwrap();
+    }
+    assert_eq!(pool.stats().recycled.memory, 0, "{:?}", pool.stats());
+}
+
+/// Randomized: a fresh-VM pool shut down while its member finishes a request, with many
+/// requests queued: none of them may run on the VM the first one used.
+#[test]
+fn a_fresh_vm_pool_shut_down_mid_request_never_reuses_a_vm() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    common::within_hang_guard(|| {
+        for _ in 0..10 {
+            let pool = mlua_isle::IslePool::builder()
+                .size(1)
+                .queue_capacity(512)
+                .isolation(Isolation::FreshVm)
+                .spawn(|_| Ok(()))
+                .unwrap();
+            let started = Arc::new(AtomicBool::new(false));
+            let go = Arc::new(AtomicBool::new(false));
+            let (s, g) = (started.clone(), go.clone());
+            let first = pool
+                .spawn_exec(move |lua| {
+                    lua.set_named_registry_value("used", true)?;
+                    s.store(true, Ordering::SeqCst);
+                    while !g.load(Ordering::SeqCst) {
+                        std::hint::spin_loop();
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            while !started.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            let rest: Vec<_> = (0..300)
+                .map(|_| {
+                    pool.spawn_exec(|lua| {
+                        Ok(lua.named_registry_value::<bool>("used").unwrap_or(false))
+                    })
+                    .unwrap()
+                })
+                .collect();
+            go.store(true, Ordering::SeqCst);
+            pool.shutdown().unwrap();
+            first.wait().unwrap();
+            for task in rest {
+                assert!(!matches!(task.wait(), Ok(true)), "ran on a used VM");
+            }
+        }
+    });
+}

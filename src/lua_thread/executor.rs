@@ -61,6 +61,27 @@ struct Context_ {
 }
 
 impl Context_ {
+    /// Tells the pool member's gate (if any) how a coroutine request ended, before its caller
+    /// can see the result, as plain requests do.
+    fn report<T>(&self, result: &Result<T, IsleError>) {
+        if let Some(gate) = &self.gate {
+            gate.finished(&feed::JobReport {
+                outcome: feed::Outcome::of(result),
+                memory: self.lua.used_memory(),
+            });
+        }
+    }
+
+    /// Resolves a coroutine request that failed to start (its code did not compile, its
+    /// function does not exist, ...): it counts as a request that ran, as for plain ones.
+    fn end_early<T>(&self, slot: &Slot<T, Coroutine<impl Send>>, result: Result<T, IsleError>)
+    where
+        T: Send,
+    {
+        self.report(&result);
+        slot.complete(result);
+    }
+
     fn next_generation(&self) -> u64 {
         let gen = self.generations.get();
         self.generations.set(gen + 1);
@@ -237,14 +258,10 @@ where
         // Creating the coroutine runs no Lua code.
         let future = match catch_unwind(AssertUnwindSafe(|| start(&mut worker.vm))) {
             Ok(Ok(future)) => future,
-            Ok(Err(err)) => {
-                self.complete(Err(err));
-                return;
-            }
+            Ok(Err(err)) => return context.end_early(&self, Err(err)),
             Err(panic) => {
                 let message = worker::panic_message(&*panic);
-                self.complete(Err(IsleError::Panic(message)));
-                return;
+                return context.end_early(&self, Err(IsleError::Panic(message)));
             }
         };
         context.active.set(context.active.get() + 1);
@@ -378,17 +395,12 @@ where
                 let _ = self.context.lua.gc_collect();
             }
         }
-        // Reported before the caller can see the result, as for plain requests.
-        if let Some(gate) = &self.context.gate {
-            gate.finished(&feed::JobReport {
-                outcome: feed::Outcome::of(&result),
-                memory: self.context.lua.used_memory(),
-            });
-        }
-        self.slot.complete(result);
         // What the request changed outside its environment (a sandbox's collected output,
-        // collector settings, the random seed) does not reach later requests.
+        // collector settings, the random seed) does not reach later requests; the memory the
+        // report gives is what remains after that.
         crate::sandbox::after_coroutine_request(&self.context.lua);
+        self.context.report(&result);
+        self.slot.complete(result);
     }
 
     /// Registers for the wake-ups that end a suspended request; `true` if one is due already.

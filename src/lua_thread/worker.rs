@@ -322,6 +322,9 @@ where
         let token = current::leave().expect("the request context is set while it runs");
         worker.armed.end();
         worker.shared.request_ended();
+        // What the request left in its environment is garbage from here on; the memory the
+        // pool's report gives is what remains after that.
+        worker.vm.after_request();
 
         let outcome = outcome(&worker.shared, &token, deadline, result);
         // Reported before the caller can see the result: whatever the report decides (a pool
@@ -347,9 +350,6 @@ where
         ))]
         let collect = outcome.is_err() && worker.memory_limited;
         self.complete(outcome);
-        // What the request left in its environment is garbage from here on (done after the
-        // caller has its result: the next request on this thread starts after it anyway).
-        worker.vm.after_request();
         #[cfg(any(
             feature = "lua51",
             feature = "luajit",

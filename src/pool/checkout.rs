@@ -191,6 +191,13 @@ pub(crate) fn give_back(pool: &Arc<PoolCore>, member: Arc<Member>) {
         // Nothing of the holder's is queued and nothing to reset: back into service at once
         // (the member looks at the pool's queue again when woken).
         if member.cell.transition(CHECKED_OUT, IDLE) {
+            // A cause recorded between the look above and this transition (a coroutine
+            // request of the holder's ending on the member's thread) would be lost: look
+            // again, now that `retire` sees the member idle.
+            if let Some(cause) = member.cell.take_retire_on_return() {
+                member.cell.retire(pool, cause);
+                return;
+            }
             member.isle.wake();
         }
         return;

@@ -106,6 +106,21 @@ impl MemberCell {
         self.quiet.store(true, Ordering::SeqCst);
     }
 
+    /// Takes the member out of service without telling anyone (a closing pool replaces no
+    /// one); a checked-out member is retired when it is returned.
+    fn stop_serving(&self) {
+        loop {
+            match self.state() {
+                RETIRING | CHECKED_OUT => return,
+                state => {
+                    if self.transition(state, RETIRING) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes the member out of service for `cause` and tells the supervisor, unless it is
     /// checked out (then it is replaced when returned) or already retiring.
     pub(crate) fn retire(&self, pool: &PoolCore, cause: Cause) {
@@ -207,8 +222,13 @@ impl FeedGate for MemberCell {
             return;
         };
         pool.counters.ended(ended);
-        // A closing pool retires no one: its members are to finish what is queued.
+        // A closing pool retires no one: its members are to finish what is queued. Unless
+        // each request must get a fresh VM: then the member takes nothing more (what is
+        // queued resolves `Shutdown`, see `PoolCore::wind_down`).
         if pool.is_closed() {
+            if pool.fresh_vm {
+                self.stop_serving();
+            }
             return;
         }
         if let Some(cause) = pool
