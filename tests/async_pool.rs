@@ -433,3 +433,45 @@ async fn a_retire_racing_with_a_return_is_not_lost() {
     }
     driver.shutdown().await.unwrap();
 }
+
+/// A member replaced (here after each request) while a coroutine request of its own is still
+/// suspended keeps running it; the pool's `shutdown_timeout` stops it too, and it resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_reaches_coroutine_requests_on_replaced_members() {
+    use std::sync::atomic::AtomicBool;
+    let started = Arc::new(AtomicBool::new(false));
+    let flag = started.clone();
+    let (pool, driver) = AsyncIslePool::builder()
+        .size(1)
+        .recycle(mlua_isle::Recycle::new().after_requests(1))
+        .spawn_async(move |lua| {
+            let flag = flag.clone();
+            let forever = lua.create_async_function(move |_, ()| {
+                let flag = flag.clone();
+                async move {
+                    flag.store(true, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            })?;
+            lua.globals().set("forever", forever)
+        })
+        .await
+        .unwrap();
+    let stuck = pool
+        .request()
+        .spawn_coroutine_eval::<()>("forever()")
+        .await
+        .unwrap();
+    while !started.load(Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    // Its report retires the member the stuck request runs on.
+    assert_eq!(pool.coroutine_eval::<i64>("return 1").await.unwrap(), 1);
+    let _ = driver.shutdown_timeout(Duration::from_millis(50)).await;
+    let resolved = tokio::time::timeout(Duration::from_secs(30), stuck).await;
+    assert!(
+        matches!(resolved, Ok(Err(IsleError::Shutdown))),
+        "{resolved:?}"
+    );
+}

@@ -1075,7 +1075,7 @@ impl AsyncIsle {
 
 /// Waits for the Lua thread of a closed isle to end; with a deadline (`Some`), kills what still
 /// runs then and gives up on it after the grace period.
-async fn wait_for_exit(
+pub(crate) async fn wait_for_exit(
     shared: &Arc<Shared>,
     deadline: Option<Option<Instant>>,
 ) -> Result<(), IsleError> {

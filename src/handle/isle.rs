@@ -388,6 +388,11 @@ impl Isle {
         self.handle.tx.is_empty()
     }
 
+    /// The isle's shared state (for a pool that waits for a replaced member's thread).
+    pub(crate) fn shared_state(&self) -> &Arc<crate::core::queue::Shared> {
+        &self.handle.shared
+    }
+
     /// Makes the Lua thread look at its queues again (a pool member whose gate opened, or that
     /// should look at the pool's queue). Never blocks: a full queue wakes it anyway.
     pub(crate) fn wake(&self) {
@@ -410,7 +415,10 @@ impl Isle {
 
 /// Waits for the Lua thread of a closed isle to end; with a deadline (`Some`), kills what still
 /// runs then and gives up on it after the grace period.
-fn wait_for_exit(shared: &Arc<Shared>, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
+pub(crate) fn wait_for_exit(
+    shared: &Arc<Shared>,
+    deadline: Option<Option<Instant>>,
+) -> Result<(), IsleError> {
     let exited = &shared.exited;
     if let Some(deadline) = deadline {
         if !exited.wait_long_until(deadline) {

@@ -761,6 +761,13 @@ impl AsyncIslePoolDriver {
                 result = outcome;
             }
         }
+        // Members replaced earlier may still be finishing what they had.
+        for shared in self.core.take_retired() {
+            let outcome = crate::handle::async_isle::wait_for_exit(&shared, deadline).await;
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
         self.core.close_and_drain();
         drop(self.owner);
         result

@@ -531,6 +531,13 @@ impl IslePool {
                 result = outcome;
             }
         }
+        // Members replaced earlier may still be finishing what they had.
+        for shared in self.core.take_retired() {
+            let outcome = crate::handle::isle::wait_for_exit(&shared, deadline);
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
         self.core.close_and_drain();
         if let Some(supervisor) = supervisor {
             // With the queue drained, it ends within a poll interval.

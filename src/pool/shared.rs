@@ -17,7 +17,7 @@ use super::member::{
 use super::recycle::Recycle;
 use super::stats::{Counters, PoolStats};
 use super::supervisor::{self, Event};
-use crate::core::queue::{Queued, WhenFull};
+use crate::core::queue::{Queued, Shared, WhenFull};
 use crate::core::slot::{Completer, Slot};
 use crate::core::wait;
 use crate::error::IsleError;
@@ -65,6 +65,9 @@ pub(crate) struct PoolCore {
     pub(crate) signals: Arc<FeedSignals>,
     /// Whether each request must run on a VM no request ran on.
     pub(crate) fresh_vm: bool,
+    /// Replaced members whose threads still run (what their own queues held, coroutine
+    /// requests in progress), by serial: the pool's shutdown waits for them too.
+    retired: Mutex<Vec<(u64, Arc<Shared>)>>,
 }
 
 impl fmt::Debug for PoolCore {
@@ -125,6 +128,7 @@ impl PoolCore {
             signals: Arc::default(),
             events: events_tx,
             fresh_vm,
+            retired: Mutex::default(),
         };
         (Arc::new(core), events)
     }
@@ -473,6 +477,31 @@ impl PoolCore {
 }
 
 impl PoolCore {
+    /// Keeps the state of a replaced member whose thread has not ended yet.
+    pub(crate) fn keep_retired(&self, serial: u64, shared: Arc<Shared>) {
+        if !shared.exited.is_ready() {
+            self.retired_lock().push((serial, shared));
+        }
+    }
+
+    /// Forgets a replaced member whose thread has ended.
+    pub(crate) fn forget_retired(&self, serial: u64) {
+        self.retired_lock().retain(|(s, _)| *s != serial);
+    }
+
+    /// Takes the replaced members whose threads may still run.
+    pub(crate) fn take_retired(&self) -> Vec<Arc<Shared>> {
+        self.retired_lock()
+            .drain(..)
+            .map(|(_, shared)| shared)
+            .collect()
+    }
+
+    /// Only pushes and removals happen under the lock: a poisoned lock is taken over.
+    fn retired_lock(&self) -> MutexGuard<'_, Vec<(u64, Arc<Shared>)>> {
+        self.retired.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Takes every member out of the pool.
     pub(crate) fn take_members(&self) -> Vec<Arc<Member>> {
         let mut members = self.members();

@@ -92,7 +92,7 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
             Ok(Event::Stop) => supervisor.stopping = true,
             Ok(Event::Retire { serial }) => {
                 if let Some((index, old)) = pool.remove(serial) {
-                    retire(old);
+                    retire(&pool, old);
                     supervisor.take_over(&pool, index);
                 }
             }
@@ -102,8 +102,11 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
                     if old.isle.is_abandoned() {
                         pool.counters.abandoned.fetch_add(1, Ordering::Relaxed);
                     }
-                    retire(old);
+                    retire(&pool, old);
                     supervisor.take_over(&pool, index);
+                } else {
+                    // A member replaced earlier has ended.
+                    pool.forget_retired(serial);
                 }
             }
             Ok(Event::Started { index, serial }) => supervisor.started(&pool, index, serial),
@@ -111,10 +114,17 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
     }
 }
 
-/// Lets a replaced member go: it takes nothing more from the pool's queue, runs what its own
-/// queue holds and ends once its last handle (a guard may still hold one) is gone.
-fn retire(old: Arc<Member>) {
+/// Lets a replaced member go: it takes nothing more from the pool's queue, and, closed, ends
+/// once it has run what its own queue holds and its coroutine requests in progress (whoever
+/// still holds a handle to it). The pool keeps its state until then, so that the pool's
+/// shutdown waits for it too (and stops it past a deadline).
+fn retire(pool: &PoolCore, old: Arc<Member>) {
     old.cell.force_state(RETIRING);
+    let shared = old.isle.shared_state().clone();
+    shared.close();
+    // It may be waiting for work on its own queue: make it look at the flag.
+    old.isle.wake();
+    pool.keep_retired(old.cell.serial, shared);
     drop(old);
 }
 
