@@ -689,3 +689,73 @@ fn a_fresh_vm_pool_shut_down_mid_request_never_reuses_a_vm() {
         }
     });
 }
+
+/// A request that leaves more than a quarter of the memory limit in its fresh environment,
+/// plus an object whose finalizer calls `hold()`: the collection after it runs that finalizer.
+const CLEANUP_RUNS_A_FINALIZER: &str = r#"
+    big = string.rep("x", 3 * 1024 * 1024)
+    fin = setmetatable({}, { __gc = function() hold() end })
+    return 1
+"#;
+
+fn isle_whose_finalizers_call(hold: impl Fn() + Send + Sync + 'static) -> Isle {
+    let hold = std::sync::Arc::new(hold);
+    Isle::builder()
+        .memory_limit(8 << 20)
+        .isolation(Isolation::FreshEnvironment)
+        .grace_period(std::time::Duration::from_millis(300))
+        .spawn(move |lua| {
+            let hold = hold.clone();
+            let f = lua.create_function(move |_, ()| {
+                hold();
+                Ok(())
+            })?;
+            lua.globals().set("hold", f)
+        })
+        .unwrap()
+}
+
+/// The outcome is what the code did by its deadline: a slow finalizer in the cleanup after
+/// it (within the grace period) does not turn it into a timeout.
+#[test]
+fn cleanup_after_a_request_does_not_change_its_outcome() {
+    let (entered, entering) = crossbeam_channel::bounded::<()>(1);
+    let isle = isle_whose_finalizers_call(move || {
+        // Past the request's deadline, well within the grace period.
+        let _ = entered.try_send(());
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    });
+    let got = isle
+        .request()
+        .timeout(std::time::Duration::from_millis(100))
+        .spawn_eval::<i64>(CLEANUP_RUNS_A_FINALIZER)
+        .unwrap()
+        .wait();
+    entering.recv().unwrap();
+    assert!(matches!(got, Ok(1)), "{got:?}");
+}
+
+/// A finalizer that never returns in that cleanup ends in a hard stop that resolves the
+/// request, as one run by the request itself would.
+#[test]
+fn a_stuck_cleanup_still_resolves_its_request() {
+    use std::sync::Mutex;
+    common::within_hang_guard(|| {
+        let (entered, entering) = crossbeam_channel::bounded::<()>(1);
+        let (release, released) = crossbeam_channel::bounded::<()>(1);
+        let released = Mutex::new(released);
+        let isle = isle_whose_finalizers_call(move || {
+            let _ = entered.try_send(());
+            let _ = released.lock().unwrap().recv();
+        });
+        let task = isle
+            .request()
+            .timeout(std::time::Duration::from_millis(100))
+            .spawn_eval::<i64>(CLEANUP_RUNS_A_FINALIZER)
+            .unwrap();
+        entering.recv().unwrap();
+        assert!(matches!(task.wait(), Err(IsleError::Timeout)));
+        let _ = isle.shutdown_timeout(std::time::Duration::from_millis(20));
+        release.send(()).unwrap();
+    });
+}

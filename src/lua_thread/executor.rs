@@ -398,9 +398,15 @@ where
         // What the request changed outside its environment (a sandbox's collected output,
         // collector settings, the random seed) does not reach later requests; the memory the
         // report gives is what remains after that.
-        crate::sandbox::after_coroutine_request(&self.context.lua);
+        let collect = crate::sandbox::after_coroutine_request(&self.context.lua);
+        if collect == crate::sandbox::Collect::Now {
+            let _ = self.context.lua.gc_collect();
+        }
         self.context.report(&result);
         self.slot.complete(result);
+        if collect == crate::sandbox::Collect::Later {
+            let _ = self.context.lua.gc_collect();
+        }
     }
 
     /// Registers for the wake-ups that end a suspended request; `true` if one is due already.

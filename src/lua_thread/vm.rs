@@ -90,21 +90,23 @@ impl Vm {
         self.sealed = Some(sealed);
     }
 
-    /// Forgets what the finished request left behind (a no-op without isolation or sandbox).
+    /// Forgets what the finished request left behind (a no-op without isolation or sandbox);
+    /// if much memory is in use, collects garbage, which may run finalizers.
     pub(crate) fn after_request(&mut self) {
         let Some(sealed) = &mut self.sealed else {
             return;
         };
-        if sealed.after_request(&self.lua) {
-            if let Some(chunks) = &mut self.chunks {
-                chunks.clear();
-            }
-            #[cfg(feature = "tokio")]
-            if let Some(bodies) = &mut self.bodies {
-                bodies.clear();
-            }
-            sealed.collect(&self.lua);
+        if !sealed.after_request(&self.lua) {
+            return;
         }
+        if let Some(chunks) = &mut self.chunks {
+            chunks.clear();
+        }
+        #[cfg(feature = "tokio")]
+        if let Some(bodies) = &mut self.bodies {
+            bodies.clear();
+        }
+        let _ = self.lua.gc_collect();
     }
 
     /// Runs a coroutine request's `code` as [`coroutine`](Self::coroutine) does: compiled in

@@ -320,13 +320,15 @@ where
         current::enter(token, deadline);
         let result = catch_unwind(AssertUnwindSafe(|| work(&mut worker.vm)));
         let token = current::leave().expect("the request context is set while it runs");
+        let outcome = outcome(&worker.shared, &token, deadline, result);
+        // What the request left in its environment is garbage from here on; the memory the
+        // pool's report gives is what remains after that. Collecting it may run finalizers
+        // (with hooks off): the request stays the running one meanwhile, so that a finalizer
+        // that never returns ends in a hard stop that resolves it, as one run by the request
+        // itself would. (Its outcome is decided already.)
+        worker.vm.after_request();
         worker.armed.end();
         worker.shared.request_ended();
-        // What the request left in its environment is garbage from here on; the memory the
-        // pool's report gives is what remains after that.
-        worker.vm.after_request();
-
-        let outcome = outcome(&worker.shared, &token, deadline, result);
         // Reported before the caller can see the result: whatever the report decides (a pool
         // retiring this thread, say) holds by the time the caller makes its next request.
         if let Some(feed) = &worker.feed {

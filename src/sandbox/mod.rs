@@ -141,7 +141,10 @@ pub(crate) fn seal(
     let freeze_libraries = fresh || sandbox.is_some_and(|s| s.read_only_libraries);
     let freeze_host = fresh || sandbox.is_some_and(|s| s.read_only_host_tables);
     #[cfg(feature = "tokio")]
-    lua.set_app_data(SealedLimit(memory_limit));
+    lua.set_app_data(SealedLimit {
+        memory_limit,
+        script_finalizers: sandbox.is_none_or(|s| s.finalizers),
+    });
     // Before the libraries become read-only.
     if fresh || sandbox.is_some() {
         output::watch_random_seed(lua, sandbox.is_some())?;
@@ -312,12 +315,6 @@ impl Sealed {
         }
         true
     }
-
-    /// Collects garbage after the chunk cache let go of what it held (see
-    /// [`after_request`](Self::after_request)).
-    pub(crate) fn collect(&self, lua: &Lua) {
-        let _ = lua.gc_collect();
-    }
 }
 
 /// How much of a chunk's source names it in a sealed VM: as much as Lua shows in messages, so
@@ -349,18 +346,39 @@ fn forget_request_effects(lua: &Lua) {
 
 #[cfg(feature = "tokio")]
 /// After a coroutine request in a sealed VM: forgets what it changed outside its environment
-/// (see [`Sealed::after_request`]), and collects its environment at once if much memory is in
-/// use (an allocation that fails does not always collect first).
-pub(crate) fn after_coroutine_request(lua: &Lua) {
-    let Some(limit) = lua.app_data_ref::<SealedLimit>().map(|limit| limit.0) else {
-        return;
+/// (see [`Sealed::after_request`]). Much memory in use means its environment should be
+/// collected at once (an allocation that fails does not always collect first): returns
+/// `Collect::Now`, or `Collect::Later` when scripts may have set finalizers (a collection
+/// would run them, with hooks off, before the request is resolved).
+pub(crate) fn after_coroutine_request(lua: &Lua) -> Collect {
+    let Some((limit, finalizers)) = lua
+        .app_data_ref::<SealedLimit>()
+        .map(|sealed| (sealed.memory_limit, sealed.script_finalizers))
+    else {
+        return Collect::No;
     };
     forget_request_effects(lua);
-    if limit.is_some_and(|limit| lua.used_memory() > limit / 4) {
-        let _ = lua.gc_collect();
+    match limit.is_some_and(|limit| lua.used_memory() > limit / 4) {
+        false => Collect::No,
+        true if finalizers => Collect::Later,
+        true => Collect::Now,
     }
 }
 
+/// Whether (and when) garbage is to be collected after a coroutine request.
 #[cfg(feature = "tokio")]
-/// Marks a sealed VM, with its memory limit (for [`after_coroutine_request`]).
-struct SealedLimit(Option<usize>);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Collect {
+    No,
+    /// Before the request's result is reported.
+    Now,
+    /// Once its caller has the result.
+    Later,
+}
+
+#[cfg(feature = "tokio")]
+/// Marks a sealed VM (for [`after_coroutine_request`]).
+struct SealedLimit {
+    memory_limit: Option<usize>,
+    script_finalizers: bool,
+}
