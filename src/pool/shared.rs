@@ -418,10 +418,28 @@ impl PoolCore {
 
     /// Takes the member with `serial` out; returns it and the position it had.
     pub(crate) fn remove(&self, serial: u64) -> Option<(usize, Arc<Member>)> {
+        self.remove_if(serial, |_| true)
+    }
+
+    /// Like [`remove`](Self::remove), if the member is still retiring: a closing pool puts
+    /// retired members back into service (see `unretire`), and the retirement it announced
+    /// before then is stale.
+    pub(crate) fn remove_retiring(&self, serial: u64) -> Option<(usize, Arc<Member>)> {
+        self.remove_if(serial, |member| member.cell.state() == RETIRING)
+    }
+
+    fn remove_if(
+        &self,
+        serial: u64,
+        keep: impl Fn(&Member) -> bool,
+    ) -> Option<(usize, Arc<Member>)> {
         let mut members = self.members();
         let index = members
             .iter()
             .position(|m| m.as_ref().is_some_and(|m| m.cell.serial == serial))?;
+        if !members[index].as_ref().is_some_and(|m| keep(m)) {
+            return None;
+        }
         members[index].take().map(|member| (index, member))
     }
 

@@ -91,7 +91,7 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
             Err(RecvTimeoutError::Timeout) => {}
             Ok(Event::Stop) => supervisor.stopping = true,
             Ok(Event::Retire { serial }) => {
-                if let Some((index, old)) = pool.remove(serial) {
+                if let Some((index, old)) = pool.remove_retiring(serial) {
                     retire(&pool, old);
                     supervisor.take_over(&pool, index);
                 }
