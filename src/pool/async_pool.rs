@@ -785,7 +785,7 @@ impl AsyncIslePoolDriver {
 /// Coroutine requests the member was running for others when it was checked out go on
 /// between the holder's requests. A clone of the [`AsyncIsle`] it derefs to outlives the
 /// checkout: requests through such a clone after the guard is dropped run on a member that
-/// is back in service.
+/// is back in service, or fail with [`IsleError::Shutdown`] once the member was replaced.
 ///
 /// # Examples
 ///

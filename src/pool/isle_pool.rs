@@ -442,8 +442,11 @@ impl IslePool {
     }
 
     /// Stops accepting requests, lets every member finish what is queued, and waits for all
-    /// of them to end. Checked-out members are closed too: their guard's requests in
-    /// progress or queued finish, later ones fail with [`IsleError::Shutdown`].
+    /// of them to end — members replaced earlier that still finish what they had included.
+    /// Checked-out members are closed too: their guard's requests in progress or queued
+    /// finish, later ones fail with [`IsleError::Shutdown`]. (With
+    /// [`Isolation::FreshVm`](crate::Isolation::FreshVm), what is queued resolves
+    /// [`IsleError::Shutdown`] instead of running.)
     ///
     /// # Errors
     ///
