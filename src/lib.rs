@@ -240,6 +240,7 @@ mod error;
 mod handle;
 mod interrupt;
 mod lua_thread;
+mod lualib;
 mod pool;
 mod sandbox;
 
@@ -331,6 +332,7 @@ pub use crate::handle::request::{Blocking, Request};
 pub use crate::handle::task::Task;
 pub use crate::interrupt::{without_interrupts, Interrupt};
 pub use crate::lua_thread::current::{checkpoint, current_deadline, current_token};
+pub use crate::lualib::TaskLibrary;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use crate::pool::{AsyncIslePool, AsyncIslePoolDriver, PooledAsyncIsle};

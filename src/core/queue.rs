@@ -229,6 +229,8 @@ impl Shared {
     /// Refuses new submissions from now on; what is queued still runs.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // A script waiting on a host channel learns that the isle is closing.
+        self.interrupter.close();
         // Async submitters waiting for room must learn that none will come.
         #[cfg(feature = "tokio")]
         self.room.notify(usize::MAX);

@@ -147,6 +147,18 @@ pub(crate) fn would_block_isle(id: u64) -> bool {
     on_isle_thread(id) && !IN_COROUTINE.get()
 }
 
+/// Whether a coroutine request runs on this (Lua) thread now.
+pub(crate) fn in_coroutine() -> bool {
+    #[cfg(feature = "tokio")]
+    {
+        IN_COROUTINE.get()
+    }
+    #[cfg(not(feature = "tokio"))]
+    {
+        false
+    }
+}
+
 /// Marks the calling thread as running a coroutine request (or not).
 #[cfg(feature = "tokio")]
 pub(crate) fn set_in_coroutine(inside: bool) {

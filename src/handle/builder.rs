@@ -15,6 +15,7 @@ use crate::interrupt::Interrupt;
 use crate::lua_thread::feed::Feed;
 use crate::lua_thread::vm::VmSource;
 use crate::lua_thread::worker::{self, Setup};
+use crate::lualib::TaskLibrary;
 use crate::sandbox::{Isolation, Sandbox};
 
 /// Default number of requests that can wait in an isle's queue.
@@ -80,6 +81,7 @@ pub struct IsleBuilder {
     jit: bool,
     sandbox: Option<Sandbox>,
     isolation: Isolation,
+    tasks: Option<TaskLibrary>,
     /// A shared queue the isle's thread also serves (set for pool members).
     feed: Option<Feed>,
 }
@@ -106,6 +108,7 @@ impl Default for IsleBuilder {
             jit: false,
             sandbox: None,
             isolation: Isolation::Shared,
+            tasks: None,
             feed: None,
         }
     }
@@ -127,7 +130,8 @@ impl fmt::Debug for IsleBuilder {
             .field("grace_period", &self.grace_period)
             .field("interrupt", &self.interrupt)
             .field("sandbox", &self.sandbox)
-            .field("isolation", &self.isolation);
+            .field("isolation", &self.isolation)
+            .field("tasks", &self.tasks);
         #[cfg(any(feature = "luajit", feature = "luajit52"))]
         f.field("jit", &self.jit);
         f.finish()
@@ -476,6 +480,28 @@ impl IsleBuilder {
         self
     }
 
+    /// Installs the `task` global: tasks, channels, `select`, timers and tickers for scripts,
+    /// scoped to the request that spawns them (see [`TaskLibrary`] and the crate docs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{Isle, TaskLibrary};
+    ///
+    /// let isle = Isle::builder().task_library(TaskLibrary::new()).spawn(|_| Ok(()))?;
+    /// let both: (i64, i64) = isle.eval(r#"
+    ///     local a = task.spawn(function() task.sleep(0.001) return 1 end)
+    ///     local b = task.spawn(function() return 2 end)
+    ///     return a:join(), b:join()
+    /// "#)?;
+    /// assert_eq!(both, (1, 2));
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn task_library(mut self, tasks: TaskLibrary) -> Self {
+        self.tasks = Some(tasks);
+        self
+    }
+
     /// LuaJIT only: whether the JIT compiler may run (default: off).
     ///
     /// LuaJIT runs no hook inside compiled code, so with the JIT on, a loop that got compiled
@@ -556,6 +582,7 @@ impl IsleBuilder {
             jit: self.jit,
             sandbox: self.sandbox.clone(),
             isolation: self.isolation,
+            tasks: self.tasks.clone(),
             feed: None,
         }
     }
@@ -615,6 +642,7 @@ impl IsleBuilder {
             jit: self.jit,
             sandbox: self.sandbox,
             isolation: self.isolation,
+            tasks: self.tasks,
         };
         let thread = {
             let shared = shared.clone();

@@ -264,6 +264,14 @@ pub(crate) struct Interrupter {
     /// never delivered to a thread or VM that is gone.
     #[cfg(any(unix, feature = "luau"))]
     target: Mutex<Option<Target>>,
+    /// The Lua thread, unparked by [`nudge`](Self::nudge) when it waits idle in the task
+    /// scheduler.
+    lua_thread: OnceLock<std::thread::Thread>,
+    /// Set by [`nudge`](Self::nudge), taken by the Lua thread before it parks.
+    nudged: std::sync::atomic::AtomicBool,
+    /// Set when the isle refuses new requests: host channels read as closed to scripts from
+    /// then on, so that a script serving one ends.
+    closing: std::sync::atomic::AtomicBool,
     /// Test-only: how many times the signal handler armed the hook for this isle.
     #[cfg(all(test, unix, not(feature = "luau")))]
     pub(crate) signal_arms: std::sync::atomic::AtomicUsize,
@@ -354,9 +362,37 @@ impl Interrupter {
         self.cancelled.load(Ordering::SeqCst)
     }
 
+    /// Wakes the Lua thread if it waits idle (in the task scheduler): something it may wait
+    /// for happened (a stop, news on a host channel, the isle closing).
+    pub(crate) fn nudge(&self) {
+        self.nudged.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.lua_thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// The isle refuses new requests from now on: tells a script waiting on a host channel.
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.nudge();
+    }
+
+    /// Whether the isle refuses new requests.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Whether the Lua thread was nudged since the last call; clears the flag.
+    pub(crate) fn take_nudge(&self) -> bool {
+        self.nudged.swap(false, Ordering::SeqCst)
+    }
+
     /// Wakes the Lua thread up to the interrupt if request `gen` is the one running. (If it is
     /// about to run, it sees the raised generation itself when it starts.)
     fn poke(&self, gen: u64) {
+        if self.running.load(Ordering::SeqCst) == gen {
+            self.nudge();
+        }
         #[cfg(any(unix, feature = "luau"))]
         if self.running.load(Ordering::SeqCst) == gen {
             let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
@@ -414,6 +450,7 @@ impl Armed {
             #[cfg(feature = "luau")]
             Interrupt::OnDemand => None,
         };
+        let _ = interrupter.lua_thread.set(std::thread::current());
         let hook = hook::Registration::install(lua, &interrupter, every)?;
         let probe = probe::create(lua)?;
         #[cfg(not(feature = "luau"))]

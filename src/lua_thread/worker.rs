@@ -47,6 +47,8 @@ pub(crate) struct Setup {
     pub(crate) sandbox: Option<Sandbox>,
     /// What a request sees of earlier ones.
     pub(crate) isolation: Isolation,
+    /// The `task` library, if installed.
+    pub(crate) tasks: Option<crate::lualib::TaskLibrary>,
 }
 
 /// The Lua thread's state between jobs.
@@ -59,6 +61,8 @@ pub(crate) struct Worker {
     /// Set while the Lua thread runs its async executor (for coroutine requests).
     #[cfg(feature = "tokio")]
     pub(crate) executor: Option<crate::lua_thread::executor::Executor>,
+    /// The `task` library (its Lua functions go before the VM).
+    pub(crate) tasks: Option<Rc<crate::lualib::Installed>>,
     pub(crate) armed: Rc<Armed>,
     pub(crate) vm: Vm,
     pub(crate) shared: Arc<Shared>,
@@ -100,6 +104,15 @@ impl Worker {
             let armed = Armed::install(&lua, shared.interrupter.clone(), setup.interrupt)?;
             // Last: the guards wrap the functions the interrupt machinery replaced too.
             guards::install(&lua)?;
+            // On top of the interrupt machinery's coroutine functions; under the sandbox.
+            let tasks = match &setup.tasks {
+                Some(config) => Some(Rc::new(crate::lualib::install(
+                    &lua,
+                    config,
+                    &shared.interrupter,
+                )?)),
+                None => None,
+            };
             if let Some(sandbox) = &setup.sandbox {
                 sandbox::restrict(&lua, sandbox)?;
             }
@@ -111,6 +124,7 @@ impl Worker {
             let mut worker = Worker {
                 #[cfg(feature = "tokio")]
                 executor: None,
+                tasks,
                 armed: Rc::new(armed),
                 vm: Vm::new(lua, setup.chunk_cache),
                 shared: shared.clone(),
@@ -131,7 +145,9 @@ impl Worker {
             worker.armed.begin(gen, deadline);
             shared.request_started(ready, deadline);
             let result = init(worker.vm.lua());
+            let ended = worker.end_tasks_armed();
             worker.armed.end();
+            worker.end_tasks_stopped(ended);
             shared.request_ended();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(IsleError::Timeout);
@@ -273,6 +289,22 @@ pub(crate) fn handle_job(
 }
 
 impl Worker {
+    /// Ends the `task` scope of the request that just ran, while it is still the running
+    /// request; `false` if that was cut short (see [`end_tasks_stopped`](Self::end_tasks_stopped)).
+    pub(crate) fn end_tasks_armed(&self) -> bool {
+        self.tasks.as_ref().is_none_or(|tasks| tasks.end_request())
+    }
+
+    /// Finishes what [`end_tasks_armed`](Self::end_tasks_armed) could not, after the request
+    /// stopped being the running one.
+    pub(crate) fn end_tasks_stopped(&self, ended: bool) {
+        if !ended {
+            if let Some(tasks) = &self.tasks {
+                tasks.end_stopped();
+            }
+        }
+    }
+
     /// Whether no coroutine request is in progress.
     pub(crate) fn idle(&self) -> bool {
         #[cfg(feature = "tokio")]
@@ -326,8 +358,10 @@ where
         // (with hooks off): the request stays the running one meanwhile, so that a finalizer
         // that never returns ends in a hard stop that resolves it, as one run by the request
         // itself would. (Its outcome is decided already.)
+        let ended = worker.end_tasks_armed();
         worker.vm.after_request();
         worker.armed.end();
+        worker.end_tasks_stopped(ended);
         worker.shared.request_ended();
         // Reported before the caller can see the result: whatever the report decides (a pool
         // retiring this thread, say) holds by the time the caller makes its next request.

@@ -1,0 +1,145 @@
+//! Libraries installed into the VM: the `task` library (tasks, channels, `select`, timers)
+//! and the host channels that connect it with Rust.
+//!
+//! The scheduler itself is Lua ([`task.lua`](self)): tasks are coroutines, channels and wait
+//! queues are Lua tables, so everything a task holds stays visible to Lua's collector. The
+//! host side provides the clock, the idle wait (parking the Lua thread until a timer is due,
+//! a host channel has news or the request must stop) and preemption.
+//!
+//! May import from `error`, `interrupt` and `core`, not from `lua_thread`, `handle` or `pool`.
+
+mod config;
+mod host;
+mod preempt;
+
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mlua::{Function, Lua, Table};
+
+use crate::interrupt::Interrupter;
+
+pub use config::TaskLibrary;
+
+thread_local! {
+    /// Whether the running request opened a task scope (used the library).
+    static SCOPE_OPEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The library as the Lua thread keeps it.
+pub(crate) struct Installed {
+    /// Ends the running request's scope: `end_scope(close_tasks)`.
+    end_scope: Function,
+    _preempt: Option<preempt::Registration>,
+}
+
+impl std::fmt::Debug for Installed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installed").finish_non_exhaustive()
+    }
+}
+
+/// The process's clock origin for `task.now()`.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Installs the `task` global into `lua`. Runs on the Lua thread, after the interrupt
+/// machinery (whose `coroutine` wrappers the scheduler must use) and before any sandbox.
+pub(crate) fn install(
+    lua: &Lua,
+    config: &TaskLibrary,
+    interrupter: &Arc<Interrupter>,
+) -> mlua::Result<Installed> {
+    static COMPILED: OnceLock<Vec<u8>> = OnceLock::new();
+    let origin = epoch();
+    let prims = lua.create_table()?;
+    prims.raw_set(
+        "now",
+        lua.create_function(move |_, ()| Ok(origin.elapsed().as_secs_f64()))?,
+    )?;
+    let idle = interrupter.clone();
+    prims.raw_set(
+        "idle_wait",
+        lua.create_function(move |_, delay: Option<f64>| {
+            idle_wait(&idle, delay);
+            Ok(())
+        })?,
+    )?;
+    prims.raw_set(
+        "open_scope",
+        lua.create_function(|_, ()| {
+            if crate::core::wait::in_coroutine() {
+                return Ok(false);
+            }
+            SCOPE_OPEN.set(true);
+            Ok(true)
+        })?,
+    )?;
+    let preempt = match config.time_slice {
+        Some(slice) => {
+            let registration = preempt::Registration::new(interrupter, slice);
+            let (begin, end) = registration.functions(lua)?;
+            prims.raw_set("slice_begin", begin)?;
+            prims.raw_set("slice_end", end)?;
+            Some(registration)
+        }
+        None => None,
+    };
+    let chunk =
+        crate::interrupt::load_own_chunk(lua, &COMPILED, include_str!("task.lua"), "=[isle task]")?;
+    let (task, end_scope): (Table, Function) = chunk.call(prims)?;
+    host::install(lua, &task)?;
+    lua.globals().raw_set("task", task)?;
+    Ok(Installed {
+        end_scope,
+        _preempt: preempt,
+    })
+}
+
+impl Installed {
+    /// Ends the running request's scope, if it opened one: its tasks are cancelled (their
+    /// coroutines closed, which runs pending `__close` handlers) and what they were handed
+    /// goes back to its channels. Called while the request is still the running one, so that
+    /// Lua code this runs can be stopped; returns `false` if it could not finish (the request
+    /// is being stopped), in which case [`end_stopped`](Self::end_stopped) must follow once
+    /// it is not.
+    pub(crate) fn end_request(&self) -> bool {
+        if !SCOPE_OPEN.get() {
+            return true;
+        }
+        let done = self.end_scope.call::<()>(true).is_ok();
+        if done {
+            SCOPE_OPEN.set(false);
+        }
+        done
+    }
+
+    /// Ends a scope [`end_request`](Self::end_request) could not: tasks are dropped without
+    /// running their `__close` handlers. Runs only the library's own code.
+    pub(crate) fn end_stopped(&self) {
+        if !SCOPE_OPEN.replace(false) {
+            return;
+        }
+        let _ = self.end_scope.call::<()>(false);
+    }
+}
+
+/// Parks the Lua thread for `delay` seconds (`None`: until woken), unless it was woken
+/// already or the running request has to stop.
+fn idle_wait(interrupter: &Interrupter, delay: Option<f64>) {
+    if interrupter.take_nudge() || interrupter.stop_requested().is_some() {
+        return;
+    }
+    match delay {
+        Some(delay) if delay <= 0.0 => {}
+        Some(delay) => {
+            // Far-off timers are capped: the loop just waits again.
+            std::thread::park_timeout(Duration::from_secs_f64(delay.min(3600.0)))
+        }
+        None => std::thread::park(),
+    }
+    interrupter.take_nudge();
+}

@@ -1,0 +1,1006 @@
+-- The `task` library: tasks, channels, select and timers inside one request.
+--
+-- Called once per VM with the host's primitives; returns the library table and the function
+-- the Lua thread calls when a request ends. Written in the subset of Lua that every
+-- supported version (5.1 to 5.5, LuaJIT, Luau) runs.
+--
+-- Structure: every request that uses the library gets a *scope* (created on first use): its
+-- tasks, its ready queue and its timers. The request's own code is not a task; when it blocks
+-- (join, recv, sleep, ...), it runs the scope's scheduler until what it waits for happens.
+-- A task blocks by yielding to whoever resumed it (the scheduler, or `spawn`). A wait is one
+-- table (`w`); each place it waits in (a channel queue, a task's joiners) holds a node of it.
+
+local prims = ...
+local now, idle_wait, open_scope = prims.now, prims.idle_wait, prims.open_scope
+local slice_begin, slice_end = prims.slice_begin, prims.slice_end
+
+local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
+local co_running, co_yield = coroutine.running, coroutine.yield
+local co_close = coroutine.close
+local co_isyieldable = coroutine.isyieldable
+local error, type, select, setmetatable, tostring = error, type, select, setmetatable, tostring
+local pcall, rawequal, next = pcall, rawequal, next
+local floor, huge = math.floor, math.huge
+local pack = table.pack or function(...)
+  return { n = select("#", ...), ... }
+end
+local unpack = table.unpack or unpack
+
+-- Deep chains of eager starts (a task spawning a task spawning ...) nest C calls: past this
+-- depth a new task is queued instead of started at once.
+local MAX_EAGER_DEPTH = 64
+
+local scope = nil    -- the scope of the running request, if it used the library
+local current = nil  -- the task record running now (nil: the request's own code)
+local depth = 0      -- nesting of eager starts
+local select_turn = 0
+
+-------------------------------------------------------------------------------------------
+-- Queues: doubly linked lists of wait nodes.
+
+local function q_new()
+  return { head = nil, tail = nil }
+end
+
+local function q_push(q, node)
+  node.q = q
+  node.next = nil
+  node.prev = q.tail
+  if q.tail then q.tail.next = node else q.head = node end
+  q.tail = node
+end
+
+local function q_unlink(node)
+  local q = node.q
+  if not q then return end
+  if node.prev then node.prev.next = node.next else q.head = node.next end
+  if node.next then node.next.prev = node.prev else q.tail = node.prev end
+  node.q, node.prev, node.next = nil, nil, nil
+end
+
+-------------------------------------------------------------------------------------------
+-- Scopes, the ready queue and timers (a binary heap of waits ordered by time).
+
+local function new_scope()
+  return {
+    ready = {}, rh = 1, rt = 1,
+    tasks = {}, live = 0,
+    heap = {}, nheap = 0, seq = 0,
+    host = {}, -- host ports with waiters: port -> true
+    ended = false,
+  }
+end
+
+local function get_scope()
+  local s = scope
+  if s then return s end
+  if not open_scope() then
+    error("the task library cannot be used in coroutine requests", 3)
+  end
+  s = new_scope()
+  scope = s
+  return s
+end
+
+local function ready_push(s, rec)
+  local t = s.rt
+  s.ready[t] = rec
+  s.rt = t + 1
+end
+
+local function ready_pop(s)
+  local h = s.rh
+  if h == s.rt then return nil end
+  local ready = s.ready
+  local rec = ready[h]
+  ready[h] = nil
+  h = h + 1
+  if h == s.rt then h = 1; s.rt = 1 end
+  s.rh = h
+  return rec
+end
+
+local function heap_less(a, b)
+  return a.at < b.at or (a.at == b.at and a.seq < b.seq)
+end
+
+local function heap_up(heap, i)
+  local item = heap[i]
+  while i > 1 do
+    local p = floor(i / 2)
+    local parent = heap[p]
+    if not heap_less(item, parent) then break end
+    heap[i] = parent
+    parent.hi = i
+    i = p
+  end
+  heap[i] = item
+  item.hi = i
+end
+
+local function heap_down(heap, n, i)
+  local item = heap[i]
+  while true do
+    local c = i * 2
+    if c > n then break end
+    if c < n and heap_less(heap[c + 1], heap[c]) then c = c + 1 end
+    local child = heap[c]
+    if not heap_less(child, item) then break end
+    heap[i] = child
+    child.hi = i
+    i = c
+  end
+  heap[i] = item
+  item.hi = i
+end
+
+-- Puts `t` (a table with `at`) on the scope's timer heap.
+local function timer_add(s, t, at)
+  s.seq = s.seq + 1
+  t.at, t.seq = at, s.seq
+  local n = s.nheap + 1
+  s.nheap = n
+  s.heap[n] = t
+  heap_up(s.heap, n)
+end
+
+local function timer_remove(s, t)
+  local i = t.hi
+  if not i or s.heap[i] ~= t then return end
+  t.hi = nil
+  local heap, n = s.heap, s.nheap
+  local last = heap[n]
+  heap[n] = nil
+  s.nheap = n - 1
+  if i < n then
+    heap[i] = last
+    last.hi = i
+    heap_up(heap, i)
+    heap_down(heap, n - 1, last.hi)
+  end
+end
+
+-------------------------------------------------------------------------------------------
+-- Waits.
+--
+-- w = { rec = task record or nil, scope, fired = case index or nil, value, ok,
+--       nodes = list of nodes or a single node, timer = true when on the heap }
+-- node = { w = w, idx = case index, val = value to send, ch = channel (for put-backs) }
+
+local function wait_new(s)
+  return { rec = current, scope = s, fired = nil }
+end
+
+-- Whether a node may still be fired: its wait is pending and its request still running.
+local function node_live(node)
+  local w = node.w
+  return not w.fired and not w.scope.ended
+end
+
+-- Removes every other trace of a wait once it fired or was abandoned.
+local function wait_detach(w)
+  local nodes = w.nodes
+  if nodes then
+    for i = 1, #nodes do q_unlink(nodes[i]) end
+  end
+  if w.hi then timer_remove(w.scope, w) end
+end
+
+local function wake(w)
+  local rec = w.rec
+  if rec and rec.w == w and rec.st == "waiting" then
+    rec.st = "ready"
+    ready_push(rec.scope, rec)
+  end
+end
+
+-- Fires `w` through case `idx`, with a received value (or a send's success) in `value, ok`.
+local function fire(w, idx, value, ok)
+  w.fired = idx
+  w.value, w.ok = value, ok
+  wait_detach(w)
+  wake(w)
+end
+
+-- Pops the first node of `q` that can still be fired, dropping dead ones.
+local function q_pop_live(q)
+  local node = q.head
+  while node do
+    q_unlink(node)
+    if node_live(node) then return node end
+    node = q.head
+  end
+  return nil
+end
+
+local function q_has_live(q)
+  local node = q.head
+  while node do
+    if node_live(node) then return true end
+    local nxt = node.next
+    q_unlink(node)
+    node = nxt
+  end
+  return false
+end
+
+-------------------------------------------------------------------------------------------
+-- The scheduler.
+
+-- Delivers what host channels have for waiting tasks; returns how many waits it fired.
+local function poll_host(s)
+  local n = 0
+  for port in next, s.host do
+    n = n + port.host_port.poll(port, s)
+  end
+  return n
+end
+
+local step -- forward
+
+local function fire_timers(s, t)
+  local heap = s.heap
+  local fired = false
+  while s.nheap > 0 do
+    local top = heap[1]
+    if top.at > t then break end
+    timer_remove(s, top)
+    if not top.fired and not s.ended then
+      fire(top, top.timer_idx, nil, true)
+    end
+    fired = true
+  end
+  return fired
+end
+
+-- Runs the scope's tasks until `w` fires: how the request's own code (or code that cannot
+-- yield to the scheduler) waits.
+local function run_until(w)
+  local s = w.scope
+  while not w.fired do
+    local rec = ready_pop(s)
+    if rec then
+      step(rec)
+    else
+      local t = now()
+      if not fire_timers(s, t) and poll_host(s) == 0 then
+        local delay
+        if s.nheap > 0 then delay = s.heap[1].at - t end
+        if delay == nil and next(s.host) == nil then
+          error("deadlock: every task is blocked and nothing can wake them", 0)
+        end
+        idle_wait(delay)
+      end
+    end
+  end
+end
+
+-- Whether the running code can yield to the scheduler: it is a task's own coroutine, at a
+-- point where that coroutine can yield.
+local function in_own_task()
+  local rec = current
+  if not rec then return nil end
+  local co = co_running()
+  if not rawequal(co, rec.co) then return nil end
+  if co_isyieldable and not co_isyieldable() then return nil end
+  return rec
+end
+
+-- Blocks the running code until `w` fires.
+local function block(w)
+  local rec = in_own_task()
+  if rec then
+    rec.w = w
+    while not w.fired do
+      rec.st = "waiting"
+      co_yield()
+      if rec.cancelling then
+        -- Cancelled while it ran nested code that resumed it: stop here.
+        co_yield()
+      end
+    end
+    rec.w = nil
+  else
+    run_until(w)
+  end
+end
+
+-- The body of every task's coroutine: stores the results in the record.
+local function task_main(rec, f, ...)
+  rec.results = pack(f(...))
+end
+
+local function wake_joiners(rec)
+  local q = rec.joiners
+  if not q then return end
+  local node = q_pop_live(q)
+  while node do
+    fire(node.w, node.idx, rec, true)
+    node = q_pop_live(q)
+  end
+end
+
+local function finish(rec, status)
+  rec.st = status
+  rec.w = nil
+  local s = rec.scope
+  if s.tasks[rec] then
+    s.tasks[rec] = nil
+    s.live = s.live - 1
+  end
+  wake_joiners(rec)
+end
+
+-- A received value handed to a wait that will not consume it goes back to its channel.
+local function put_back(w)
+  if w.fired and w.putback and w.ok and not w.consumed then
+    local ch = w.putback
+    w.consumed = true
+    local b = ch.bh - 1
+    ch.bh = b
+    ch.buf[b] = w.value
+    ch.count = ch.count + 1
+    ch.wake_receiver(ch)
+  end
+end
+
+local function kill(rec)
+  local w = rec.w
+  if w then
+    if w.fired then put_back(w) else w.fired = 0; wait_detach(w) end
+  end
+  rec.w = nil
+  local co = rec.co
+  finish(rec, "cancelled")
+  if co_close and co_status(co) == "suspended" then
+    pcall(co_close, co)
+  end
+end
+
+-- What to do with a task once its coroutine gave control back.
+local function settle(rec, ok, err)
+  if co_status(rec.co) == "dead" then
+    if rec.cancelling then
+      finish(rec, "cancelled")
+    elseif ok then
+      finish(rec, "done")
+    else
+      rec.err = err
+      finish(rec, "failed")
+    end
+  elseif rec.cancelling then
+    kill(rec)
+  elseif rec.st == "running" then
+    -- Yielded without blocking: task.yield(), a bare coroutine.yield() or preemption.
+    rec.st = "ready"
+    ready_push(rec.scope, rec)
+  end
+end
+
+local function resume(rec, ...)
+  local prev = current
+  current = rec
+  rec.st = "running"
+  if slice_begin then slice_begin(rec.co) end
+  local ok, err = co_resume(rec.co, ...)
+  if slice_end then slice_end(prev and prev.co) end
+  current = prev
+  settle(rec, ok, err)
+end
+
+step = function(rec)
+  if rec.st ~= "ready" then return end -- cancelled while queued
+  if rec.cancelling then return kill(rec) end
+  resume(rec)
+end
+
+-------------------------------------------------------------------------------------------
+-- Tasks.
+
+local Task = {}
+local TaskMeta = {
+  __index = Task,
+  __metatable = "task",
+  __tostring = function(rec) return "task (" .. rec.st .. ")" end,
+}
+local Channel = {}
+
+local function check_task(h, what)
+  if type(h) ~= "table" or getmetatable(h) ~= "task" then
+    error("bad argument #1 to '" .. what .. "' (task expected)", 3)
+  end
+  return h
+end
+
+local function create(s, f, start, ...)
+  if type(f) ~= "function" then
+    error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 3)
+  end
+  local rec = setmetatable({ co = co_create(task_main), scope = s, st = "ready" }, TaskMeta)
+  s.tasks[rec] = true
+  s.live = s.live + 1
+  if start and depth < MAX_EAGER_DEPTH then
+    depth = depth + 1
+    resume(rec, rec, f, ...)
+    depth = depth - 1
+  else
+    rec.args = pack(rec, f, ...)
+    ready_push(s, rec)
+  end
+  return rec
+end
+
+-- The first resume of a task started later gets its function and arguments.
+local plain_step = step
+step = function(rec)
+  local args = rec.args
+  if args and rec.st == "ready" and not rec.cancelling then
+    rec.args = nil
+    return resume(rec, unpack(args, 1, args.n))
+  end
+  return plain_step(rec)
+end
+
+local task = {}
+
+function task.spawn(f, ...)
+  return create(get_scope(), f, true, ...)
+end
+
+function task.defer(f, ...)
+  return create(get_scope(), f, false, ...)
+end
+
+local function sleep_until(s, at)
+  local w = wait_new(s)
+  w.timer_idx = 1
+  timer_add(s, w, at)
+  block(w)
+end
+
+local function check_seconds(x, fname)
+  if type(x) ~= "number" or x ~= x then
+    error("bad argument #1 to '" .. fname .. "' (number expected, got " .. type(x) .. ")", 3)
+  end
+  if x < 0 then x = 0 end
+  return x
+end
+
+function task.sleep(seconds)
+  if seconds == nil then seconds = 0 end
+  seconds = check_seconds(seconds, "sleep")
+  local s = get_scope()
+  sleep_until(s, now() + seconds)
+end
+
+local function delayed(seconds, f, ...)
+  sleep_until(scope, now() + seconds)
+  return f(...)
+end
+
+function task.delay(seconds, f, ...)
+  seconds = check_seconds(seconds, "delay")
+  if type(f) ~= "function" then
+    error("bad argument #2 to 'delay' (function expected, got " .. type(f) .. ")", 2)
+  end
+  return create(get_scope(), delayed, true, seconds, f, ...)
+end
+
+function task.yield()
+  local s = get_scope()
+  local rec = in_own_task()
+  if rec then
+    co_yield()
+    return
+  end
+  -- The request's own code: let every task that is ready now run once.
+  local n = s.rt - s.rh
+  for _ = 1, n do
+    local r = ready_pop(s)
+    if not r then break end
+    step(r)
+  end
+  fire_timers(s, now())
+  poll_host(s)
+end
+
+function task.current()
+  return current
+end
+
+function task.now()
+  return now()
+end
+
+function Task.status(h)
+  check_task(h, "status")
+  return h.st
+end
+
+function Task.join(h)
+  check_task(h, "join")
+  if h.st ~= "done" and h.st ~= "failed" and h.st ~= "cancelled" then
+    if rawequal(h, current) then error("a task cannot join itself", 2) end
+    if h.scope.ended then error("the task's request has ended", 2) end
+    local s = h.scope
+    local w = wait_new(s)
+    local node = { w = w, idx = 1 }
+    w.nodes = { node }
+    h.joiners = h.joiners or q_new()
+    q_push(h.joiners, node)
+    block(w)
+  end
+  local status = h.st
+  if status == "done" then
+    local r = h.results
+    return unpack(r, 1, r.n)
+  elseif status == "failed" then
+    error(h.err, 0)
+  else
+    error("task was cancelled", 2)
+  end
+end
+
+local function cancel(h)
+  local status = h.st
+  if status == "done" or status == "failed" or status == "cancelled" then return false end
+  if h.scope.ended then return false end
+  if status == "running" then
+    -- The running task itself, or one that started the running code and waits for it.
+    h.cancelling = true
+    if rawequal(h, in_own_task()) then
+      co_yield() -- the scheduler (or `spawn`) kills it; never resumed
+    end
+    return true
+  end
+  h.cancelling = true
+  kill(h)
+  return true
+end
+
+function Task.cancel(h)
+  check_task(h, "cancel")
+  return cancel(h)
+end
+
+TaskMeta.__close = function(h)
+  cancel(h)
+end
+
+-------------------------------------------------------------------------------------------
+-- Channels.
+--
+-- ch = { cap, buf = {}, bh, bt (buffer is buf[bh .. bt-1]), count, closed,
+--        recvq, sendq (queues of wait nodes) }
+
+local ChannelMeta = {
+  __index = Channel,
+  __metatable = "channel",
+  __tostring = function(ch) return "channel (" .. ch.count .. "/" .. ch.cap .. ")" end,
+}
+
+local function check_channel(ch, what)
+  if type(ch) ~= "table" or getmetatable(ch) ~= "channel" then
+    error("bad argument #1 to '" .. what .. "' (channel expected)", 3)
+  end
+  return ch
+end
+
+local function buf_push(ch, v)
+  local t = ch.bt
+  ch.buf[t] = v
+  ch.bt = t + 1
+  ch.count = ch.count + 1
+end
+
+local function buf_pop(ch)
+  local h = ch.bh
+  local v = ch.buf[h]
+  ch.buf[h] = nil
+  h = h + 1
+  ch.count = ch.count - 1
+  if ch.count == 0 then h = 1; ch.bt = 1 end
+  ch.bh = h
+  return v
+end
+
+-- After an item was put back: hand it to a waiting receiver, if any.
+local function wake_receiver(ch)
+  while ch.count > 0 do
+    local node = q_pop_live(ch.recvq)
+    if not node then return end
+    local w = node.w
+    w.putback = ch
+    fire(w, node.idx, buf_pop(ch), true)
+  end
+end
+
+function task.channel(capacity)
+  if capacity == nil then capacity = 0 end
+  if type(capacity) ~= "number" or capacity < 0 or capacity ~= floor(capacity) then
+    error("bad argument #1 to 'channel' (non-negative integer expected)", 2)
+  end
+  return setmetatable({
+    cap = capacity, buf = {}, bh = 1, bt = 1, count = 0, closed = false,
+    recvq = q_new(), sendq = q_new(), wake_receiver = wake_receiver,
+  }, ChannelMeta)
+end
+
+-- Tries to send without blocking: true, or false and why.
+local function try_send(ch, v)
+  if ch.closed then return false, "closed" end
+  local node = q_pop_live(ch.recvq)
+  if node then
+    local w = node.w
+    w.putback = ch
+    fire(w, node.idx, v, true)
+    return true
+  end
+  if ch.count < ch.cap then
+    buf_push(ch, v)
+    return true
+  end
+  return false, "full"
+end
+
+-- Tries to receive without blocking: value, true; or nil, false (closed); or nil, nil (empty).
+local function try_recv(ch)
+  if ch.count > 0 then
+    local v = buf_pop(ch)
+    -- Room for a waiting sender.
+    local node = q_pop_live(ch.sendq)
+    if node then
+      buf_push(ch, node.val)
+      fire(node.w, node.idx, nil, true)
+    end
+    return v, true
+  end
+  local node = q_pop_live(ch.sendq)
+  if node then
+    local v = node.val
+    fire(node.w, node.idx, nil, true)
+    return v, true
+  end
+  if ch.closed then return nil, false end
+  return nil, nil
+end
+
+local function check_value(v, what)
+  if v == nil then error("bad argument #1 to '" .. what .. "' (cannot send nil)", 3) end
+end
+
+function Channel.send(ch, v)
+  check_channel(ch, "send")
+  check_value(v, "send")
+  local ok, why = try_send(ch, v)
+  if ok then return true end
+  if why == "closed" then return false end
+  local s = get_scope()
+  local w = wait_new(s)
+  local node = { w = w, idx = 1, val = v }
+  w.nodes = { node }
+  q_push(ch.sendq, node)
+  block(w)
+  return w.ok == true
+end
+
+function Channel.try_send(ch, v)
+  check_channel(ch, "try_send")
+  check_value(v, "try_send")
+  return try_send(ch, v)
+end
+
+function Channel.recv(ch)
+  check_channel(ch, "recv")
+  local v, ok = try_recv(ch)
+  if ok ~= nil then return v, ok end
+  local s = get_scope()
+  local w = wait_new(s)
+  local node = { w = w, idx = 1 }
+  w.nodes = { node }
+  q_push(ch.recvq, node)
+  block(w)
+  w.consumed = true
+  return w.value, w.ok
+end
+
+function Channel.try_recv(ch)
+  check_channel(ch, "try_recv")
+  local v, ok = try_recv(ch)
+  return v, ok
+end
+
+function Channel.close(ch)
+  check_channel(ch, "close")
+  if ch.closed then return false end
+  ch.closed = true
+  -- Waiting receivers find nothing more; waiting senders' values are not delivered.
+  if ch.count == 0 then
+    local node = q_pop_live(ch.recvq)
+    while node do
+      fire(node.w, node.idx, nil, false)
+      node = q_pop_live(ch.recvq)
+    end
+  end
+  local node = q_pop_live(ch.sendq)
+  while node do
+    fire(node.w, node.idx, nil, false)
+    node = q_pop_live(ch.sendq)
+  end
+  return true
+end
+
+function Channel.is_closed(ch)
+  check_channel(ch, "is_closed")
+  return ch.closed
+end
+
+function Channel.len(ch)
+  check_channel(ch, "len")
+  return ch.count
+end
+
+function Channel.capacity(ch)
+  check_channel(ch, "capacity")
+  return ch.cap
+end
+
+local function iterate(ch)
+  local v = Channel.recv(ch)
+  return v
+end
+
+-- `for v in ch:iter() do ... end` (and `for v in ch do` where `__call` iteration works).
+function Channel.iter(ch)
+  check_channel(ch, "iter")
+  return iterate, ch
+end
+
+ChannelMeta.__call = function(ch)
+  return (Channel.recv(ch))
+end
+-- Luau's generalized iteration.
+ChannelMeta.__iter = function(ch)
+  return iterate, ch
+end
+
+-------------------------------------------------------------------------------------------
+-- Tickers: a timer that fires every `interval` seconds; missed ticks are skipped.
+
+local Ticker = {}
+local TickerMeta = { __index = Ticker, __metatable = "ticker" }
+
+function task.ticker(interval)
+  interval = check_seconds(interval, "ticker")
+  if interval <= 0 then
+    error("bad argument #1 to 'ticker' (positive number expected)", 2)
+  end
+  return setmetatable({ interval = interval, next_at = now() + interval, stopped = false, count = 0 },
+    TickerMeta)
+end
+
+-- Consumes the tick due at or before `t`; returns how many ticks passed since the last one.
+local function take_tick(tk, t)
+  local missed = floor((t - tk.next_at) / tk.interval)
+  tk.next_at = tk.next_at + (missed + 1) * tk.interval
+  tk.count = tk.count + 1
+  return tk.count
+end
+
+function Ticker.next(tk)
+  if getmetatable(tk) ~= "ticker" then error("bad argument #1 to 'next' (ticker expected)", 2) end
+  if tk.stopped then return nil end
+  local t = now()
+  if t < tk.next_at then
+    local s = get_scope()
+    sleep_until(s, tk.next_at)
+    if tk.stopped then return nil end
+    t = now()
+  end
+  return take_tick(tk, t)
+end
+
+function Ticker.stop(tk)
+  if getmetatable(tk) ~= "ticker" then error("bad argument #1 to 'stop' (ticker expected)", 2) end
+  tk.stopped = true
+end
+
+TickerMeta.__call = function(tk) return Ticker.next(tk) end
+
+-------------------------------------------------------------------------------------------
+-- select
+
+local function case_error(i, msg)
+  error("bad case #" .. i .. " to 'select' (" .. msg .. ")", 3)
+end
+
+-- Checks case `i` is ready now; if so, performs it and returns true plus its results.
+local function try_case(c, i)
+  local ch = c.recv
+  if ch ~= nil then
+    if getmetatable(ch) == "channel" then
+      local v, ok = try_recv(ch)
+      if ok ~= nil then
+        if ok == false then c.closed_seen = true end
+        return true, v, ok
+      end
+      return false
+    end
+    if type(ch) == "table" and ch.host_port then
+      local v, ok = ch.host_port.try_recv(ch)
+      if ok ~= nil then
+        if ok == false then c.closed_seen = true end
+        return true, v, ok
+      end
+      return false
+    end
+    case_error(i, "recv expects a channel")
+  end
+  ch = c.send
+  if ch ~= nil then
+    if getmetatable(ch) ~= "channel" then case_error(i, "send expects a channel") end
+    if c.value == nil then case_error(i, "cannot send nil") end
+    local ok, why = try_send(ch, c.value)
+    if ok then return true, true end
+    if why == "closed" then c.closed_seen = true; return true, false end
+    return false
+  end
+  local h = c.join
+  if h ~= nil then
+    if getmetatable(h) ~= "task" then case_error(i, "join expects a task") end
+    local status = h.st
+    if status == "done" or status == "failed" or status == "cancelled" then
+      return true, h
+    end
+    return false
+  end
+  local tk = c.tick
+  if tk ~= nil then
+    if getmetatable(tk) ~= "ticker" then case_error(i, "tick expects a ticker") end
+    if tk.stopped then return false end
+    local t = now()
+    if t >= tk.next_at then return true, take_tick(tk, t) end
+    return false
+  end
+  if c.after ~= nil then
+    if type(c.after) ~= "number" then case_error(i, "after expects seconds") end
+    if c.after <= 0 then return true end
+    return false
+  end
+  case_error(i, "expected a recv, send, join, tick or after case")
+end
+
+-- Registers case `i` in wait `w`; returns the node (nil for timers).
+local function add_case(s, w, c, i)
+  local ch = c.recv
+  if ch ~= nil then
+    local node = { w = w, idx = i }
+    if getmetatable(ch) == "channel" then
+      q_push(ch.recvq, node)
+    else
+      ch.host_port.add_receiver(ch, s, node)
+    end
+    return node
+  end
+  ch = c.send
+  if ch ~= nil then
+    local node = { w = w, idx = i, val = c.value }
+    q_push(ch.sendq, node)
+    return node
+  end
+  local h = c.join
+  if h ~= nil then
+    local node = { w = w, idx = i }
+    h.joiners = h.joiners or q_new()
+    q_push(h.joiners, node)
+    return node
+  end
+  local tk = c.tick
+  local at
+  if tk ~= nil then
+    if tk.stopped then return nil end
+    at = tk.next_at
+  else
+    at = now() + c.after
+  end
+  -- A wait has one timer: the earliest of its timer cases.
+  if not w.hi or at < w.at then
+    if w.hi then timer_remove(s, w) end
+    w.timer_idx = i
+    timer_add(s, w, at)
+  end
+  return nil
+end
+
+-- task.select(cases) with cases = { {recv = ch}, {send = ch, value = v}, {join = task},
+-- {tick = ticker}, {after = seconds}, default = true }: performs exactly one ready case and
+-- returns its index and results; with `default`, returns nil when none is ready.
+function task.select(cases)
+  if type(cases) ~= "table" then
+    error("bad argument #1 to 'select' (table of cases expected)", 2)
+  end
+  local n = #cases
+  local enabled = 0
+  for i = 1, n do
+    local c = cases[i]
+    if type(c) ~= "table" then case_error(i, "table expected") end
+    if not c.closed_seen then enabled = enabled + 1 end
+  end
+  -- Fairness: start at a different case each time.
+  select_turn = select_turn + 1
+  local start = n > 0 and (select_turn % n) or 0
+  for k = 0, n - 1 do
+    local i = (start + k) % n + 1
+    local c = cases[i]
+    if not c.closed_seen then
+      local r = pack(try_case(c, i))
+      if r[1] then return i, unpack(r, 2, r.n) end
+    end
+  end
+  if cases.default then return nil end
+  if enabled == 0 then
+    error("select has no case that can become ready", 2)
+  end
+  local s = get_scope()
+  local w = wait_new(s)
+  local nodes = {}
+  w.nodes = nodes
+  for i = 1, n do
+    local c = cases[i]
+    if not c.closed_seen then
+      local node = add_case(s, w, c, i)
+      if node then nodes[#nodes + 1] = node end
+    end
+  end
+  block(w)
+  local i = w.fired
+  local c = cases[i]
+  if c.recv ~= nil then
+    w.consumed = true
+    if w.ok == false then c.closed_seen = true end
+    return i, w.value, w.ok
+  elseif c.send ~= nil then
+    if w.ok == false then c.closed_seen = true end
+    return i, w.ok == true
+  elseif c.join ~= nil then
+    return i, c.join
+  elseif c.tick ~= nil then
+    return i, take_tick(c.tick, now())
+  end
+  return i
+end
+
+-------------------------------------------------------------------------------------------
+-- End of a request: every task it spawned is cancelled, and every trace of it in channels
+-- shared with later requests goes.
+
+local ending = nil
+
+-- `close_tasks`: whether to close the tasks' coroutines (running their pending `__close`
+-- handlers, Lua 5.4+); false when the request is being stopped.
+local function end_scope(close_tasks)
+  local s = ending or scope
+  if not s then return end
+  ending = s
+  scope = nil
+  current = nil
+  depth = 0
+  s.ended = true
+  local rec = next(s.tasks)
+  while rec do
+    s.tasks[rec] = nil
+    rec.cancelling = true
+    local w = rec.w
+    if w and w.fired then put_back(w) end
+    rec.w = nil
+    rec.st = "cancelled"
+    if close_tasks and co_close and co_status(rec.co) == "suspended" then
+      pcall(co_close, rec.co)
+    end
+    rec = next(s.tasks)
+  end
+  s.ready, s.heap, s.nheap = {}, {}, 0
+  ending = nil
+end
+
+return task, end_scope
