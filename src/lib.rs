@@ -332,6 +332,7 @@ pub use crate::handle::request::{Blocking, Request};
 pub use crate::handle::task::Task;
 pub use crate::interrupt::{without_interrupts, Interrupt};
 pub use crate::lua_thread::current::{checkpoint, current_deadline, current_token};
+pub use crate::lualib::host;
 pub use crate::lualib::TaskLibrary;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

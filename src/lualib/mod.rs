@@ -9,7 +9,7 @@
 //! May import from `error`, `interrupt` and `core`, not from `lua_thread`, `handle` or `pool`.
 
 mod config;
-mod host;
+pub mod host;
 mod preempt;
 
 use std::cell::Cell;
@@ -90,8 +90,8 @@ pub(crate) fn install(
     };
     let chunk =
         crate::interrupt::load_own_chunk(lua, &COMPILED, include_str!("task.lua"), "=[isle task]")?;
-    let (task, end_scope): (Table, Function) = chunk.call(prims)?;
-    host::install(lua, &task)?;
+    let (task, end_scope, wrap): (Table, Function, Function) = chunk.call(prims)?;
+    host::install(lua, interrupter, wrap)?;
     lua.globals().raw_set("task", task)?;
     Ok(Installed {
         end_scope,
@@ -107,6 +107,7 @@ impl Installed {
     /// is being stopped), in which case [`end_stopped`](Self::end_stopped) must follow once
     /// it is not.
     pub(crate) fn end_request(&self) -> bool {
+        host::end_request();
         if !SCOPE_OPEN.get() {
             return true;
         }
@@ -120,6 +121,7 @@ impl Installed {
     /// Ends a scope [`end_request`](Self::end_request) could not: tasks are dropped without
     /// running their `__close` handlers. Runs only the library's own code.
     pub(crate) fn end_stopped(&self) {
+        host::end_request();
         if !SCOPE_OPEN.replace(false) {
             return;
         }

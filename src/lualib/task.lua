@@ -404,6 +404,7 @@ local TaskMeta = {
   __tostring = function(rec) return "task (" .. rec.st .. ")" end,
 }
 local Channel = {}
+local RecvPort, SendPort = {}, {} -- host ends, filled in below
 
 local function check_task(h, what)
   if type(h) ~= "table" or getmetatable(h) ~= "task" then
@@ -826,8 +827,8 @@ local function try_case(c, i)
       end
       return false
     end
-    if type(ch) == "table" and ch.host_port then
-      local v, ok = ch.host_port.try_recv(ch)
+    if getmetatable(ch) == "host receiver" then
+      local v, ok = RecvPort.try_recv(ch)
       if ok ~= nil then
         if ok == false then c.closed_seen = true end
         return true, v, ok
@@ -878,7 +879,7 @@ local function add_case(s, w, c, i)
     if getmetatable(ch) == "channel" then
       q_push(ch.recvq, node)
     else
-      ch.host_port.add_receiver(ch, s, node)
+      RecvPort.add_receiver(ch, s, node)
     end
     return node
   end
@@ -971,6 +972,181 @@ function task.select(cases)
 end
 
 -------------------------------------------------------------------------------------------
+-- Host ends: the Lua side of channels to and from Rust, around a userdata `ud` made by the
+-- host. `try_recv` there returns value, true (plus a reply handle for requests) | nil, false
+-- (closed) | nil, nil (empty); `try_send` returns true | false, "full" | false, "closed".
+-- Waiting tasks are registered in the scope's `host` set; the scheduler polls those ends
+-- (`poll`) each time it runs out of ready tasks, and parks until the host nudges it.
+
+local Request = {}
+local RequestMeta = { __index = Request, __metatable = "request" }
+
+function Request.reply(req, v)
+  if getmetatable(req) ~= "request" then error("bad argument #1 to 'reply' (request expected)", 2) end
+  return req.handle:reply(v)
+end
+
+function Request.reject(req, message)
+  if getmetatable(req) ~= "request" then error("bad argument #1 to 'reject' (request expected)", 2) end
+  return req.handle:reject(tostring(message))
+end
+
+-- A value from a host receiving end, or one put back after its receiver was cancelled.
+function RecvPort.try_recv(port)
+  if port.count > 0 then return buf_pop(port), true end
+  local v, ok, handle = port.ud:try_recv()
+  if handle then v = setmetatable({ value = v, handle = handle }, RequestMeta) end
+  return v, ok
+end
+
+function RecvPort.add_receiver(port, s, node)
+  q_push(port.recvq, node)
+  s.host[port] = true
+end
+
+function RecvPort.poll(port, s)
+  local n = 0
+  while q_has_live(port.recvq) do
+    local v, ok = RecvPort.try_recv(port)
+    if ok == nil then break end
+    local node = q_pop_live(port.recvq)
+    local w = node.w
+    w.putback = port
+    fire(w, node.idx, v, ok)
+    n = n + 1
+    if ok == false then
+      node = q_pop_live(port.recvq)
+      while node do
+        fire(node.w, node.idx, nil, false)
+        n = n + 1
+        node = q_pop_live(port.recvq)
+      end
+    end
+  end
+  if not port.recvq.head then s.host[port] = nil end
+  return n
+end
+
+function SendPort.poll(port, s)
+  local n = 0
+  while q_has_live(port.sendq) do
+    local node = port.sendq.head
+    local ok, sent, why = pcall(port.ud.try_send, port.ud, node.val)
+    if ok and not sent and why == "full" then break end
+    q_unlink(node)
+    fire(node.w, node.idx, nil, ok and sent == true)
+    n = n + 1
+  end
+  if not port.sendq.head then s.host[port] = nil end
+  return n
+end
+
+local HostRecv, HostSend = {}, {}
+local HostRecvMeta = { __index = HostRecv, __metatable = "host receiver" }
+local HostSendMeta = { __index = HostSend, __metatable = "host sender" }
+
+local function check_port(port, meta, what)
+  if type(port) ~= "table" or getmetatable(port) ~= meta.__metatable then
+    error("bad argument #1 to '" .. what .. "' (" .. meta.__metatable .. " expected)", 3)
+  end
+  return port
+end
+
+function HostRecv.recv(port)
+  check_port(port, HostRecvMeta, "recv")
+  local v, ok = RecvPort.try_recv(port)
+  if ok ~= nil then return v, ok end
+  local s = get_scope()
+  local w = wait_new(s)
+  local node = { w = w, idx = 1 }
+  w.nodes = { node }
+  RecvPort.add_receiver(port, s, node)
+  block(w)
+  w.consumed = true
+  return w.value, w.ok
+end
+
+function HostRecv.try_recv(port)
+  check_port(port, HostRecvMeta, "try_recv")
+  return RecvPort.try_recv(port)
+end
+
+function HostRecv.close(port)
+  check_port(port, HostRecvMeta, "close")
+  return port.ud:close()
+end
+
+function HostRecv.len(port)
+  check_port(port, HostRecvMeta, "len")
+  return port.count + port.ud:len()
+end
+
+function HostRecv.is_closed(port)
+  check_port(port, HostRecvMeta, "is_closed")
+  return port.count == 0 and port.ud:is_closed()
+end
+
+local function host_iterate(port)
+  return (HostRecv.recv(port))
+end
+
+function HostRecv.iter(port)
+  check_port(port, HostRecvMeta, "iter")
+  return host_iterate, port
+end
+
+HostRecvMeta.__call = host_iterate
+HostRecvMeta.__iter = function(port) return host_iterate, port end
+
+function HostSend.send(port, v)
+  check_port(port, HostSendMeta, "send")
+  check_value(v, "send")
+  local sent, why = port.ud:try_send(v)
+  if sent then return true end
+  if why == "closed" then return false end
+  local s = get_scope()
+  local w = wait_new(s)
+  local node = { w = w, idx = 1, val = v }
+  w.nodes = { node }
+  q_push(port.sendq, node)
+  s.host[port] = true
+  block(w)
+  return w.ok == true
+end
+
+function HostSend.try_send(port, v)
+  check_port(port, HostSendMeta, "try_send")
+  check_value(v, "try_send")
+  return port.ud:try_send(v)
+end
+
+function HostSend.close(port)
+  check_port(port, HostSendMeta, "close")
+  return port.ud:close()
+end
+
+function HostSend.is_closed(port)
+  check_port(port, HostSendMeta, "is_closed")
+  return port.ud:is_closed()
+end
+
+function HostSend.len(port)
+  check_port(port, HostSendMeta, "len")
+  return port.ud:len()
+end
+
+-- Called by the host: the Lua end of a channel around its userdata.
+local function wrap_host_end(ud, kind)
+  if kind == "recv" then
+    return setmetatable({
+      ud = ud, recvq = q_new(), host_port = RecvPort,
+      buf = {}, bh = 1, bt = 1, count = 0, wake_receiver = wake_receiver,
+    }, HostRecvMeta)
+  end
+  return setmetatable({ ud = ud, sendq = q_new(), host_port = SendPort }, HostSendMeta)
+end
+
+-------------------------------------------------------------------------------------------
 -- End of a request: every task it spawned is cancelled, and every trace of it in channels
 -- shared with later requests goes.
 
@@ -1003,4 +1179,4 @@ local function end_scope(close_tasks)
   ending = nil
 end
 
-return task, end_scope
+return task, end_scope, wrap_host_end
