@@ -314,3 +314,109 @@ fn without_the_option_there_is_no_task_global() {
     let isle = Isle::spawn(|_| Ok(())).unwrap();
     assert!(isle.eval::<bool>("return task == nil").unwrap());
 }
+
+/// Whether tasks are preempted on this Lua version.
+const PREEMPTS: bool = cfg!(any(
+    feature = "lua53",
+    feature = "lua54",
+    feature = "lua55",
+    feature = "luau"
+));
+
+/// CPU-bound loops a task may run; each ends once `done` is set by another task. (A loop in a
+/// coroutine the task resumed is not among them: the task is preempted only once control is
+/// back in its own coroutine, since yielding the inner one would show.)
+const SPINNERS: [&str; 5] = [
+    "while not done do end",
+    "while not done do pcall(function() end) end",
+    "while not done do local t = {} end",
+    // In a metamethod.
+    "local t = setmetatable({}, {__index = function() while not done do end return 1 end}) local _ = t.x",
+    "while not done do for i = 1, 100 do local s = ('x'):rep(i) end end",
+];
+
+fn spin_and_set(isle: &Isle, shape: &str) -> (String, String) {
+    let code = format!(
+        "done = false
+         local spinner = task.spawn(function() {shape} return 'spun' end)
+         local setter = task.spawn(function() done = true return 'set' end)
+         return spinner:join(), setter:join()"
+    );
+    isle.eval(code.as_str())
+        .unwrap_or_else(|e| panic!("{shape}: {e}"))
+}
+
+#[test]
+fn a_cpu_bound_task_is_preempted_so_its_siblings_run() {
+    if !PREEMPTS {
+        return;
+    }
+    // Without preemption the spinner would never let the setter run (the request's timeout
+    // is the hang guard).
+    within_hang_guard(move || {
+        let isle = Isle::builder()
+            .task_library(TaskLibrary::new())
+            .timeout(std::time::Duration::from_secs(3))
+            .spawn(|_| Ok(()))
+            .unwrap();
+        for shape in SPINNERS {
+            let (a, b) = spin_and_set(&isle, shape);
+            assert_eq!((a.as_str(), b.as_str()), ("spun", "set"), "{shape}");
+        }
+    });
+}
+
+#[test]
+fn preemption_works_with_a_permanent_hook_too() {
+    if !PREEMPTS {
+        return;
+    }
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .task_library(TaskLibrary::new())
+            .interrupt(mlua_isle::Interrupt::Hook { every: 1000 })
+            .timeout(std::time::Duration::from_secs(3))
+            .spawn(|_| Ok(()))
+            .unwrap();
+        for shape in SPINNERS {
+            let (a, b) = spin_and_set(&isle, shape);
+            assert_eq!((a.as_str(), b.as_str()), ("spun", "set"), "{shape}");
+        }
+    });
+}
+
+#[test]
+fn without_a_time_slice_tasks_switch_only_where_they_block() {
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .task_library(TaskLibrary::new().time_slice(None))
+            .spawn(|_| Ok(()))
+            .unwrap();
+        let order: String = isle
+            .eval(
+                "local out = {}
+                 local a = task.spawn(function() for i = 1, 2e6 do end out[#out + 1] = 'a' end)
+                 local b = task.spawn(function() out[#out + 1] = 'b' end)
+                 a:join() b:join()
+                 return table.concat(out)",
+            )
+            .unwrap();
+        assert_eq!(order, "ab");
+    });
+}
+
+#[test]
+fn a_cancel_reaches_a_preempted_cpu_bound_task() {
+    within_hang_guard(|| {
+        let isle = isle();
+        let task = isle
+            .spawn_eval::<()>(
+                "task.spawn(function() while true do pcall(function() while true do end end) end end)
+                 task.sleep(1000)",
+            )
+            .unwrap();
+        task.cancel();
+        assert!(task.wait().unwrap_err().is_cancelled());
+        assert_eq!(isle.eval::<i64>("return 2").unwrap(), 2);
+    });
+}

@@ -83,6 +83,79 @@ pub(super) fn requested() -> Option<Stop> {
     interrupter.stop_requested()
 }
 
+/// Whether the running task has used up its time slice. Async-signal-safe.
+pub(super) fn preempt_due() -> bool {
+    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
+    // SAFETY: as in `requested`.
+    unsafe { interrupter.as_ref() }.is_some_and(|i| i.slices.is_due())
+}
+
+/// Arms the hook on the running task's own coroutine, if a task runs (from the signal
+/// handler, for a due slice). Async-signal-safe.
+pub(super) fn arm_preempt() {
+    let target = super::preempt::target();
+    if !target.is_null() {
+        // SAFETY: the target is a live coroutine of this thread's VM while it is set (see
+        // `preempt::slice_begin`); `lua_sethook` only stores its hook fields.
+        unsafe { arm(target) };
+    }
+}
+
+/// With a slice due: yields `state` if it is the running task's own coroutine and can yield
+/// here (returns `true`), or makes that coroutine look again soon. Returns `false` when the
+/// hook has nothing to do for preemption.
+///
+/// # Safety
+///
+/// `state` is the running coroutine, inside the hook.
+unsafe fn preempt(state: *mut ffi::lua_State) -> bool {
+    if !preempt_due() {
+        return false;
+    }
+    let target = super::preempt::target();
+    if target.is_null() {
+        return false;
+    }
+    if target != state {
+        // A coroutine the task resumed: the task yields once control is back in it.
+        // SAFETY: as in `arm_preempt`.
+        unsafe { arm(target) };
+        return false;
+    }
+    #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+    // SAFETY: `state` is the running coroutine; see the yield in `interrupt_hook`.
+    unsafe {
+        if ffi::lua_isyieldable(state) != 0 {
+            let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
+            if let Some(interrupter) = interrupter.as_ref() {
+                interrupter.slices.clear_due();
+            }
+            let every = every();
+            if every == 0 {
+                ffi::lua_sethook(state, None, 0, 0);
+            } else {
+                ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, every);
+            }
+            ffi::lua_yield(state, 0);
+            return true;
+        }
+    }
+    // Inside a metamethod or a C call: look again a little later.
+    // SAFETY: `state` is the running coroutine.
+    unsafe {
+        ffi::lua_sethook(
+            state,
+            Some(interrupt_hook),
+            ffi::LUA_MASKCOUNT,
+            PREEMPT_RETRY,
+        )
+    };
+    true
+}
+
+/// Instructions between two attempts to preempt a task that cannot yield where it is.
+const PREEMPT_RETRY: c_int = 100;
+
 /// Test-only: counts an arm made by the signal handler on the isle of this thread.
 #[cfg(all(test, unix))]
 pub(super) fn count_signal_arm() {
@@ -130,6 +203,8 @@ pub(super) unsafe fn arm_after(state: *mut ffi::lua_State, count: c_int) {
 /// every coroutine when permanent).
 unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
     match pending() {
+        // SAFETY: `state` is the running coroutine, handed to us by Lua.
+        None if unsafe { preempt(state) } => {}
         None => {
             let every = every();
             // SAFETY: `state` is the running coroutine, handed to us by Lua; `lua_sethook` and

@@ -54,6 +54,13 @@ pub(super) fn pending() -> Option<Stop> {
     interrupter.stop_requested()
 }
 
+/// Whether the running task has used up its time slice.
+fn preempt_due() -> bool {
+    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
+    // SAFETY: as in `pending`.
+    unsafe { interrupter.as_ref() }.is_some_and(|i| i.slices.is_due())
+}
+
 /// A permanent callback's deadline check, every `EVERY` safepoints.
 fn deadline_passed() -> bool {
     let left = COUNTDOWN.get();
@@ -89,6 +96,29 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
     let stop = match pending() {
         Some(stop) => stop,
         None if permanent && deadline_passed() => Stop::Timeout,
+        None if preempt_due() => {
+            let target = super::preempt::target();
+            // SAFETY: `state` is the running coroutine at a safepoint; Luau lets an interrupt
+            // callback yield where the coroutine can (mlua's own interrupt does the same).
+            unsafe {
+                if target == state && ffi::lua_isyieldable(state) != 0 {
+                    if let Some(interrupter) = ACTIVE.with(|a| a.load(Ordering::Acquire)).as_ref() {
+                        interrupter.slices.clear_due();
+                    }
+                    if !permanent {
+                        set_interrupt(ffi::lua_callbacks(state), None);
+                        std::sync::atomic::fence(Ordering::SeqCst);
+                        if pending().is_some() {
+                            set_interrupt(ffi::lua_callbacks(state), Some(interrupt));
+                        }
+                    }
+                    ffi::lua_yield(state, 0);
+                }
+            }
+            // Elsewhere (a coroutine the task resumed, or where it cannot yield) the callback
+            // stays installed and looks again at the next safepoint.
+            return;
+        }
         None => {
             if !permanent {
                 // Left over from an interrupt that came as its request ended: remove it.

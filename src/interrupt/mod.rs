@@ -88,6 +88,7 @@ use pcall_lua as pcall;
 mod jit;
 #[cfg(any(feature = "luajit", feature = "luajit52"))]
 pub(crate) use jit::turn_off as turn_off_jit;
+mod preempt;
 mod probe;
 #[cfg(all(test, unix, not(feature = "luau")))]
 mod races;
@@ -100,6 +101,9 @@ use luau::Target;
 /// Where a cancel delivers an on-demand interrupt.
 #[cfg(all(unix, not(feature = "luau")))]
 use signal::Target;
+
+use preempt::Slices;
+pub(crate) use preempt::{reset as reset_slices, slice_begin, slice_end};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -267,6 +271,8 @@ pub(crate) struct Interrupter {
     /// The Lua thread, unparked by [`nudge`](Self::nudge) when it waits idle in the task
     /// scheduler.
     lua_thread: OnceLock<std::thread::Thread>,
+    /// Preemption of the task library's tasks.
+    slices: Slices,
     /// Set by [`nudge`](Self::nudge), taken by the Lua thread before it parks.
     nudged: std::sync::atomic::AtomicBool,
     /// Set when the isle refuses new requests: host channels read as closed to scripts from
@@ -392,16 +398,20 @@ impl Interrupter {
     fn poke(&self, gen: u64) {
         if self.running.load(Ordering::SeqCst) == gen {
             self.nudge();
+            self.deliver();
         }
+    }
+
+    /// Delivers an on-demand interrupt to the Lua thread (a signal; Luau's callback), if
+    /// interrupts are delivered on demand.
+    fn deliver(&self) {
         #[cfg(any(unix, feature = "luau"))]
-        if self.running.load(Ordering::SeqCst) == gen {
+        {
             let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(target) = &*target {
                 target.send();
             }
         }
-        #[cfg(not(any(unix, feature = "luau")))]
-        let _ = gen;
     }
 
     /// Whether the running request must stop. Reads only atomics: safe in a signal handler.

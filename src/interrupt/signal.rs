@@ -54,6 +54,8 @@ fn on_signal() {
         chain::arm_all();
         #[cfg(test)]
         hook::count_signal_arm();
+    } else if hook::on_demand() && hook::preempt_due() {
+        hook::arm_preempt();
     }
 }
 

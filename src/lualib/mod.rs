@@ -78,7 +78,16 @@ pub(crate) fn install(
             Ok(true)
         })?,
     )?;
-    let preempt = match config.time_slice {
+    // Tasks can be preempted where the hook can tell whether a coroutine may yield.
+    let time_slice = config.time_slice.filter(|_| {
+        cfg!(any(
+            feature = "lua53",
+            feature = "lua54",
+            feature = "lua55",
+            feature = "luau"
+        ))
+    });
+    let preempt = match time_slice {
         Some(slice) => {
             let registration = preempt::Registration::new(interrupter, slice);
             let (begin, end) = registration.functions(lua)?;
@@ -107,6 +116,7 @@ impl Installed {
     /// is being stopped), in which case [`end_stopped`](Self::end_stopped) must follow once
     /// it is not.
     pub(crate) fn end_request(&self) -> bool {
+        self.reset_slices();
         host::end_request();
         if !SCOPE_OPEN.get() {
             return true;
@@ -121,11 +131,21 @@ impl Installed {
     /// Ends a scope [`end_request`](Self::end_request) could not: tasks are dropped without
     /// running their `__close` handlers. Runs only the library's own code.
     pub(crate) fn end_stopped(&self) {
+        self.reset_slices();
         host::end_request();
         if !SCOPE_OPEN.replace(false) {
             return;
         }
         let _ = self.end_scope.call::<()>(false);
+    }
+}
+
+impl Installed {
+    /// No task runs any more (a stopped request may have unwound out of one).
+    fn reset_slices(&self) {
+        if let Some(preempt) = &self._preempt {
+            preempt.reset();
+        }
     }
 }
 

@@ -1,0 +1,112 @@
+//! Preempting the `task` library's tasks with the on-demand arm a stop uses.
+//!
+//! The scheduler tells which coroutine is the running task's own ([`slice_begin`],
+//! [`slice_end`]); a watcher thread that sees a task run a whole time slice marks the slice
+//! *due* and delivers the interrupt as a cancel would (a signal arming the hook on that
+//! coroutine; Luau's interrupt callback). The hook, finding no stop pending but a due slice on
+//! the task's own coroutine at a point where it can yield, yields it with no values: the
+//! scheduler sees a task that yielded without blocking and queues it behind its siblings.
+//! Nothing is installed while no slice is due.
+//!
+//! Only Lua 5.3 to 5.5 and Luau can tell whether a coroutine can yield where the hook fires;
+//! elsewhere tasks are not preempted.
+
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use mlua::ffi;
+
+use super::Interrupter;
+
+thread_local! {
+    /// The running task's own coroutine; null when no task runs. Read by the signal handler.
+    static TARGET: AtomicPtr<ffi::lua_State> = const { AtomicPtr::new(ptr::null_mut()) };
+}
+
+/// The preemption state of one isle, shared with the watcher thread.
+#[derive(Debug, Default)]
+pub(crate) struct Slices {
+    /// Changes at every switch of the running task.
+    epoch: AtomicU64,
+    /// Whether a task runs now.
+    in_task: AtomicBool,
+    /// Set when the running task has used up its slice; cleared at the next switch.
+    due: AtomicBool,
+}
+
+impl Slices {
+    /// The switch counter and whether a task runs (for the watcher).
+    pub(crate) fn observe(&self) -> (u64, bool) {
+        (
+            self.epoch.load(Ordering::SeqCst),
+            self.in_task.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Whether the running task must yield. Async-signal-safe.
+    pub(super) fn is_due(&self) -> bool {
+        self.due.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn clear_due(&self) {
+        self.due.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Interrupter {
+    /// The preemption state (for the watcher thread).
+    pub(crate) fn slices(&self) -> &Slices {
+        &self.slices
+    }
+
+    /// Preempts the running task if it is still the one seen at switch `epoch`. A switch in
+    /// between can make the next task yield early, which only costs it a turn.
+    pub(crate) fn preempt(&self, epoch: u64) {
+        let slices = &self.slices;
+        if slices.epoch.load(Ordering::SeqCst) != epoch || !slices.in_task.load(Ordering::SeqCst) {
+            return;
+        }
+        slices.due.store(true, Ordering::SeqCst);
+        self.deliver();
+    }
+}
+
+/// The scheduler resumes the task whose coroutine is `task`. Returns whether a task was
+/// running before (for the watcher: it may have to be woken).
+///
+/// # Safety
+///
+/// `task` must be a coroutine of the VM on this thread that stays alive until the next
+/// [`slice_begin`]/[`slice_end`] or [`reset`] on this thread.
+pub(crate) unsafe fn slice_begin(interrupter: &Interrupter, task: *mut ffi::lua_State) {
+    TARGET.with(|t| t.store(task, Ordering::SeqCst));
+    let slices = &interrupter.slices;
+    slices.epoch.fetch_add(1, Ordering::SeqCst);
+    slices.due.store(false, Ordering::SeqCst);
+    slices.in_task.store(true, Ordering::SeqCst);
+}
+
+/// The task resumed last gave control back to `outer` (the task that started it, or null:
+/// the request's own code).
+///
+/// # Safety
+///
+/// As [`slice_begin`] for a non-null `outer`.
+pub(crate) unsafe fn slice_end(interrupter: &Interrupter, outer: *mut ffi::lua_State) {
+    TARGET.with(|t| t.store(outer, Ordering::SeqCst));
+    let slices = &interrupter.slices;
+    slices.epoch.fetch_add(1, Ordering::SeqCst);
+    slices.due.store(false, Ordering::SeqCst);
+    slices.in_task.store(!outer.is_null(), Ordering::SeqCst);
+}
+
+/// No task runs any more (the request ended, however it ended).
+pub(crate) fn reset(interrupter: &Interrupter) {
+    // SAFETY: a null target.
+    unsafe { slice_end(interrupter, ptr::null_mut()) };
+}
+
+/// The running task's own coroutine, or null. Async-signal-safe.
+pub(super) fn target() -> *mut ffi::lua_State {
+    TARGET.with(|t| t.load(Ordering::SeqCst))
+}
