@@ -138,7 +138,7 @@ fn requests_are_answered_rejected_or_resolved_unanswered_when_the_request_ends()
                 for req in requests do
                     n = n + 1
                     if req.value < 0 then req:reject("negative")
-                    elseif req.value == 0 then kept = req -- never answered
+                    elseif req.value == 0 then kept = req outbox:send(0) -- never answered
                     else req:reply(req.value * 2) end
                 end
                 return n
@@ -152,10 +152,10 @@ fn requests_are_answered_rejected_or_resolved_unanswered_when_the_request_ends()
             Err(RequestError::Rejected("negative".into()))
         );
         // Unanswered while the serving request runs: the requester waits; it is resolved
-        // when that request ends (here: when the host closes the channel). It is delivered
-        // before the next one, which the script answers.
+        // when that request ends (here: when the host closes the channel).
         let ask = w.ask.clone();
         let pending = std::thread::spawn(move || ask.request_blocking(0, Duration::from_secs(20)));
+        assert_eq!(w.from_lua.recv_blocking(), Ok(0)); // the script holds it
         assert_eq!(w.ask.request_blocking(5, timeout), Ok(10));
         // Closing ends the server's loop although the pending thread still holds a clone.
         w.ask.close();
