@@ -33,7 +33,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -219,7 +222,9 @@ fn host_requests(c: &mut Criterion) {
                 for h in handles {
                     h.await.unwrap();
                 }
-                start.elapsed().mul_f64(iters as f64 / (per_task * 64) as f64)
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_task * 64) as f64)
             })
         })
     });
@@ -232,7 +237,8 @@ fn host_requests(c: &mut Criterion) {
 fn sleeping_memory(_c: &mut Criterion) {
     const N: usize = 10_000;
     let isle = isle();
-    isle.eval::<()>("collectgarbage() collectgarbage()").unwrap();
+    isle.eval::<()>("collectgarbage() collectgarbage()")
+        .unwrap();
     // The request must stay open for the tasks to stay alive: measure inside it.
     let (lua_kib, process_bytes) = isle
         .exec(|lua| {

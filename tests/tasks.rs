@@ -420,3 +420,94 @@ fn a_cancel_reaches_a_preempted_cpu_bound_task() {
         assert_eq!(isle.eval::<i64>("return 2").unwrap(), 2);
     });
 }
+
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+#[test]
+fn a_handle_in_a_close_variable_cancels_its_task_at_scope_exit() {
+    let ok: bool = eval(
+        r#"
+        local closed, h2 = false, nil
+        do
+            local h <close> = task.spawn(function()
+                local guard <close> = setmetatable({}, {__close = function() closed = true end})
+                task.sleep(100)
+            end)
+            h2 = h
+        end
+        return h2:status() == "cancelled" and closed
+    "#,
+    )
+    .unwrap();
+    assert!(ok);
+}
+
+#[test]
+fn pools_install_the_library_in_every_member() {
+    within_hang_guard(|| {
+        let pool = mlua_isle::IslePool::builder()
+            .size(2)
+            .isle(Isle::builder().task_library(TaskLibrary::new()))
+            .spawn(|_| Ok(()))
+            .unwrap();
+        for _ in 0..8 {
+            let v: i64 = pool
+                .eval("local h = task.spawn(function() task.sleep(0.001) return 4 end) return h:join()")
+                .unwrap();
+            assert_eq!(v, 4);
+        }
+        let via_checkout: i64 = pool
+            .checkout()
+            .unwrap()
+            .eval("local ch = task.channel(1) ch:send(5) return (ch:recv())")
+            .unwrap();
+        assert_eq!(via_checkout, 5);
+    });
+}
+
+#[test]
+fn sandboxed_isles_keep_the_library_read_only() {
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .sandboxed()
+            .task_library(TaskLibrary::new())
+            .spawn(|_| Ok(()))
+            .unwrap();
+        let v: i64 = isle
+            .eval("local h = task.spawn(function() return 9 end) return h:join()")
+            .unwrap();
+        assert_eq!(v, 9);
+        assert!(isle.eval::<()>("task.spawn = nil").is_err());
+        assert!(isle.eval::<()>("rawset(task, 'spawn', print)").is_err());
+        let v: i64 = isle
+            .eval("return task.spawn(function() return 1 end):join()")
+            .unwrap();
+        assert_eq!(v, 1);
+    });
+}
+
+#[test]
+fn ending_a_request_never_runs_code_a_script_planted_in_its_tasks() {
+    within_hang_guard(|| {
+        let (isle, started) =
+            common::isle_with_started(Isle::builder().task_library(TaskLibrary::new()));
+        let planted = r#"
+            local trap = setmetatable({}, {
+                __index = function() while true do end end,
+                __newindex = function() while true do end end,
+            })
+            local h = task.spawn(function() task.sleep(100) end)
+            rawset(h, "w", trap)
+            rawset(h, "scope", trap)
+            local c = task.spawn(function() task.channel(0):recv() end)
+            rawset(c, "w", {fired = 1, ok = true, putback = trap, value = 1})
+        "#;
+        // Ending normally, and being cancelled while the planted tables are in place.
+        isle.eval::<()>(planted).unwrap();
+        let code = format!("{planted} started() task.sleep(1000)");
+        let task = isle.spawn_eval::<()>(code.as_str()).unwrap();
+        started.recv().unwrap();
+        task.cancel();
+        assert!(task.wait().unwrap_err().is_cancelled());
+        assert_eq!(isle.eval::<i64>("return 3").unwrap(), 3);
+    });
+}

@@ -19,7 +19,8 @@ local co_running, co_yield = coroutine.running, coroutine.yield
 local co_close = coroutine.close
 local co_isyieldable = coroutine.isyieldable
 local error, type, select, setmetatable, tostring = error, type, select, setmetatable, tostring
-local pcall, rawequal, next = pcall, rawequal, next
+local pcall, rawequal, next, rawget, rawset = pcall, rawequal, next, rawget, rawset
+local getmetatable = getmetatable
 local floor, huge = math.floor, math.huge
 local pack = table.pack or function(...)
   return { n = select("#", ...), ... }
@@ -404,6 +405,8 @@ local TaskMeta = {
   __tostring = function(rec) return "task (" .. rec.st .. ")" end,
 }
 local Channel = {}
+-- Channels and host receiving ends this library made (weak keys).
+local made = setmetatable({}, { __mode = "k" })
 local RecvPort, SendPort = {}, {} -- host ends, filled in below
 
 local function check_task(h, what)
@@ -621,10 +624,12 @@ function task.channel(capacity)
   if type(capacity) ~= "number" or capacity < 0 or capacity ~= floor(capacity) then
     error("bad argument #1 to 'channel' (non-negative integer expected)", 2)
   end
-  return setmetatable({
+  local ch = setmetatable({
     cap = capacity, buf = {}, bh = 1, bt = 1, count = 0, closed = false,
     recvq = q_new(), sendq = q_new(), wake_receiver = wake_receiver,
   }, ChannelMeta)
+  made[ch] = true
+  return ch
 end
 
 -- Tries to send without blocking: true, or false and why.
@@ -1138,10 +1143,12 @@ end
 -- Called by the host: the Lua end of a channel around its userdata.
 local function wrap_host_end(ud, kind)
   if kind == "recv" then
-    return setmetatable({
+    local port = setmetatable({
       ud = ud, recvq = q_new(), host_port = RecvPort,
       buf = {}, bh = 1, bt = 1, count = 0, wake_receiver = wake_receiver,
     }, HostRecvMeta)
+    made[port] = true
+    return port
   end
   return setmetatable({ ud = ud, sendq = q_new(), host_port = SendPort }, HostSendMeta)
 end
@@ -1152,8 +1159,26 @@ end
 
 local ending = nil
 
+-- A value handed to a wait of the ended request that never consumed it goes back to its
+-- channel. Runs on tables a script can reach and may have tampered with (`rawset`,
+-- metatables), from the host, possibly while no interrupt can reach it: raw operations only,
+-- on channels this library made, so that no script code runs.
+local function put_back_raw(w)
+  if not rawget(w, "fired") or rawget(w, "ok") ~= true or rawget(w, "consumed") then return end
+  local ch = rawget(w, "putback")
+  if not made[ch] then return end
+  rawset(w, "consumed", true)
+  local bh, count, buf = rawget(ch, "bh"), rawget(ch, "count"), rawget(ch, "buf")
+  if type(bh) == "number" and type(count) == "number" and type(buf) == "table" then
+    rawset(buf, bh - 1, rawget(w, "value"))
+    rawset(ch, "bh", bh - 1)
+    rawset(ch, "count", count + 1)
+  end
+end
+
 -- `close_tasks`: whether to close the tasks' coroutines (running their pending `__close`
--- handlers, Lua 5.4+); false when the request is being stopped.
+-- handlers, Lua 5.4+); false when the request is being stopped. Touches task records (which
+-- scripts can reach) with raw operations only.
 local function end_scope(close_tasks)
   local s = ending or scope
   if not s then return end
@@ -1165,13 +1190,14 @@ local function end_scope(close_tasks)
   local rec = next(s.tasks)
   while rec do
     s.tasks[rec] = nil
-    rec.cancelling = true
-    local w = rec.w
-    if w and w.fired then put_back(w) end
-    rec.w = nil
-    rec.st = "cancelled"
-    if close_tasks and co_close and co_status(rec.co) == "suspended" then
-      pcall(co_close, rec.co)
+    rawset(rec, "cancelling", true)
+    rawset(rec, "st", "cancelled")
+    local w = rawget(rec, "w")
+    rawset(rec, "w", nil)
+    if type(w) == "table" then put_back_raw(w) end
+    local co = rawget(rec, "co")
+    if close_tasks and co_close and type(co) == "thread" and co_status(co) == "suspended" then
+      pcall(co_close, co)
     end
     rec = next(s.tasks)
   end
