@@ -141,6 +141,28 @@
 //! # Ok::<(), IsleError>(())
 //! ```
 //!
+//! # Concurrency inside Lua
+//!
+//! [`IsleBuilder::task_library`] installs a `task` global: lightweight tasks, channels,
+//! `select` and timers for scripts, scoped to the request that spawns them, with CPU-bound
+//! tasks preempted through the same on-demand interrupt a cancel uses. The [`host`] module
+//! connects scripts with Rust: channels both ways and request/reply.
+//!
+//! ```
+//! use mlua_isle::{Isle, TaskLibrary};
+//!
+//! let isle = Isle::builder().task_library(TaskLibrary::new()).spawn(|_| Ok(()))?;
+//! let first: String = isle.eval(r#"
+//!     local fast, slow = task.channel(1), task.channel(1)
+//!     task.spawn(function() task.sleep(0.05) slow:send("slow") end)
+//!     task.spawn(function() fast:send("fast") end)
+//!     local _, v = task.select{ {recv = slow}, {recv = fast} }
+//!     return v
+//! "#)?;
+//! assert_eq!(first, "fast");
+//! # Ok::<(), mlua_isle::IsleError>(())
+//! ```
+//!
 //! # Async (`tokio` feature)
 //!
 //! [`AsyncIsle`] is the same isle with waits that yield to the executor: a cheap `Clone`

@@ -335,6 +335,14 @@ const SPINNERS: [&str; 5] = [
     "while not done do for i = 1, 100 do local s = ('x'):rep(i) end end",
 ];
 
+/// The spinners a task can be preempted in on this version: Luau cannot yield inside a
+/// metamethod.
+fn spinners() -> impl Iterator<Item = &'static str> {
+    SPINNERS
+        .into_iter()
+        .filter(|s| !(cfg!(feature = "luau") && s.contains("__index")))
+}
+
 fn spin_and_set(isle: &Isle, shape: &str) -> (String, String) {
     let code = format!(
         "done = false
@@ -359,7 +367,7 @@ fn a_cpu_bound_task_is_preempted_so_its_siblings_run() {
             .timeout(std::time::Duration::from_secs(3))
             .spawn(|_| Ok(()))
             .unwrap();
-        for shape in SPINNERS {
+        for shape in spinners() {
             let (a, b) = spin_and_set(&isle, shape);
             assert_eq!((a.as_str(), b.as_str()), ("spun", "set"), "{shape}");
         }
@@ -378,7 +386,7 @@ fn preemption_works_with_a_permanent_hook_too() {
             .timeout(std::time::Duration::from_secs(3))
             .spawn(|_| Ok(()))
             .unwrap();
-        for shape in SPINNERS {
+        for shape in spinners() {
             let (a, b) = spin_and_set(&isle, shape);
             assert_eq!((a.as_str(), b.as_str()), ("spun", "set"), "{shape}");
         }

@@ -31,7 +31,7 @@
 //! let (tx, rx) = mpsc::channel();
 //! let isle = Isle::builder().task_library(TaskLibrary::new()).spawn(move |lua| {
 //!     let (to_lua, inbox) = host::channel_to_lua::<i64>(lua, 16)?;
-//!     let (outbox, from_lua) = host::channel_from_lua::<i64>(lua, 16)?;
+//!     let (from_lua, outbox) = host::channel_from_lua::<i64>(lua, 16)?;
 //!     lua.globals().set("inbox", inbox)?;
 //!     lua.globals().set("outbox", outbox)?;
 //!     tx.send((to_lua, from_lua)).unwrap();
