@@ -1040,13 +1040,14 @@ fn timeouts_and_cancels_reach_tasks_in_every_shape() {
         let (isle, started) = isle_with_started(Isle::builder().task_library(TaskLibrary::new()));
         let shapes = [
             // Spinning in an eagerly started task (the request's code never gets back).
-            "task.spawn(function() started() while true do end end)",
+            // (Preempted where tasks are, it lets the request's code on to its sleep.)
+            "task.spawn(function() started() while true do end end) task.sleep(1000)",
             // Spinning inside pcall, in a task.
-            "task.spawn(function() started() while true do pcall(function() while true do end end) end end)",
+            "task.spawn(function() started() while true do pcall(function() while true do end end) end end) task.sleep(1000)",
             // Spinning in a task the scheduler runs while the request waits.
             "local h = task.defer(function() started() while true do end end) h:join()",
             // Spinning in a coroutine nested in a task.
-            "task.spawn(function() coroutine.wrap(function() started() while true do end end)() end)",
+            "task.spawn(function() coroutine.wrap(function() started() while true do end end)() end) task.sleep(1000)",
             // Tasks that keep yielding, and a request waiting on them.
             "for i = 1, 3 do task.spawn(function() while true do task.yield() end end) end started() task.channel(0):recv()",
         ];

@@ -519,3 +519,40 @@ fn ending_a_request_never_runs_code_a_script_planted_in_its_tasks() {
         assert_eq!(isle.eval::<i64>("return 3").unwrap(), 3);
     });
 }
+
+#[test]
+fn preemption_never_cuts_into_the_schedulers_own_code() {
+    // With the shortest slice, preemptions land all over the library's code paths: ping-pong
+    // over a rendezvous channel, eager spawns from tasks, select loops.
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .task_library(TaskLibrary::new().time_slice(Some(std::time::Duration::from_micros(100))))
+            .spawn(|_| Ok(()))
+            .unwrap();
+        let n: i64 = isle
+            .eval(
+                r#"
+                local ping, pong = task.channel(0), task.channel(0)
+                local echo = task.spawn(function()
+                    for v in ping:iter() do
+                        task.spawn(function() end):join()
+                        pong:send(v)
+                    end
+                end)
+                local other = task.channel(1)
+                local n = 0
+                for i = 1, 20000 do
+                    ping:send(i)
+                    local k, v = task.select{ {recv = pong}, {recv = other} }
+                    assert(k == 1 and v == i)
+                    n = n + 1
+                end
+                ping:close()
+                echo:join()
+                return n
+                "#,
+            )
+            .unwrap();
+        assert_eq!(n, 20000);
+    });
+}

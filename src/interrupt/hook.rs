@@ -107,8 +107,8 @@ pub(super) fn arm_preempt() {
 ///
 /// # Safety
 ///
-/// `state` is the running coroutine, inside the hook.
-unsafe fn preempt(state: *mut ffi::lua_State) -> bool {
+/// `state` is the running coroutine and `ar` the activation record the hook was given.
+unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
     if !preempt_due() {
         return false;
     }
@@ -123,9 +123,12 @@ unsafe fn preempt(state: *mut ffi::lua_State) -> bool {
         return false;
     }
     #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
-    // SAFETY: `state` is the running coroutine; see the yield in `interrupt_hook`.
+    // SAFETY: `state` is the running coroutine; see the yield in `interrupt_hook`. `ar` is the
+    // hook's record of the running function, which `lua_getinfo` fills in.
     unsafe {
-        if ffi::lua_isyieldable(state) != 0 {
+        let in_library = ffi::lua_getinfo(state, c"S".as_ptr(), ar) != 0
+            && super::preempt::is_library((*ar).source);
+        if !in_library && ffi::lua_isyieldable(state) != 0 {
             let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
             if let Some(interrupter) = interrupter.as_ref() {
                 interrupter.slices.clear_due();
@@ -140,7 +143,7 @@ unsafe fn preempt(state: *mut ffi::lua_State) -> bool {
             return true;
         }
     }
-    // Inside a metamethod or a C call: look again a little later.
+    // Inside the scheduler's own code, a metamethod or a C call: look again a little later.
     // SAFETY: `state` is the running coroutine.
     unsafe {
         ffi::lua_sethook(
@@ -201,10 +204,10 @@ pub(super) unsafe fn arm_after(state: *mut ffi::lua_State, count: c_int) {
 
 /// Runs at every instruction of a coroutine it is armed on (and every `EVERY` instructions of
 /// every coroutine when permanent).
-unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
+unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
     match pending() {
         // SAFETY: `state` is the running coroutine, handed to us by Lua.
-        None if unsafe { preempt(state) } => {}
+        None if unsafe { preempt(state, ar) } => {}
         None => {
             let every = every();
             // SAFETY: `state` is the running coroutine, handed to us by Lua; `lua_sethook` and

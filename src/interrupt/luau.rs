@@ -101,7 +101,10 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
             // SAFETY: `state` is the running coroutine at a safepoint; Luau lets an interrupt
             // callback yield where the coroutine can (mlua's own interrupt does the same).
             unsafe {
-                if target == state && ffi::lua_isyieldable(state) != 0 {
+                let mut ar: ffi::lua_Debug = std::mem::zeroed();
+                let in_library = ffi::lua_getinfo(state, 0, c"s".as_ptr(), &mut ar) != 0
+                    && super::preempt::is_library(ar.source);
+                if target == state && !in_library && ffi::lua_isyieldable(state) != 0 {
                     if let Some(interrupter) = ACTIVE.with(|a| a.load(Ordering::Acquire)).as_ref() {
                         interrupter.slices.clear_due();
                     }

@@ -110,3 +110,18 @@ pub(crate) fn reset(interrupter: &Interrupter) {
 pub(super) fn target() -> *mut ffi::lua_State {
     TARGET.with(|t| t.load(Ordering::SeqCst))
 }
+
+/// The chunk name of the task library: a task is never preempted inside the scheduler's own
+/// code (which must not be interrupted half-way through its bookkeeping).
+pub(crate) const LIBRARY_CHUNK: &str = "=[isle task]";
+
+/// Whether `source` (a `lua_Debug` source) names the task library's chunk.
+///
+/// # Safety
+///
+/// `source` is null or a NUL-terminated string.
+pub(super) unsafe fn is_library(source: *const std::ffi::c_char) -> bool {
+    // SAFETY: guaranteed by the caller.
+    !source.is_null()
+        && unsafe { std::ffi::CStr::from_ptr(source) }.to_bytes() == LIBRARY_CHUNK.as_bytes()
+}

@@ -87,6 +87,9 @@ pub(crate) fn install(
             feature = "luau"
         ))
     });
+    #[cfg(feature = "lua51")]
+    // SAFETY: a C function that only reads the call stack and pushes a boolean.
+    prims.raw_set("no_c_frames", unsafe { lua.create_c_function(no_c_frames)? })?;
     let preempt = match time_slice {
         Some(slice) => {
             let registration = preempt::Registration::new(interrupter, slice);
@@ -97,8 +100,12 @@ pub(crate) fn install(
         }
         None => None,
     };
-    let chunk =
-        crate::interrupt::load_own_chunk(lua, &COMPILED, include_str!("task.lua"), "=[isle task]")?;
+    let chunk = crate::interrupt::load_own_chunk(
+        lua,
+        &COMPILED,
+        include_str!("task.lua"),
+        crate::interrupt::LIBRARY_CHUNK,
+    )?;
     let (task, end_scope, wrap): (Table, Function, Function) = chunk.call(prims)?;
     host::install(lua, interrupter, wrap)?;
     lua.globals().raw_set("task", task)?;
@@ -164,4 +171,30 @@ fn idle_wait(interrupter: &Interrupter, delay: Option<f64>) {
         None => std::thread::park(),
     }
     interrupter.take_nudge();
+}
+
+/// Lua 5.1: whether no C function stands between the caller and the base of its coroutine
+/// (a yield across one fails there). Metamethods and iterators called by the VM are not seen.
+#[cfg(feature = "lua51")]
+unsafe extern "C-unwind" fn no_c_frames(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
+    use mlua::ffi;
+    // SAFETY: `state` is the calling state; `lua_getstack`/`lua_getinfo` read its call stack
+    // into `ar`, and one slot is pushed (C functions get LUA_MINSTACK free slots).
+    unsafe {
+        let mut ar: ffi::lua_Debug = std::mem::zeroed();
+        let mut level = 1;
+        let mut clean = true;
+        while ffi::lua_getstack(state, level, &mut ar) != 0 {
+            if ffi::lua_getinfo(state, c"S".as_ptr(), &mut ar) != 0
+                && !ar.what.is_null()
+                && std::ffi::CStr::from_ptr(ar.what).to_bytes() == b"C"
+            {
+                clean = false;
+                break;
+            }
+            level += 1;
+        }
+        ffi::lua_pushboolean(state, clean as std::ffi::c_int);
+    }
+    1
 }

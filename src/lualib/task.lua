@@ -13,6 +13,9 @@
 local prims = ...
 local now, idle_wait, open_scope = prims.now, prims.idle_wait, prims.open_scope
 local slice_begin, slice_end = prims.slice_begin, prims.slice_end
+-- Lua 5.1: whether no C function (a `pcall`, say) stands between the caller and its
+-- coroutine's base, across which a yield would fail.
+local no_c_frames = prims.no_c_frames
 
 local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
 local co_running, co_yield = coroutine.running, coroutine.yield
@@ -31,10 +34,15 @@ local unpack = table.unpack or unpack
 -- depth a new task is queued instead of started at once.
 local MAX_EAGER_DEPTH = 64
 
+-- What this library made, by object: "task", "channel", "ticker", "host receiver",
+-- "host sender". Checks use it rather than metatables, which scripts can imitate.
+local made = setmetatable({}, { __mode = "k" })
+
 local scope = nil    -- the scope of the running request, if it used the library
+local ending = nil   -- the scope being ended, while it is
 local current = nil  -- the task record running now (nil: the request's own code)
 local depth = 0      -- nesting of eager starts
-local select_turn = 0
+local seed = 12345 -- Park-Miller generator for select's starting case (exact in doubles)
 
 -------------------------------------------------------------------------------------------
 -- Queues: doubly linked lists of wait nodes.
@@ -68,6 +76,7 @@ local function new_scope()
     tasks = {}, live = 0,
     heap = {}, nheap = 0, seq = 0,
     host = {}, -- host ports with waiters: port -> true
+    in_place = {}, -- waits run in place (by the request's own code): w -> true
     ended = false,
   }
 end
@@ -75,6 +84,9 @@ end
 local function get_scope()
   local s = scope
   if s then return s end
+  if ending then
+    error("the request is ending: no new task or wait", 3)
+  end
   if not open_scope() then
     error("the task library cannot be used in coroutine requests", 3)
   end
@@ -172,10 +184,22 @@ local function wait_new(s)
   return { rec = current, scope = s, fired = nil }
 end
 
--- Whether a node may still be fired: its wait is pending and its request still running.
+-- Versions that cannot tell whether a coroutine may yield: a task's yield can fail (Lua 5.1
+-- in an iterator or a metamethod) and leave its wait behind; such a wait is only live while
+-- its task is suspended.
+local check_suspended = not co_isyieldable
+
+-- Whether a node may still be fired: its wait is pending, its request still running, and its
+-- task (if it is a task's) waits on it.
 local function node_live(node)
   local w = node.w
-  return not w.fired and not w.scope.ended
+  if w.fired or w.scope.ended then return false end
+  local rec = w.rec
+  if rec and not w.in_place then
+    if rec.w ~= w then return false end
+    if check_suspended and co_status(rec.co) ~= "suspended" then return false end
+  end
+  return true
 end
 
 -- Removes every other trace of a wait once it fired or was abandoned.
@@ -189,7 +213,8 @@ end
 
 local function wake(w)
   local rec = w.rec
-  if rec and rec.w == w and rec.st == "waiting" then
+  if rec and rec.w == w and rec.st == "waiting"
+    and not (check_suspended and co_status(rec.co) ~= "suspended") then
     rec.st = "ready"
     ready_push(rec.scope, rec)
   end
@@ -258,22 +283,34 @@ end
 -- yield to the scheduler) waits.
 local function run_until(w)
   local s = w.scope
+  local rec = w.rec
+  w.in_place = true
+  s.in_place[w] = true
   while not w.fired do
-    local rec = ready_pop(s)
-    if rec then
-      step(rec)
+    if rec and rec.cancelling then
+      -- A task cancelled while it waits in place (inside a coroutine of its own, say).
+      w.fired = 0
+      wait_detach(w)
+      error("task cancelled", 0)
+    end
+    local ready = ready_pop(s)
+    if ready then
+      step(ready)
     else
       local t = now()
       if not fire_timers(s, t) and poll_host(s) == 0 then
         local delay
         if s.nheap > 0 then delay = s.heap[1].at - t end
         if delay == nil and next(s.host) == nil then
+          w.fired = 0
+          wait_detach(w)
           error("deadlock: every task is blocked and nothing can wake them", 0)
         end
         idle_wait(delay)
       end
     end
   end
+  s.in_place[w] = nil
 end
 
 -- Whether the running code can yield to the scheduler: it is a task's own coroutine, at a
@@ -284,6 +321,7 @@ local function in_own_task()
   local co = co_running()
   if not rawequal(co, rec.co) then return nil end
   if co_isyieldable and not co_isyieldable() then return nil end
+  if no_c_frames and not no_c_frames() then return nil end
   return rec
 end
 
@@ -291,6 +329,12 @@ end
 local function block(w)
   local rec = in_own_task()
   if rec then
+    local old = rec.w
+    if old and old ~= w and not old.fired then
+      -- Left by a yield that failed (Lua 5.1): it waits no more.
+      old.fired = 0
+      wait_detach(old)
+    end
     rec.w = w
     while not w.fired do
       rec.st = "waiting"
@@ -387,10 +431,15 @@ local function resume(rec, ...)
   if slice_end then slice_end(prev and prev.co) end
   current = prev
   settle(rec, ok, err)
+  if prev and prev.cancelling and rawequal(prev, in_own_task()) then
+    -- The task that started this one was cancelled by it: it ends here.
+    co_yield()
+  end
 end
 
 step = function(rec)
   if rec.st ~= "ready" then return end -- cancelled while queued
+  if check_suspended and co_status(rec.co) ~= "suspended" then return end
   if rec.cancelling then return kill(rec) end
   resume(rec)
 end
@@ -405,12 +454,10 @@ local TaskMeta = {
   __tostring = function(rec) return "task (" .. rec.st .. ")" end,
 }
 local Channel = {}
--- Channels and host receiving ends this library made (weak keys).
-local made = setmetatable({}, { __mode = "k" })
 local RecvPort, SendPort = {}, {} -- host ends, filled in below
 
 local function check_task(h, what)
-  if type(h) ~= "table" or getmetatable(h) ~= "task" then
+  if made[h] ~= "task" then
     error("bad argument #1 to '" .. what .. "' (task expected)", 3)
   end
   return h
@@ -421,6 +468,7 @@ local function create(s, f, start, ...)
     error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 3)
   end
   local rec = setmetatable({ co = co_create(task_main), scope = s, st = "ready" }, TaskMeta)
+  made[rec] = "task"
   s.tasks[rec] = true
   s.live = s.live + 1
   if start and depth < MAX_EAGER_DEPTH then
@@ -464,6 +512,7 @@ end
 
 local function check_seconds(x, fname)
   if type(x) ~= "number" or x ~= x then
+    if x ~= x then error("bad argument #1 to '" .. fname .. "' (number expected, got nan)", 3) end
     error("bad argument #1 to '" .. fname .. "' (number expected, got " .. type(x) .. ")", 3)
   end
   if x < 0 then x = 0 end
@@ -584,7 +633,7 @@ local ChannelMeta = {
 }
 
 local function check_channel(ch, what)
-  if type(ch) ~= "table" or getmetatable(ch) ~= "channel" then
+  if made[ch] ~= "channel" then
     error("bad argument #1 to '" .. what .. "' (channel expected)", 3)
   end
   return ch
@@ -628,7 +677,7 @@ function task.channel(capacity)
     cap = capacity, buf = {}, bh = 1, bt = 1, count = 0, closed = false,
     recvq = q_new(), sendq = q_new(), wake_receiver = wake_receiver,
   }, ChannelMeta)
-  made[ch] = true
+  made[ch] = "channel"
   return ch
 end
 
@@ -653,11 +702,13 @@ end
 local function try_recv(ch)
   if ch.count > 0 then
     local v = buf_pop(ch)
-    -- Room for a waiting sender.
-    local node = q_pop_live(ch.sendq)
-    if node then
-      buf_push(ch, node.val)
-      fire(node.w, node.idx, nil, true)
+    -- Room for a waiting sender (a put-back item may hold the buffer over capacity).
+    if ch.count < ch.cap then
+      local node = q_pop_live(ch.sendq)
+      if node then
+        buf_push(ch, node.val)
+        fire(node.w, node.idx, nil, true)
+      end
     end
     return v, true
   end
@@ -781,8 +832,10 @@ function task.ticker(interval)
   if interval <= 0 then
     error("bad argument #1 to 'ticker' (positive number expected)", 2)
   end
-  return setmetatable({ interval = interval, next_at = now() + interval, stopped = false, count = 0 },
+  local tk = setmetatable({ interval = interval, next_at = now() + interval, stopped = false, count = 0 },
     TickerMeta)
+  made[tk] = "ticker"
+  return tk
 end
 
 -- Consumes the tick due at or before `t`; returns how many ticks passed since the last one.
@@ -794,20 +847,18 @@ local function take_tick(tk, t)
 end
 
 function Ticker.next(tk)
-  if getmetatable(tk) ~= "ticker" then error("bad argument #1 to 'next' (ticker expected)", 2) end
-  if tk.stopped then return nil end
-  local t = now()
-  if t < tk.next_at then
-    local s = get_scope()
-    sleep_until(s, tk.next_at)
+  if made[tk] ~= "ticker" then error("bad argument #1 to 'next' (ticker expected)", 2) end
+  -- Another waiter may have taken the tick this one slept for: look again after waking.
+  while true do
     if tk.stopped then return nil end
-    t = now()
+    local t = now()
+    if t >= tk.next_at then return take_tick(tk, t) end
+    sleep_until(get_scope(), tk.next_at)
   end
-  return take_tick(tk, t)
 end
 
 function Ticker.stop(tk)
-  if getmetatable(tk) ~= "ticker" then error("bad argument #1 to 'stop' (ticker expected)", 2) end
+  if made[tk] ~= "ticker" then error("bad argument #1 to 'stop' (ticker expected)", 2) end
   tk.stopped = true
 end
 
@@ -824,7 +875,7 @@ end
 local function try_case(c, i)
   local ch = c.recv
   if ch ~= nil then
-    if getmetatable(ch) == "channel" then
+    if made[ch] == "channel" then
       local v, ok = try_recv(ch)
       if ok ~= nil then
         if ok == false then c.closed_seen = true end
@@ -832,7 +883,7 @@ local function try_case(c, i)
       end
       return false
     end
-    if getmetatable(ch) == "host receiver" then
+    if made[ch] == "host receiver" then
       local v, ok = RecvPort.try_recv(ch)
       if ok ~= nil then
         if ok == false then c.closed_seen = true end
@@ -844,7 +895,7 @@ local function try_case(c, i)
   end
   ch = c.send
   if ch ~= nil then
-    if getmetatable(ch) ~= "channel" then case_error(i, "send expects a channel") end
+    if made[ch] ~= "channel" then case_error(i, "send expects a channel") end
     if c.value == nil then case_error(i, "cannot send nil") end
     local ok, why = try_send(ch, c.value)
     if ok then return true, true end
@@ -853,7 +904,7 @@ local function try_case(c, i)
   end
   local h = c.join
   if h ~= nil then
-    if getmetatable(h) ~= "task" then case_error(i, "join expects a task") end
+    if made[h] ~= "task" then case_error(i, "join expects a task") end
     local status = h.st
     if status == "done" or status == "failed" or status == "cancelled" then
       return true, h
@@ -862,14 +913,14 @@ local function try_case(c, i)
   end
   local tk = c.tick
   if tk ~= nil then
-    if getmetatable(tk) ~= "ticker" then case_error(i, "tick expects a ticker") end
+    if made[tk] ~= "ticker" then case_error(i, "tick expects a ticker") end
     if tk.stopped then return false end
     local t = now()
     if t >= tk.next_at then return true, take_tick(tk, t) end
     return false
   end
   if c.after ~= nil then
-    if type(c.after) ~= "number" then case_error(i, "after expects seconds") end
+    if type(c.after) ~= "number" or c.after ~= c.after then case_error(i, "after expects seconds") end
     if c.after <= 0 then return true end
     return false
   end
@@ -881,7 +932,7 @@ local function add_case(s, w, c, i)
   local ch = c.recv
   if ch ~= nil then
     local node = { w = w, idx = i }
-    if getmetatable(ch) == "channel" then
+    if made[ch] == "channel" then
       q_push(ch.recvq, node)
     else
       RecvPort.add_receiver(ch, s, node)
@@ -926,54 +977,59 @@ function task.select(cases)
     error("bad argument #1 to 'select' (table of cases expected)", 2)
   end
   local n = #cases
-  local enabled = 0
   for i = 1, n do
-    local c = cases[i]
-    if type(c) ~= "table" then case_error(i, "table expected") end
-    if not c.closed_seen then enabled = enabled + 1 end
+    if type(cases[i]) ~= "table" then case_error(i, "table expected") end
   end
-  -- Fairness: start at a different case each time.
-  select_turn = select_turn + 1
-  local start = n > 0 and (select_turn % n) or 0
-  for k = 0, n - 1 do
-    local i = (start + k) % n + 1
+  while true do
+    -- Fairness: start at a random case.
+    seed = (seed * 16807) % 2147483647
+    local start = n > 0 and (seed % n) or 0
+    local enabled = 0
+    for k = 0, n - 1 do
+      local i = (start + k) % n + 1
+      local c = cases[i]
+      if not c.closed_seen then
+        local r = pack(try_case(c, i))
+        if r[1] then return i, unpack(r, 2, r.n) end
+        local tk = c.tick
+        if not (tk ~= nil and tk.stopped) then enabled = enabled + 1 end
+      end
+    end
+    if cases.default then return nil end
+    if enabled == 0 then
+      error("select has no case that can become ready", 2)
+    end
+    local s = get_scope()
+    local w = wait_new(s)
+    local nodes = {}
+    w.nodes = nodes
+    for i = 1, n do
+      local c = cases[i]
+      if not c.closed_seen then
+        local node = add_case(s, w, c, i)
+        if node then nodes[#nodes + 1] = node end
+      end
+    end
+    block(w)
+    local i = w.fired
     local c = cases[i]
-    if not c.closed_seen then
-      local r = pack(try_case(c, i))
-      if r[1] then return i, unpack(r, 2, r.n) end
+    if c.recv ~= nil then
+      w.consumed = true
+      if w.ok == false then c.closed_seen = true end
+      return i, w.value, w.ok
+    elseif c.send ~= nil then
+      if w.ok == false then c.closed_seen = true end
+      return i, w.ok == true
+    elseif c.join ~= nil then
+      return i, c.join
+    elseif c.tick ~= nil then
+      -- Another waiter may have taken this tick, or the ticker stopped: wait again then.
+      local tk, t = c.tick, now()
+      if not tk.stopped and t >= tk.next_at then return i, take_tick(tk, t) end
+    else
+      return i
     end
   end
-  if cases.default then return nil end
-  if enabled == 0 then
-    error("select has no case that can become ready", 2)
-  end
-  local s = get_scope()
-  local w = wait_new(s)
-  local nodes = {}
-  w.nodes = nodes
-  for i = 1, n do
-    local c = cases[i]
-    if not c.closed_seen then
-      local node = add_case(s, w, c, i)
-      if node then nodes[#nodes + 1] = node end
-    end
-  end
-  block(w)
-  local i = w.fired
-  local c = cases[i]
-  if c.recv ~= nil then
-    w.consumed = true
-    if w.ok == false then c.closed_seen = true end
-    return i, w.value, w.ok
-  elseif c.send ~= nil then
-    if w.ok == false then c.closed_seen = true end
-    return i, w.ok == true
-  elseif c.join ~= nil then
-    return i, c.join
-  elseif c.tick ~= nil then
-    return i, take_tick(c.tick, now())
-  end
-  return i
 end
 
 -------------------------------------------------------------------------------------------
@@ -987,12 +1043,12 @@ local Request = {}
 local RequestMeta = { __index = Request, __metatable = "request" }
 
 function Request.reply(req, v)
-  if getmetatable(req) ~= "request" then error("bad argument #1 to 'reply' (request expected)", 2) end
+  if made[req] ~= "request" then error("bad argument #1 to 'reply' (request expected)", 2) end
   return req.handle:reply(v)
 end
 
 function Request.reject(req, message)
-  if getmetatable(req) ~= "request" then error("bad argument #1 to 'reject' (request expected)", 2) end
+  if made[req] ~= "request" then error("bad argument #1 to 'reject' (request expected)", 2) end
   return req.handle:reject(tostring(message))
 end
 
@@ -1000,7 +1056,10 @@ end
 function RecvPort.try_recv(port)
   if port.count > 0 then return buf_pop(port), true end
   local v, ok, handle = port.ud:try_recv()
-  if handle then v = setmetatable({ value = v, handle = handle }, RequestMeta) end
+  if handle then
+    v = setmetatable({ value = v, handle = handle }, RequestMeta)
+    made[v] = "request"
+  end
   return v, ok
 end
 
@@ -1051,7 +1110,7 @@ local HostRecvMeta = { __index = HostRecv, __metatable = "host receiver" }
 local HostSendMeta = { __index = HostSend, __metatable = "host sender" }
 
 local function check_port(port, meta, what)
-  if type(port) ~= "table" or getmetatable(port) ~= meta.__metatable then
+  if made[port] ~= meta.__metatable then
     error("bad argument #1 to '" .. what .. "' (" .. meta.__metatable .. " expected)", 3)
   end
   return port
@@ -1147,17 +1206,17 @@ local function wrap_host_end(ud, kind)
       ud = ud, recvq = q_new(), host_port = RecvPort,
       buf = {}, bh = 1, bt = 1, count = 0, wake_receiver = wake_receiver,
     }, HostRecvMeta)
-    made[port] = true
+    made[port] = "host receiver"
     return port
   end
-  return setmetatable({ ud = ud, sendq = q_new(), host_port = SendPort }, HostSendMeta)
+  local port = setmetatable({ ud = ud, sendq = q_new(), host_port = SendPort }, HostSendMeta)
+  made[port] = "host sender"
+  return port
 end
 
 -------------------------------------------------------------------------------------------
 -- End of a request: every task it spawned is cancelled, and every trace of it in channels
 -- shared with later requests goes.
-
-local ending = nil
 
 -- A value handed to a wait of the ended request that never consumed it goes back to its
 -- channel. Runs on tables a script can reach and may have tampered with (`rawset`,
@@ -1173,6 +1232,27 @@ local function put_back_raw(w)
     rawset(buf, bh - 1, rawget(w, "value"))
     rawset(ch, "bh", bh - 1)
     rawset(ch, "count", count + 1)
+  end
+end
+
+-- Unlinks the nodes of wait `w` from their queues, with raw operations only.
+local function detach_raw(w)
+  local nodes = rawget(w, "nodes")
+  if type(nodes) ~= "table" then return end
+  local i = 1
+  local node = rawget(nodes, 1)
+  while type(node) == "table" do
+    local q = rawget(node, "q")
+    if type(q) == "table" then
+      local prev, nxt = rawget(node, "prev"), rawget(node, "next")
+      if type(prev) == "table" then rawset(prev, "next", nxt) else rawset(q, "head", nxt) end
+      if type(nxt) == "table" then rawset(nxt, "prev", prev) else rawset(q, "tail", prev) end
+      rawset(node, "q", nil)
+      rawset(node, "prev", nil)
+      rawset(node, "next", nil)
+    end
+    i = i + 1
+    node = rawget(nodes, i)
   end
 end
 
@@ -1194,12 +1274,22 @@ local function end_scope(close_tasks)
     rawset(rec, "st", "cancelled")
     local w = rawget(rec, "w")
     rawset(rec, "w", nil)
-    if type(w) == "table" then put_back_raw(w) end
+    if type(w) == "table" then
+      put_back_raw(w)
+      detach_raw(w)
+    end
     local co = rawget(rec, "co")
     if close_tasks and co_close and type(co) == "thread" and co_status(co) == "suspended" then
       pcall(co_close, co)
     end
     rec = next(s.tasks)
+  end
+  local w = next(s.in_place)
+  while w do
+    s.in_place[w] = nil
+    put_back_raw(w)
+    detach_raw(w)
+    w = next(s.in_place)
   end
   s.ready, s.heap, s.nheap = {}, {}, 0
   ending = nil
