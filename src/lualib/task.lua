@@ -76,7 +76,7 @@ local function new_scope()
     tasks = {}, live = 0,
     heap = {}, nheap = 0, seq = 0,
     host = {}, -- host ports with waiters: port -> true
-    in_place = {}, -- waits run in place (by the request's own code): w -> true
+    in_place = {}, nip = 0, -- the stack of waits run in place (by the request's own code)
     ended = false,
   }
 end
@@ -184,6 +184,38 @@ local function wait_new(s)
   return { rec = current, scope = s, fired = nil }
 end
 
+-- The wait of a simple operation (one node, or none for a sleep): each task, and the request's
+-- own code, reuses one. `val` is the value a send offers.
+local function simple_wait(s, val)
+  local rec = current
+  local w
+  if rec then
+    w = rec.wt
+    if not w then
+      w = { rec = rec, scope = s, nodes = {} }
+      rec.wt = w
+    end
+  else
+    w = s.rootw
+    if not w then
+      w = { scope = s, nodes = {} }
+      s.rootw = w
+    end
+  end
+  if w.hi then timer_remove(s, w) end
+  local node = w.node
+  if node then
+    q_unlink(node)
+  else
+    node = { w = w, idx = 1 }
+    w.node = node
+  end
+  node.val = val
+  w.nodes[1] = node
+  w.fired, w.value, w.ok, w.consumed, w.putback, w.in_place = nil, nil, nil, nil, nil, nil
+  return w, node
+end
+
 -- Versions that cannot tell whether a coroutine may yield: a task's yield can fail (Lua 5.1
 -- in an iterator or a metamethod) and leave its wait behind; such a wait is only live while
 -- its task is suspended.
@@ -285,12 +317,16 @@ local function run_until(w)
   local s = w.scope
   local rec = w.rec
   w.in_place = true
-  s.in_place[w] = true
+  local k = s.nip + 1
+  s.nip = k
+  s.in_place[k] = w
   while not w.fired do
     if rec and rec.cancelling then
       -- A task cancelled while it waits in place (inside a coroutine of its own, say).
       w.fired = 0
       wait_detach(w)
+      s.in_place[k] = nil
+      s.nip = k - 1
       error("task cancelled", 0)
     end
     local ready = ready_pop(s)
@@ -304,13 +340,16 @@ local function run_until(w)
         if delay == nil and next(s.host) == nil then
           w.fired = 0
           wait_detach(w)
+          s.in_place[k] = nil
+          s.nip = k - 1
           error("deadlock: every task is blocked and nothing can wake them", 0)
         end
         idle_wait(delay)
       end
     end
   end
-  s.in_place[w] = nil
+  s.in_place[k] = nil
+  s.nip = k - 1
 end
 
 -- Whether the running code can yield to the scheduler: it is a task's own coroutine, at a
@@ -318,8 +357,7 @@ end
 local function in_own_task()
   local rec = current
   if not rec then return nil end
-  local co = co_running()
-  if not rawequal(co, rec.co) then return nil end
+  if co_running() ~= rec.co then return nil end
   if co_isyieldable and not co_isyieldable() then return nil end
   if no_c_frames and not no_c_frames() then return nil end
   return rec
@@ -348,11 +386,6 @@ local function block(w)
   else
     run_until(w)
   end
-end
-
--- The body of every task's coroutine: stores the results in the record.
-local function task_main(rec, f, ...)
-  rec.results = pack(f(...))
 end
 
 local function wake_joiners(rec)
@@ -403,14 +436,21 @@ local function kill(rec)
 end
 
 -- What to do with a task once its coroutine gave control back.
-local function settle(rec, ok, err)
-  if co_status(rec.co) == "dead" then
+-- What to do with a task once its coroutine gave control back to `prev` (the task that
+-- resumed it, or nil), with what `coroutine.resume` returned.
+local function settle(rec, prev, ok, ...)
+  if slice_end then slice_end(prev and prev.co) end
+  current = prev
+  if rec.st == "waiting" and not rec.cancelling then
+    -- Blocked (the common case): nothing to do.
+  elseif co_status(rec.co) == "dead" then
     if rec.cancelling then
       finish(rec, "cancelled")
     elseif ok then
+      rec.results = pack(...)
       finish(rec, "done")
     else
-      rec.err = err
+      rec.err = (...)
       finish(rec, "failed")
     end
   elseif rec.cancelling then
@@ -420,6 +460,10 @@ local function settle(rec, ok, err)
     rec.st = "ready"
     ready_push(rec.scope, rec)
   end
+  if prev and prev.cancelling and rawequal(prev, in_own_task()) then
+    -- The task that started this one was cancelled by it: it ends here.
+    co_yield()
+  end
 end
 
 local function resume(rec, ...)
@@ -427,21 +471,24 @@ local function resume(rec, ...)
   current = rec
   rec.st = "running"
   if slice_begin then slice_begin(rec.co) end
-  local ok, err = co_resume(rec.co, ...)
-  if slice_end then slice_end(prev and prev.co) end
-  current = prev
-  settle(rec, ok, err)
-  if prev and prev.cancelling and rawequal(prev, in_own_task()) then
-    -- The task that started this one was cancelled by it: it ends here.
-    co_yield()
-  end
+  return settle(rec, prev, co_resume(rec.co, ...))
 end
 
 step = function(rec)
   if rec.st ~= "ready" then return end -- cancelled while queued
   if check_suspended and co_status(rec.co) ~= "suspended" then return end
   if rec.cancelling then return kill(rec) end
-  resume(rec)
+  local args = rec.args
+  if args then
+    -- The first resume of a task started later gets its arguments.
+    rec.args = nil
+    return resume(rec, unpack(args, 1, args.n))
+  end
+  local prev = current
+  current = rec
+  rec.st = "running"
+  if slice_begin then slice_begin(rec.co) end
+  return settle(rec, prev, co_resume(rec.co))
 end
 
 -------------------------------------------------------------------------------------------
@@ -467,31 +514,21 @@ local function create(s, f, start, ...)
   if type(f) ~= "function" then
     error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 3)
   end
-  local rec = setmetatable({ co = co_create(task_main), scope = s, st = "ready" }, TaskMeta)
+  local rec = setmetatable({ co = co_create(f), scope = s, st = "ready" }, TaskMeta)
   made[rec] = "task"
   s.tasks[rec] = true
   s.live = s.live + 1
   if start and depth < MAX_EAGER_DEPTH then
     depth = depth + 1
-    resume(rec, rec, f, ...)
+    resume(rec, ...)
     depth = depth - 1
   else
-    rec.args = pack(rec, f, ...)
+    rec.args = pack(...)
     ready_push(s, rec)
   end
   return rec
 end
 
--- The first resume of a task started later gets its function and arguments.
-local plain_step = step
-step = function(rec)
-  local args = rec.args
-  if args and rec.st == "ready" and not rec.cancelling then
-    rec.args = nil
-    return resume(rec, unpack(args, 1, args.n))
-  end
-  return plain_step(rec)
-end
 
 local task = {}
 
@@ -575,10 +612,7 @@ function Task.join(h)
   if h.st ~= "done" and h.st ~= "failed" and h.st ~= "cancelled" then
     if rawequal(h, current) then error("a task cannot join itself", 2) end
     if h.scope.ended then error("the task's request has ended", 2) end
-    local s = h.scope
-    local w = wait_new(s)
-    local node = { w = w, idx = 1 }
-    w.nodes = { node }
+    local w, node = simple_wait(h.scope)
     h.joiners = h.joiners or q_new()
     q_push(h.joiners, node)
     block(w)
@@ -727,15 +761,12 @@ local function check_value(v, what)
 end
 
 function Channel.send(ch, v)
-  check_channel(ch, "send")
-  check_value(v, "send")
+  if made[ch] ~= "channel" then check_channel(ch, "send") end
+  if v == nil then check_value(v, "send") end
   local ok, why = try_send(ch, v)
   if ok then return true end
   if why == "closed" then return false end
-  local s = get_scope()
-  local w = wait_new(s)
-  local node = { w = w, idx = 1, val = v }
-  w.nodes = { node }
+  local w, node = simple_wait(scope or get_scope(), v)
   q_push(ch.sendq, node)
   block(w)
   return w.ok == true
@@ -748,13 +779,10 @@ function Channel.try_send(ch, v)
 end
 
 function Channel.recv(ch)
-  check_channel(ch, "recv")
+  if made[ch] ~= "channel" then check_channel(ch, "recv") end
   local v, ok = try_recv(ch)
   if ok ~= nil then return v, ok end
-  local s = get_scope()
-  local w = wait_new(s)
-  local node = { w = w, idx = 1 }
-  w.nodes = { node }
+  local w, node = simple_wait(scope or get_scope())
   q_push(ch.recvq, node)
   block(w)
   w.consumed = true
@@ -1042,13 +1070,14 @@ end
 local Request = {}
 local RequestMeta = { __index = Request, __metatable = "request" }
 
+-- (The host checks that `handle` is a reply handle of the right kind.)
 function Request.reply(req, v)
-  if made[req] ~= "request" then error("bad argument #1 to 'reply' (request expected)", 2) end
+  if type(req) ~= "table" then error("bad argument #1 to 'reply' (request expected)", 2) end
   return req.handle:reply(v)
 end
 
 function Request.reject(req, message)
-  if made[req] ~= "request" then error("bad argument #1 to 'reject' (request expected)", 2) end
+  if type(req) ~= "table" then error("bad argument #1 to 'reject' (request expected)", 2) end
   return req.handle:reject(tostring(message))
 end
 
@@ -1056,10 +1085,7 @@ end
 function RecvPort.try_recv(port)
   if port.count > 0 then return buf_pop(port), true end
   local v, ok, handle = port.ud:try_recv()
-  if handle then
-    v = setmetatable({ value = v, handle = handle }, RequestMeta)
-    made[v] = "request"
-  end
+  if handle then v = setmetatable({ value = v, handle = handle }, RequestMeta) end
   return v, ok
 end
 
@@ -1121,9 +1147,7 @@ function HostRecv.recv(port)
   local v, ok = RecvPort.try_recv(port)
   if ok ~= nil then return v, ok end
   local s = get_scope()
-  local w = wait_new(s)
-  local node = { w = w, idx = 1 }
-  w.nodes = { node }
+  local w, node = simple_wait(s)
   RecvPort.add_receiver(port, s, node)
   block(w)
   w.consumed = true
@@ -1169,9 +1193,7 @@ function HostSend.send(port, v)
   if sent then return true end
   if why == "closed" then return false end
   local s = get_scope()
-  local w = wait_new(s)
-  local node = { w = w, idx = 1, val = v }
-  w.nodes = { node }
+  local w, node = simple_wait(s, v)
   q_push(port.sendq, node)
   s.host[port] = true
   block(w)
@@ -1284,13 +1306,13 @@ local function end_scope(close_tasks)
     end
     rec = next(s.tasks)
   end
-  local w = next(s.in_place)
-  while w do
-    s.in_place[w] = nil
+  for k = 1, s.nip do
+    local w = s.in_place[k]
+    s.in_place[k] = nil
     put_back_raw(w)
     detach_raw(w)
-    w = next(s.in_place)
   end
+  s.nip = 0
   s.ready, s.heap, s.nheap = {}, {}, 0
   ending = nil
 end
