@@ -526,7 +526,9 @@ fn preemption_never_cuts_into_the_schedulers_own_code() {
     // over a rendezvous channel, eager spawns from tasks, select loops.
     within_hang_guard(|| {
         let isle = Isle::builder()
-            .task_library(TaskLibrary::new().time_slice(Some(std::time::Duration::from_micros(100))))
+            .task_library(
+                TaskLibrary::new().time_slice(Some(std::time::Duration::from_micros(100))),
+            )
             .spawn(|_| Ok(()))
             .unwrap();
         let n: i64 = isle

@@ -89,7 +89,9 @@ pub(crate) fn install(
     });
     #[cfg(feature = "lua51")]
     // SAFETY: a C function that only reads the call stack and pushes a boolean.
-    prims.raw_set("no_c_frames", unsafe { lua.create_c_function(no_c_frames)? })?;
+    prims.raw_set("no_c_frames", unsafe {
+        lua.create_c_function(no_c_frames)?
+    })?;
     let preempt = match time_slice {
         Some(slice) => {
             let registration = preempt::Registration::new(interrupter, slice);
