@@ -205,7 +205,7 @@ local function simple_wait(s, val)
   if w.hi then timer_remove(s, w) end
   local node = w.node
   if node then
-    q_unlink(node)
+    if node.q then q_unlink(node) end
   else
     node = { w = w, idx = 1 }
     w.node = node
@@ -256,17 +256,46 @@ end
 local function fire(w, idx, value, ok)
   w.fired = idx
   w.value, w.ok = value, ok
-  wait_detach(w)
-  wake(w)
+  local nodes = w.nodes
+  if nodes then
+    local node = nodes[1]
+    if nodes[2] then
+      for i = 1, #nodes do q_unlink(nodes[i]) end
+    elseif node and node.q then
+      q_unlink(node)
+    end
+  end
+  if w.hi then timer_remove(w.scope, w) end
+  local rec = w.rec
+  if rec and rec.w == w and rec.st == "waiting"
+    and not (check_suspended and co_status(rec.co) ~= "suspended") then
+    rec.st = "ready"
+    local s = rec.scope
+    local t = s.rt
+    s.ready[t] = rec
+    s.rt = t + 1
+  end
 end
 
 -- Pops the first node of `q` that can still be fired, dropping dead ones.
 local function q_pop_live(q)
   local node = q.head
   while node do
-    q_unlink(node)
-    if node_live(node) then return node end
-    node = q.head
+    -- Unlink the head.
+    local nxt = node.next
+    q.head = nxt
+    if nxt then nxt.prev = nil else q.tail = nil end
+    node.q, node.next = nil, nil
+    -- Live: its wait is pending, its request running, its task waiting on it.
+    local w = node.w
+    if not w.fired and not w.scope.ended then
+      local rec = w.rec
+      if not rec or w.in_place or (rec.w == w
+        and not (check_suspended and co_status(rec.co) ~= "suspended")) then
+        return node
+      end
+    end
+    node = nxt
   end
   return nil
 end
@@ -365,7 +394,11 @@ end
 
 -- Blocks the running code until `w` fires.
 local function block(w)
-  local rec = in_own_task()
+  local rec = current
+  if rec and (co_running() ~= rec.co or (co_isyieldable and not co_isyieldable())
+    or (no_c_frames and not no_c_frames())) then
+    rec = nil
+  end
   if rec then
     local old = rec.w
     if old and old ~= w and not old.fired then
@@ -441,8 +474,9 @@ end
 local function settle(rec, prev, ok, ...)
   if slice_end then slice_end(prev and prev.co) end
   current = prev
-  if rec.st == "waiting" and not rec.cancelling then
-    -- Blocked (the common case): nothing to do.
+  if ok and rec.st == "waiting" and not rec.cancelling and not check_suspended then
+    -- Blocked (the common case): nothing to do. (Where a yield can fail, the coroutine may
+    -- have ended instead: look.)
   elseif co_status(rec.co) == "dead" then
     if rec.cancelling then
       finish(rec, "cancelled")
@@ -780,8 +814,10 @@ end
 
 function Channel.recv(ch)
   if made[ch] ~= "channel" then check_channel(ch, "recv") end
-  local v, ok = try_recv(ch)
-  if ok ~= nil then return v, ok end
+  if ch.count > 0 or ch.sendq.head or ch.closed then
+    local v, ok = try_recv(ch)
+    if ok ~= nil then return v, ok end
+  end
   local w, node = simple_wait(scope or get_scope())
   q_push(ch.recvq, node)
   block(w)
