@@ -358,8 +358,14 @@ local function run_until(w)
       s.nip = k - 1
       error("task cancelled", 0)
     end
-    local ready = ready_pop(s)
-    if ready then
+    local h = s.rh
+    if h ~= s.rt then
+      local readyq = s.ready
+      local ready = readyq[h]
+      readyq[h] = nil
+      h = h + 1
+      if h == s.rt then h = 1; s.rt = 1 end
+      s.rh = h
       step(ready)
     else
       local t = now()
@@ -392,8 +398,24 @@ local function in_own_task()
   return rec
 end
 
+local block -- forward
+
+-- Waits in queue `q` (offering `val`, for a send) until the wait fires; returns the wait.
+local function wait_in(q, val)
+  local w, node = simple_wait(scope or get_scope(), val)
+  -- Append the node.
+  node.q = q
+  node.next = nil
+  local tail = q.tail
+  node.prev = tail
+  if tail then tail.next = node else q.head = node end
+  q.tail = node
+  block(w)
+  return w
+end
+
 -- Blocks the running code until `w` fires.
-local function block(w)
+block = function(w)
   local rec = current
   if rec and (co_running() ~= rec.co or (co_isyieldable and not co_isyieldable())
     or (no_c_frames and not no_c_frames())) then
@@ -800,10 +822,7 @@ function Channel.send(ch, v)
   local ok, why = try_send(ch, v)
   if ok then return true end
   if why == "closed" then return false end
-  local w, node = simple_wait(scope or get_scope(), v)
-  q_push(ch.sendq, node)
-  block(w)
-  return w.ok == true
+  return wait_in(ch.sendq, v).ok == true
 end
 
 function Channel.try_send(ch, v)
@@ -818,9 +837,7 @@ function Channel.recv(ch)
     local v, ok = try_recv(ch)
     if ok ~= nil then return v, ok end
   end
-  local w, node = simple_wait(scope or get_scope())
-  q_push(ch.recvq, node)
-  block(w)
+  local w = wait_in(ch.recvq)
   w.consumed = true
   return w.value, w.ok
 end
