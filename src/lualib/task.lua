@@ -212,7 +212,8 @@ local function simple_wait(s, val)
   end
   node.val = val
   w.nodes[1] = node
-  w.fired, w.value, w.ok, w.consumed, w.putback, w.in_place = nil, nil, nil, nil, nil, nil
+  -- (`value` and `ok` are set when it fires; `in_place` is cleared when such a wait ends.)
+  w.fired, w.consumed, w.putback = nil, nil, nil
   return w, node
 end
 
@@ -356,6 +357,7 @@ local function run_until(w)
       wait_detach(w)
       s.in_place[k] = nil
       s.nip = k - 1
+      w.in_place = nil
       error("task cancelled", 0)
     end
     local h = s.rh
@@ -377,6 +379,7 @@ local function run_until(w)
           wait_detach(w)
           s.in_place[k] = nil
           s.nip = k - 1
+          w.in_place = nil
           error("deadlock: every task is blocked and nothing can wake them", 0)
         end
         idle_wait(delay)
@@ -385,6 +388,7 @@ local function run_until(w)
   end
   s.in_place[k] = nil
   s.nip = k - 1
+  w.in_place = nil
 end
 
 -- Whether the running code can yield to the scheduler: it is a task's own coroutine, at a
@@ -496,7 +500,7 @@ end
 local function settle(rec, prev, ok, ...)
   if slice_end then slice_end(prev and prev.co) end
   current = prev
-  if ok and rec.st == "waiting" and not rec.cancelling and not check_suspended then
+  if rec.st == "waiting" and ok and not check_suspended and not rec.cancelling then
     -- Blocked (the common case): nothing to do. (Where a yield can fail, the coroutine may
     -- have ended instead: look.)
   elseif co_status(rec.co) == "dead" then
