@@ -241,7 +241,7 @@ local function wait_detach(w)
   if nodes then
     for i = 1, #nodes do q_unlink(nodes[i]) end
   end
-  if w.hi then timer_remove(w.scope, w) end
+  if w.hi then timer_remove(w.scope or w.rec.scope, w) end
 end
 
 local function wake(w)
@@ -266,7 +266,7 @@ local function fire(w, idx, value, ok)
       q_unlink(node)
     end
   end
-  if w.hi then timer_remove(w.scope, w) end
+  if w.hi then timer_remove(w.scope or w.rec.scope, w) end
   local rec = w.rec
   if rec and rec.w == w and rec.st == "waiting"
     and not (check_suspended and co_status(rec.co) ~= "suspended") then
@@ -334,7 +334,7 @@ local function fire_timers(s, t)
     if top.at > t then break end
     timer_remove(s, top)
     if not top.fired and not s.ended then
-      fire(top, top.timer_idx, nil, true)
+      fire(top, top.timer_idx or 1, nil, true)
     end
     fired = true
   end
@@ -344,7 +344,7 @@ end
 -- Runs the scope's tasks until `w` fires: how the request's own code (or code that cannot
 -- yield to the scheduler) waits.
 local function run_until(w)
-  local s = w.scope
+  local s = w.scope or w.rec.scope
   local rec = w.rec
   w.in_place = true
   local k = s.nip + 1
@@ -419,12 +419,18 @@ local function wait_in(q, val)
 end
 
 -- Blocks the running code until `w` fires.
-block = function(w)
+-- The running task, if the running code is its own coroutine at a point where it can yield.
+local function yieldable_task()
   local rec = current
   if rec and (co_running() ~= rec.co or (co_isyieldable and not co_isyieldable())
     or (no_c_frames and not no_c_frames())) then
-    rec = nil
+    return nil
   end
+  return rec
+end
+
+block = function(w)
+  local rec = yieldable_task()
   if rec then
     local old = rec.w
     if old and old ~= w and not old.fired then
@@ -619,8 +625,21 @@ end
 function task.sleep(seconds)
   if seconds == nil then seconds = 0 end
   seconds = check_seconds(seconds, "sleep")
-  local s = get_scope()
-  sleep_until(s, now() + seconds)
+  local s = scope or get_scope()
+  -- A task's sleep keeps its wait small (many tasks sleep at once): its scope is its task's.
+  local rec0 = current
+  local w = rec0 and { rec = rec0 } or { scope = s }
+  timer_add(s, w, now() + seconds)
+  -- `block`, inlined: a sleeping task keeps one frame less (many tasks sleep at once).
+  local rec = yieldable_task()
+  if not rec or (rec.w and not rec.w.fired) then return block(w) end
+  rec.w = w
+  while not w.fired do
+    rec.st = "waiting"
+    co_yield()
+    if rec.cancelling then co_yield() end
+  end
+  rec.w = nil
 end
 
 local function delayed(seconds, f, ...)
