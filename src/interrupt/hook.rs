@@ -124,11 +124,9 @@ unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
     }
     #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
     // SAFETY: `state` is the running coroutine; see the yield in `interrupt_hook`. `ar` is the
-    // hook's record of the running function, which `lua_getinfo` fills in.
+    // hook's record of the running function.
     unsafe {
-        let in_library = ffi::lua_getinfo(state, c"S".as_ptr(), ar) != 0
-            && super::preempt::is_library((*ar).source);
-        if !in_library && ffi::lua_isyieldable(state) != 0 {
+        if !in_library(state, ar) && ffi::lua_isyieldable(state) != 0 {
             let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
             if let Some(interrupter) = interrupter.as_ref() {
                 interrupter.slices.clear_due();
@@ -138,6 +136,10 @@ unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
                 ffi::lua_sethook(state, None, 0, 0);
             } else {
                 ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, every);
+            }
+            // A stop that came meanwhile re-arms (as in the `None` arm of the hook).
+            if every == 0 && requested().is_some() {
+                arm(state);
             }
             ffi::lua_yield(state, 0);
             return true;
@@ -154,6 +156,18 @@ unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
         )
     };
     true
+}
+
+/// Whether the function running in `state` (the hook's `ar`) is the task library's.
+///
+/// # Safety
+///
+/// `state` is the running coroutine and `ar` the activation record the hook was given.
+unsafe fn in_library(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
+    // SAFETY: guaranteed by the caller; `lua_getinfo` fills in `ar`.
+    unsafe {
+        ffi::lua_getinfo(state, c"S".as_ptr(), ar) != 0 && super::preempt::is_library((*ar).source)
+    }
 }
 
 /// Instructions between two attempts to preempt a task that cannot yield where it is.
@@ -228,6 +242,13 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
                 }
             }
         }
+        // The task scheduler's own code is never cut half-way: its state is shared with later
+        // requests. It stops at its own safe points (`stop_point`), or as soon as control is
+        // in other code.
+        // SAFETY: `state` and `ar` come from Lua; `lua_sethook` only stores the hook fields.
+        Some(_) if unsafe { in_library(state, ar) } => unsafe {
+            ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
+        },
         Some(stop) => {
             if !TOUCHED.with(|t| t.load(Ordering::Relaxed)) {
                 // First sight of this interrupt (a permanent hook found it): reach the whole

@@ -54,6 +54,20 @@ pub(super) fn pending() -> Option<Stop> {
     interrupter.stop_requested()
 }
 
+/// Whether the function running in `state` is the task library's.
+///
+/// # Safety
+///
+/// `state` is the running coroutine.
+unsafe fn in_library(state: *mut ffi::lua_State) -> bool {
+    // SAFETY: guaranteed by the caller; `ar` is ours to fill.
+    unsafe {
+        let mut ar: ffi::lua_Debug = std::mem::zeroed();
+        ffi::lua_getinfo(state, 0, c"s".as_ptr(), &mut ar) != 0
+            && super::preempt::is_library(ar.source)
+    }
+}
+
 /// Whether the running task has used up its time slice.
 fn preempt_due() -> bool {
     let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
@@ -94,6 +108,9 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
     }
     let permanent = PERMANENT.with(|p| p.load(Ordering::Relaxed));
     let stop = match pending() {
+        // The task scheduler's own code stops at its safe points (see the hook elsewhere).
+        // SAFETY: `state` is the running coroutine at a safepoint; `lua_getinfo` fills `ar`.
+        Some(_) if unsafe { in_library(state) } => return,
         Some(stop) => stop,
         None if permanent && deadline_passed() => Stop::Timeout,
         None if preempt_due() => {
@@ -101,10 +118,7 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
             // SAFETY: `state` is the running coroutine at a safepoint; Luau lets an interrupt
             // callback yield where the coroutine can (mlua's own interrupt does the same).
             unsafe {
-                let mut ar: ffi::lua_Debug = std::mem::zeroed();
-                let in_library = ffi::lua_getinfo(state, 0, c"s".as_ptr(), &mut ar) != 0
-                    && super::preempt::is_library(ar.source);
-                if target == state && !in_library && ffi::lua_isyieldable(state) != 0 {
+                if target == state && !in_library(state) && ffi::lua_isyieldable(state) != 0 {
                     if let Some(interrupter) = ACTIVE.with(|a| a.load(Ordering::Acquire)).as_ref() {
                         interrupter.slices.clear_due();
                     }

@@ -522,6 +522,22 @@ impl Drop for Armed {
     }
 }
 
+/// A safe point of the task scheduler: raises the stop error in `state` if the running
+/// request has to stop (the interrupt does not cut into the scheduler's own code).
+///
+/// # Safety
+///
+/// `state` is the running state, inside a C function (a `lua_error` may unwind from here).
+pub(crate) unsafe fn stop_point(state: *mut mlua::ffi::lua_State) {
+    if let Some(stop) = hook::pending() {
+        // SAFETY: guaranteed by the caller; C functions have stack slots to spare.
+        unsafe {
+            stop_error::push(state, stop);
+            mlua::ffi::lua_error(state);
+        }
+    }
+}
+
 /// The first coroutine resumed from Rust since the last call; clears the record. Around the
 /// poll of a coroutine request, that is the request's own coroutine.
 #[cfg(feature = "tokio")]

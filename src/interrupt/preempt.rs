@@ -66,8 +66,11 @@ impl Interrupter {
         if slices.epoch.load(Ordering::SeqCst) != epoch || !slices.in_task.load(Ordering::SeqCst) {
             return;
         }
-        slices.due.store(true, Ordering::SeqCst);
-        self.deliver();
+        // Delivered once per slice: a task sitting in a host call is not signalled again and
+        // again (each signal may cut a blocking system call short).
+        if !slices.due.swap(true, Ordering::SeqCst) {
+            self.deliver();
+        }
     }
 }
 

@@ -355,11 +355,13 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        // The last one closes the channel: a script waiting on it must see that.
+        // The last one closes the channel: a script waiting on it must see that. Two last
+        // clones dropped at once may both count two, so the wake-up is unconditional (a
+        // spurious one costs the script one look).
         if self.tx.sender_count() == 1 {
             self.tx.close();
-            self.interrupter.nudge();
         }
+        self.interrupter.nudge();
     }
 }
 
@@ -603,10 +605,11 @@ impl<T> fmt::Debug for Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
+        // As for `Sender`.
         if self.rx.receiver_count() == 1 {
             self.rx.close();
-            self.interrupter.nudge();
         }
+        self.interrupter.nudge();
     }
 }
 
@@ -791,6 +794,7 @@ where
     let end = lua.create_userdata(LuaSending {
         tx,
         lua_waiting: lua_waiting.clone(),
+        interrupter: interrupter.clone(),
     })?;
     let table = wrap.call((end, "send"))?;
     Ok((
@@ -807,6 +811,7 @@ where
 struct LuaSending<T> {
     tx: async_channel::Sender<T>,
     lua_waiting: Arc<AtomicBool>,
+    interrupter: Arc<Interrupter>,
 }
 
 impl<T: FromLua + Send + 'static> UserData for LuaSending<T> {
@@ -814,15 +819,23 @@ impl<T: FromLua + Send + 'static> UserData for LuaSending<T> {
         // true | false, "full" | false, "closed"
         methods.add_method("try_send", |lua, this, value: Value| {
             let value = T::from_lua(value, lua)?;
+            let value = match this.tx.try_send(value) {
+                Ok(()) => return Ok((true, None)),
+                Err(async_channel::TrySendError::Closed(_)) => return Ok((false, Some("closed"))),
+                Err(async_channel::TrySendError::Full(value)) => value,
+            };
+            // Full: ask for a wake-up, then look again, so that a receive that came between
+            // the first look and the request is not missed.
+            this.lua_waiting.store(true, Ordering::SeqCst);
             match this.tx.try_send(value) {
                 Ok(()) => Ok((true, None)),
-                Err(async_channel::TrySendError::Full(_)) => {
-                    // Told before the script looks again, so that a receive in between
-                    // wakes it.
-                    this.lua_waiting.store(true, Ordering::SeqCst);
-                    Ok((false, Some("full")))
-                }
                 Err(async_channel::TrySendError::Closed(_)) => Ok((false, Some("closed"))),
+                // A closing isle will not wait for room: the script learns the channel is
+                // closed to it.
+                Err(async_channel::TrySendError::Full(_)) if this.interrupter.is_closing() => {
+                    Ok((false, Some("closed")))
+                }
+                Err(async_channel::TrySendError::Full(_)) => Ok((false, Some("full"))),
             }
         });
         methods.add_method("close", |_, this, ()| Ok(this.tx.close()));
@@ -882,10 +895,11 @@ impl<T, R> fmt::Debug for Requester<T, R> {
 
 impl<T, R> Drop for Requester<T, R> {
     fn drop(&mut self) {
+        // As for `Sender`.
         if self.tx.sender_count() == 1 {
             self.tx.close();
-            self.interrupter.nudge();
         }
+        self.interrupter.nudge();
     }
 }
 
@@ -1052,6 +1066,12 @@ where
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         // value, true, reply | nil, false (closed) | nil, nil (empty)
         methods.add_method("try_recv", |lua, this, ()| loop {
+            if crate::core::wait::in_coroutine() {
+                // Their answers would be owed across suspensions that other requests end.
+                return Err(mlua::Error::runtime(
+                    "host requests cannot be received in coroutine requests",
+                ));
+            }
             match this.rx.try_recv() {
                 Ok((value, reply)) => {
                     if reply.is_closed() {
@@ -1076,7 +1096,7 @@ where
                 }
             }
         });
-        methods.add_method("close", |_, this, ()| Ok(this.rx.close()));
+        methods.add_method("close", |_, this, ()| Ok(this.close()));
         methods.add_method("len", |_, this, ()| Ok(this.rx.len()));
         methods.add_method("capacity", |_, this, ()| {
             Ok(this.rx.capacity().unwrap_or(usize::MAX))
@@ -1084,6 +1104,24 @@ where
         methods.add_method("is_closed", |_, this, ()| {
             Ok(this.rx.is_closed() || this.interrupter.is_closing())
         });
+    }
+}
+
+impl<T, R> LuaRequests<T, R> {
+    /// Closes the channel and answers what is queued with [`RequestError::Closed`]: no
+    /// script will receive it.
+    fn close(&self) -> bool {
+        let closed = self.rx.close();
+        while let Ok((_, reply)) = self.rx.try_recv() {
+            let _ = reply.send(Err(RequestError::Closed));
+        }
+        closed
+    }
+}
+
+impl<T, R> Drop for LuaRequests<T, R> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

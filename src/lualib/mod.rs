@@ -87,6 +87,8 @@ pub(crate) fn install(
             feature = "luau"
         ))
     });
+    // SAFETY: a C function that reads the interrupter's atomics and may raise the stop error.
+    prims.raw_set("stop_point", unsafe { lua.create_c_function(stop_point)? })?;
     #[cfg(feature = "lua51")]
     // SAFETY: a C function that only reads the call stack and pushes a boolean.
     prims.raw_set("no_c_frames", unsafe {
@@ -131,6 +133,8 @@ impl Installed {
             return true;
         }
         let done = self.end_scope.call::<()>(true).is_ok();
+        // (Closing tasks may have run `__close` handlers.)
+        self.reset_slices();
         if done {
             SCOPE_OPEN.set(false);
         }
@@ -146,6 +150,7 @@ impl Installed {
             return;
         }
         let _ = self.end_scope.call::<()>(false);
+        self.reset_slices();
     }
 }
 
@@ -156,6 +161,13 @@ impl Installed {
             preempt.reset();
         }
     }
+}
+
+/// `stop_point()`: raises the stop error if the running request has to stop.
+unsafe extern "C-unwind" fn stop_point(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
+    // SAFETY: `state` is the calling state, inside this C function.
+    unsafe { crate::interrupt::stop_point(state) };
+    0
 }
 
 /// Parks the Lua thread for `delay` seconds (`None`: until woken), unless it was woken

@@ -1,15 +1,16 @@
 //! Preemption: a watcher thread that notices a task running a whole time slice, and the
 //! scheduler's calls that tell it which task runs.
 //!
-//! The watcher ticks once per slice while some isle runs a task and sleeps otherwise. At each
-//! tick it compares every isle's switch counter with the one it saw at the previous tick: a
-//! task that was running then and still is has had at least a slice, and is preempted through
-//! [`Interrupter::preempt`]. A task is thus preempted after one to two slices.
+//! The watcher ticks once per (shortest) slice while some isle runs a task and sleeps
+//! otherwise. At each tick it compares every isle's switch counter with the one it saw
+//! before: a task first seen running at least that isle's slice ago, and still running, is
+//! preempted through [`Interrupter::preempt`]. A task is thus preempted after one to two
+//! slices.
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mlua::{ffi, Function, Lua};
 
@@ -19,8 +20,9 @@ use crate::interrupt::{self, Interrupter};
 struct Watched {
     interrupter: Weak<Interrupter>,
     slice: Duration,
-    /// The switch counter seen at the last tick, if a task was running then.
-    seen: Option<u64>,
+    /// The switch counter seen at the last tick, if a task was running then, and when it was
+    /// first seen.
+    seen: Option<(u64, Instant)>,
 }
 
 struct Watcher {
@@ -51,10 +53,16 @@ fn run() {
             let (epoch, in_task) = interrupter.slices().observe();
             if in_task {
                 busy = true;
-                if watched.seen == Some(epoch) {
-                    interrupter.preempt(epoch);
+                let now = Instant::now();
+                match watched.seen {
+                    // The same task has run since `since`: a whole slice of this isle's?
+                    Some((seen, since)) if seen == epoch => {
+                        if now.duration_since(since) >= watched.slice {
+                            interrupter.preempt(epoch);
+                        }
+                    }
+                    _ => watched.seen = Some((epoch, now)),
                 }
-                watched.seen = Some(epoch);
                 slice = Some(slice.map_or(watched.slice, |s| s.min(watched.slice)));
             } else {
                 watched.seen = None;

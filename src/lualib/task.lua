@@ -12,6 +12,9 @@
 
 local prims = ...
 local now, idle_wait, open_scope = prims.now, prims.idle_wait, prims.open_scope
+-- Raises the stop error if the request must stop: the interrupt never cuts into this
+-- library's code, which stops here instead, between two steps.
+local stop_point = prims.stop_point
 local slice_begin, slice_end = prims.slice_begin, prims.slice_end
 -- Lua 5.1: whether no C function (a `pcall`, say) stands between the caller and its
 -- coroutine's base, across which a yield would fail.
@@ -318,6 +321,7 @@ end
 -- Delivers what host channels have for waiting tasks; returns how many waits it fired.
 local function poll_host(s)
   local n = 0
+  if next(s.host) == nil then return 0 end
   for port in next, s.host do
     n = n + port.host_port.poll(port, s)
   end
@@ -351,6 +355,7 @@ local function run_until(w)
   s.nip = k
   s.in_place[k] = w
   while not w.fired do
+    stop_point()
     if rec and rec.cancelling then
       -- A task cancelled while it waits in place (inside a coroutine of its own, say).
       w.fired = 0
@@ -362,13 +367,22 @@ local function run_until(w)
     end
     local h = s.rh
     if h ~= s.rt then
-      local readyq = s.ready
-      local ready = readyq[h]
-      readyq[h] = nil
-      h = h + 1
-      if h == s.rt then h = 1; s.rt = 1 end
-      s.rh = h
-      step(ready)
+      -- A round: the tasks ready now, then timers and host channels (so that tasks that stay
+      -- ready cannot starve them).
+      local n = s.rt - h
+      for _ = 1, n do
+        h = s.rh
+        if h == s.rt or w.fired then break end
+        local readyq = s.ready
+        local ready = readyq[h]
+        readyq[h] = nil
+        h = h + 1
+        if h == s.rt then h = 1; s.rt = 1 end
+        s.rh = h
+        step(ready)
+      end
+      if s.nheap > 0 then fire_timers(s, now()) end
+      if next(s.host) ~= nil then poll_host(s) end
     else
       local t = now()
       if not fire_timers(s, t) and poll_host(s) == 0 then
@@ -474,16 +488,18 @@ local function finish(rec, status)
   wake_joiners(rec)
 end
 
+local wake_receiver -- forward
+
 -- A received value handed to a wait that will not consume it goes back to its channel.
 local function put_back(w)
   if w.fired and w.putback and w.ok and not w.consumed then
     local ch = w.putback
     w.consumed = true
     local b = ch.bh - 1
-    ch.bh = b
     ch.buf[b] = w.value
+    ch.bh = b
     ch.count = ch.count + 1
-    ch.wake_receiver(ch)
+    wake_receiver(ch)
   end
 end
 
@@ -771,7 +787,7 @@ local function buf_pop(ch)
 end
 
 -- After an item was put back: hand it to a waiting receiver, if any.
-local function wake_receiver(ch)
+wake_receiver = function(ch)
   while ch.count > 0 do
     local node = q_pop_live(ch.recvq)
     if not node then return end
@@ -788,7 +804,7 @@ function task.channel(capacity)
   end
   local ch = setmetatable({
     cap = capacity, buf = {}, bh = 1, bt = 1, count = 0, closed = false,
-    recvq = q_new(), sendq = q_new(), wake_receiver = wake_receiver,
+    recvq = q_new(), sendq = q_new(),
   }, ChannelMeta)
   made[ch] = "channel"
   return ch
@@ -933,8 +949,8 @@ local TickerMeta = { __index = Ticker, __metatable = "ticker" }
 
 function task.ticker(interval)
   interval = check_seconds(interval, "ticker")
-  if interval <= 0 then
-    error("bad argument #1 to 'ticker' (positive number expected)", 2)
+  if interval <= 0 or interval == huge then
+    error("bad argument #1 to 'ticker' (positive finite number expected)", 2)
   end
   local tk = setmetatable({ interval = interval, next_at = now() + interval, stopped = false, count = 0 },
     TickerMeta)
@@ -1302,7 +1318,7 @@ local function wrap_host_end(ud, kind)
   if kind == "recv" then
     local port = setmetatable({
       ud = ud, recvq = q_new(), host_port = RecvPort,
-      buf = {}, bh = 1, bt = 1, count = 0, wake_receiver = wake_receiver,
+      buf = {}, bh = 1, bt = 1, count = 0,
     }, HostRecvMeta)
     made[port] = "host receiver"
     return port
@@ -1324,12 +1340,12 @@ local function put_back_raw(w)
   if not rawget(w, "fired") or rawget(w, "ok") ~= true or rawget(w, "consumed") then return end
   local ch = rawget(w, "putback")
   if not made[ch] then return end
-  rawset(w, "consumed", true)
   local bh, count, buf = rawget(ch, "bh"), rawget(ch, "count"), rawget(ch, "buf")
   if type(bh) == "number" and type(count) == "number" and type(buf) == "table" then
     rawset(buf, bh - 1, rawget(w, "value"))
     rawset(ch, "bh", bh - 1)
     rawset(ch, "count", count + 1)
+    rawset(w, "consumed", true)
   end
 end
 
@@ -1367,7 +1383,6 @@ local function end_scope(close_tasks)
   s.ended = true
   local rec = next(s.tasks)
   while rec do
-    s.tasks[rec] = nil
     rawset(rec, "cancelling", true)
     rawset(rec, "st", "cancelled")
     local w = rawget(rec, "w")
@@ -1380,6 +1395,7 @@ local function end_scope(close_tasks)
     if close_tasks and co_close and type(co) == "thread" and co_status(co) == "suspended" then
       pcall(co_close, co)
     end
+    s.tasks[rec] = nil
     rec = next(s.tasks)
   end
   for k = 1, s.nip do
@@ -1389,7 +1405,8 @@ local function end_scope(close_tasks)
     detach_raw(w)
   end
   s.nip = 0
-  s.ready, s.heap, s.nheap = {}, {}, 0
+  -- (No new tables here: an allocation could run a finalizer.)
+  s.rh, s.rt, s.nheap = 1, 1, 0
   ending = nil
 end
 
