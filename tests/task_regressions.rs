@@ -1,0 +1,472 @@
+//! Windows found by reading the task library and host channels, each with a test: stops and
+//! preemptions landing inside the scheduler's own code, starvation, lost wake-ups, requests
+//! that never resolve, cleanup that runs planted code.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::within_hang_guard;
+use mlua_isle::host::{self, RequestError};
+use mlua_isle::{Isle, TaskLibrary};
+use rand::Rng;
+
+fn isle_with(tasks: TaskLibrary) -> Isle {
+    Isle::builder()
+        .task_library(tasks)
+        .timeout(Duration::from_secs(20))
+        .spawn(|_| Ok(()))
+        .unwrap()
+}
+
+const PREEMPTS: bool = cfg!(any(
+    feature = "lua53",
+    feature = "lua54",
+    feature = "lua55",
+    feature = "luau"
+));
+
+/// With the shortest slice, preemptions land everywhere, the scheduler's own code included
+/// (where they must wait): a ring of tasks passing a token over rendezvous channels, and a
+/// producer and a consumer polling a buffered channel.
+#[test]
+fn preemption_never_lands_inside_the_schedulers_bookkeeping() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new().time_slice(Some(Duration::from_micros(100))));
+        for _ in 0..3 {
+            let total: i64 = isle
+                .eval(
+                    r#"
+                    local n, rounds = 8, 5000
+                    local chans = {}
+                    for i = 1, n do chans[i] = task.channel(0) end
+                    local tasks = {}
+                    for i = 1, n do
+                        tasks[i] = task.spawn(function()
+                            local inbox, out = chans[i], chans[i % n + 1]
+                            local c = 0
+                            for r = 1, rounds do
+                                if i == 1 then out:send(r) inbox:recv() else out:send(inbox:recv()) end
+                                c = c + 1
+                            end
+                            return c
+                        end)
+                    end
+                    local total = 0
+                    for i = 1, n do total = total + tasks[i]:join() end
+                    return total
+                    "#,
+                )
+                .unwrap();
+            assert_eq!(total, 40000);
+        }
+        let report: String = isle
+            .eval(
+                r#"
+                local ch, N, bad = task.channel(64), 100000, 0
+                task.spawn(function()
+                    local i = 1
+                    while i <= N do if ch:try_send(i) then i = i + 1 end end
+                    ch:close()
+                end)
+                local consumer = task.spawn(function()
+                    local expect = 1
+                    while true do
+                        local v, ok = ch:try_recv()
+                        if ok == false then break end
+                        if ok then
+                            if v ~= expect then bad = bad + 1 end
+                            expect = expect + 1
+                        end
+                    end
+                    return expect - 1
+                end)
+                return consumer:join() .. "/" .. bad
+                "#,
+            )
+            .unwrap();
+        assert_eq!(report, "100000/0");
+    });
+}
+
+const CHECK_CHANNELS: &str = r#"
+local function qcheck(q, name)
+    local prev, n, node = nil, 0, q.head
+    while node do
+        if node.prev ~= prev then return name .. ": bad prev" end
+        if node.q ~= q then return name .. ": bad q" end
+        prev, node, n = node, node.next, n + 1
+        if n > 1e6 then return name .. ": cycle" end
+    end
+    if q.tail ~= prev then return name .. ": bad tail" end
+end
+local function bcheck(ch, name)
+    if ch.count ~= ch.bt - ch.bh then
+        return name .. (": count %d bh %d bt %d"):format(ch.count, ch.bh, ch.bt)
+    end
+    for i = ch.bh, ch.bt - 1 do if ch.buf[i] == nil then return name .. ": hole at " .. i end end
+end
+function check_all()
+    for i, ch in ipairs(gch) do
+        local e = qcheck(ch.recvq, "recvq" .. i) or qcheck(ch.sendq, "sendq" .. i) or bcheck(ch, "buf" .. i)
+        if e then return e end
+    end
+    return "ok"
+end
+"#;
+
+/// Cancels at random points of tasks hammering channels kept in globals: the channels stay
+/// consistent for later requests (the stop waits for the scheduler's safe points).
+#[test]
+fn cancels_at_random_points_leave_shared_channels_consistent() {
+    within_hang_guard(|| {
+        let (isle, started) = common::isle_with_started(
+            Isle::builder()
+                .task_library(TaskLibrary::new().time_slice(None))
+                .timeout(Duration::from_secs(20)),
+        );
+        isle.exec(|lua| {
+            lua.load(CHECK_CHANNELS).exec()?;
+            lua.load("gch = {} for i = 1, 4 do gch[i] = task.channel(i - 1) end")
+                .exec()
+        })
+        .unwrap();
+        let mut rng = rand::rng();
+        for round in 0..150 {
+            let request = isle
+                .spawn_eval::<()>(
+                    r#"
+                    for i = 1, 4 do
+                        task.spawn(function()
+                            local a, b = gch[i], gch[i % 4 + 1]
+                            while true do
+                                if i % 2 == 0 then b:send(i) else a:recv() end
+                                task.select({ {recv = a}, {send = b, value = i}, default = true })
+                                a:try_send(i) b:try_recv()
+                                task.yield()
+                            end
+                        end)
+                    end
+                    started()
+                    task.sleep(100)
+                    "#,
+                )
+                .unwrap();
+            started.recv().unwrap();
+            // The cancel's arrival point is what varies.
+            std::thread::sleep(Duration::from_micros(rng.random_range(0..2000)));
+            request.cancel();
+            assert!(request.wait().unwrap_err().is_cancelled());
+            let verdict: String = isle.eval("return check_all()").unwrap();
+            assert_eq!(verdict, "ok", "round {round}");
+        }
+    });
+}
+
+/// Tasks that stay ready (yielding, preempted, or sleeping for 0 s) do not starve timers or
+/// host channels.
+#[test]
+fn tasks_that_stay_ready_do_not_starve_timers_or_host_channels() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        let got: String = isle
+            .eval(
+                r#"
+                local done = false
+                local a = task.spawn(function() while not done do task.yield() end return "a" end)
+                local b = task.spawn(function() task.sleep(0.01) done = true return "b" end)
+                return a:join() .. b:join()
+                "#,
+            )
+            .unwrap();
+        assert_eq!(got, "ab");
+        let got: String = isle
+            .eval(
+                r#"
+                local done = false
+                local a = task.spawn(function() while not done do task.sleep(0) end return "a" end)
+                local b = task.spawn(function() task.sleep(0.01) done = true return "b" end)
+                return a:join() .. b:join()
+                "#,
+            )
+            .unwrap();
+        assert_eq!(got, "ab");
+        if PREEMPTS {
+            let got: String = isle
+                .eval(
+                    r#"
+                    local done = false
+                    local a = task.spawn(function() while not done do end return "a" end)
+                    local c = task.spawn(function() while not done do end return "c" end)
+                    local b = task.spawn(function() task.sleep(0.01) done = true return "b" end)
+                    return a:join() .. b:join() .. c:join()
+                    "#,
+                )
+                .unwrap();
+            assert_eq!(got, "abc");
+        }
+        // A host message reaches a receiver while a sibling keeps sleeping for 0 s.
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let tx = isle
+            .exec(move |lua| {
+                let (tx, ch) = host::channel_to_lua::<i64>(lua, 4)?;
+                lua.globals().set("inbox", ch)?;
+                let ready = lua.create_function(move |_, ()| {
+                    let _ = ready_tx.send(());
+                    Ok(())
+                })?;
+                lua.globals().set("ready", ready)?;
+                Ok(tx)
+            })
+            .unwrap();
+        let receiving = isle
+            .spawn_eval::<i64>(
+                r#"
+                local done = false
+                task.spawn(function() while not done do task.sleep(0) end end)
+                ready()
+                local v = inbox:recv()
+                done = true
+                return v
+                "#,
+            )
+            .unwrap();
+        ready_rx.recv().unwrap();
+        tx.try_send(5).unwrap();
+        assert_eq!(receiving.wait().unwrap(), 5);
+    });
+}
+
+/// A request queued for a script resolves `Closed` when the Lua end is closed or the isle
+/// goes away with it queued.
+#[test]
+fn queued_host_requests_resolve_when_the_lua_end_goes() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        let ask = isle
+            .exec(|lua| {
+                let (ask, requests) = host::request_channel::<i64, i64>(lua, 8)?;
+                lua.globals().set("requests", requests)?;
+                Ok(ask)
+            })
+            .unwrap();
+        let asker = ask.clone();
+        let pending =
+            std::thread::spawn(move || asker.request_blocking(1, Duration::from_secs(20)));
+        // Once it is queued, the script closes its end without receiving it.
+        while format!("{ask:?}").contains("queued: 0") {
+            std::thread::yield_now();
+        }
+        isle.exec(|lua| lua.load("requests:close()").exec())
+            .unwrap();
+        assert_eq!(pending.join().unwrap(), Err(RequestError::Closed));
+        assert_eq!(
+            ask.request_blocking(2, Duration::from_secs(20)),
+            Err(RequestError::Closed)
+        );
+
+        let isle = isle_with(TaskLibrary::new());
+        let ask = isle
+            .exec(|lua| {
+                let (ask, requests) = host::request_channel::<i64, i64>(lua, 8)?;
+                lua.globals().set("requests", requests)?;
+                Ok(ask)
+            })
+            .unwrap();
+        let asker = ask.clone();
+        let pending =
+            std::thread::spawn(move || asker.request_blocking(1, Duration::from_secs(20)));
+        while format!("{ask:?}").contains("queued: 0") {
+            std::thread::yield_now();
+        }
+        isle.shutdown().unwrap();
+        assert_eq!(pending.join().unwrap(), Err(RequestError::Closed));
+    });
+}
+
+/// Two last clones of a host sender dropped at the same time still wake the script waiting
+/// on the channel.
+#[test]
+fn the_last_senders_dropped_at_once_still_wake_the_script() {
+    within_hang_guard(|| {
+        let (isle, started) =
+            common::isle_with_started(Isle::builder().task_library(TaskLibrary::new()));
+        for _ in 0..300 {
+            let tx = isle
+                .exec(|lua| {
+                    let (tx, ch) = host::channel_to_lua::<i64>(lua, 4)?;
+                    lua.globals().set("inbox", ch)?;
+                    Ok(tx)
+                })
+                .unwrap();
+            let waiting = isle
+                .spawn_eval::<bool>("started() return inbox:recv() == nil")
+                .unwrap();
+            started.recv().unwrap();
+            let barrier = Arc::new(Barrier::new(2));
+            let (tx2, b2) = (tx.clone(), barrier.clone());
+            let other = std::thread::spawn(move || {
+                b2.wait();
+                drop(tx2);
+            });
+            barrier.wait();
+            drop(tx);
+            other.join().unwrap();
+            assert!(waiting.wait().unwrap());
+        }
+    });
+}
+
+/// A script sending to Rust over a channel that stays full learns of room as soon as Rust
+/// takes an item, however the two interleave.
+#[test]
+fn a_script_waiting_for_room_never_misses_a_receive() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        let rx = isle
+            .exec(|lua| {
+                let (rx, ch) = host::channel_from_lua::<i64>(lua, 1)?;
+                lua.globals().set("out", ch)?;
+                Ok(rx)
+            })
+            .unwrap();
+        let sending = isle
+            .spawn_eval::<bool>("for i = 1, 20000 do assert(out:send(i)) end return true")
+            .unwrap();
+        let mut rng = rand::rng();
+        for i in 1..=20000 {
+            if rng.random_range(0..8) == 0 {
+                std::thread::yield_now();
+            }
+            assert_eq!(rx.recv_blocking(), Ok(i));
+        }
+        assert!(sending.wait().unwrap());
+    });
+}
+
+/// Shutting down while a script waits for room on a full channel to Rust (which Rust does not
+/// drain) ends the script instead of waiting for the host.
+#[test]
+fn shutdown_does_not_wait_for_a_script_blocked_sending_to_rust() {
+    within_hang_guard(|| {
+        let (isle, started) =
+            common::isle_with_started(Isle::builder().task_library(TaskLibrary::new()));
+        let rx = isle
+            .exec(|lua| {
+                let (rx, ch) = host::channel_from_lua::<i64>(lua, 1)?;
+                lua.globals().set("out", ch)?;
+                Ok(rx)
+            })
+            .unwrap();
+        let sending = isle
+            .spawn_eval::<bool>("started() return out:send(1) and out:send(2)")
+            .unwrap();
+        started.recv().unwrap();
+        isle.shutdown().unwrap();
+        assert!(!sending.wait().unwrap());
+        assert_eq!(rx.try_recv(), Ok(1));
+    });
+}
+
+/// A task cancelled at the end of its request runs `__close` handlers that try to spawn: the
+/// spawn fails instead of opening a scope that later requests would inherit.
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+#[test]
+fn close_handlers_at_request_end_cannot_leave_tasks_behind() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        isle.exec(|lua| {
+            lua.load(
+                r#"
+                ran = 0
+                task.spawn(function()
+                    local x <close> = setmetatable({}, {__close = function()
+                        task.spawn(function() while true do task.sleep(0.001) ran = ran + 1 end end)
+                    end})
+                    task.sleep(100)
+                end)
+                "#,
+            )
+            .exec()
+        })
+        .unwrap();
+        let ran: i64 = isle.eval("task.sleep(0.02) return ran").unwrap();
+        assert_eq!(ran, 0);
+    });
+}
+
+/// Preemption delivers one signal per slice: a task sitting in a blocking host call is not
+/// signalled again and again.
+#[cfg(unix)]
+#[test]
+fn preemption_signals_a_task_in_a_host_call_once_per_slice() {
+    if !PREEMPTS {
+        return;
+    }
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .task_library(TaskLibrary::new())
+            .spawn(|lua| {
+                // Sleeps ~100 ms in 1 ms polls, counting the ones a signal cut short.
+                let nap = lua.create_function(|_, ()| {
+                    let mut interrupted = 0;
+                    for _ in 0..100 {
+                        // SAFETY: a poll on no descriptors only sleeps.
+                        let r = unsafe { libc::poll(std::ptr::null_mut(), 0, 1) };
+                        if r < 0 {
+                            interrupted += 1;
+                        }
+                    }
+                    Ok(interrupted)
+                })?;
+                lua.globals().set("nap", nap)
+            })
+            .unwrap();
+        let interrupted: i64 = isle
+            .eval("return task.spawn(function() return nap() end):join()")
+            .unwrap();
+        assert!(interrupted <= 1, "{interrupted} polls cut short");
+    });
+}
+
+/// Host requests cannot be received in coroutine requests (their answers would be owed
+/// across suspensions other requests end).
+#[tokio::test]
+async fn coroutine_requests_cannot_receive_host_requests() {
+    let (isle, _driver) = mlua_isle::AsyncIsle::builder()
+        .task_library(TaskLibrary::new())
+        .spawn_async(|_| Ok(()))
+        .await
+        .unwrap();
+    let ask = isle
+        .exec(|lua| {
+            let (ask, requests) = host::request_channel::<i64, i64>(lua, 8)?;
+            lua.globals().set("requests", requests)?;
+            Ok(ask)
+        })
+        .await
+        .unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let asking = {
+        let flag = flag.clone();
+        tokio::spawn(async move {
+            let answer = ask.request(1).await;
+            flag.store(true, Ordering::SeqCst);
+            answer
+        })
+    };
+    let err = isle
+        .coroutine_eval::<()>("requests:try_recv()")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("coroutine"), "{err}");
+    // A plain request can still serve it.
+    isle.eval::<()>("local req = requests:recv() req:reply(req.value + 1)")
+        .await
+        .unwrap();
+    assert_eq!(asking.await.unwrap(), Ok(2));
+    assert!(flag.load(Ordering::SeqCst));
+}
