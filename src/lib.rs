@@ -326,6 +326,7 @@ pub use crate::handle::builder::{
     DEFAULT_STACK_SIZE, SANDBOX_GRACE_PERIOD, SANDBOX_MEMORY_LIMIT, SANDBOX_TIMEOUT,
 };
 pub use crate::handle::code::Code;
+pub use crate::handle::function::FunctionHandle;
 pub use crate::handle::isle::Isle;
 pub use crate::handle::request::{Blocking, Request};
 pub use crate::handle::task::Task;

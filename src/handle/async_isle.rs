@@ -140,6 +140,11 @@ impl AsyncIsle {
         AsyncIsle { handle }
     }
 
+    /// The isle's queue, without keeping it open (for a function handle).
+    pub(crate) fn downgrade(&self) -> Weak<Handle> {
+        Arc::downgrade(&self.handle)
+    }
+
     /// Starts an isle with the default settings and runs `init` on its VM; see
     /// [`IsleBuilder::spawn_async`].
     ///
@@ -941,7 +946,7 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         self.submit(work).await?.await
     }
 
-    async fn submit<T, W>(self, work: W) -> Result<AsyncTask<T>, IsleError>
+    pub(crate) async fn submit<T, W>(self, work: W) -> Result<AsyncTask<T>, IsleError>
     where
         T: Send + 'static,
         W: Send + 'static,

@@ -383,6 +383,11 @@ impl Isle {
         crate::handle::async_isle::AsyncIsle::from_handle(self.handle.clone())
     }
 
+    /// The isle's queue, without keeping it open (for a function handle).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Handle> {
+        Arc::downgrade(&self.handle)
+    }
+
     /// Whether nothing is queued for the isle.
     pub(crate) fn queue_is_empty(&self) -> bool {
         self.handle.tx.is_empty()
