@@ -474,6 +474,7 @@ mod async_isle {
         a_handle_outlives_its_isle,
         clones_are_called_from_many_tasks_at_once,
         a_handle_belongs_to_one_async_pool_member,
+        a_handle_is_called_as_a_coroutine_and_still_freed,
     );
 
     /// An async isle with [`PRELUDE`], `started()` (reported on the receiver) and
@@ -702,5 +703,69 @@ mod async_isle {
         assert!(first.call_function::<String>(&id, ()).await.is_ok());
         drop((first, second, id));
         driver.shutdown().await.unwrap();
+    }
+
+    async fn a_handle_is_called_as_a_coroutine_and_still_freed() {
+        let (isle, driver) = AsyncIsle::spawn(|lua| {
+            let sleep = lua.create_async_function(|_, ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(ms)
+            })?;
+            lua.globals().set("sleep", sleep)?;
+            lua.load(PRELUDE).exec()
+        })
+        .await
+        .unwrap();
+        let nap = isle
+            .eval_function(
+                "local naps = 0 return function(ms) naps = naps + 1 return sleep(ms), naps end",
+            )
+            .await
+            .unwrap();
+        // The isle serves other requests while the coroutine sleeps.
+        let (slept, other) = tokio::join!(
+            isle.coroutine_call_function::<(u64, i64)>(&nap, 5),
+            isle.eval::<i64>("1 + 1"),
+        );
+        assert_eq!((slept.unwrap(), other.unwrap()), ((5, 1), 2));
+        let task = isle
+            .request()
+            .spawn_coroutine_call_function::<(u64, i64)>(&nap, 1)
+            .await
+            .unwrap();
+        assert_eq!(task.await.unwrap(), (1, 2));
+
+        // Cancelled while it awaits.
+        let forever = isle
+            .eval_function("function() while true do sleep(1) end end")
+            .await
+            .unwrap();
+        let err = isle
+            .request()
+            .timeout(Duration::from_millis(20))
+            .coroutine_call_function::<()>(&forever, ())
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+
+        // Another isle's handle is refused.
+        let (other, other_driver) = AsyncIsle::spawn(|_| Ok(())).await.unwrap();
+        assert!(matches!(
+            other.coroutine_call_function::<(u64, i64)>(&nap, 1).await,
+            Err(IsleError::ForeignFunction)
+        ));
+
+        // Called as a coroutine, the function is still freed with its handle.
+        let tracked = isle.eval_function(TRACKED).await.unwrap();
+        assert_eq!(
+            isle.coroutine_call_function::<i64>(&tracked, ())
+                .await
+                .unwrap(),
+            1000
+        );
+        drop(tracked);
+        assert!(isle.eval::<bool>(TRACKED_GONE).await.unwrap());
+        driver.shutdown().await.unwrap();
+        other_driver.shutdown().await.unwrap();
     }
 }

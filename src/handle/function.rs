@@ -125,6 +125,27 @@ impl FunctionHandle {
         }
     }
 
+    /// The work of a coroutine call: starts the function as a coroutine with `args`.
+    #[cfg(feature = "tokio")]
+    fn coroutine<T, A>(
+        &self,
+        args: A,
+    ) -> crate::lua_thread::executor::Coroutine<
+        impl FnOnce(&mut Vm) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError>
+            + Send
+            + 'static,
+    >
+    where
+        T: FromLuaMulti + Send + 'static,
+        A: IntoLuaMulti + Send + 'static,
+    {
+        let handle = self.clone();
+        crate::lua_thread::executor::Coroutine(move |vm: &mut Vm| {
+            let function = handle.function(vm)?;
+            vm.coroutine_handed_out::<T>(function, args)
+        })
+    }
+
     /// The function in `vm`, the VM of the isle the handle was checked against.
     fn function(&self, vm: &Vm) -> Result<Function, IsleError> {
         // Only a handle of another VM could be missing: this one's entry lives as long as it.
@@ -571,6 +592,84 @@ mod async_verbs {
         {
             self.request().spawn_call_function(function, args).await
         }
+
+        /// Calls `function` with `args` as a coroutine, which may await async Rust functions
+        /// while the isle serves other requests; see
+        /// [`coroutine_eval`](AsyncIsle::coroutine_eval).
+        ///
+        /// # Errors
+        ///
+        /// As [`call_function`](AsyncIsle::call_function).
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`coroutine_eval`](AsyncIsle::coroutine_eval).
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use std::time::Duration;
+        ///
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+        /// let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|lua| {
+        ///     let sleep = lua.create_async_function(|_, ms: u64| async move {
+        ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+        ///         Ok(ms)
+        ///     })?;
+        ///     lua.globals().set("sleep", sleep)
+        /// })
+        /// .await?;
+        /// let nap = isle.eval_function("function(ms) return sleep(ms) * 2 end").await?;
+        /// assert_eq!(isle.coroutine_call_function::<u64>(&nap, 5).await?, 10);
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub async fn coroutine_call_function<T>(
+            &self,
+            function: &FunctionHandle,
+            args: impl IntoLuaMulti + Send + 'static,
+        ) -> Result<T, IsleError>
+        where
+            T: FromLuaMulti + Send + 'static,
+        {
+            self.request().coroutine_call_function(function, args).await
+        }
+
+        /// Queues a coroutine call of `function` and returns its [`AsyncTask`].
+        ///
+        /// # Errors
+        ///
+        /// As [`spawn_call_function`](AsyncIsle::spawn_call_function).
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`spawn_eval`](AsyncIsle::spawn_eval).
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+        /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+        /// let pause = isle.eval_function("function(x) coroutine.yield() return x end").await?;
+        /// let task = isle.spawn_coroutine_call_function::<i64>(&pause, 3).await?;
+        /// assert_eq!(task.await?, 3);
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub async fn spawn_coroutine_call_function<T>(
+            &self,
+            function: &FunctionHandle,
+            args: impl IntoLuaMulti + Send + 'static,
+        ) -> Result<AsyncTask<T>, IsleError>
+        where
+            T: FromLuaMulti + Send + 'static,
+        {
+            self.request()
+                .spawn_coroutine_call_function(function, args)
+                .await
+        }
     }
 
     /// The async verbs of function handles, on an async isle.
@@ -707,6 +806,85 @@ mod async_verbs {
         {
             function.check(self.isle.id())?;
             let work = function.call(args);
+            self.submit(work).await
+        }
+
+        /// Calls `function` with `args` as a coroutine; see
+        /// [`coroutine_eval`](Request#method.coroutine_eval).
+        ///
+        /// # Errors
+        ///
+        /// As [`call_function`](Request#method.call_function-1).
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`coroutine_eval`](Request#method.coroutine_eval).
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use std::time::Duration;
+        ///
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+        /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+        /// let forever = isle.eval_function("function() while true do coroutine.yield() end end").await?;
+        /// let err = isle
+        ///     .request()
+        ///     .timeout(Duration::from_millis(10))
+        ///     .coroutine_call_function::<()>(&forever, ())
+        ///     .await
+        ///     .unwrap_err();
+        /// assert!(err.is_timeout());
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub async fn coroutine_call_function<T>(
+            self,
+            function: &FunctionHandle,
+            args: impl IntoLuaMulti + Send + 'static,
+        ) -> Result<T, IsleError>
+        where
+            T: FromLuaMulti + Send + 'static,
+        {
+            self.spawn_coroutine_call_function(function, args)
+                .await?
+                .await
+        }
+
+        /// Queues a [`coroutine_call_function`](Request#method.coroutine_call_function) and
+        /// returns its [`AsyncTask`].
+        ///
+        /// # Errors
+        ///
+        /// As [`spawn_call_function`](Request#method.spawn_call_function-1).
+        ///
+        /// # Cancel safety
+        ///
+        /// Dropped while waiting for room, nothing is queued.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+        /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+        /// let add = isle.eval_function("function(a, b) coroutine.yield() return a + b end").await?;
+        /// let task = isle.request().spawn_coroutine_call_function::<i64>(&add, (1, 2)).await?;
+        /// assert_eq!(task.await?, 3);
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub async fn spawn_coroutine_call_function<T>(
+            self,
+            function: &FunctionHandle,
+            args: impl IntoLuaMulti + Send + 'static,
+        ) -> Result<AsyncTask<T>, IsleError>
+        where
+            T: FromLuaMulti + Send + 'static,
+        {
+            function.check(self.isle.id())?;
+            let work = function.coroutine(args);
             self.submit(work).await
         }
     }

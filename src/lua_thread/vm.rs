@@ -265,6 +265,18 @@ impl Vm {
         self.coroutine_with(function, args, true)
     }
 
+    /// Runs a function handed out as a handle as a coroutine, as [`coroutine`](Self::coroutine)
+    /// does, without caching its body: the cache would keep the function alive once its
+    /// handle is gone.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn coroutine_handed_out<T: FromLuaMulti + 'static>(
+        &mut self,
+        function: Function,
+        args: impl IntoLuaMulti,
+    ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
+        self.coroutine_with(function, args, false)
+    }
+
     #[cfg(feature = "tokio")]
     fn coroutine_with<T: FromLuaMulti + 'static>(
         &mut self,
@@ -272,6 +284,9 @@ impl Vm {
         args: impl IntoLuaMulti,
         cache: bool,
     ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
+        // Coroutine requests do not end with `after_request`: handles given back are freed
+        // when one starts.
+        self.functions.release(&self.lua);
         let key = function.to_pointer() as usize;
         let cached = self.bodies.as_mut().and_then(|b| b.get(&key)).cloned();
         let body = match cached {
