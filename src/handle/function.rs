@@ -33,18 +33,20 @@ use crate::lua_thread::vm::Vm;
 /// pool), a call fails with [`IsleError::ForeignFunction`] without running anything.
 ///
 /// The VM keeps the function while any clone of the handle lives. When the last one is
-/// dropped, on whatever thread, the function is freed at once on the isle's thread (or after
-/// the request it is busy with): the VM no longer holds it, and Lua's garbage collector
-/// reclaims it with its upvalues. Dropping a handle never blocks, and is fine after the isle is
-/// gone.
+/// dropped, on whatever thread, a message through the isle's queue has the isle's thread free
+/// it before the next request (or, if the queue is full, after the request it is busy with):
+/// the VM no longer holds it, and Lua's garbage collector reclaims it with its upvalues.
+/// Dropping a handle never blocks, and is fine after the isle is gone.
 ///
 /// # Caveats
 ///
 /// - The function keeps its upvalues and its environment: one made in a request's fresh
 ///   environment ([`Isolation::FreshEnvironment`](crate::Isolation::FreshEnvironment)) keeps
 ///   that environment alive for as long as the handle lives.
-/// - A handle outlives neither its isle nor a pool member being replaced: calls through a
-///   handle of an isle that is shut down fail with [`IsleError::Shutdown`].
+/// - A handle does not keep its isle running. Once the isle is shut down, or a pool has
+///   replaced the member that made it, calls fail: with [`IsleError::Shutdown`] through a
+///   handle to that isle (an `AsyncIsle` clone), with [`IsleError::ForeignFunction`] through
+///   any other isle.
 ///
 /// # Examples
 ///
