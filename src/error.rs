@@ -55,6 +55,9 @@ pub enum IsleError {
         /// The Lua type the global has instead (`"nil"` when it is unset).
         type_name: &'static str,
     },
+    /// A [`FunctionHandle`](crate::FunctionHandle) was used on an isle other than the one
+    /// that handed it out (another isle, or another member of a pool); nothing was run.
+    ForeignFunction,
     /// The builder's settings were rejected before the thread was started.
     Config(&'static str),
     /// The operating system refused to start the Lua thread.
@@ -146,6 +149,7 @@ impl fmt::Display for IsleError {
             IsleError::NotAFunction { name, type_name } => {
                 write!(f, "global `{name}` is not a function (it is {type_name})")
             }
+            IsleError::ForeignFunction => f.write_str("function handle belongs to another isle"),
             IsleError::Config(msg) => write!(f, "invalid isle configuration: {msg}"),
             IsleError::Spawn(e) => write!(f, "failed to start the lua thread: {e}"),
         }
@@ -390,6 +394,7 @@ mod tests {
                 name: "f".into(),
                 type_name: "nil",
             },
+            IsleError::ForeignFunction,
             IsleError::Config("queue capacity must be at least 1"),
             IsleError::Spawn(std::io::Error::other("no threads")),
         ];

@@ -37,6 +37,30 @@
 //! [`FromLuaMulti`](mlua::FromLuaMulti) on the Lua thread. Requests run one at a time, in queue
 //! order. Each resolves exactly once: with its value or an [`IsleError`].
 //!
+//! A Lua function can be kept for later: [`Isle::function`] (a global) and
+//! [`Isle::eval_function`] (what a chunk returns: a closure and its state, say) hand out a
+//! [`FunctionHandle`], a `Send + Sync` key to the function, which stays on the isle's thread.
+//! [`Isle::call_function`] calls it as a request like any other; the function is freed as soon
+//! as the last clone of its handle is dropped. And `init` can return a value made on the Lua
+//! thread to whoever starts the isle: [`Isle::spawn_with`].
+//!
+//! ```
+//! use mlua_isle::Isle;
+//!
+//! let (isle, loaded) = Isle::spawn_with(|lua| {
+//!     lua.load("rules = { min = 1, max = 3 }").exec()?;
+//!     Ok(2)
+//! })?;
+//! assert_eq!(loaded, 2);
+//! let clamp = isle.eval_function("function(x) return math.max(rules.min, math.min(rules.max, x)) end")?;
+//! let handle = clamp.clone();
+//! let clamped = std::thread::scope(|s| {
+//!     s.spawn(|| isle.call_function::<i64>(&handle, 10)).join().unwrap()
+//! })?;
+//! assert_eq!(clamped, 3);
+//! # Ok::<(), mlua_isle::IsleError>(())
+//! ```
+//!
 //! # Cancellation and deadlines
 //!
 //! Every request can be given a deadline and a [`CancelToken`] through [`Isle::request`]; an
@@ -349,6 +373,7 @@ pub use crate::handle::builder::{
     DEFAULT_STACK_SIZE, SANDBOX_GRACE_PERIOD, SANDBOX_MEMORY_LIMIT, SANDBOX_TIMEOUT,
 };
 pub use crate::handle::code::Code;
+pub use crate::handle::function::FunctionHandle;
 pub use crate::handle::isle::Isle;
 pub use crate::handle::request::{Blocking, Request};
 pub use crate::handle::task::Task;

@@ -1,6 +1,7 @@
 //! The thread boundary, free of Lua: the bounded queue and the state an isle's threads share,
-//! request slots (each resolved exactly once), cancel tokens, waiting (spin, then park), and the
-//! watchdog that enforces deadlines and re-asserts stops.
+//! request slots (each resolved exactly once), cancel tokens, waiting (spin, then park), the
+//! watchdog that enforces deadlines and re-asserts stops, and the list of values given back to a
+//! Lua thread by handles dropped elsewhere.
 //!
 //! May import from `error`, `interrupt` (its Lua-free side: `Interrupter`, `StopWatch`) and this
 //! folder, not from `lua_thread` or `handle`; tests may use any layer. One exception remains:
@@ -10,6 +11,7 @@
 #[cfg(test)]
 pub(crate) mod pause;
 pub(crate) mod queue;
+pub(crate) mod release;
 pub(crate) mod slot;
 pub(crate) mod token;
 pub(crate) mod wait;

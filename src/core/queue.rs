@@ -690,6 +690,17 @@ impl Handle {
         Ok(())
     }
 
+    /// Queues `job` if the isle is open and its queue has room right now; never blocks, so a
+    /// `Drop` may call it from any thread. Returns whether the job was queued; otherwise it is
+    /// dropped, which resolves it.
+    pub(crate) fn offer(&self, job: Queued) -> bool {
+        if self.shared.is_closed() || self.tx.try_send(job).is_err() {
+            return false;
+        }
+        self.sent();
+        true
+    }
+
     /// Wakes an idle Lua thread so that it looks at its queues again (best effort: a full
     /// queue means the thread is busy and will look by itself).
     pub(crate) fn wake(&self) {

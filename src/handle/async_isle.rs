@@ -19,7 +19,7 @@ use crate::core::wait;
 use crate::core::watchdog::Sleep;
 use crate::error::IsleError;
 use crate::handle::async_task::AsyncTask;
-use crate::handle::builder::{IsleBuilder, Launched};
+use crate::handle::builder::{returning, IsleBuilder, Launched};
 use crate::handle::code::Code;
 use crate::handle::isle;
 use crate::handle::request::{IsleHandle, Request, Target};
@@ -120,7 +120,48 @@ impl IsleBuilder {
     where
         F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
     {
-        let launched = self.launch(Box::new(init))?;
+        let (isle, driver, ()) = self.spawn_async_with(init).await?;
+        Ok((isle, driver))
+    }
+
+    /// Like [`spawn_async`](IsleBuilder::spawn_async), but `init` returns a value, handed to
+    /// the caller with the isle and its driver; see [`spawn_with`](IsleBuilder::spawn_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_with`](IsleBuilder::spawn_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`spawn_async`](IsleBuilder::spawn_async); the value `init` returns is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// let (isle, driver, loaded) = mlua_isle::AsyncIsle::builder()
+    ///     .spawn_async_with(|lua| {
+    ///         lua.load("rules = { 'a', 'b', 'c' }").exec()?;
+    ///         lua.load("#rules").eval::<i64>()
+    ///     })
+    ///     .await?;
+    /// assert_eq!(loaded, 3);
+    /// assert_eq!(isle.eval::<String>("rules[1]").await?, "a");
+    /// driver.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_async_with<T, F>(
+        self,
+        init: F,
+    ) -> Result<(AsyncIsle, AsyncIsleDriver, T), IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (init, value) = returning(init);
+        let launched = self.launch(init)?;
         let outcome = poll_fn(|cx| launched.ready.poll_take(cx)).await;
         let Launched { handle, thread, .. } = launched.started(outcome)?;
         let shared = handle.shared.clone();
@@ -130,7 +171,7 @@ impl IsleBuilder {
             shared,
             thread: Some(thread),
         };
-        Ok((AsyncIsle { handle }, driver))
+        Ok((AsyncIsle { handle }, driver, value.take()))
     }
 }
 
@@ -138,6 +179,11 @@ impl AsyncIsle {
     /// An async handle over an existing isle's queue.
     pub(crate) fn from_handle(handle: Arc<Handle>) -> Self {
         AsyncIsle { handle }
+    }
+
+    /// The isle's queue, without keeping it open (for a function handle).
+    pub(crate) fn downgrade(&self) -> Weak<Handle> {
+        Arc::downgrade(&self.handle)
     }
 
     /// Starts an isle with the default settings and runs `init` on its VM; see
@@ -167,6 +213,44 @@ impl AsyncIsle {
         F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
     {
         IsleBuilder::new().spawn_async(init).await
+    }
+
+    /// Starts an isle with the default settings and runs `init` on its VM, handing its value
+    /// to the caller with the isle and its driver; see [`IsleBuilder::spawn_async_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](AsyncIsle::spawn).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`IsleBuilder::spawn_async_with`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// use tokio::sync::mpsc;
+    ///
+    /// let (isle, _driver, mut events) = mlua_isle::AsyncIsle::spawn_with(|lua| {
+    ///     let (tx, rx) = mpsc::unbounded_channel::<i64>();
+    ///     let emit = lua.create_function(move |_, n: i64| Ok(tx.send(n).is_ok()))?;
+    ///     lua.globals().set("emit", emit)?;
+    ///     Ok(rx)
+    /// })
+    /// .await?;
+    /// isle.eval::<bool>("emit(7)").await?;
+    /// assert_eq!(events.recv().await, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_with<T, F>(init: F) -> Result<(AsyncIsle, AsyncIsleDriver, T), IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        IsleBuilder::new().spawn_async_with(init).await
     }
 
     /// Returns the builder; finish with [`IsleBuilder::spawn_async`].
@@ -941,7 +1025,7 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         self.submit(work).await?.await
     }
 
-    async fn submit<T, W>(self, work: W) -> Result<AsyncTask<T>, IsleError>
+    pub(crate) async fn submit<T, W>(self, work: W) -> Result<AsyncTask<T>, IsleError>
     where
         T: Send + 'static,
         W: Send + 'static,

@@ -1,7 +1,7 @@
 //! [`IsleBuilder`]: how an isle's thread and VM are configured and started.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -556,10 +556,48 @@ impl IsleBuilder {
     where
         F: FnOnce(&Lua) -> mlua::Result<()> + Send + 'static,
     {
-        let launched = self.launch(Box::new(init))?;
+        self.spawn_with(init).map(|(isle, ())| isle)
+    }
+
+    /// Like [`spawn`](IsleBuilder::spawn), but `init` returns a value, handed to the caller
+    /// with the isle: something made on the Lua thread during `init` (a channel whose other
+    /// end a host function holds, a count, a summary of what was loaded).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](IsleBuilder::spawn). When `init` fails, or when it succeeds but the isle
+    /// still fails to start (its deadline passed meanwhile, say), its value is dropped.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until `init` has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let (isle, events) = mlua_isle::Isle::builder().spawn_with(|lua| {
+    ///     let (tx, rx) = mpsc::channel::<String>();
+    ///     let emit = lua.create_function(move |_, event: String| Ok(tx.send(event).is_ok()))?;
+    ///     lua.globals().set("emit", emit)?;
+    ///     Ok(rx)
+    /// })?;
+    /// isle.eval::<bool>("emit('ready')")?;
+    /// assert_eq!(events.recv().unwrap(), "ready");
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn_with<T, F>(self, init: F) -> Result<(Isle, T), IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (init, value) = returning(init);
+        let launched = self.launch(init)?;
         launched.ready.wait_long_until(None);
         let outcome = launched.ready.take();
-        launched.started(outcome).map(Isle::new)
+        let isle = launched.started(outcome).map(Isle::new)?;
+        Ok((isle, value.take()))
     }
 
     /// A copy of these settings for another isle. A one-shot factory cannot be copied: check
@@ -690,6 +728,36 @@ impl Launched {
                 Err(IsleError::Init(Box::new(err)))
             }
         }
+    }
+}
+
+/// Makes `init` the isle's `init`, leaving its value for the caller in the returned
+/// [`InitValue`].
+pub(crate) fn returning<T, F>(init: F) -> (worker::Init, InitValue<T>)
+where
+    F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let value = InitValue(Arc::new(Mutex::new(None)));
+    let slot = value.0.clone();
+    let init = move |lua: &Lua| {
+        let made = init(lua)?;
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(made);
+        Ok(())
+    };
+    (Box::new(init), value)
+}
+
+/// Where an `init` made by [`returning`] leaves its value.
+pub(crate) struct InitValue<T>(Arc<Mutex<Option<T>>>);
+
+impl<T> InitValue<T> {
+    /// The value, once the isle has started: `init` succeeded, so it left one (the Lua thread
+    /// reported that after `init` returned, which orders the two).
+    pub(crate) fn take(self) -> T {
+        // Only set and taken whole: a poisoned lock is taken over.
+        let value = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        value.expect("an isle starts only after its `init` returned a value")
     }
 }
 

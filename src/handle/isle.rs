@@ -86,6 +86,37 @@ impl Isle {
         IsleBuilder::new().spawn(init)
     }
 
+    /// Starts an isle with the default settings and runs `init` on its VM, handing the value
+    /// it returns to the caller with the isle; see [`IsleBuilder::spawn_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Isle::spawn).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until `init` has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (isle, count) = mlua_isle::Isle::spawn_with(|lua| {
+    ///     lua.load("function a() end function b() end").exec()?;
+    ///     lua.load("local n = 0 for _, v in pairs(_G) do if type(v) == 'function' then n = n + 1 end end return n")
+    ///         .eval::<usize>()
+    /// })?;
+    /// assert!(count >= 2);
+    /// assert!(isle.is_alive());
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn_with<T, F>(init: F) -> Result<(Isle, T), IsleError>
+    where
+        F: FnOnce(&Lua) -> mlua::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        IsleBuilder::new().spawn_with(init)
+    }
+
     /// Returns a builder to configure the thread, the VM and the queue.
     ///
     /// # Examples
@@ -381,6 +412,11 @@ impl Isle {
     #[cfg(feature = "tokio")]
     pub(crate) fn async_view(&self) -> crate::handle::async_isle::AsyncIsle {
         crate::handle::async_isle::AsyncIsle::from_handle(self.handle.clone())
+    }
+
+    /// The isle's queue, without keeping it open (for a function handle).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Handle> {
+        Arc::downgrade(&self.handle)
     }
 
     /// Whether nothing is queued for the isle.

@@ -452,14 +452,14 @@ impl<I: BlockingTarget> Request<'_, I, Blocking> {
     }
 
     /// Refuses blocking requests made on the isle's own thread before anything is queued.
-    fn blocking(self) -> Result<Self, IsleError> {
+    pub(crate) fn blocking(self) -> Result<Self, IsleError> {
         if wait::on_isle_thread(self.isle.id()) {
             return Err(IsleError::Reentrant);
         }
         Ok(self)
     }
 
-    fn submit<T, W>(self, work: W) -> Result<Task<T>, IsleError>
+    pub(crate) fn submit<T, W>(self, work: W) -> Result<Task<T>, IsleError>
     where
         T: Send + 'static,
         W: FnOnce(&mut Vm) -> Result<T, IsleError> + Send + 'static,

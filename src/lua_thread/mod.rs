@@ -8,6 +8,7 @@ pub(crate) mod current;
 #[cfg(feature = "tokio")]
 pub(crate) mod executor;
 pub(crate) mod feed;
+pub(crate) mod functions;
 pub(crate) mod guards;
 pub(crate) mod loaders;
 #[cfg(not(feature = "luau"))]

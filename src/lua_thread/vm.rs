@@ -3,12 +3,15 @@
 
 use std::fmt;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use lru::LruCache;
 use mlua::chunk::ChunkMode;
 use mlua::{FromLuaMulti, Function, IntoLuaMulti, Lua, LuaOptions, StdLib, Table, Value};
 
+use crate::core::release::Releases;
 use crate::error::IsleError;
+use crate::lua_thread::functions::Functions;
 use crate::sandbox::Sealed;
 
 /// How the VM is created on the Lua thread.
@@ -66,6 +69,8 @@ pub(crate) struct Vm {
     bodies: Option<LruCache<usize, (Function, Function)>>,
     /// The sandbox's and isolation's state, once `init` has run.
     sealed: Option<Sealed>,
+    /// The functions handed out as handles.
+    functions: Functions,
 }
 
 impl Vm {
@@ -77,6 +82,7 @@ impl Vm {
             #[cfg(feature = "tokio")]
             bodies: NonZeroUsize::new(chunk_cache).map(LruCache::new),
             sealed: None,
+            functions: Functions::new(),
             lua,
         }
     }
@@ -93,6 +99,9 @@ impl Vm {
     /// Forgets what the finished request left behind (a no-op without isolation or sandbox);
     /// if much memory is in use, collects garbage, which may run finalizers.
     pub(crate) fn after_request(&mut self) {
+        // Handles dropped while the request ran (the request's own, say) or whose message did
+        // not fit in the queue.
+        self.functions.release(&self.lua);
         let Some(sealed) = &mut self.sealed else {
             return;
         };
@@ -225,6 +234,24 @@ impl Vm {
         }
     }
 
+    /// Keeps `function` for a handle; returns its key and where the handle gives it back.
+    pub(crate) fn hand_out(
+        &mut self,
+        function: Function,
+    ) -> Result<(usize, Arc<Releases>), IsleError> {
+        self.functions.insert(&self.lua, function)
+    }
+
+    /// The function handed out under `key`, unless it was given back.
+    pub(crate) fn handed_out(&self, key: usize) -> Option<Result<Function, IsleError>> {
+        self.functions.get(&self.lua, key)
+    }
+
+    /// Frees the functions whose handles were dropped.
+    pub(crate) fn release_functions(&mut self) {
+        self.functions.release(&self.lua);
+    }
+
     /// Runs `function` with `args` as a coroutine that may await async Rust functions; returns
     /// the future driving it. The coroutine gets a protected base frame (mlua resumes and
     /// closes it itself, out of reach of the isle's coroutine wrappers); dropping the future
@@ -238,6 +265,18 @@ impl Vm {
         self.coroutine_with(function, args, true)
     }
 
+    /// Runs a function handed out as a handle as a coroutine, as [`coroutine`](Self::coroutine)
+    /// does, without caching its body: the cache would keep the function alive once its
+    /// handle is gone.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn coroutine_handed_out<T: FromLuaMulti + 'static>(
+        &mut self,
+        function: Function,
+        args: impl IntoLuaMulti,
+    ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
+        self.coroutine_with(function, args, false)
+    }
+
     #[cfg(feature = "tokio")]
     fn coroutine_with<T: FromLuaMulti + 'static>(
         &mut self,
@@ -245,6 +284,9 @@ impl Vm {
         args: impl IntoLuaMulti,
         cache: bool,
     ) -> Result<crate::lua_thread::executor::LuaFuture<T>, IsleError> {
+        // Coroutine requests do not end with `after_request`: handles given back are freed
+        // when one starts.
+        self.functions.release(&self.lua);
         let key = function.to_pointer() as usize;
         let cached = self.bodies.as_mut().and_then(|b| b.get(&key)).cloned();
         let body = match cached {
