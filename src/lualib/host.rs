@@ -310,6 +310,29 @@ async fn until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> {
     .await
 }
 
+/// Counts the clones of one Rust end, so that exactly one drop is the last (the channel's
+/// own counts cannot tell two concurrent drops apart).
+#[derive(Debug)]
+struct Clones(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Default for Clones {
+    fn default() -> Self {
+        Clones(Arc::new(std::sync::atomic::AtomicUsize::new(1)))
+    }
+}
+
+impl Clones {
+    fn another(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Clones(self.0.clone())
+    }
+
+    /// One clone is gone: whether it was the last.
+    fn last_gone(&self) -> bool {
+        self.0.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+}
+
 // --------------------------------------------------------------------------------------------
 // Rust → Lua
 
@@ -333,6 +356,7 @@ async fn until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> {
 pub struct Sender<T> {
     tx: async_channel::Sender<T>,
     interrupter: Arc<Interrupter>,
+    clones: Clones,
 }
 
 impl<T> Clone for Sender<T> {
@@ -340,6 +364,7 @@ impl<T> Clone for Sender<T> {
         Sender {
             tx: self.tx.clone(),
             interrupter: self.interrupter.clone(),
+            clones: self.clones.another(),
         }
     }
 }
@@ -355,13 +380,12 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        // The last one closes the channel: a script waiting on it must see that. Two last
-        // clones dropped at once may both count two, so the wake-up is unconditional (a
-        // spurious one costs the script one look).
-        if self.tx.sender_count() == 1 {
+        // The last one closes the channel (before its own sender goes) and wakes a script
+        // waiting on it.
+        if self.clones.last_gone() {
             self.tx.close();
+            self.interrupter.nudge();
         }
-        self.interrupter.nudge();
     }
 }
 
@@ -527,7 +551,14 @@ where
         interrupter: interrupter.clone(),
     })?;
     let table = wrap.call((end, "recv"))?;
-    Ok((Sender { tx, interrupter }, table))
+    Ok((
+        Sender {
+            tx,
+            interrupter,
+            clones: Clones::default(),
+        },
+        table,
+    ))
 }
 
 /// The userdata behind the Lua end of a channel from Rust.
@@ -582,6 +613,7 @@ pub struct Receiver<T> {
     /// Set by a script that found the channel full and waits for room.
     lua_waiting: Arc<AtomicBool>,
     interrupter: Arc<Interrupter>,
+    clones: Clones,
 }
 
 impl<T> Clone for Receiver<T> {
@@ -590,6 +622,7 @@ impl<T> Clone for Receiver<T> {
             rx: self.rx.clone(),
             lua_waiting: self.lua_waiting.clone(),
             interrupter: self.interrupter.clone(),
+            clones: self.clones.another(),
         }
     }
 }
@@ -606,10 +639,10 @@ impl<T> fmt::Debug for Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         // As for `Sender`.
-        if self.rx.receiver_count() == 1 {
+        if self.clones.last_gone() {
             self.rx.close();
+            self.interrupter.nudge();
         }
-        self.interrupter.nudge();
     }
 }
 
@@ -802,6 +835,7 @@ where
             rx,
             lua_waiting,
             interrupter,
+            clones: Clones::default(),
         },
         table,
     ))
@@ -873,6 +907,7 @@ type ReplyTx<R> = oneshot::Sender<Result<R, RequestError>>;
 pub struct Requester<T, R> {
     tx: async_channel::Sender<(T, ReplyTx<R>)>,
     interrupter: Arc<Interrupter>,
+    clones: Clones,
 }
 
 impl<T, R> Clone for Requester<T, R> {
@@ -880,6 +915,7 @@ impl<T, R> Clone for Requester<T, R> {
         Requester {
             tx: self.tx.clone(),
             interrupter: self.interrupter.clone(),
+            clones: self.clones.another(),
         }
     }
 }
@@ -896,10 +932,10 @@ impl<T, R> fmt::Debug for Requester<T, R> {
 impl<T, R> Drop for Requester<T, R> {
     fn drop(&mut self) {
         // As for `Sender`.
-        if self.tx.sender_count() == 1 {
+        if self.clones.last_gone() {
             self.tx.close();
+            self.interrupter.nudge();
         }
-        self.interrupter.nudge();
     }
 }
 
@@ -1049,7 +1085,14 @@ where
         interrupter: interrupter.clone(),
     })?;
     let table = wrap.call((end, "recv"))?;
-    Ok((Requester { tx, interrupter }, table))
+    Ok((
+        Requester {
+            tx,
+            interrupter,
+            clones: Clones::default(),
+        },
+        table,
+    ))
 }
 
 /// The userdata behind the Lua end of a request channel.
