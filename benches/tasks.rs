@@ -61,8 +61,11 @@ fn isle() -> Isle {
                     local echo = task.spawn(function()
                         for v in ping:iter() do pong:send(v) end
                     end)
-                    for i = 1, n do ping:send(i) pong:recv() end
-                    ping:close()
+                    local pinger = task.spawn(function()
+                        for i = 1, n do ping:send(i) pong:recv() end
+                        ping:close()
+                    end)
+                    pinger:join()
                     echo:join()
                     collectgarbage()
                 end
