@@ -233,9 +233,12 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
                     // Left over from an earlier interrupt: remove it.
                     ffi::lua_sethook(state, None, 0, 0);
                     // A signal handled since `pending` looked may have armed this very hook,
-                    // which the removal just undid: look again.
+                    // which the removal just undid: look again (for a stop, and for a slice
+                    // that came due).
                     if requested().is_some() {
                         arm(state);
+                    } else if preempt_due() {
+                        arm_preempt();
                     }
                 } else if ffi::lua_gethookcount(state) != every {
                     ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, every);

@@ -146,7 +146,7 @@ unsafe extern "C-unwind" fn interrupt(state: *mut ffi::lua_State, gc: c_int) {
                 // raises the generation before it stores the callback): either the canceller's
                 // store comes after the removal, or this look sees the raised generation.
                 std::sync::atomic::fence(Ordering::SeqCst);
-                if pending().is_some() {
+                if pending().is_some() || preempt_due() {
                     // SAFETY: as above.
                     unsafe { set_interrupt(ffi::lua_callbacks(state), Some(interrupt)) };
                 }

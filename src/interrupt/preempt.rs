@@ -61,21 +61,22 @@ impl Interrupter {
 
     /// Preempts the running task if it is still the one seen at switch `epoch`. A switch in
     /// between can make the next task yield early, which only costs it a turn.
-    pub(crate) fn preempt(&self, epoch: u64) {
+    ///
+    /// Delivered once per slice: a task sitting in a host call is not signalled again and
+    /// again (each signal may cut a blocking system call short) — unless `again`, for a task
+    /// that has stayed due for long (a safety net; every known window re-arms by itself).
+    pub(crate) fn preempt(&self, epoch: u64, again: bool) {
         let slices = &self.slices;
         if slices.epoch.load(Ordering::SeqCst) != epoch || !slices.in_task.load(Ordering::SeqCst) {
             return;
         }
-        // Delivered once per slice: a task sitting in a host call is not signalled again and
-        // again (each signal may cut a blocking system call short).
-        if !slices.due.swap(true, Ordering::SeqCst) {
+        if !slices.due.swap(true, Ordering::SeqCst) || again {
             self.deliver();
         }
     }
 }
 
-/// The scheduler resumes the task whose coroutine is `task`. Returns whether a task was
-/// running before (for the watcher: it may have to be woken).
+/// The scheduler resumes the task whose coroutine is `task`.
 ///
 /// # Safety
 ///

@@ -25,6 +25,9 @@ struct Watched {
     seen: Option<(u64, Instant)>,
 }
 
+/// Slices after which a task still running is signalled again.
+const REDELIVER_AFTER_SLICES: u32 = 50;
+
 struct Watcher {
     isles: Mutex<Vec<Watched>>,
     wake: Condvar,
@@ -57,8 +60,10 @@ fn run() {
                 match watched.seen {
                     // The same task has run since `since`: a whole slice of this isle's?
                     Some((seen, since)) if seen == epoch => {
-                        if now.duration_since(since) >= watched.slice {
-                            interrupter.preempt(epoch);
+                        let ran = now.duration_since(since);
+                        if ran >= watched.slice {
+                            let again = ran >= watched.slice * REDELIVER_AFTER_SLICES;
+                            interrupter.preempt(epoch, again);
                         }
                     }
                     _ => watched.seen = Some((epoch, now)),

@@ -78,7 +78,7 @@ local function new_scope()
     ready = {}, rh = 1, rt = 1,
     tasks = {}, live = 0,
     heap = {}, nheap = 0, seq = 0,
-    host = {}, -- host ports with waiters: port -> true
+    host = {}, nhost = 0, -- host ends with waiters: port -> true, and how many
     in_place = {}, nip = 0, -- the stack of waits run in place (by the request's own code)
     ended = false,
   }
@@ -321,7 +321,7 @@ end
 -- Delivers what host channels have for waiting tasks; returns how many waits it fired.
 local function poll_host(s)
   local n = 0
-  if next(s.host) == nil then return 0 end
+  if s.nhost == 0 then return 0 end
   for port in next, s.host do
     n = n + port.host_port.poll(port, s)
   end
@@ -354,8 +354,11 @@ local function run_until(w)
   local k = s.nip + 1
   s.nip = k
   s.in_place[k] = w
+  local checks = 0
   while not w.fired do
-    stop_point()
+    -- A safe point every few steps (each step runs task code, where the interrupt acts).
+    checks = checks + 1
+    if checks >= 16 then checks = 0 stop_point() end
     if rec and rec.cancelling then
       -- A task cancelled while it waits in place (inside a coroutine of its own, say).
       w.fired = 0
@@ -382,13 +385,13 @@ local function run_until(w)
         step(ready)
       end
       if s.nheap > 0 then fire_timers(s, now()) end
-      if next(s.host) ~= nil then poll_host(s) end
+      if s.nhost > 0 then poll_host(s) end
     else
       local t = now()
       if not fire_timers(s, t) and poll_host(s) == 0 then
         local delay
         if s.nheap > 0 then delay = s.heap[1].at - t end
-        if delay == nil and next(s.host) == nil then
+        if delay == nil and s.nhost == 0 then
           w.fired = 0
           wait_detach(w)
           s.in_place[k] = nil
@@ -1183,7 +1186,7 @@ end
 
 function RecvPort.add_receiver(port, s, node)
   q_push(port.recvq, node)
-  s.host[port] = true
+  if not s.host[port] then s.host[port] = true s.nhost = s.nhost + 1 end
 end
 
 function RecvPort.poll(port, s)
@@ -1205,7 +1208,7 @@ function RecvPort.poll(port, s)
       end
     end
   end
-  if not port.recvq.head then s.host[port] = nil end
+  if not port.recvq.head and s.host[port] then s.host[port] = nil s.nhost = s.nhost - 1 end
   return n
 end
 
@@ -1219,7 +1222,7 @@ function SendPort.poll(port, s)
     fire(node.w, node.idx, nil, ok and sent == true)
     n = n + 1
   end
-  if not port.sendq.head then s.host[port] = nil end
+  if not port.sendq.head and s.host[port] then s.host[port] = nil s.nhost = s.nhost - 1 end
   return n
 end
 
@@ -1287,7 +1290,7 @@ function HostSend.send(port, v)
   local s = get_scope()
   local w, node = simple_wait(s, v)
   q_push(port.sendq, node)
-  s.host[port] = true
+  if not s.host[port] then s.host[port] = true s.nhost = s.nhost + 1 end
   block(w)
   return w.ok == true
 end
