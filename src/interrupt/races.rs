@@ -308,3 +308,53 @@ fn a_resume_failing_at_the_memory_limit_leaves_the_chain_as_it_was() {
     let deepest: usize = isle.eval(script).unwrap();
     assert_eq!(deepest, 1);
 }
+
+/// Test host function: arms the interrupt hook on the calling coroutine with nothing
+/// pending, so that the hook fires at the next instruction as a leftover and removes itself.
+unsafe extern "C-unwind" fn arm_here(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
+    // SAFETY: `state` is the calling coroutine, alive while it runs.
+    unsafe { super::hook::arm(state) };
+    0
+}
+
+/// A slice comes due while a leftover hook on the running task is about to remove itself:
+/// the removal must not undo the signal's arm of the task (the task would never be
+/// preempted, and here its sibling would never run).
+#[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+#[test]
+fn a_slice_coming_due_during_a_leftover_hooks_removal_is_not_lost() {
+    let name = "race-preempt-removal";
+    // A slice far beyond the test: only the test preempts.
+    let isle = Isle::builder()
+        .thread_name(name)
+        .grace_period(Duration::from_secs(60))
+        .task_library(crate::TaskLibrary::new().time_slice(Some(Duration::from_secs(3600))))
+        .spawn(|lua| {
+            // SAFETY: `arm_here` only sets the calling coroutine's hook.
+            let arm = unsafe { lua.create_c_function(arm_here)? };
+            lua.globals().set("arm_here", arm)
+        })
+        .unwrap();
+    let paused = pause::arm(Window::HookRemoval, name);
+    let task = isle
+        .spawn_eval::<String>(
+            "done = false
+             local spinner = task.spawn(function() arm_here() while not done do end return 'spun' end)
+             task.spawn(function() done = true end)
+             return spinner:join()",
+        )
+        .unwrap();
+    paused.reached();
+    let interrupter = &isle.shared().interrupter;
+    let (epoch, in_task) = interrupter.slices().observe();
+    assert!(in_task);
+    let before = signal_arms(&isle);
+    interrupter.preempt(epoch, false);
+    wait_for_signal_arm(&isle, before);
+    paused.release();
+    match task.wait_timeout(HANG_GUARD) {
+        Ok(Ok(spun)) => assert_eq!(spun, "spun"),
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("the preemption was lost: the task still spins"),
+    }
+}

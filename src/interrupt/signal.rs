@@ -56,6 +56,8 @@ fn on_signal() {
         hook::count_signal_arm();
     } else if hook::on_demand() && hook::preempt_due() {
         hook::arm_preempt();
+        #[cfg(test)]
+        hook::count_signal_arm();
     }
 }
 
