@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::within_hang_guard;
 use mlua_isle::host::{self, RecvError, RequestError, TrySendError};
-use mlua_isle::{AsyncIsle, Isle, IsleError, TaskLibrary};
+use mlua_isle::{Isle, IsleError, TaskLibrary};
 
 fn isle() -> Isle {
     Isle::builder()
@@ -290,8 +290,9 @@ fn host_channels_need_the_task_library_and_a_capacity() {
     assert!(matches!(err, IsleError::Lua(_)), "{err:?}");
 }
 
+#[cfg(feature = "tokio")]
 async fn async_round_trip() {
-    let (isle, driver) = AsyncIsle::builder()
+    let (isle, driver) = mlua_isle::AsyncIsle::builder()
         .task_library(TaskLibrary::new())
         .spawn_async(|_| Ok(()))
         .await
@@ -336,6 +337,7 @@ async fn async_round_trip() {
     assert!(to_lua.send(1).await.is_err());
 }
 
+#[cfg(feature = "tokio")]
 #[tokio::test]
 async fn async_ends_work_on_a_current_thread_runtime() {
     tokio::time::timeout(common::HANG, async_round_trip())
@@ -343,6 +345,7 @@ async fn async_ends_work_on_a_current_thread_runtime() {
         .unwrap();
 }
 
+#[cfg(feature = "tokio")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_ends_work_on_a_multi_thread_runtime() {
     tokio::time::timeout(common::HANG, async_round_trip())

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -438,6 +437,7 @@ fn preemption_signals_a_task_in_a_host_call_once_per_slice() {
 
 /// Host requests cannot be received in coroutine requests (their answers would be owed
 /// across suspensions other requests end).
+#[cfg(feature = "tokio")]
 #[tokio::test]
 async fn coroutine_requests_cannot_receive_host_requests() {
     let (isle, _driver) = mlua_isle::AsyncIsle::builder()
@@ -453,6 +453,7 @@ async fn coroutine_requests_cannot_receive_host_requests() {
         })
         .await
         .unwrap();
+    use std::sync::atomic::{AtomicBool, Ordering};
     let flag = Arc::new(AtomicBool::new(false));
     let asking = {
         let flag = flag.clone();

@@ -108,6 +108,10 @@ pub(super) fn arm_preempt() {
 /// # Safety
 ///
 /// `state` is the running coroutine and `ar` the activation record the hook was given.
+#[cfg_attr(
+    not(any(feature = "lua53", feature = "lua54", feature = "lua55")),
+    allow(unused_variables)
+)]
 unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
     if !preempt_due() {
         return false;

@@ -48,6 +48,15 @@ impl Slices {
         self.due.load(Ordering::SeqCst)
     }
 
+    #[cfg_attr(
+        not(any(
+            feature = "lua53",
+            feature = "lua54",
+            feature = "lua55",
+            feature = "luau"
+        )),
+        allow(dead_code)
+    )]
     pub(super) fn clear_due(&self) {
         self.due.store(false, Ordering::SeqCst);
     }

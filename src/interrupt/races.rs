@@ -309,6 +309,7 @@ fn a_resume_failing_at_the_memory_limit_leaves_the_chain_as_it_was() {
     assert_eq!(deepest, 1);
 }
 
+#[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
 /// Test host function: arms the interrupt hook on the calling coroutine with nothing
 /// pending, so that the hook fires at the next instruction as a leftover and removes itself.
 unsafe extern "C-unwind" fn arm_here(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
