@@ -388,6 +388,11 @@ impl Interrupter {
         self.closing.load(Ordering::SeqCst)
     }
 
+    /// Whether the Lua thread was nudged and has not looked yet.
+    pub(crate) fn is_nudged(&self) -> bool {
+        self.nudged.load(Ordering::SeqCst)
+    }
+
     /// Whether the Lua thread was nudged since the last call; clears the flag.
     pub(crate) fn take_nudge(&self) -> bool {
         self.nudged.swap(false, Ordering::SeqCst)

@@ -58,7 +58,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mlua::{
@@ -258,36 +258,25 @@ impl std::error::Error for RequestError {}
 // --------------------------------------------------------------------------------------------
 // Blocking on a future with an optional deadline (the sync side of every Rust end).
 
-struct Unpark(std::thread::Thread);
-
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Polls `future` on this thread until it completes (`Some`) or `deadline` passes (`None`).
+/// Polls `future` on this thread until it completes (`Some`) or `deadline` passes (`None`):
+/// briefly busy, then parked until woken (the answer usually comes within microseconds).
 fn block_on<F: Future>(future: F, deadline: Option<Instant>) -> Option<F::Output> {
     let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let waker = crate::core::wait::thread_waker();
     let mut cx = Context::from_waker(&waker);
+    let mut out = None;
     loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return Some(out);
-        }
-        match deadline {
-            Some(deadline) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return None;
-                }
-                std::thread::park_timeout(deadline - now);
+        let ready = crate::core::wait::spin_until(|| {
+            if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+                out = Some(value);
+                return true;
             }
-            None => std::thread::park(),
+            deadline.is_some_and(|d| Instant::now() >= d)
+        });
+        if ready {
+            return out;
         }
+        crate::core::wait::park_until(deadline);
     }
 }
 

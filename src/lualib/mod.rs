@@ -176,6 +176,15 @@ fn idle_wait(interrupter: &Interrupter, delay: Option<f64>) {
     if interrupter.take_nudge() || interrupter.stop_requested().is_some() {
         return;
     }
+    // News usually comes within microseconds (a host answering a request): look for a short
+    // while before parking, as every waiter of the crate does.
+    let woken = || interrupter.is_nudged() || interrupter.stop_requested().is_some();
+    if delay.is_none_or(|d| d > crate::core::wait::SPIN_BUDGET.as_secs_f64())
+        && crate::core::wait::spin_until(woken)
+    {
+        interrupter.take_nudge();
+        return;
+    }
     match delay {
         Some(delay) if delay <= 0.0 => {}
         Some(delay) => {
