@@ -769,3 +769,70 @@ mod async_isle {
         other_driver.shutdown().await.unwrap();
     }
 }
+
+/// Handles dropped from many threads while a small queue fills with requests that never run
+/// (dropped or expired): once every drop has returned, the next request finds every function
+/// freed — no release waits for some later request.
+#[test]
+fn no_release_is_lost_while_the_queue_is_full() {
+    use std::sync::{Arc, Barrier};
+
+    common::within_hang_guard(|| {
+        let isle = Arc::new(
+            Isle::builder()
+                .queue_capacity(2)
+                .spawn(|lua| {
+                    lua.load("weak = setmetatable({}, {__mode = 'v'}) n = 0")
+                        .exec()
+                })
+                .unwrap(),
+        );
+        for round in 0..200usize {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    isle.eval_function(
+                        "n = n + 1 local id, big = n, {} for i = 1, 100 do big[i] = i end
+                         local f = function() return id + #big end weak[id] = f return f",
+                    )
+                    .unwrap()
+                })
+                .collect();
+            let barrier = Arc::new(Barrier::new(6));
+            let mut threads = Vec::new();
+            for chunk in handles.chunks(2).map(|c| c.to_vec()) {
+                let barrier = barrier.clone();
+                threads.push(std::thread::spawn(move || {
+                    barrier.wait();
+                    for _ in 0..(round % 7) * 50 {
+                        std::hint::spin_loop();
+                    }
+                    drop(chunk);
+                }));
+            }
+            drop(handles);
+            for noise in 0..2 {
+                let (isle, barrier) = (isle.clone(), barrier.clone());
+                threads.push(std::thread::spawn(move || {
+                    barrier.wait();
+                    for _ in 0..20 {
+                        let request = isle.request().try_enqueue();
+                        let request = match noise {
+                            0 => request,
+                            _ => request.timeout(std::time::Duration::from_micros(1)),
+                        };
+                        if let Ok(task) = request.spawn_eval::<()>("for i = 1, 2000 do end") {
+                            drop(task);
+                        }
+                    }
+                }));
+            }
+            for t in threads {
+                t.join().unwrap();
+            }
+            let alive: i64 = isle
+                .eval("collectgarbage() collectgarbage() local c = 0 for _ in pairs(weak) do c = c + 1 end return c")
+                .unwrap();
+            assert_eq!(alive, 0, "round {round}: functions outlived their handles");
+        }
+    });
+}

@@ -37,18 +37,19 @@ impl Releases {
         let _ = self.tx.send(key);
         // Pairs with the swap in `take`: either that swap sees this one (and the key is in the
         // list before it drains), or this one sees it cleared and nudges again.
-        !self.nudged.swap(true, Ordering::AcqRel)
+        // (Sequentially consistent with the queue's own send fence: a key is never missed.)
+        !self.nudged.swap(true, Ordering::SeqCst)
     }
 
-    /// The nudge promised by [`push`](Self::push) could not be sent: the next release tries
-    /// again. (The key is taken after the Lua thread's next request anyway.)
-    pub(crate) fn nudge_failed(&self) {
-        self.nudged.store(false, Ordering::Release);
+    /// Forgets an earlier nudge: nothing can be given back any more (no function is kept), so
+    /// the next release must nudge again. On the Lua thread.
+    pub(crate) fn reset_nudge(&self) {
+        self.nudged.store(false, Ordering::SeqCst);
     }
 
     /// Takes every key given back so far (on the Lua thread).
     pub(crate) fn take(&self, mut release: impl FnMut(usize)) {
-        self.nudged.swap(false, Ordering::AcqRel);
+        self.nudged.swap(false, Ordering::SeqCst);
         while let Ok(key) = self.rx.try_recv() {
             release(key);
         }
@@ -81,7 +82,7 @@ mod tests {
     fn a_failed_nudge_lets_the_next_release_nudge() {
         let releases = Releases::new();
         assert!(releases.push(1));
-        releases.nudge_failed();
+        releases.reset_nudge();
         assert!(releases.push(2));
         assert_eq!(taken(&releases), [1, 2]);
     }

@@ -33,16 +33,20 @@ use crate::lua_thread::vm::Vm;
 /// pool), a call fails with [`IsleError::ForeignFunction`] without running anything.
 ///
 /// The VM keeps the function while any clone of the handle lives. When the last one is
-/// dropped, on whatever thread, a message through the isle's queue has the isle's thread free
-/// it before the next request (or, if the queue is full, after the request it is busy with):
-/// the VM no longer holds it, and Lua's garbage collector reclaims it with its upvalues.
-/// Dropping a handle never blocks, and is fine after the isle is gone.
+/// dropped, on whatever thread, the isle's thread frees it after the job it is busy with (or
+/// at once, through a message, if it is idle): the VM no longer holds it, and Lua's garbage
+/// collector reclaims it with its upvalues. Dropping a handle never blocks, and is fine after
+/// the isle is gone.
 ///
 /// # Caveats
 ///
 /// - The function keeps its upvalues and its environment: one made in a request's fresh
 ///   environment ([`Isolation::FreshEnvironment`](crate::Isolation::FreshEnvironment)) keeps
 ///   that environment alive for as long as the handle lives.
+/// - A handle kept inside its own VM (reachable from the function, say through a userdata
+///   holding it) is never dropped, like an `Rc` cycle.
+/// - The message to an idle isle takes a slot of its bounded queue until the isle picks it
+///   up (at once): with a capacity of 1, a `try_enqueue` at that very moment may see `Full`.
 /// - A handle does not keep its isle running. Once the isle is shut down, or a pool has
 ///   replaced the member that made it, calls fail: with [`IsleError::Shutdown`] through a
 ///   handle to that isle (an `AsyncIsle` clone), with [`IsleError::ForeignFunction`] through
@@ -162,15 +166,15 @@ impl Drop for Inner {
             // A message sent earlier and not yet taken frees this key too.
             return;
         }
-        let message = || Queued::new(Arc::new(ReleaseJob), CancelToken::new(), None);
-        let sent = self
-            .queue
-            .upgrade()
-            .is_some_and(|queue| queue.offer(message()));
-        if !sent {
-            // The queue is full (the key is taken after the isle's next request) or closed
-            // (the VM is going away with everything in it).
-            self.releases.nudge_failed();
+        // The Lua thread takes what was given back after every job it takes (run or not): a
+        // message is needed only if no job is queued. It takes a queue slot only while the
+        // queue is empty, for as long as an idle isle needs to pick it up. A refused message
+        // (the queue filled or closed meanwhile) needs no retry: the jobs filling it are each
+        // followed by a take, and a closed isle's VM goes with everything in it.
+        if let Some(queue) = self.queue.upgrade() {
+            if queue.tx.is_empty() {
+                let _ = queue.offer(Queued::new(Arc::new(ReleaseJob), CancelToken::new(), None));
+            }
         }
     }
 }
@@ -904,5 +908,44 @@ mod tests {
             std::mem::size_of::<FunctionHandle>(),
             std::mem::size_of::<usize>()
         );
+    }
+
+    /// A handle dropped while the queue is full of requests that never start (cancelled):
+    /// no release message fits, and none is needed: the Lua thread frees what was given back
+    /// after every job it takes, run or not, before it goes idle.
+    #[test]
+    fn a_handle_dropped_while_only_cancelled_requests_are_queued_is_freed() {
+        use crate::core::pause::{self, Window};
+        use crate::Isle;
+
+        let name = "function-release-full-queue";
+        let isle = Isle::builder()
+            .thread_name(name)
+            .queue_capacity(1)
+            .spawn(|lua| lua.load("weak = setmetatable({}, {__mode = 'v'})").exec())
+            .unwrap();
+        let handle = isle
+            .eval_function(
+                "local big = {} for i = 1, 1000 do big[i] = i end
+                 local f = function() return #big end
+                 weak.f = f
+                 return f",
+            )
+            .unwrap();
+        let paused = pause::arm(Window::JobStart, name);
+        let first = isle.spawn_eval::<()>("return").unwrap();
+        paused.reached(); // the Lua thread holds `first`; the queue is empty
+        first.cancel();
+        let second = isle.spawn_eval::<()>("return").unwrap(); // the queue is full
+        second.cancel();
+        drop(handle);
+        paused.release();
+        assert!(first.wait().unwrap_err().is_cancelled());
+        assert!(second.wait().unwrap_err().is_cancelled());
+        // No request has run since the drop: the function must already be free.
+        let alive: bool = isle
+            .eval("collectgarbage() collectgarbage() return weak.f ~= nil")
+            .unwrap();
+        assert!(!alive, "the function outlived its handle");
     }
 }

@@ -56,6 +56,9 @@ impl Functions {
     /// Frees the functions whose handles are gone.
     pub(crate) fn release(&mut self, lua: &Lua) {
         if self.keys.is_empty() {
+            // Nothing is handed out, so nothing can be given back until the next hand-out (on
+            // this thread): a nudge left set would keep that one's release from nudging.
+            self.releases.reset_nudge();
             return;
         }
         let keys = &mut self.keys;

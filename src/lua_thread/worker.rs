@@ -268,6 +268,10 @@ pub(crate) fn handle_job(
         // Given up on while stuck in that job: leave without touching the queue again.
         return ControlFlow::Break(());
     }
+    // Every job taken (run or not: cancelled while queued, a wake-up, a release message) is
+    // followed by freeing what function handles gave back, so a release needs no message of
+    // its own while jobs are queued.
+    worker.vm.release_functions();
     let claimed = std::mem::take(&mut worker.claimed);
     if let Some(feed) = &worker.feed {
         if claimed {
