@@ -168,6 +168,9 @@ unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
 ///
 /// `state` is the running coroutine and `ar` the activation record the hook was given.
 unsafe fn in_library(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
+    if !super::preempt::library_installed() {
+        return false;
+    }
     // SAFETY: guaranteed by the caller; `lua_getinfo` fills in `ar`.
     unsafe {
         ffi::lua_getinfo(state, c"S".as_ptr(), ar) != 0 && super::preempt::is_library((*ar).source)

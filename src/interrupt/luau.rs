@@ -60,6 +60,9 @@ pub(super) fn pending() -> Option<Stop> {
 ///
 /// `state` is the running coroutine.
 unsafe fn in_library(state: *mut ffi::lua_State) -> bool {
+    if !super::preempt::library_installed() {
+        return false;
+    }
     // SAFETY: guaranteed by the caller; `ar` is ours to fill.
     unsafe {
         let mut ar: ffi::lua_Debug = std::mem::zeroed();

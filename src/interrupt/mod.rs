@@ -103,7 +103,9 @@ use luau::Target;
 use signal::Target;
 
 use preempt::Slices;
-pub(crate) use preempt::{reset as reset_slices, slice_begin, slice_end, LIBRARY_CHUNK};
+pub(crate) use preempt::{
+    reset as reset_slices, set_library_installed, slice_begin, slice_end, LIBRARY_CHUNK,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};

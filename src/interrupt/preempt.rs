@@ -21,6 +21,18 @@ use super::Interrupter;
 thread_local! {
     /// The running task's own coroutine; null when no task runs. Read by the signal handler.
     static TARGET: AtomicPtr<ffi::lua_State> = const { AtomicPtr::new(ptr::null_mut()) };
+    /// Whether the VM on this thread has the task library (whose code the interrupt spares).
+    static LIBRARY: AtomicBool = const { AtomicBool::new(false) };
+}
+
+/// Marks the VM on this thread as having the task library (or not, when it goes away).
+pub(crate) fn set_library_installed(installed: bool) {
+    LIBRARY.with(|l| l.store(installed, Ordering::SeqCst));
+}
+
+/// Whether the VM on this thread has the task library. Async-signal-safe.
+pub(super) fn library_installed() -> bool {
+    LIBRARY.with(|l| l.load(Ordering::SeqCst))
 }
 
 /// The preemption state of one isle, shared with the watcher thread.

@@ -31,6 +31,15 @@ pub struct TaskLibrary {
 
 impl TaskLibrary {
     /// The time slice a task runs for before it is preempted, by default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mlua_isle::TaskLibrary;
+    ///
+    /// assert_eq!(TaskLibrary::DEFAULT_TIME_SLICE, Duration::from_millis(4));
+    /// ```
     pub const DEFAULT_TIME_SLICE: Duration = Duration::from_millis(4);
 
     /// The library with preemption after [`DEFAULT_TIME_SLICE`](Self::DEFAULT_TIME_SLICE).

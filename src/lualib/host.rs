@@ -527,7 +527,20 @@ impl<T: Send + 'static> Sender<T> {
 ///
 /// # Examples
 ///
-/// See the [module documentation](self).
+/// ```
+/// # use mlua_isle::{host, Isle, TaskLibrary};
+/// let isle = Isle::builder().task_library(TaskLibrary::new()).spawn(|_| Ok(()))?;
+/// let events = isle.exec(|lua| {
+///     let (events, inbox) = host::channel_to_lua::<String>(lua, 8)?;
+///     lua.globals().set("inbox", inbox)?;
+///     Ok(events)
+/// })?;
+/// events.send_blocking("a".to_owned()).unwrap();
+/// events.send_blocking("b".to_owned()).unwrap();
+/// events.close();
+/// assert_eq!(isle.eval::<String>("local s = '' for e in inbox do s = s .. e end return s")?, "ab");
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
 pub fn channel_to_lua<T>(lua: &Lua, capacity: usize) -> mlua::Result<(Sender<T>, Table)>
 where
     T: IntoLua + Send + 'static,
@@ -804,7 +817,19 @@ impl<T: Send + 'static> Receiver<T> {
 ///
 /// # Examples
 ///
-/// See the [module documentation](self).
+/// ```
+/// # use mlua_isle::{host, Isle, TaskLibrary};
+/// let isle = Isle::builder().task_library(TaskLibrary::new()).spawn(|_| Ok(()))?;
+/// let results = isle.exec(|lua| {
+///     let (results, outbox) = host::channel_from_lua::<i64>(lua, 8)?;
+///     lua.globals().set("outbox", outbox)?;
+///     Ok(results)
+/// })?;
+/// isle.exec(|lua| lua.load("for i = 1, 3 do outbox:send(i * i) end outbox:close()").exec())?;
+/// let all: Vec<i64> = std::iter::from_fn(|| results.recv_blocking().ok()).collect();
+/// assert_eq!(all, [1, 4, 9]);
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
 pub fn channel_from_lua<T>(lua: &Lua, capacity: usize) -> mlua::Result<(Receiver<T>, Table)>
 where
     T: FromLua + Send + 'static,
@@ -1019,7 +1044,20 @@ impl<T: Send + 'static, R: Send + 'static> Requester<T, R> {
     ///
     /// # Examples
     ///
-    /// See [`Requester`].
+    /// ```
+    /// # use std::time::Duration;
+    /// # use mlua_isle::{host, Isle, TaskLibrary};
+    /// # let isle = Isle::builder().task_library(TaskLibrary::new()).spawn(|_| Ok(()))?;
+    /// let ask = isle.exec(|lua| {
+    ///     let (ask, requests) = host::request_channel::<i64, i64>(lua, 8)?;
+    ///     lua.globals().set("requests", requests)?;
+    ///     Ok(ask)
+    /// })?;
+    /// // Nothing serves the channel: the deadline answers.
+    /// let answer = ask.request_blocking(1, Duration::from_millis(10));
+    /// assert_eq!(answer, Err(host::RequestError::Timeout));
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
     pub fn request_blocking(&self, value: T, timeout: Duration) -> Result<R, RequestError> {
         let deadline = Instant::now().checked_add(timeout);
         block_on(self.request(value), deadline).unwrap_or(Err(RequestError::Timeout))
@@ -1060,7 +1098,23 @@ impl<T: Send + 'static, R: Send + 'static> Requester<T, R> {
 ///
 /// # Examples
 ///
-/// See [`Requester`].
+/// ```
+/// # use std::time::Duration;
+/// # use mlua_isle::{host, Isle, TaskLibrary};
+/// let isle = Isle::builder().task_library(TaskLibrary::new()).spawn(|_| Ok(()))?;
+/// let ask = isle.exec(|lua| {
+///     let (ask, requests) = host::request_channel::<String, String>(lua, 8)?;
+///     lua.globals().set("requests", requests)?;
+///     Ok(ask)
+/// })?;
+/// let server = isle.spawn_eval::<()>(
+///     "local req = requests:recv() if req.value == '' then req:reject('empty') end",
+/// )?;
+/// let answer = ask.request_blocking(String::new(), Duration::from_secs(5));
+/// assert_eq!(answer, Err(host::RequestError::Rejected("empty".into())));
+/// server.wait()?;
+/// # Ok::<(), mlua_isle::IsleError>(())
+/// ```
 pub fn request_channel<T, R>(lua: &Lua, capacity: usize) -> mlua::Result<(Requester<T, R>, Table)>
 where
     T: IntoLua + Send + 'static,

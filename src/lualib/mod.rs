@@ -29,6 +29,8 @@ thread_local! {
 
 /// The library as the Lua thread keeps it.
 pub(crate) struct Installed {
+    /// Clears the interrupt's note that this thread's VM has the library, when dropped.
+    _marker: LibraryMarker,
     /// Ends the running request's scope: `end_scope(close_tasks)`.
     end_scope: Function,
     _preempt: Option<preempt::Registration>,
@@ -37,6 +39,15 @@ pub(crate) struct Installed {
 impl std::fmt::Debug for Installed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Installed").finish_non_exhaustive()
+    }
+}
+
+/// While alive, the interrupt spares the library's code on this thread.
+struct LibraryMarker;
+
+impl Drop for LibraryMarker {
+    fn drop(&mut self) {
+        crate::interrupt::set_library_installed(false);
     }
 }
 
@@ -111,9 +122,11 @@ pub(crate) fn install(
         crate::interrupt::LIBRARY_CHUNK,
     )?;
     let (task, end_scope, wrap): (Table, Function, Function) = chunk.call(prims)?;
+    crate::interrupt::set_library_installed(true);
     host::install(lua, interrupter, wrap)?;
     lua.globals().raw_set("task", task)?;
     Ok(Installed {
+        _marker: LibraryMarker,
         end_scope,
         _preempt: preempt,
     })

@@ -179,9 +179,12 @@ end
 -------------------------------------------------------------------------------------------
 -- Waits.
 --
--- w = { rec = task record or nil, scope, fired = case index or nil, value, ok,
---       nodes = list of nodes or a single node, timer = true when on the heap }
--- node = { w = w, idx = case index, val = value to send, ch = channel (for put-backs) }
+-- w = { rec = the waiting task (nil: the request's own code), scope (nil for a task's sleep:
+--       its task's), fired = index of the case that fired (0: abandoned), value, ok,
+--       nodes = its nodes, at/seq/hi (on the timer heap), timer_idx (the case a timer fires),
+--       in_place (run by `run_until`), putback (the channel a received value came from),
+--       consumed (the receiver took it) }
+-- node = { w, idx = case index, val = value offered by a send, q/prev/next (its queue) }
 
 local function wait_new(s)
   return { rec = current, scope = s, fired = nil }
@@ -245,15 +248,6 @@ local function wait_detach(w)
     for i = 1, #nodes do q_unlink(nodes[i]) end
   end
   if w.hi then timer_remove(w.scope or w.rec.scope, w) end
-end
-
-local function wake(w)
-  local rec = w.rec
-  if rec and rec.w == w and rec.st == "waiting"
-    and not (check_suspended and co_status(rec.co) ~= "suspended") then
-    rec.st = "ready"
-    ready_push(rec.scope, rec)
-  end
 end
 
 -- Fires `w` through case `idx`, with a received value (or a send's success) in `value, ok`.
