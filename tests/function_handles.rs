@@ -791,8 +791,11 @@ fn no_release_is_lost_while_the_queue_is_full() {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     isle.eval_function(
-                        "n = n + 1 local id, big = n, {} for i = 1, 100 do big[i] = i end
-                         local f = function() return id + #big end weak[id] = f return f",
+                        // (It changes an upvalue: Luau may otherwise share one closure
+                        // object with the cached chunk.)
+                        "n = n + 1 local id, big, calls = n, {}, 0 for i = 1, 100 do big[i] = i end
+                         local f = function() calls = calls + 1 return id + #big end
+                         weak[id] = f return f",
                     )
                     .unwrap()
                 })

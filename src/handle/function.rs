@@ -926,8 +926,10 @@ mod tests {
             .unwrap();
         let handle = isle
             .eval_function(
-                "local big = {} for i = 1, 1000 do big[i] = i end
-                 local f = function() return #big end
+                // (The function changes an upvalue: Luau may otherwise share one closure
+                // object with the cached chunk, which keeps it alive.)
+                "local big, calls = {}, 0 for i = 1, 1000 do big[i] = i end
+                 local f = function() calls = calls + 1 return #big end
                  weak.f = f
                  return f",
             )
