@@ -430,18 +430,8 @@ local function wait_in(q, val)
 end
 
 -- Blocks the running code until `w` fires.
--- The running task, if the running code is its own coroutine at a point where it can yield.
-local function yieldable_task()
-  local rec = current
-  if rec and (co_running() ~= rec.co or (co_isyieldable and not co_isyieldable())
-    or (no_c_frames and not no_c_frames())) then
-    return nil
-  end
-  return rec
-end
-
 block = function(w)
-  local rec = yieldable_task()
+  local rec = in_own_task()
   if rec then
     local old = rec.w
     if old and old ~= w and not old.fired then
@@ -644,7 +634,7 @@ function task.sleep(seconds)
   local w = rec0 and { rec = rec0 } or { scope = s }
   timer_add(s, w, now() + seconds)
   -- `block`, inlined: a sleeping task keeps one frame less (many tasks sleep at once).
-  local rec = yieldable_task()
+  local rec = in_own_task()
   if not rec or (rec.w and not rec.w.fired) then return block(w) end
   rec.w = w
   while not w.fired do
