@@ -96,17 +96,17 @@ impl Vm {
         self.sealed = Some(sealed);
     }
 
-    /// Forgets what the finished request left behind (a no-op without isolation or sandbox);
-    /// if much memory is in use, collects garbage, which may run finalizers.
-    pub(crate) fn after_request(&mut self) {
+    /// Forgets what the finished request left behind (a no-op without isolation or sandbox).
+    /// If much memory is in use, a collection is due: [`Vm::collect`] runs it.
+    pub(crate) fn after_request(&mut self) -> Collection {
         // Handles dropped while the request ran (the request's own, say) or whose message did
         // not fit in the queue.
         self.functions.release(&self.lua);
         let Some(sealed) = &mut self.sealed else {
-            return;
+            return Collection::None;
         };
         if !sealed.after_request(&self.lua) {
-            return;
+            return Collection::None;
         }
         if let Some(chunks) = &mut self.chunks {
             chunks.clear();
@@ -115,6 +115,14 @@ impl Vm {
         if let Some(bodies) = &mut self.bodies {
             bodies.clear();
         }
+        match sealed.script_finalizers() {
+            true => Collection::MayRunScripts,
+            false => Collection::HostOnly,
+        }
+    }
+
+    /// Collects garbage (for [`Vm::after_request`]).
+    pub(crate) fn collect(&self) {
         let _ = self.lua.gc_collect();
     }
 
@@ -365,4 +373,17 @@ mod tests {
             assert_eq!(vm.eval::<i64>("n = n + 1; return n").unwrap(), expected);
         }
     }
+}
+
+/// The collection due after a request (see [`Vm::after_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Collection {
+    /// None.
+    None,
+    /// One that may run finalizers set by scripts, which may never return: it runs while the
+    /// request still counts as running, so that the grace period bounds it.
+    MayRunScripts,
+    /// One that runs no script code: bounded by the VM's memory, it is not the request's doing
+    /// and does not count against its grace period.
+    HostOnly,
 }

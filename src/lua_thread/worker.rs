@@ -22,7 +22,7 @@ use crate::lua_thread::current;
 use crate::lua_thread::feed::{self, Feed, JobReport, Outcome};
 use crate::lua_thread::guards;
 use crate::lua_thread::loaders;
-use crate::lua_thread::vm::{Vm, VmSource};
+use crate::lua_thread::vm::{Collection, Vm, VmSource};
 use crate::sandbox::{self, Isolation, Sandbox};
 
 /// The user's `init` closure.
@@ -359,13 +359,21 @@ where
         let outcome = outcome(&worker.shared, &token, deadline, result);
         // What the request left in its environment is garbage from here on; the memory the
         // pool's report gives is what remains after that. Collecting it may run finalizers
-        // (with hooks off): the request stays the running one meanwhile, so that a finalizer
-        // that never returns ends in a hard stop that resolves it, as one run by the request
-        // itself would. (Its outcome is decided already.)
+        // that scripts set (with hooks off): then the request stays the running one meanwhile,
+        // so that a finalizer that never returns ends in a hard stop that resolves it, as one
+        // run by the request itself would. (Its outcome is decided already.)
         let ended = worker.end_tasks_armed();
-        worker.vm.after_request();
+        let collection = worker.vm.after_request();
+        if collection == Collection::MayRunScripts {
+            worker.vm.collect();
+        }
         worker.armed.end();
         worker.end_tasks_stopped(ended);
+        // A large heap takes a while to collect (a hundred milliseconds for 64 MiB of small
+        // strings), time that must not look like a request that will not stop.
+        if collection == Collection::HostOnly {
+            worker.vm.collect();
+        }
         worker.shared.request_ended();
         // Reported before the caller can see the result: whatever the report decides (a pool
         // retiring this thread, say) holds by the time the caller makes its next request.

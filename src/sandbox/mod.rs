@@ -121,6 +121,8 @@ pub(crate) struct Sealed {
     /// use, the environment and the chunk cache start over and garbage is collected (Lua 5.1,
     /// LuaJIT and Luau do not collect before failing an allocation).
     memory_limit: Option<usize>,
+    /// Whether scripts may set finalizers: then a collection may run script code.
+    script_finalizers: bool,
 }
 
 /// The per-request environment: a table that reads through to the globals.
@@ -174,7 +176,11 @@ pub(crate) fn seal(
     if sandbox.is_some_and(|s| s.read_only_libraries) {
         lua.sandbox(true)?;
     }
-    Ok(Sealed { env, memory_limit })
+    Ok(Sealed {
+        env,
+        memory_limit,
+        script_finalizers: sandbox.is_none_or(|s| s.finalizers),
+    })
 }
 
 #[cfg(not(feature = "luau"))]
@@ -271,6 +277,11 @@ impl Sealed {
     /// The environment plain `eval` chunks are compiled with, if requests get a fresh one.
     pub(crate) fn env(&self) -> Option<&Table> {
         self.env.as_ref().map(|env| &env.table)
+    }
+
+    /// Whether a collection may run code of the scripts (finalizers they set).
+    pub(crate) fn script_finalizers(&self) -> bool {
+        self.script_finalizers
     }
 
     /// Whether a chunk of `len` bytes of source is kept compiled: a sealed VM's memory is the
