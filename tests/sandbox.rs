@@ -775,3 +775,40 @@ fn a_stuck_cleanup_still_resolves_its_request() {
         release.send(()).unwrap();
     });
 }
+
+#[test]
+fn collecting_what_a_stopped_request_left_is_not_a_hard_stop() {
+    common::within_hang_guard(|| {
+        // A sandboxed request fills the heap with small strings, then loops until cancelled.
+        // The collection that follows (the sandbox starts over when much memory is in use)
+        // takes far longer than the short grace period; no script code runs in it (scripts
+        // cannot set finalizers), so it is no reason to give up on the isle.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let isle = Isle::builder()
+            .sandboxed()
+            .memory_limit(256 << 20)
+            .timeout(std::time::Duration::from_secs(60))
+            .grace_period(std::time::Duration::from_millis(20))
+            .spawn(move |lua| {
+                let started_tx = std::sync::Mutex::new(started_tx);
+                let started = lua.create_function(move |_, ()| {
+                    let _ = started_tx.lock().unwrap().send(());
+                    Ok(())
+                })?;
+                lua.globals().set("started", started)
+            })
+            .unwrap();
+        let task = isle
+            .spawn_eval::<()>(
+                "local t = {} for i = 1, 1e6 do t['k' .. i] = true end
+                 started()
+                 while true do end",
+            )
+            .unwrap();
+        started.recv().unwrap();
+        task.cancel();
+        assert!(matches!(task.wait(), Err(IsleError::Cancelled)));
+        assert!(isle.is_alive());
+        assert_eq!(isle.eval::<i64>("3").unwrap(), 3);
+    });
+}
