@@ -236,6 +236,30 @@
 //! A blocking call made on the isle's own thread (from a host function) would wait for itself;
 //! it returns [`IsleError::Reentrant`] instead.
 //!
+//! # Tracing (`tracing` feature)
+//!
+//! Each request opens a [`tracing`](https://docs.rs/tracing) span named `request` (target
+//! `mlua_isle`, level INFO) on the Lua thread when it starts; the code it runs, host functions
+//! included, runs inside it (every stretch of a coroutine request too). Its fields: `isle` (the
+//! id of the isle or pool member running it), `request` (unique in the process), `kind`
+//! (`eval`, `call`, `exec`, `coroutine_eval`, `coroutine_call`, `call_function`, `checkout`,
+//! ...), `queue_wait_us`, and once it is resolved `run_us` and `outcome` (`ok`, `lua_error`,
+//! `cancelled`, `timeout`, `panic`, `shutdown`, `abandoned`, ...). Events: `request cancelled`
+//! (DEBUG) and `request deadline passed` (INFO) in the span, or with the request's id and kind
+//! when it was still queued; a hard stop (WARN, with the isle's id); in pools, `pool member
+//! recycled` (DEBUG, with the cause), `pool member replaced` (DEBUG), a member that ended
+//! unexpectedly or failed to start (WARN). Without the feature none of this is compiled; with it
+//! and no subscriber interested, a request costs a few atomic loads more (see
+//! `benches/tracing.rs`).
+//!
+//! ```
+//! // Any subscriber works; this one prints each request span's fields as it closes:
+//! // tracing_subscriber::fmt().with_span_events(FmtSpan::CLOSE).init();
+//! let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+//! assert_eq!(isle.eval::<i64>("1 + 1")?, 2); // one `request` span, outcome `ok`
+//! # Ok::<(), mlua_isle::IsleError>(())
+//! ```
+//!
 //! # Lifecycle
 //!
 //! [`Isle::shutdown`] lets queued work finish and joins the thread, reporting a panic;
@@ -251,6 +275,8 @@
 //!   table says which mechanism each uses and what differs.
 //! - `vendored` (default): build Lua from source (no system Lua needed).
 //! - `tokio`: the async API and coroutine requests.
+//! - `tracing`: a span per request and events for stops and pool recycling (see
+//!   [Tracing](#tracing-tracing-feature)).
 //!
 //! # Caveats
 //!

@@ -1,7 +1,7 @@
 //! The thread boundary, free of Lua: the bounded queue and the state an isle's threads share,
 //! request slots (each resolved exactly once), cancel tokens, waiting (spin, then park), the
 //! watchdog that enforces deadlines and re-asserts stops, and the list of values given back to a
-//! Lua thread by handles dropped elsewhere.
+//! Lua thread by handles dropped elsewhere; with the `tracing` feature, what requests report.
 //!
 //! May import from `error`, `interrupt` (its Lua-free side: `Interrupter`, `StopWatch`) and this
 //! folder, not from `lua_thread` or `handle`; tests may use any layer. One exception remains:
@@ -14,5 +14,7 @@ pub(crate) mod queue;
 pub(crate) mod release;
 pub(crate) mod slot;
 pub(crate) mod token;
+#[cfg(feature = "tracing")]
+pub(crate) mod trace;
 pub(crate) mod wait;
 pub(crate) mod watchdog;

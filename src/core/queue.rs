@@ -413,6 +413,8 @@ impl Shared {
         self.alive.store(false, Ordering::Release);
         let shared = self.clone();
         let resolve = move || {
+            #[cfg(feature = "tracing")]
+            crate::core::trace::hard_stop(shared.id, &err);
             // First the request given up on, so that it reports `err` whatever the stuck code
             // does once it is killed.
             if let Some(job) = &job {

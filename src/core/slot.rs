@@ -24,6 +24,8 @@ pub(crate) struct Slot<T, W = ()> {
     state: Mutex<State<T, W>>,
     /// The request's own cancel token, embedded here.
     node: Node,
+    #[cfg(feature = "tracing")]
+    pub(crate) trace: crate::core::trace::RequestTrace,
 }
 
 struct State<T, W> {
@@ -47,6 +49,16 @@ impl<T: Send + 'static, W: Send + 'static> Slot<T, W> {
     /// given. Use [`token`](Slot::token) to get that token: it resolves the slot at once if
     /// `parent` was already cancelled.
     pub(crate) fn new(work: W, parent: Option<&CancelToken>) -> Arc<Self> {
+        Slot::of_kind("exec", work, parent)
+    }
+
+    /// As [`new`](Slot::new), for a request of `kind` (`eval`, `call`, ...: what tracing
+    /// reports).
+    pub(crate) fn of_kind(
+        #[allow(unused_variables)] kind: &'static str,
+        work: W,
+        parent: Option<&CancelToken>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me: &std::sync::Weak<Self>| Slot {
             ready: AtomicBool::new(false),
             state: Mutex::new(State {
@@ -54,6 +66,8 @@ impl<T: Send + 'static, W: Send + 'static> Slot<T, W> {
                 waker: None,
             }),
             node: Node::new(parent, me.clone()),
+            #[cfg(feature = "tracing")]
+            trace: crate::core::trace::RequestTrace::new(kind),
         })
     }
 
@@ -117,7 +131,7 @@ impl<T, W> Slot<T, W> {
             let mut state = self.lock();
             self.finish(&mut state, result)
         };
-        done.wake()
+        self.settle(done)
     }
 
     /// Resolves the slot with `err` only if the request has not started.
@@ -129,7 +143,20 @@ impl<T, W> Slot<T, W> {
                 _ => Finished::refused(Err(err)),
             }
         };
-        done.wake()
+        self.settle(done)
+    }
+
+    /// Hands what [`finish`](Slot::finish) let go of over (see [`Finished::wake`]) and, with
+    /// the `tracing` feature, reports how the request ended. Returns whether it was resolved.
+    fn settle(&self, done: Finished<T, W>) -> bool {
+        #[cfg(feature = "tracing")]
+        let outcome = done.outcome;
+        let resolved = done.wake();
+        #[cfg(feature = "tracing")]
+        if resolved {
+            self.trace.finished(outcome);
+        }
+        resolved
     }
 
     /// Moves to `Done`. What it returns is to be handled once the lock is released: the
@@ -144,6 +171,8 @@ impl<T, W> Slot<T, W> {
         if let Phase::Done(_) = state.phase {
             return Finished::refused(result);
         }
+        #[cfg(feature = "tracing")]
+        let outcome = crate::core::trace::outcome(&result);
         let unrun = match std::mem::replace(&mut state.phase, Phase::Done(Some(result))) {
             Phase::Queued(work) => Some(work),
             Phase::Running(..) | Phase::Done(_) => None,
@@ -154,6 +183,8 @@ impl<T, W> Slot<T, W> {
             waker: state.waker.take(),
             unrun,
             refused: None,
+            #[cfg(feature = "tracing")]
+            outcome,
         }
     }
 
@@ -263,7 +294,7 @@ impl<T: Send + 'static, W: Send + 'static> TokenOwner for Slot<T, W> {
             }
         };
         if let Some(done) = done {
-            done.wake();
+            self.settle(done);
         }
     }
 }
@@ -278,6 +309,9 @@ struct Finished<T, W> {
     unrun: Option<W>,
     /// A result that came after the slot was resolved: refused, and dropped after the lock.
     refused: Option<Result<T, IsleError>>,
+    /// How the request ended (see [`trace::outcome`](crate::core::trace::outcome)).
+    #[cfg(feature = "tracing")]
+    outcome: &'static str,
 }
 
 impl<T, W> Finished<T, W> {
@@ -288,6 +322,8 @@ impl<T, W> Finished<T, W> {
             waker: None,
             unrun: None,
             refused: Some(result),
+            #[cfg(feature = "tracing")]
+            outcome: "",
         }
     }
 

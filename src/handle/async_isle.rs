@@ -804,7 +804,8 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         T: FromLuaMulti + Send + 'static,
     {
         let code = code.into();
-        self.submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
+        self.kind("eval")
+            .submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
             .await
     }
 
@@ -838,7 +839,8 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         T: FromLuaMulti + Send + 'static,
     {
         let name = name.into();
-        self.submit(move |vm: &mut Vm| vm.call::<T>(name.as_str(), args))
+        self.kind("call")
+            .submit(move |vm: &mut Vm| vm.call::<T>(name.as_str(), args))
             .await
     }
 
@@ -972,10 +974,11 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         T: FromLuaMulti + Send + 'static,
     {
         let code = code.into();
-        self.submit(Coroutine(move |vm: &mut Vm| {
-            vm.coroutine_eval::<T>(code.as_str())
-        }))
-        .await
+        self.kind("coroutine_eval")
+            .submit(Coroutine(move |vm: &mut Vm| {
+                vm.coroutine_eval::<T>(code.as_str())
+            }))
+            .await
     }
 
     /// Queues a [`coroutine_call`](Request#method.coroutine_call) and returns its
@@ -1009,11 +1012,12 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         T: FromLuaMulti + Send + 'static,
     {
         let name = name.into();
-        self.submit(Coroutine(move |vm: &mut Vm| {
-            let function = vm.global_function(name.as_str())?;
-            vm.coroutine::<T>(function, args)
-        }))
-        .await
+        self.kind("coroutine_call")
+            .submit(Coroutine(move |vm: &mut Vm| {
+                let function = vm.global_function(name.as_str())?;
+                vm.coroutine::<T>(function, args)
+            }))
+            .await
     }
 
     /// Runs `work` on the VM and waits for its result.

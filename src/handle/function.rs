@@ -355,7 +355,7 @@ impl Request<'_, Isle, Blocking> {
     /// ```
     pub fn function(self, name: impl Into<Code>) -> Result<FunctionHandle, IsleError> {
         let work = global(name.into(), self.isle.id(), self.isle.downgrade());
-        self.exec_raw(work)
+        self.kind("function").exec_raw(work)
     }
 
     /// Evaluates `code` (as [`eval`](Request::eval) does) and hands out the function it
@@ -385,7 +385,7 @@ impl Request<'_, Isle, Blocking> {
     /// ```
     pub fn eval_function(self, code: impl Into<Code>) -> Result<FunctionHandle, IsleError> {
         let work = evaluated(code.into(), self.isle.id(), self.isle.downgrade());
-        self.exec_raw(work)
+        self.kind("eval_function").exec_raw(work)
     }
 
     /// Calls `function` with `args` and converts its result to `T`, blocking until done.
@@ -420,7 +420,7 @@ impl Request<'_, Isle, Blocking> {
         T: FromLuaMulti + Send + 'static,
     {
         function.check(self.isle.id())?;
-        self.exec_raw(function.call(args))
+        self.kind("call_function").exec_raw(function.call(args))
     }
 
     /// Queues a [`call_function`](Request::call_function) and returns its [`Task`] without
@@ -456,7 +456,7 @@ impl Request<'_, Isle, Blocking> {
         T: FromLuaMulti + Send + 'static,
     {
         function.check(self.isle.id())?;
-        self.submit(function.call(args))
+        self.kind("call_function").submit(function.call(args))
     }
 }
 
@@ -704,7 +704,7 @@ mod async_verbs {
         /// ```
         pub async fn function(self, name: impl Into<Code>) -> Result<FunctionHandle, IsleError> {
             let work = global(name.into(), self.isle.id(), self.isle.downgrade());
-            self.exec_raw(work).await
+            self.kind("function").exec_raw(work).await
         }
 
         /// Evaluates `code` and hands out the function it returns as a [`FunctionHandle`];
@@ -734,7 +734,7 @@ mod async_verbs {
             code: impl Into<Code>,
         ) -> Result<FunctionHandle, IsleError> {
             let work = evaluated(code.into(), self.isle.id(), self.isle.downgrade());
-            self.exec_raw(work).await
+            self.kind("eval_function").exec_raw(work).await
         }
 
         /// Calls `function` with `args` and converts its result to `T`; see the blocking
@@ -812,7 +812,7 @@ mod async_verbs {
         {
             function.check(self.isle.id())?;
             let work = function.call(args);
-            self.submit(work).await
+            self.kind("call_function").submit(work).await
         }
 
         /// Calls `function` with `args` as a coroutine; see
@@ -891,7 +891,7 @@ mod async_verbs {
         {
             function.check(self.isle.id())?;
             let work = function.coroutine(args);
-            self.submit(work).await
+            self.kind("coroutine_call_function").submit(work).await
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Request<'a, I = Isle, V = Blocking> {
     deadline: DeadlineSetting,
     token: Option<CancelToken>,
     pub(crate) when_full: WhenFull,
+    /// What kind of request it is (`eval`, `call`, ...), as tracing reports it.
+    kind: &'static str,
     verbs: PhantomData<V>,
 }
 
@@ -138,6 +140,7 @@ impl<'a, I, V> Request<'a, I, V> {
             deadline: DeadlineSetting::IsleDefault,
             token: None,
             when_full: WhenFull::Wait,
+            kind: "exec",
             verbs: PhantomData,
         }
     }
@@ -240,6 +243,12 @@ impl<'a, I, V> Request<'a, I, V> {
         self
     }
 
+    /// Names the kind of request this becomes (`eval`, `call`, ...), as tracing reports it.
+    pub(crate) fn kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// Creates the request's slot and token around `work`.
     pub(crate) fn prepare<T, W>(&self, work: W) -> Prepared<T, W>
     where
@@ -255,7 +264,7 @@ impl<'a, I, V> Request<'a, I, V> {
             DeadlineSetting::After(timeout) => wait::deadline_after(timeout),
             DeadlineSetting::At(at) => Some(at),
         };
-        let slot = Slot::new(work, self.token.as_ref());
+        let slot = Slot::of_kind(self.kind, work, self.token.as_ref());
         let token = slot.token();
         Prepared {
             slot,
@@ -392,7 +401,8 @@ impl<I: BlockingTarget> Request<'_, I, Blocking> {
         T: FromLuaMulti + Send + 'static,
     {
         let code = code.into();
-        self.submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
+        self.kind("eval")
+            .submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
     }
 
     /// Queues a [`call`](Request::call) and returns its [`Task`] without waiting for it.
@@ -422,7 +432,8 @@ impl<I: BlockingTarget> Request<'_, I, Blocking> {
         T: FromLuaMulti + Send + 'static,
     {
         let name = name.into();
-        self.submit(move |vm: &mut Vm| vm.call::<T>(name.as_str(), args))
+        self.kind("call")
+            .submit(move |vm: &mut Vm| vm.call::<T>(name.as_str(), args))
     }
 
     /// Queues an [`exec`](Request::exec) and returns its [`Task`] without waiting for it.

@@ -242,6 +242,10 @@ where
         let Some(Coroutine(start)) = self.start(gen, &worker.shared.interrupter) else {
             return;
         };
+        #[cfg(feature = "tracing")]
+        let span = self.trace.start(worker.shared.id);
+        #[cfg(feature = "tracing")]
+        let _entered = span.enter();
         if token.is_cancelled() {
             self.complete(Err(IsleError::Cancelled));
             return;
@@ -266,7 +270,7 @@ where
         };
         context.active.set(context.active.get() + 1);
         let key = context.shared.coroutine_started(self.clone());
-        tokio::task::spawn_local(CoroutineTask {
+        let task = CoroutineTask {
             key,
             coroutine: None,
             slot: self,
@@ -278,7 +282,11 @@ where
             killed: None,
             expiry: None,
             interrupted: false,
-        });
+        };
+        // Every stretch of the request runs inside its span.
+        #[cfg(feature = "tracing")]
+        let task = tracing::Instrument::instrument(task, span.clone());
+        tokio::task::spawn_local(task);
     }
 
     fn needs_executor(&self) -> bool {

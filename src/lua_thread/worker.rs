@@ -341,6 +341,8 @@ where
             // Cancelled or expired while queued: already resolved, never started.
             return;
         };
+        #[cfg(feature = "tracing")]
+        let _entered = self.trace.start(worker.shared.id).entered();
         if token.is_cancelled() {
             self.complete(Err(IsleError::Cancelled));
             return;

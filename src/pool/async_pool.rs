@@ -529,6 +529,7 @@ impl AsyncIslePool {
             None => self.request().no_timeout(),
         };
         let guard = request
+            .kind("checkout")
             .exec_raw(PooledIsle::reserve(self.core().clone()))
             .await?;
         Ok(PooledAsyncIsle::new(guard))

@@ -161,7 +161,7 @@ impl fmt::Debug for PooledIsle {
 /// Takes a checked-out member out of service for `cause`.
 fn retire(pool: &PoolCore, member: &Member, cause: Cause) {
     if member.cell.transition(CHECKED_OUT, RETIRING) {
-        pool.counters.recycled(cause);
+        pool.recycled(cause, member.cell.index);
         pool.send(Event::Retire {
             serial: member.cell.serial,
         });
@@ -269,7 +269,7 @@ fn settle_job(pool: Weak<PoolCore>) -> impl FnOnce(&mlua::Lua) -> mlua::Result<(
         match cause {
             Some(cause) => {
                 if cell.transition(CHECKED_OUT, RETIRING) {
-                    pool.counters.recycled(cause);
+                    pool.recycled(cause, cell.index);
                     pool.send(Event::Retire {
                         serial: cell.serial,
                     });

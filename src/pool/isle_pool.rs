@@ -345,7 +345,9 @@ impl IslePool {
             Some(deadline) => self.request().deadline(deadline),
             None => self.request().no_timeout(),
         };
-        request.exec_raw(PooledIsle::reserve(self.core.clone()))
+        request
+            .kind("checkout")
+            .exec_raw(PooledIsle::reserve(self.core.clone()))
     }
 
     /// Checks out a member that is idle right now.

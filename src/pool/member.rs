@@ -137,7 +137,7 @@ impl MemberCell {
                 }
                 state => {
                     if self.transition(state, RETIRING) {
-                        pool.counters.recycled(cause);
+                        pool.recycled(cause, self.index);
                         pool.send(Event::Retire {
                             serial: self.serial,
                         });

@@ -175,6 +175,20 @@ impl Cause {
         Cause::Discarded,
     ];
 
+    /// The cause as tracing reports it.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cause::Requests => "requests",
+            Cause::Age => "age",
+            Cause::Memory => "memory",
+            Cause::Interrupted => "interrupted",
+            Cause::Panicked => "panicked",
+            Cause::OnReturn => "on_return",
+            Cause::Discarded => "discarded",
+        }
+    }
+
     /// The cause whose discriminant is `index`.
     pub(crate) fn from_index(index: u8) -> Option<Cause> {
         Cause::ALL.get(usize::from(index)).copied()

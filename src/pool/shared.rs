@@ -14,7 +14,7 @@ use mlua::Lua;
 use super::member::{
     self, ExitWatch, Member, MemberCell, BUSY, CHECKED_OUT, IDLE, RETIRING, SPARE,
 };
-use super::recycle::Recycle;
+use super::recycle::{Cause, Recycle};
 use super::stats::{Counters, PoolStats};
 use super::supervisor::{self, Event};
 use crate::core::queue::{Queued, Shared, WhenFull};
@@ -99,6 +99,19 @@ pub(crate) struct Parts {
 pub(crate) type Launching = Vec<(Arc<MemberCell>, Launched)>;
 
 impl PoolCore {
+    /// Counts member `index` as taken out of service for `cause`.
+    pub(crate) fn recycled(&self, cause: Cause, #[allow(unused_variables)] index: usize) {
+        self.counters.recycled(cause);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            target: "mlua_isle",
+            pool = self.id,
+            member = index,
+            cause = cause.name(),
+            "pool member recycled"
+        );
+    }
+
     /// A pool with no member yet, and the receiver of its supervisor's events.
     pub(crate) fn create(parts: Parts) -> (Arc<Self>, Receiver<Event>) {
         let Parts {

@@ -99,9 +99,18 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
             Ok(Event::Exited { serial }) => {
                 if let Some((index, old)) = pool.remove(serial) {
                     pool.counters.replaced.fetch_add(1, Ordering::Relaxed);
-                    if old.isle.is_abandoned() {
+                    let abandoned = old.isle.is_abandoned();
+                    if abandoned {
                         pool.counters.abandoned.fetch_add(1, Ordering::Relaxed);
                     }
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        target: "mlua_isle",
+                        pool = pool.id,
+                        member = index,
+                        abandoned,
+                        "pool member ended unexpectedly; replacing it"
+                    );
                     retire(&pool, old);
                     supervisor.take_over(&pool, index);
                 } else {
@@ -193,8 +202,27 @@ impl Supervisor {
         };
         let outcome = launched.ready.take();
         match pool.adopt(cell, launched, outcome) {
-            Ok(member) => pool.install(&member),
-            Err(_) => self.failed(pool, index, delay),
+            Ok(member) => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(
+                    target: "mlua_isle",
+                    pool = pool.id,
+                    member = index,
+                    "pool member replaced"
+                );
+                pool.install(&member);
+            }
+            Err(_) => {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(
+                    target: "mlua_isle",
+                    pool = pool.id,
+                    member = index,
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "pool member failed to start"
+                );
+                self.failed(pool, index, delay);
+            }
         }
     }
 
