@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use mlua_isle::mlua::{self, Function, Lua, LuaString, MultiValue};
-use mlua_isle::{CancelToken, Isle, IsleError};
+use mlua_isle::{CancelToken, Isle, IsleError, LuaErrorKind};
 
 /// Source text to run, with the name Lua gives it in messages.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ impl Chunk {
 /// syntax error then points at `<eof>`, which `lua` itself checks for too.
 pub fn is_incomplete(error: &IsleError) -> bool {
     error.as_lua().is_some_and(|e| {
-        e.kind() == mlua_isle::LuaErrorKind::Syntax
+        e.kind() == LuaErrorKind::Syntax
             && (e.message().ends_with("<eof>") || e.message().ends_with("'<eof>'"))
     })
 }

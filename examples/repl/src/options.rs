@@ -70,6 +70,7 @@ impl Options {
     }
 }
 
+/// `--timeout`: a positive number of seconds, fractions allowed.
 fn seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
@@ -80,6 +81,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--memory`: a positive whole number of MiB, as bytes.
 fn mebibytes(text: &str) -> Result<usize, String> {
     let mib: usize = text.parse().map_err(|e: ParseIntError| e.to_string())?;
     match mib.checked_mul(1 << 20) {
