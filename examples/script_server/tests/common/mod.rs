@@ -58,6 +58,15 @@ impl Server {
         self.post(json!({ "script": script, "input": input })).await
     }
 
+    /// `POST /run` with `script` from a task of its own: the request goes on while the caller
+    /// does something else.
+    pub fn spawn_run(&self, script: &str) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+        let body = json!({ "script": script });
+        tokio::spawn(answer(
+            self.client.post(self.url("/run")).json(&body).send(),
+        ))
+    }
+
     /// `POST /run` with `body` as JSON.
     pub async fn post(&self, body: Value) -> (StatusCode, Value) {
         let request = self.client.post(self.url("/run")).json(&body).send();
