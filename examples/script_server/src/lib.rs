@@ -92,6 +92,8 @@
 //! - JSON `null` inside arrays becomes a hole (`nil`), so `[1, null]` reaches the script as a
 //!   sequence of length 1.
 
+#![doc(test(attr(deny(warnings))))]
+
 mod config;
 mod convert;
 mod error;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mlua_isle::{DEFAULT_POOL_QUEUE_PER_MEMBER, SANDBOX_MEMORY_LIMIT, SANDBOX_TIMEOUT};
 use script_server::Config;
 use tokio::net::TcpListener;
 
@@ -21,10 +22,10 @@ struct Args {
     #[arg(long)]
     members: Option<usize>,
     /// The deadline of each script, in milliseconds, counted from its arrival.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = SANDBOX_TIMEOUT.as_millis() as u64)]
     timeout_ms: u64,
     /// The memory each script may use, in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = SANDBOX_MEMORY_LIMIT >> 20)]
     memory_mib: usize,
     /// Scripts that may wait for a free member [default: 256 per member].
     #[arg(long)]
@@ -37,10 +38,10 @@ impl Args {
         Config {
             members,
             timeout: Duration::from_millis(self.timeout_ms),
-            memory_limit: self.memory_mib << 20,
+            memory_limit: self.memory_mib.saturating_mul(1 << 20),
             queue_capacity: self
                 .queue
-                .unwrap_or(mlua_isle::DEFAULT_POOL_QUEUE_PER_MEMBER * members),
+                .unwrap_or(DEFAULT_POOL_QUEUE_PER_MEMBER * members),
         }
     }
 }
@@ -90,4 +91,35 @@ fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_are_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_make_the_config() {
+        let args = Args::parse_from([
+            "script_server",
+            "--members",
+            "3",
+            "--timeout-ms",
+            "250",
+            "--memory-mib",
+            "8",
+        ]);
+        let config = args.config();
+        assert_eq!(config.members, 3);
+        assert_eq!(config.timeout, Duration::from_millis(250));
+        assert_eq!(config.memory_limit, 8 << 20);
+        assert_eq!(config.queue_capacity, 3 * DEFAULT_POOL_QUEUE_PER_MEMBER);
+        assert_eq!(args.addr, "127.0.0.1:8080".parse().unwrap());
+    }
 }

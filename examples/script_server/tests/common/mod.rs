@@ -1,6 +1,6 @@
 //! The service as its clients see it: the real binary, started on a free port.
 
-#![allow(dead_code)] // each test file uses its own part
+#![allow(dead_code, unreachable_pub)] // each test file uses its own part
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
