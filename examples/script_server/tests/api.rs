@@ -6,13 +6,14 @@ use common::{assert_error, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// A server with short limits, so that the limits are quickly reached.
+/// A server with small limits: reached at once by the scripts that test them, far from the
+/// others.
 fn server() -> Server {
     Server::start(&[
         "--members",
         "2",
         "--timeout-ms",
-        "300",
+        "1000",
         "--memory-mib",
         "16",
     ])
