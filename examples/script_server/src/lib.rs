@@ -51,21 +51,22 @@
 //! ## Errors
 //!
 //! A request that gets no result is answered with `{"error": "<message>", "kind": "<kind>"}`
-//! and the status of its kind ([`ErrorKind`]). 4xx statuses say the request itself is at
-//! fault and sending it again gives the same answer; 429 and 503 say to try again later (or
-//! elsewhere).
+//! and the status of its kind ([`ErrorKind`]). Whatever the script itself did wrong is `422`
+//! (the request was understood, but its script produced no result) and `kind` says what; `429`
+//! and `503` say to try again later, or elsewhere. The deadline counts time spent queued, so
+//! on a busy service a script may also time out waiting for its turn.
 //!
-//! | Outcome                                              | Status | `kind`          |
-//! |------------------------------------------------------|--------|-----------------|
-//! | the body is not `{"script": string, "input": any}`   | 400    | `bad_request`   |
-//! | the script does not compile                          | 422    | `syntax`        |
-//! | the script raised an error                           | 422    | `runtime`       |
-//! | the script ran past its deadline                     | 422    | `timeout`       |
-//! | the script hit the memory limit                      | 422    | `memory`        |
-//! | the result has no JSON form (a function, a cycle, too deep) | 422 | `conversion` |
-//! | the queue of waiting scripts is full                 | 429    | `queue_full`    |
-//! | the service is shutting down                         | 503    | `shutting_down` |
-//! | the service itself failed                            | 500    | `internal`      |
+//! | Outcome                                                      | Status | `kind`          |
+//! |--------------------------------------------------------------|--------|-----------------|
+//! | the body is not `{"script": string, "input": any}`           | 400    | `bad_request`   |
+//! | the script does not compile                                  | 422    | `syntax`        |
+//! | the script raised an error                                   | 422    | `runtime`       |
+//! | the script ran past its deadline                             | 422    | `timeout`       |
+//! | the script hit the memory limit                              | 422    | `memory`        |
+//! | the result has no JSON form (a function, a cycle, too deep)  | 422    | `conversion`    |
+//! | the queue of waiting scripts is full                         | 429    | `queue_full`    |
+//! | the service is shutting down                                 | 503    | `shutting_down` |
+//! | the service itself failed                                    | 500    | `internal`      |
 //!
 //! # What it shows of `mlua-isle`
 //!
