@@ -320,6 +320,39 @@ impl AsyncIsle {
         self.request().eval(code).await
     }
 
+    /// Evaluates `code` with `args` as its arguments (`...`); see
+    /// [`Request::eval_with`](Request#method.eval_with-1).
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncIsle::eval`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let joined: String = isle.eval_with("table.concat({...}, '-')", ("a", "b")).await?;
+    /// assert_eq!(joined, "a-b");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn eval_with<T>(
+        &self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().eval_with(code, args).await
+    }
+
     /// Calls the global function `name` with `args`.
     ///
     /// # Errors
@@ -717,6 +750,39 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         self.spawn_eval(code).await?.await
     }
 
+    /// Evaluates `code` with `args` as the chunk's arguments (its `...`), as
+    /// [`Request::eval_with`](Request#method.eval_with) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`eval`](Request#method.eval-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let n: i64 = isle.request().eval_with("(...) * 2", 21).await?;
+    /// assert_eq!(n, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn eval_with<T>(
+        self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.spawn_eval_with(code, args).await?.await
+    }
+
     /// Calls the global function `name` with `args`.
     ///
     /// # Errors
@@ -806,6 +872,41 @@ impl<I: AsyncTarget> Request<'_, I, Async> {
         let code = code.into();
         self.kind("eval")
             .submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
+            .await
+    }
+
+    /// Queues an [`eval_with`](Request#method.eval_with-1) and returns its [`AsyncTask`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](Request#method.spawn_eval-1).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while waiting for room, nothing is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (isle, _driver) = mlua_isle::AsyncIsle::spawn(|_| Ok(())).await?;
+    /// let task = isle.request().spawn_eval_with::<i64>("#(...)", "four").await?;
+    /// assert_eq!(task.await?, 4);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_eval_with<T>(
+        self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<AsyncTask<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        let code = code.into();
+        self.kind("eval")
+            .submit(move |vm: &mut Vm| vm.eval_with::<T>(code.as_str(), args))
             .await
     }
 

@@ -170,6 +170,34 @@ impl Isle {
         self.request().eval(code)
     }
 
+    /// Evaluates `code` with `args` as its arguments (`...`); see [`Request::eval_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::eval_with`].
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until the request finishes; do not call it on an async runtime's worker thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// assert_eq!(isle.eval_with::<i64>("local n = ... return n * n", 12)?, 144);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn eval_with<T>(
+        &self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().eval_with(code, args)
+    }
+
     /// Calls the global function `name` with `args`; see [`Request::call`].
     ///
     /// # Errors

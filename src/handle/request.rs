@@ -312,6 +312,41 @@ impl<I: BlockingTarget> Request<'_, I, Blocking> {
         self.blocking()?.spawn_eval(code)?.wait()
     }
 
+    /// Evaluates `code` as [`eval`](Request::eval) does, with `args` as the chunk's arguments
+    /// (its `...`), and converts its result to `T`, blocking until done. With
+    /// [`Isolation::FreshEnvironment`](crate::Isolation::FreshEnvironment) (the sandbox's),
+    /// this is how a script gets its input: it runs in the request's own environment, as
+    /// `eval` does, where [`exec`](Request::exec) would see the shared globals.
+    ///
+    /// # Errors
+    ///
+    /// As [`eval`](Request::eval); arguments that cannot be converted are an
+    /// [`IsleError::Lua`] of kind [`Conversion`](crate::LuaErrorKind::Conversion).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until the request finishes; do not call it on an async runtime's worker thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let sum: i64 = isle.request().eval_with("local a, b = ... return a + b", (40, 2))?;
+    /// assert_eq!(sum, 42);
+    /// assert_eq!(isle.request().eval_with::<i64>("select('#', ...)", (1, 2, 3))?, 3);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn eval_with<T>(
+        self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.blocking()?.spawn_eval_with(code, args)?.wait()
+    }
+
     /// Calls the global function `name` with `args` and converts its result to `T`, blocking
     /// until done. `name`, like `code` in [`eval`](Request::eval), can be any string type.
     ///
@@ -403,6 +438,39 @@ impl<I: BlockingTarget> Request<'_, I, Blocking> {
         let code = code.into();
         self.kind("eval")
             .submit(move |vm: &mut Vm| vm.eval::<T>(code.as_str()))
+    }
+
+    /// Queues an [`eval_with`](Request::eval_with) and returns its [`Task`] without waiting
+    /// for it.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_eval`](Request::spawn_eval).
+    ///
+    /// # Blocking
+    ///
+    /// Waits for room while the queue is full, unless [`try_enqueue`](Request::try_enqueue)
+    /// is set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let isle = mlua_isle::Isle::spawn(|_| Ok(()))?;
+    /// let task = isle.request().spawn_eval_with::<String>("(...):upper()", "isle")?;
+    /// assert_eq!(task.wait()?, "ISLE");
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn spawn_eval_with<T>(
+        self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<Task<T>, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        let code = code.into();
+        self.kind("eval")
+            .submit(move |vm: &mut Vm| vm.eval_with::<T>(code.as_str(), args))
     }
 
     /// Queues a [`call`](Request::call) and returns its [`Task`] without waiting for it.

@@ -161,6 +161,15 @@ impl Vm {
         Ok(self.chunk(code)?.call(())?)
     }
 
+    /// As [`eval`](Self::eval), the chunk called with `args` (its `...`).
+    pub(crate) fn eval_with<T: FromLuaMulti>(
+        &mut self,
+        code: &str,
+        args: impl IntoLuaMulti,
+    ) -> Result<T, IsleError> {
+        Ok(self.chunk(code)?.call(args)?)
+    }
+
     /// The compiled chunk for `code` (from the cache when possible).
     pub(crate) fn chunk(&mut self, code: &str) -> mlua::Result<Function> {
         if let Some(function) = self.chunks.as_mut().and_then(|c| c.get(code)) {

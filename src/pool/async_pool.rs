@@ -245,6 +245,38 @@ impl AsyncIslePool {
         self.request().eval(code).await
     }
 
+    /// Evaluates `code` with `args` as its arguments (`...`) on a free member; see
+    /// [`AsyncIsle::eval_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncIsle::eval`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mlua_isle::IsleError> {
+    /// # let (pool, _driver) = mlua_isle::AsyncIslePool::builder().size(1).spawn_async(|_| Ok(())).await?;
+    /// assert_eq!(pool.eval_with::<i64>("(...) + 1", 41).await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn eval_with<T>(
+        &self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().eval_with(code, args).await
+    }
+
     /// Calls the global function `name` on a free member; see [`AsyncIsle::call`].
     ///
     /// # Errors

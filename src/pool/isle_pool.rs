@@ -149,6 +149,35 @@ impl IslePool {
         self.request().eval(code)
     }
 
+    /// Evaluates `code` with `args` as its arguments (`...`) on a free member; see
+    /// [`Isle::eval_with`](crate::Isle::eval_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`Isle::eval`](crate::Isle::eval); [`IsleError::Reentrant`] on a member's own thread.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks until the request finishes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = mlua_isle::IslePool::builder().size(2).spawn(|_| Ok(()))?;
+    /// assert_eq!(pool.eval_with::<i64>("(...) + 1", 41)?, 42);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    pub fn eval_with<T>(
+        &self,
+        code: impl Into<Code>,
+        args: impl IntoLuaMulti + Send + 'static,
+    ) -> Result<T, IsleError>
+    where
+        T: FromLuaMulti + Send + 'static,
+    {
+        self.request().eval_with(code, args)
+    }
+
     /// Calls the global function `name` on a free member; see [`Isle::call`](crate::Isle::call).
     ///
     /// # Errors
