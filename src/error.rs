@@ -229,6 +229,9 @@ pub struct LuaError {
     kind: LuaErrorKind,
     message: String,
     traceback: Option<String>,
+    /// The table the error was raised with, converted.
+    #[cfg(feature = "serde")]
+    value: Option<serde_json::Value>,
 }
 
 impl LuaError {
@@ -274,12 +277,79 @@ impl LuaError {
         self.traceback.as_deref()
     }
 
+    /// The table the error was raised with (`error({ code = 42 })`), converted to JSON on the
+    /// isle's thread; `None` for any other error.
+    ///
+    /// Available for errors that reach the request as they were raised: by `eval`, `call`,
+    /// `call_function` (plain requests of every kind of isle and pool, and, on Lua 5.4 and 5.5,
+    /// coroutine requests), including a table caught by `pcall` and raised again. Not for an
+    /// error a host function passed on (mlua turns it into text first), nor for `exec`
+    /// closures, which call Lua themselves.
+    ///
+    /// The table is read without running any of its code (raw reads, no metamethods) and
+    /// leniently: functions, coroutines and userdata in it are left out, as is a table met
+    /// again inside itself; an empty table is an empty object. A table nested deeper than the
+    /// isle's [depth limit](crate::IsleBuilder::serde_depth), or whose keys JSON cannot have
+    /// (a sparse array), has no value (the message still applies).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::Isle;
+    ///
+    /// let isle = Isle::spawn(|_| Ok(()))?;
+    /// let err = isle.eval::<()>("error({ code = 42, msg = 'quota exceeded' })").unwrap_err();
+    /// let lua = err.as_lua().unwrap();
+    /// assert_eq!(lua.value(), Some(&serde_json::json!({ "code": 42, "msg": "quota exceeded" })));
+    /// assert_eq!(lua.message(), "quota exceeded");
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn value(&self) -> Option<&serde_json::Value> {
+        self.value.as_ref()
+    }
+
+    /// The [`value`](Self::value) as a `T`: `None` when the error has no value, an error when
+    /// the value does not fit `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::Isle;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Quota { code: u32 }
+    ///
+    /// let isle = Isle::spawn(|_| Ok(()))?;
+    /// let err = isle.eval::<()>("error({ code = 42 })").unwrap_err();
+    /// let quota: Quota = err.as_lua().unwrap().value_as().unwrap().unwrap();
+    /// assert_eq!(quota.code, 42);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn value_as<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
+        self.value.as_ref().map(T::deserialize)
+    }
+
     pub(crate) fn new(kind: LuaErrorKind, message: String, traceback: Option<String>) -> Self {
         LuaError {
             kind,
             message,
             traceback,
+            #[cfg(feature = "serde")]
+            value: None,
         }
+    }
+
+    /// Attaches what was read of the table the error was raised with.
+    #[cfg(feature = "serde")]
+    pub(crate) fn set_table(&mut self, message: Option<String>, value: Option<serde_json::Value>) {
+        if let Some(message) = message {
+            self.message = message;
+        }
+        self.value = value;
     }
 }
 
@@ -353,6 +423,10 @@ impl From<mlua::Error> for LuaError {
             }
             mlua::Error::MemoryError(message) => (LuaErrorKind::Memory, message.clone()),
             mlua::Error::FromLuaConversionError { .. } => {
+                (LuaErrorKind::Conversion, err.to_string())
+            }
+            #[cfg(feature = "serde")]
+            mlua::Error::SerializeError(_) | mlua::Error::DeserializeError(_) => {
                 (LuaErrorKind::Conversion, err.to_string())
             }
             mlua::Error::ExternalError(_) => (LuaErrorKind::Runtime, err.to_string()),

@@ -277,6 +277,9 @@
 //! - `tokio`: the async API and coroutine requests.
 //! - `tracing`: a span per request and events for stops and pool recycling (see
 //!   [Tracing](#tracing-tracing-feature)).
+//! - `serde`: `Serde<T>`, arguments and results of any serde type (depth-limited, see
+//!   `IsleBuilder::serde_depth`), and `LuaError::value`: the table a script raised as its
+//!   error (`error({ code = 42 })`), as a `serde_json::Value`.
 //!
 //! # Caveats
 //!
@@ -307,6 +310,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+mod convert;
 mod core;
 mod error;
 mod handle;
@@ -386,6 +390,9 @@ compile_error!(
      version other than the default `lua54`, set `default-features = false`)"
 );
 
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use crate::convert::{Serde, DEFAULT_SERDE_DEPTH};
 pub use crate::core::token::{CancelToken, Cancellation, DropGuard};
 pub use crate::error::{IsleError, LuaError, LuaErrorKind};
 #[cfg(feature = "tokio")]

@@ -82,6 +82,9 @@ pub struct IsleBuilder {
     sandbox: Option<Sandbox>,
     isolation: Isolation,
     tasks: Option<TaskLibrary>,
+    /// How deeply nested a value `Serde` converts may be.
+    #[cfg(feature = "serde")]
+    serde_depth: usize,
     /// A shared queue the isle's thread also serves (set for pool members).
     feed: Option<Feed>,
 }
@@ -109,6 +112,8 @@ impl Default for IsleBuilder {
             sandbox: None,
             isolation: Isolation::Shared,
             tasks: None,
+            #[cfg(feature = "serde")]
+            serde_depth: crate::convert::DEFAULT_SERDE_DEPTH,
             feed: None,
         }
     }
@@ -134,6 +139,8 @@ impl fmt::Debug for IsleBuilder {
             .field("tasks", &self.tasks);
         #[cfg(any(feature = "luajit", feature = "luajit52"))]
         f.field("jit", &self.jit);
+        #[cfg(feature = "serde")]
+        f.field("serde_depth", &self.serde_depth);
         f.finish()
     }
 }
@@ -526,6 +533,35 @@ impl IsleBuilder {
         self
     }
 
+    /// How deeply nested a value may be that [`Serde`](crate::Serde) converts, in either
+    /// direction, and that is read from an error raised with a table
+    /// ([`LuaError::value`](crate::LuaError::value)); default [`DEFAULT_SERDE_DEPTH`](crate::DEFAULT_SERDE_DEPTH).
+    ///
+    /// Each table (or Rust sequence, map, struct or enum variant) is one level. A deeper value,
+    /// or a table that contains itself, is refused with a conversion error before its
+    /// conversion, which recurses on the isle's thread, could exhaust that thread's stack: a
+    /// script cannot crash the process by returning a table nested a million levels deep.
+    /// Raise it only with a [stack](Self::stack_size) to match (a few hundred bytes of stack
+    /// per level).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mlua_isle::{Isle, LuaErrorKind, Serde};
+    ///
+    /// let isle = Isle::builder().serde_depth(2).spawn(|_| Ok(()))?;
+    /// assert!(isle.eval::<Serde<serde_json::Value>>("{ { 1 } }").is_ok());
+    /// let err = isle.eval::<Serde<serde_json::Value>>("{ { { 1 } } }").unwrap_err();
+    /// assert_eq!(err.as_lua().unwrap().kind(), LuaErrorKind::Conversion);
+    /// # Ok::<(), mlua_isle::IsleError>(())
+    /// ```
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn serde_depth(mut self, depth: usize) -> Self {
+        self.serde_depth = depth;
+        self
+    }
+
     /// Starts the Lua thread, creates the VM there and runs `init` on it; returns once `init`
     /// has finished.
     ///
@@ -621,6 +657,8 @@ impl IsleBuilder {
             sandbox: self.sandbox.clone(),
             isolation: self.isolation,
             tasks: self.tasks.clone(),
+            #[cfg(feature = "serde")]
+            serde_depth: self.serde_depth,
             feed: None,
         }
     }
@@ -681,6 +719,8 @@ impl IsleBuilder {
             sandbox: self.sandbox,
             isolation: self.isolation,
             tasks: self.tasks,
+            #[cfg(feature = "serde")]
+            serde_depth: self.serde_depth,
         };
         let thread = {
             let shared = shared.clone();

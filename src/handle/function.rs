@@ -127,7 +127,7 @@ impl FunctionHandle {
         let handle = self.clone();
         move |vm: &mut Vm| {
             let function = handle.function(vm)?;
-            Ok(function.call::<T>(args)?)
+            crate::lua_thread::call::call(vm.lua(), &function, args)
         }
     }
 

@@ -861,6 +861,12 @@ unsafe extern "C-unwind" fn finish_body(
     // object is on top of the stack.
     unsafe {
         if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+            // The error value as raised, before mlua turns it into text.
+            #[cfg(feature = "serde")]
+            {
+                ffi::luaL_checkstack(state, 2, ptr::null());
+                crate::convert::error_slot::note(state, -1);
+            }
             ffi::lua_error(state);
         }
         ffi::lua_gettop(state)

@@ -49,7 +49,8 @@
 //!
 //! The lowest layer above `error`; `core` and `lua_thread` build on it. Apart from its tests it
 //! imports nothing else of the crate but the watchdog's clock (`core::watchdog::ticks`), in
-//! which the time a stop was requested is recorded.
+//! which the time a stop was requested is recorded, and (with the `serde` feature) the error
+//! slot of `convert`, in which a coroutine request's base frame notes a table error.
 
 #[cfg(any(feature = "lua54", feature = "lua55"))]
 mod allowhook;

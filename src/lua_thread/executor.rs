@@ -32,6 +32,7 @@ use crate::core::wait;
 use crate::core::watchdog::Sleep;
 use crate::error::IsleError;
 use crate::interrupt::{self, Armed};
+use crate::lua_thread::call;
 use crate::lua_thread::current;
 use crate::lua_thread::feed::{self, Feed, Polled, Taken};
 use crate::lua_thread::vm::Vm;
@@ -480,7 +481,11 @@ where
                     }
                     return Poll::Pending;
                 }
-                Some(Ok(Poll::Ready(result))) => (Ok(result.map_err(IsleError::from)), true),
+                Some(Ok(Poll::Ready(result))) => {
+                    let lua = &this.context.lua;
+                    let result = result.map_err(|err| call::coroutine_failure(lua, err));
+                    (Ok(result), true)
+                }
                 Some(Err(panic)) => (Err(panic), false),
             };
             let shared = this.context.shared.clone();

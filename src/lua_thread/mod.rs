@@ -2,8 +2,9 @@
 //! and its chunk cache, the guards and loaders installed into it, the executor for coroutine
 //! requests, and what host functions learn about their request (`current_token`, `checkpoint`).
 //!
-//! May import from `error`, `interrupt`, `core` and this folder, not from `handle`.
+//! May import from `error`, `convert`, `interrupt`, `core` and this folder, not from `handle`.
 
+pub(crate) mod call;
 pub(crate) mod current;
 #[cfg(feature = "tokio")]
 pub(crate) mod executor;

@@ -158,7 +158,8 @@ impl Vm {
 
     /// Runs `code` as an expression if it is one, otherwise as a block, like Lua's REPL.
     pub(crate) fn eval<T: FromLuaMulti>(&mut self, code: &str) -> Result<T, IsleError> {
-        Ok(self.chunk(code)?.call(())?)
+        let chunk = self.chunk(code)?;
+        crate::lua_thread::call::call(&self.lua, &chunk, ())
     }
 
     /// As [`eval`](Self::eval), the chunk called with `args` (its `...`).
@@ -237,7 +238,8 @@ impl Vm {
         name: &str,
         args: impl IntoLuaMulti,
     ) -> Result<T, IsleError> {
-        Ok(self.global_function(name)?.call(args)?)
+        let function = self.global_function(name)?;
+        crate::lua_thread::call::call(&self.lua, &function, args)
     }
 
     /// The global function `name`.

@@ -49,6 +49,9 @@ pub(crate) struct Setup {
     pub(crate) isolation: Isolation,
     /// The `task` library, if installed.
     pub(crate) tasks: Option<crate::lualib::TaskLibrary>,
+    /// The depth limit of serde conversions.
+    #[cfg(feature = "serde")]
+    pub(crate) serde_depth: usize,
 }
 
 /// The Lua thread's state between jobs.
@@ -94,6 +97,9 @@ impl Worker {
             if let Some(limit) = setup.memory_limit {
                 lua.set_memory_limit(limit)?;
             }
+            crate::lua_thread::call::install(&lua)?;
+            #[cfg(feature = "serde")]
+            lua.set_app_data(crate::convert::serde::SerdeDepth(setup.serde_depth));
             if !setup.allow_binary_chunks {
                 loaders::forbid_binary_chunks(&lua)?;
             }

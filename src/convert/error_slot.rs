@@ -1,0 +1,101 @@
+//! The registry slot in which the error value of a failed call is noted when it is a table, so
+//! that the table can be read after mlua has turned the error into text.
+//!
+//! Noting is done where the error value is still at hand: by the message handler of a request's
+//! protected call (`lua_thread::call`) and by the protected base frame of a coroutine request
+//! on Lua 5.4 and 5.5 (`interrupt::chain`). The request's side takes it right after the call
+//! fails, on the same thread, before any other Lua code could note another.
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::ptr;
+
+use mlua::{ffi, Lua, Table, Value};
+
+/// The slot's registry key: its address.
+static SLOT: u8 = 0;
+
+thread_local! {
+    /// The metatable of mlua's error values (Rust errors and panics) in this thread's VM.
+    static FAILURE_METATABLE: Cell<*const c_void> = const { Cell::new(ptr::null()) };
+}
+
+fn key() -> *const c_void {
+    ptr::addr_of!(SLOT).cast()
+}
+
+/// Creates the slot in `lua` (holding `false`, so that storing into it never allocates) and
+/// learns the metatable of mlua's error values.
+pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+    let probe = Value::Error(Box::new(mlua::Error::runtime("probe")));
+    // SAFETY: `exec_raw` pushes the probe value and runs the closure in a protected call (a
+    // memory error there becomes an `Err`); the closure leaves one light userdata as result.
+    let metatable = unsafe {
+        lua.exec_raw::<mlua::LightUserData>(probe, |state| {
+            ffi::lua_pushboolean(state, 0);
+            ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key());
+            let metatable = match ffi::lua_getmetatable(state, 1) {
+                0 => ptr::null(),
+                _ => ffi::lua_topointer(state, -1),
+            };
+            ffi::lua_settop(state, 0);
+            ffi::lua_pushlightuserdata(state, metatable.cast_mut());
+        })?
+    };
+    FAILURE_METATABLE.with(|m| m.set(metatable.0));
+    Ok(())
+}
+
+/// Whether the value at `index` is one of mlua's error values (a Rust error or panic).
+///
+/// # Safety
+///
+/// A live state with one free stack slot; `index` valid.
+pub(crate) unsafe fn is_mlua_failure(state: *mut ffi::lua_State, index: c_int) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if ffi::lua_type(state, index) != ffi::LUA_TUSERDATA
+            || ffi::lua_getmetatable(state, index) == 0
+        {
+            return false;
+        }
+        let metatable = ffi::lua_topointer(state, -1);
+        ffi::lua_pop(state, 1);
+        metatable == FAILURE_METATABLE.with(Cell::get)
+    }
+}
+
+/// Notes the value at `index` in the slot if it is a table; clears the slot otherwise.
+/// Allocates nothing and runs no metamethod (the key exists already).
+///
+/// # Safety
+///
+/// `state` must be a state of a VM prepared by [`install`], on this thread, with two free
+/// stack slots; `index` valid.
+pub(crate) unsafe fn note(state: *mut ffi::lua_State, index: c_int) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match ffi::lua_type(state, index) == ffi::LUA_TTABLE {
+            true => ffi::lua_pushvalue(state, index),
+            false => ffi::lua_pushboolean(state, 0),
+        }
+        ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key());
+    }
+}
+
+/// Takes the table noted in the slot, if any, and clears the slot.
+pub(crate) fn take(lua: &Lua) -> Option<Table> {
+    // SAFETY: `exec_raw` runs the closure in a protected call: it leaves the slot's value as
+    // the result and stores `false` in its place (an existing key: no allocation).
+    let noted = unsafe {
+        lua.exec_raw::<Value>((), |state| {
+            ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, key());
+            ffi::lua_pushboolean(state, 0);
+            ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key());
+        })
+    };
+    match noted {
+        Ok(Value::Table(table)) => Some(table),
+        _ => None,
+    }
+}

@@ -1,0 +1,16 @@
+//! Conversions between Lua values and Rust data that go beyond mlua's own: typed values
+//! through serde ([`Serde`]) and the structured value of an error raised with a table.
+//!
+//! Runs on the Lua thread (inside mlua's conversion traits and after a failed call), knows
+//! nothing of requests or threads. Imports only `error` and mlua; `interrupt` and `lua_thread`
+//! build on it.
+
+#[cfg(feature = "serde")]
+pub(crate) mod error_slot;
+#[cfg(feature = "serde")]
+pub(crate) mod error_value;
+#[cfg(feature = "serde")]
+pub(crate) mod serde;
+
+#[cfg(feature = "serde")]
+pub use self::serde::{Serde, DEFAULT_SERDE_DEPTH};
