@@ -231,3 +231,21 @@ mod async_verbs {
         async_verbs_take_owned_and_shared_strings => owned_and_shared_strings();
     }
 }
+
+#[test]
+fn code_with_a_nul_byte_compiles_as_lua_would_load_it() {
+    // Lua names a loaded string after its text, which as a C string ends at the first NUL.
+    for isle in [
+        isle(),
+        Isle::builder().sandboxed().spawn(|_| Ok(())).unwrap(),
+    ] {
+        let bytes: Vec<u8> = isle.eval("{ ('a\0b'):byte(1, -1) }").unwrap();
+        assert_eq!(bytes, b"a\0b");
+        let err = isle.eval::<()>("\u{1b}LuaT\0").unwrap_err();
+        assert_eq!(
+            err.as_lua().unwrap().kind(),
+            mlua_isle::LuaErrorKind::Syntax,
+            "{err:?}"
+        );
+    }
+}

@@ -223,9 +223,11 @@ impl Vm {
         .into_function()
     }
 
-    /// The name `code` is compiled under: the code itself, as Lua names a loaded string; in a
-    /// sealed VM (whose memory is the scripts') only as much of it as Lua shows in messages.
+    /// The name `code` is compiled under: the code itself, as Lua names a loaded string (up to
+    /// a NUL byte, where a C string ends); in a sealed VM (whose memory is the scripts') only
+    /// as much of it as Lua shows in messages.
     fn chunk_name<'c>(&self, code: &'c str) -> std::borrow::Cow<'c, str> {
+        let code = code.split('\0').next().unwrap_or_default();
         match self.sealed {
             Some(_) => crate::sandbox::short_chunk_name(code),
             None => code.into(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mlua_isle::{
-    AsyncIslePool, IsleBuilder, IslePoolBuilder, Isolation, DEFAULT_POOL_QUEUE_PER_MEMBER,
+    AsyncIslePool, IsleBuilder, IslePoolBuilder, DEFAULT_POOL_QUEUE_PER_MEMBER,
     SANDBOX_MEMORY_LIMIT, SANDBOX_TIMEOUT,
 };
 
@@ -49,18 +49,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The pool the scripts run on: sandboxed members under the memory limit, each request on
-    /// a VM no other request ran on.
+    /// The pool the scripts run on: sandboxed members under the memory limit, each request in
+    /// a fresh environment of its own.
     pub(crate) fn pool(&self) -> IslePoolBuilder {
         let isle = IsleBuilder::new()
             .sandboxed()
-            .memory_limit(self.memory_limit)
-            // Every request gets a VM of its own (below), so a script may use that VM's
-            // globals as its own: nothing it leaves there is seen by another request.
-            .isolation(Isolation::Shared);
+            .memory_limit(self.memory_limit);
         AsyncIslePool::builder()
             .isle(isle)
-            .isolation(Isolation::FreshVm)
             .size(self.members)
             .queue_capacity(self.queue_capacity)
     }

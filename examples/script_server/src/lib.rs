@@ -33,13 +33,14 @@
 //! ```
 //!
 //! JSON objects become tables, arrays become sequences, `null` becomes `nil`. The script's
-//! first return value is the result, converted back to JSON (`nil` or no value is `null`; an
+//! first return value is the result (a script that is a single expression, such as
+//! `... * 2`, returns its value, as in Lua's own prompt), converted back to JSON (`nil` or no value is `null`; an
 //! empty table is `{}` unless it came from a JSON array). The answer is
 //! `200 {"result": <JSON>}`.
 //!
 //! The script runs in the strict sandbox (no files, processes, `debug`, modules or bytecode;
-//! read-only libraries; `print` goes nowhere) on a VM of its own that no other request ran on
-//! or will run on, under the memory limit and the deadline. The deadline counts from the
+//! read-only libraries; `print` goes nowhere) in a global environment of its own, emptied when
+//! it ends, under the memory limit and the deadline. The deadline counts from the
 //! moment the script is queued, so time spent waiting for a free member counts.
 //!
 //! ## `GET /stats`
@@ -70,8 +71,11 @@
 //!
 //! # What it shows of `mlua-isle`
 //!
-//! - The sandbox preset with its limits, and one VM per request
-//!   ([`Isolation::FreshVm`](mlua_isle::Isolation::FreshVm)), for code nobody reviewed.
+//! - The sandbox preset with its limits, for code nobody reviewed: each script runs in an
+//!   environment of its own ([`Isolation::FreshEnvironment`](mlua_isle::Isolation)) and gets its
+//!   input as arguments ([`eval_with`](mlua_isle::AsyncIslePool::eval_with)).
+//! - [`Serde`](mlua_isle::Serde): JSON in and out, converted on the Lua thread with a depth
+//!   limit, so a result nested 100 000 levels deep or containing itself is a clean error.
 //! - Load shedding: requests are queued with `try_enqueue`, so a full queue answers `429` at
 //!   once instead of piling up waiting clients.
 //! - Cancellation: when a client hangs up, hyper drops its handler's future; that drops the
@@ -82,10 +86,10 @@
 //!
 //! # Caveats
 //!
-//! - A fresh VM per request costs a thread and a VM start, made ahead of time by the pool's
-//!   spare: many times the cost of a small script. It is what lets the script take its input
-//!   as an argument in an environment nobody else sees: the sandbox's cheaper fresh
-//!   environment per request is made for `eval`, which takes no arguments.
+//! - Scripts share their VM with the scripts before and after them, isolated by the sandbox
+//!   (fresh environment, read-only libraries). For stronger isolation, run each on a VM of its
+//!   own with [`Isolation::FreshVm`](mlua_isle::Isolation::FreshVm) on the pool, at the price
+//!   of a VM start per request (made ahead of time by the pool's spares).
 //! - Hyper notices that a client hung up when it next reads from the connection; a client
 //!   that goes away while still sending its body is noticed then, before its script starts.
 //! - A graceful shutdown waits for every open connection to finish its request: a client that
@@ -96,7 +100,6 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod config;
-mod convert;
 mod error;
 mod routes;
 mod scripts;

@@ -4,11 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlua::chunk::ChunkMode;
-use mlua_isle::{AsyncIslePool, PoolStats};
+use mlua_isle::{AsyncIslePool, PoolStats, Serde};
 use serde_json::Value;
 
-use crate::convert;
 use crate::error::ApiError;
 
 /// The pool the scripts run on and the deadline each gets; every handler has a clone.
@@ -39,21 +37,15 @@ impl Scripts {
         if self.closed.load(Ordering::Acquire) {
             return Err(ApiError::shutting_down());
         }
-        let result = self
+        // `eval_with` runs the script in the request's own environment (left to the garbage
+        // collector when it ends), compiles source only (bytecode can break out of any
+        // sandbox), and converts the input and the result on the Lua thread, depth-limited.
+        let Serde(result) = self
             .pool
             .request()
             .timeout(self.timeout)
             .try_enqueue()
-            .exec(move |lua| {
-                let input = convert::input_to_lua(lua, &input)?;
-                // Source only: precompiled bytecode can break out of any sandbox.
-                let chunk = lua
-                    .load(script)
-                    .set_name("=script")
-                    .set_mode(ChunkMode::Text);
-                let result: mlua::Value = chunk.call(input)?;
-                convert::result_from_lua(lua, result)
-            })
+            .eval_with::<Serde<Value>>(script, Serde(input))
             .await?;
         Ok(result)
     }
