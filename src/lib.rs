@@ -423,8 +423,9 @@ pub use crate::pool::{
 };
 pub use crate::sandbox::{take_output, Isolation, PrintSink, Sandbox};
 
-// The README's examples are compiled and run as doctests (they use the `tokio` feature).
-#[cfg(all(doctest, feature = "tokio"))]
+// The README's examples are compiled and run as doctests (they use the `tokio` and `serde`
+// features).
+#[cfg(all(doctest, feature = "tokio", feature = "serde"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
