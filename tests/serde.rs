@@ -389,3 +389,184 @@ mod async_requests {
         driver.shutdown().await.unwrap();
     }
 }
+
+/// A table that holds the level below twice, `levels` deep: a few kilobytes in Lua, 2^levels
+/// values converted naively.
+fn shared_chain(levels: u32) -> String {
+    format!("local t = {{}} for i = 1, {levels} do t = {{ t, t }} end")
+}
+
+#[test]
+fn a_result_that_would_expand_past_the_budget_is_a_conversion_error() {
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .memory_limit(16 << 20)
+            .spawn(|_| Ok(()))
+            .unwrap();
+        let chain = format!("{} return t", shared_chain(40));
+        let err = lua_error(isle.eval::<Serde<serde_json::Value>>(chain.as_str()));
+        assert_eq!(err.kind(), LuaErrorKind::Conversion, "{err}");
+        // A megabyte referenced a hundred times would be 100 MiB of strings.
+        let strings =
+            "local s = ('x'):rep(2^20) local t = {} for i = 1, 100 do t[i] = s end return t";
+        let err = lua_error(isle.eval::<Serde<Vec<String>>>(strings));
+        assert_eq!(err.kind(), LuaErrorKind::Conversion, "{err}");
+        // Shared tables within the budget convert as before (once per reference).
+        let small = format!("{} return t", shared_chain(3));
+        let value = isle
+            .eval::<Serde<serde_json::Value>>(small.as_str())
+            .unwrap()
+            .0;
+        // (An empty table reads as an object.)
+        assert_eq!(value, json!([[[{}, {}], [{}, {}]], [[{}, {}], [{}, {}]]]));
+        assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+    });
+}
+
+#[test]
+fn an_error_table_that_would_expand_past_the_budget_has_no_value() {
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .memory_limit(16 << 20)
+            .spawn(|_| Ok(()))
+            .unwrap();
+        // Converted naively this would never end, and no interrupt could stop it: the request
+        // ends with its Lua error (not its generous deadline), without a value.
+        let chain = format!("{} t.message = 'bomb' error(t)", shared_chain(40));
+        let err = lua_error(
+            isle.request()
+                .timeout(std::time::Duration::from_secs(20))
+                .eval::<()>(chain.as_str()),
+        );
+        assert_eq!(err.message(), "bomb");
+        assert_eq!(err.value(), None);
+        let strings =
+            "local s = ('x'):rep(2^16) local t = {} for i = 1, 100 do t[i] = s end error(t)";
+        assert_eq!(lua_error(isle.eval::<()>(strings)).value(), None);
+        assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+    });
+}
+
+#[test]
+fn eval_with_keeps_the_table_error() {
+    within_hang_guard(|| {
+        let isle = isle();
+        let err = lua_error(isle.eval_with::<()>("error({ code = ... })", 7));
+        assert_eq!(err.value(), Some(&json!({ "code": 7 })));
+    });
+}
+
+/// A result type whose conversion fails with a plain runtime error, as a host's own `FromLua`
+/// may.
+#[derive(Debug)]
+struct Picky;
+
+impl mlua_isle::mlua::FromLua for Picky {
+    fn from_lua(
+        _: mlua_isle::mlua::Value,
+        _: &mlua_isle::mlua::Lua,
+    ) -> mlua_isle::mlua::Result<Self> {
+        Err(mlua_isle::mlua::Error::runtime("picky conversion failed"))
+    }
+}
+
+#[test]
+fn a_failure_without_a_table_never_gets_an_earlier_one() {
+    within_hang_guard(|| {
+        let isle = isle();
+        // Caught by the script: noted nowhere.
+        isle.eval::<()>("pcall(error, { secret = 1 })").unwrap();
+        let err = lua_error(isle.eval::<Picky>("42"));
+        assert_eq!(err.value(), None);
+        assert!(lua_error(isle.call::<()>("fail", 3)).value().is_some());
+        let err = lua_error(isle.eval::<Picky>("42"));
+        assert_eq!(err.value(), None);
+    });
+}
+
+#[cfg(all(feature = "tokio", any(feature = "lua54", feature = "lua55")))]
+#[tokio::test]
+async fn a_table_noted_by_a_request_that_panicked_does_not_reach_a_later_error() {
+    common::quiet_lua_thread_panics();
+    let (isle, driver) = mlua_isle::AsyncIsle::spawn(|lua| {
+        let boom =
+            lua.create_function(|_, ()| -> mlua_isle::mlua::Result<String> { panic!("boom") })?;
+        lua.globals().set("boom", boom)
+    })
+    .await
+    .unwrap();
+    // The request's base frame notes the table; turning it into text (its `__tostring`)
+    // panics, so the request ends with the panic and never takes the table.
+    let first = isle
+        .coroutine_eval::<()>(
+            "error(setmetatable({ secret = 'of the first' }, \
+             { __tostring = function() return boom() end }))",
+        )
+        .await;
+    assert!(matches!(first, Err(IsleError::Panic(_))), "{first:?}");
+    assert_eq!(isle.eval::<i64>("1 + 1").await.unwrap(), 2);
+    let later = lua_error(isle.eval::<Picky>("42").await);
+    assert_eq!(later.value(), None);
+    let later = lua_error(isle.coroutine_eval::<Picky>("42").await);
+    assert_eq!(later.value(), None);
+    drop(isle);
+    driver.shutdown().await.unwrap();
+}
+
+/// On Lua 5.1 creating a C function runs a collection step: the requests' message handler is
+/// made once, so a finalizer raising errors cannot run outside a protected call.
+#[cfg(any(feature = "lua51", feature = "luajit"))]
+#[test]
+fn finalizers_that_raise_do_not_run_outside_a_protected_call() {
+    within_hang_guard(|| {
+        let isle = Isle::spawn(|lua| lua.load("function f() end").exec()).unwrap();
+        isle.eval::<()>(
+            "ARMED = false KEEP = {} \
+             local function fin() if ARMED then error('finalizer boom') end end \
+             for i = 1, 1000 do local p = newproxy(true) getmetatable(p).__gc = fin KEEP[i] = p end \
+             collectgarbage() collectgarbage('setpause', 1) \
+             ARMED = true KEEP = nil",
+        )
+        .unwrap();
+        for _ in 0..20_000 {
+            let _ = isle.call::<()>("f", "x");
+        }
+        assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+    });
+}
+
+/// A VM full to its last bytes: the next call's handler needs no allocation.
+#[test]
+fn a_call_on_a_vm_full_to_its_limit_fails_cleanly() {
+    within_hang_guard(|| {
+        let isle = Isle::builder()
+            .memory_limit(4 << 20)
+            .spawn(|lua| lua.load("function f() end").exec())
+            .unwrap();
+        let fill = r#"
+            KEEP = {}
+            for i = 1, 20000 do KEEP[i] = false end
+            local n = 0
+            for _, c in ipairs({ "a", "b", "c", "d" }) do
+                collectgarbage()
+                local size = 200000
+                while size >= 1 and n < 20000 do
+                    local ok, s = pcall(string.rep, c, size)
+                    if ok then n = n + 1 KEEP[n] = s end
+                    size = size - math.max(1, math.floor(size / 64))
+                end
+            end
+            return n
+        "#;
+        let _ = isle.eval::<i64>(fill);
+        for _ in 0..50 {
+            let _ = isle.call::<()>("f", ());
+        }
+        isle.exec(|lua| {
+            lua.globals().set("KEEP", mlua_isle::mlua::Value::Nil)?;
+            lua.gc_collect()
+        })
+        .unwrap();
+        assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+    });
+}

@@ -15,6 +15,11 @@ use mlua::{ffi, Lua, Table, Value};
 /// The slot's registry key: its address.
 static SLOT: u8 = 0;
 
+/// The registry key of the requests' message handler, made once: pushing it from there
+/// allocates nothing, where creating it at each call would (and on Lua 5.1 would run a
+/// collection step, and so finalizers, outside any protected call).
+static HANDLER: u8 = 0;
+
 thread_local! {
     /// The metatable of mlua's error values (Rust errors and panics) in this thread's VM.
     static FAILURE_METATABLE: Cell<*const c_void> = const { Cell::new(ptr::null()) };
@@ -24,9 +29,14 @@ fn key() -> *const c_void {
     ptr::addr_of!(SLOT).cast()
 }
 
-/// Creates the slot in `lua` (holding `false`, so that storing into it never allocates) and
-/// learns the metatable of mlua's error values.
-pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+fn handler_key() -> *const c_void {
+    ptr::addr_of!(HANDLER).cast()
+}
+
+/// Creates the slot in `lua` (holding `false`, so that storing into it never allocates),
+/// keeps `handler` (the requests' message handler) in the registry, and learns the metatable
+/// of mlua's error values.
+pub(crate) fn install(lua: &Lua, handler: ffi::lua_CFunction) -> mlua::Result<()> {
     let probe = Value::Error(Box::new(mlua::Error::runtime("probe")));
     // SAFETY: `exec_raw` pushes the probe value and runs the closure in a protected call (a
     // memory error there becomes an `Err`); the closure leaves one light userdata as result.
@@ -34,6 +44,8 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
         lua.exec_raw::<mlua::LightUserData>(probe, |state| {
             ffi::lua_pushboolean(state, 0);
             ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key());
+            ffi::lua_pushcfunction(state, handler);
+            ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, handler_key());
             let metatable = match ffi::lua_getmetatable(state, 1) {
                 0 => ptr::null(),
                 _ => ffi::lua_topointer(state, -1),
@@ -81,6 +93,40 @@ pub(crate) unsafe fn note(state: *mut ffi::lua_State, index: c_int) {
         }
         ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key());
     }
+}
+
+/// Pushes the message handler kept by [`install`]. Allocates nothing.
+///
+/// # Safety
+///
+/// `state` must be a state of a VM prepared by [`install`], with one free stack slot.
+pub(crate) unsafe fn push_handler(state: *mut ffi::lua_State) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, handler_key());
+    }
+}
+
+/// Empties the slot, so that what an earlier failure noted (and nobody took: a failure
+/// that ended in a panic, say) cannot be taken for a later one's. Allocates nothing.
+///
+/// # Safety
+///
+/// `state` must be a state of a VM prepared by [`install`], with one free stack slot.
+pub(crate) unsafe fn clear(state: *mut ffi::lua_State) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        ffi::lua_pushboolean(state, 0);
+        ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key());
+    }
+}
+
+/// As [`clear`], from outside any call (before a coroutine request's stretch).
+#[cfg(all(feature = "tokio", any(feature = "lua54", feature = "lua55")))]
+pub(crate) fn clear_in(lua: &Lua) {
+    // SAFETY: `exec_raw` runs the closure in a protected call with room on the stack; the
+    // store reuses an existing key.
+    let _ = unsafe { lua.exec_raw::<()>((), |state| clear(state)) };
 }
 
 /// Takes the table noted in the slot, if any, and clears the slot.

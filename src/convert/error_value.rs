@@ -21,8 +21,9 @@ pub(crate) struct TableError {
 ///   when that is a string; otherwise Lua's text (`table: 0x...`).
 /// - The value: the table converted as [`Serde`](super::Serde) converts results, but leniently
 ///   (functions, coroutines and userdata are left out; a table met again inside itself is left
-///   out), within the isle's depth limit. A table nested deeper, or with keys JSON cannot
-///   have, has no value.
+///   out), within the isle's depth limit and a small budget
+///   ([`Budget::ERROR`](super::budget::Budget::ERROR)). A table nested deeper, larger
+///   converted, or with keys JSON cannot have, has no value.
 pub(crate) fn read(lua: &Lua, table: Table) -> TableError {
     let has_tostring = table
         .metatable()
@@ -35,12 +36,17 @@ pub(crate) fn read(lua: &Lua, table: Table) -> TableError {
         true => None,
         false => field("message").or_else(|| field("msg")),
     };
-    let options = deserialize_options(depth_limit(lua))
+    let depth = depth_limit(lua);
+    let table = Value::Table(table);
+    let options = deserialize_options(depth)
         .deny_unsupported_types(false)
         .deny_recursive_tables(false);
-    let value = lua
-        .from_value_with::<serde_json::Value>(Value::Table(table), options)
-        .ok();
+    let value = match super::budget::check(&table, depth, super::budget::Budget::ERROR) {
+        Ok(()) => lua
+            .from_value_with::<serde_json::Value>(table, options)
+            .ok(),
+        Err(_) => None,
+    };
     TableError { message, value }
 }
 

@@ -2,9 +2,12 @@
 //! through serde ([`Serde`]) and the structured value of an error raised with a table.
 //!
 //! Runs on the Lua thread (inside mlua's conversion traits and after a failed call), knows
-//! nothing of requests or threads. Imports only `error` and mlua; `interrupt` and `lua_thread`
-//! build on it.
+//! nothing of requests or threads beyond the running request's [`checkpoint`](crate::checkpoint)
+//! (a long conversion looks at it). Imports only `error`, that function and mlua; `interrupt`
+//! and `lua_thread` build on it.
 
+#[cfg(feature = "serde")]
+pub(crate) mod budget;
 #[cfg(feature = "serde")]
 pub(crate) mod error_slot;
 #[cfg(feature = "serde")]

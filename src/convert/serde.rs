@@ -72,6 +72,10 @@ pub(crate) fn serialize_options(depth: usize) -> mlua::serde::SerializeOptions {
 ///   [`IsleBuilder::serde_depth`](crate::IsleBuilder::serde_depth)), and tables that contain
 ///   themselves, are refused with a conversion error, in both directions, before the
 ///   conversion could exhaust the thread's stack.
+/// - **Size.** A table reached twice converts twice, so a few kilobytes of Lua can stand for
+///   an unbounded value (`t = { t, t }`, forty times over). A result is first measured as it
+///   would convert (raw reads, no metamethods; the request's cancel and deadline still apply)
+///   and refused with a conversion error past 262 144 table entries or 16 MiB of strings.
 ///
 /// # Examples
 ///
@@ -140,16 +144,20 @@ impl<T> DerefMut for Serde<T> {
 impl<T: DeserializeOwned> FromLua for Serde<T> {
     fn from_lua(value: Value, lua: &Lua) -> mlua::Result<Self> {
         let from = value.type_name();
-        let options = deserialize_options(depth_limit(lua));
-        lua.from_value_with(value, options)
+        let refused = |message| mlua::Error::FromLuaConversionError {
+            from,
+            to: std::any::type_name::<T>().to_owned(),
+            message: Some(message),
+        };
+        let depth = depth_limit(lua);
+        super::budget::check(&value, depth, super::budget::Budget::VALUE).map_err(refused)?;
+        lua.from_value_with(value, deserialize_options(depth))
             .map(Serde)
-            .map_err(|err| mlua::Error::FromLuaConversionError {
-                from,
-                to: std::any::type_name::<T>().to_owned(),
-                message: Some(match err {
+            .map_err(|err| {
+                refused(match err {
                     mlua::Error::DeserializeError(message) => message,
                     other => other.to_string(),
-                }),
+                })
             })
     }
 }

@@ -42,25 +42,35 @@ pub(crate) fn call<R: FromLuaMulti>(
     }
 }
 
-/// The error of a coroutine request, with the table it failed with where one was noted.
+/// The error of a coroutine request, with the table it failed with where one was noted (Lua
+/// 5.4 and 5.5: see the module's documentation).
 #[cfg(feature = "tokio")]
 pub(crate) fn coroutine_failure(lua: &Lua, err: mlua::Error) -> IsleError {
-    #[cfg(feature = "serde")]
+    #[cfg(all(feature = "serde", any(feature = "lua54", feature = "lua55")))]
     {
         IsleError::Lua(capture::failure(lua, err))
     }
-    #[cfg(not(feature = "serde"))]
+    #[cfg(not(all(feature = "serde", any(feature = "lua54", feature = "lua55"))))]
     {
         let _ = lua;
         IsleError::from(err)
     }
 }
 
+/// Before a stretch of a coroutine request: nothing noted earlier belongs to its failure.
+#[cfg(feature = "tokio")]
+pub(crate) fn coroutine_stretch(lua: &Lua) {
+    #[cfg(all(feature = "serde", any(feature = "lua54", feature = "lua55")))]
+    crate::convert::error_slot::clear_in(lua);
+    #[cfg(not(all(feature = "serde", any(feature = "lua54", feature = "lua55"))))]
+    let _ = lua;
+}
+
 /// Prepares `lua` for [`call`]: the registry slot and what the handler compares with.
 pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
     #[cfg(feature = "serde")]
     {
-        crate::convert::error_slot::install(lua)
+        crate::convert::error_slot::install(lua, capture::message_handler)
     }
     #[cfg(not(feature = "serde"))]
     {
@@ -81,7 +91,7 @@ mod capture {
     use crate::error::LuaError;
 
     /// The message handler: mlua's, plus noting a table in the error slot.
-    unsafe extern "C-unwind" fn message_handler(state: *mut ffi::lua_State) -> c_int {
+    pub(super) unsafe extern "C-unwind" fn message_handler(state: *mut ffi::lua_State) -> c_int {
         // SAFETY: called by Lua as a message handler, with the error value on top.
         unsafe {
             // As mlua's: with no room even to look at the error, leave it as it is.
@@ -143,7 +153,9 @@ mod capture {
                 if ffi::lua_checkstack(state, 3) == 0 {
                     return Err(mlua::Error::StackError);
                 }
-                ffi::lua_pushcfunction(state, message_handler);
+                // Nothing noted before this call belongs to it.
+                error_slot::clear(state);
+                error_slot::push_handler(state);
                 let base = ffi::lua_gettop(state);
                 raw.push(function)?;
                 let nargs = args.push_into_stack_multi(raw)?;

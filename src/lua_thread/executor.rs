@@ -358,6 +358,7 @@ where
             .shared
             .request_started(self.slot.clone() as Arc<dyn Resolve>, deadline);
         current::enter(self.token.clone(), self.deadline);
+        call::coroutine_stretch(&context.lua);
         wait::set_in_coroutine(true);
         let result = f(self);
         wait::set_in_coroutine(false);

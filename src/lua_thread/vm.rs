@@ -168,7 +168,8 @@ impl Vm {
         code: &str,
         args: impl IntoLuaMulti,
     ) -> Result<T, IsleError> {
-        Ok(self.chunk(code)?.call(args)?)
+        let chunk = self.chunk(code)?;
+        crate::lua_thread::call::call(&self.lua, &chunk, args)
     }
 
     /// The compiled chunk for `code` (from the cache when possible).
@@ -356,6 +357,13 @@ fn starts_with_statement_keyword(code: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A VM prepared as an isle's thread prepares it (the requests' call path included).
+    fn prepared_vm() -> Vm {
+        let lua = VmSource::default().create().unwrap();
+        crate::lua_thread::call::install(&lua).unwrap();
+        Vm::new(lua, 4)
+    }
+
     #[test]
     fn statement_keywords_are_recognised_as_whole_words() {
         assert!(starts_with_statement_keyword("return 1"));
@@ -369,7 +377,7 @@ mod tests {
 
     #[test]
     fn eval_handles_expressions_and_blocks() {
-        let mut vm = Vm::new(VmSource::default().create().unwrap(), 4);
+        let mut vm = prepared_vm();
         assert_eq!(vm.eval::<i64>("1 + 1").unwrap(), 2);
         assert_eq!(vm.eval::<i64>("return 3").unwrap(), 3);
         assert_eq!(vm.eval::<i64>("local x = 4; return x").unwrap(), 4);
@@ -380,7 +388,7 @@ mod tests {
 
     #[test]
     fn cached_chunks_run_afresh_each_time() {
-        let mut vm = Vm::new(VmSource::default().create().unwrap(), 4);
+        let mut vm = prepared_vm();
         vm.eval::<()>("n = 0").unwrap();
         for expected in 1..=3 {
             assert_eq!(vm.eval::<i64>("n = n + 1; return n").unwrap(), expected);

@@ -165,6 +165,16 @@ async fn a_cyclic_result_is_422_conversion() {
 }
 
 #[tokio::test]
+async fn a_result_that_would_expand_without_bound_is_422_conversion() {
+    let server = server();
+    // A few kilobytes in Lua; each level holds the one below twice: 2^40 values as JSON.
+    let shared = "local t = {} for i = 1, 40 do t = { t, t } end return t";
+    assert_error(&server.run(shared, Value::Null).await, 422, "conversion");
+    let answer = server.run("return 1", Value::Null).await;
+    assert_eq!(answer, (StatusCode::OK, json!({ "result": 1 })));
+}
+
+#[tokio::test]
 async fn scripts_do_not_see_each_other() {
     let server = Server::start(&["--members", "1"]);
     let (status, _) = server.run("leftover = 1 _G.also = 2", Value::Null).await;
