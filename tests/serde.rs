@@ -570,3 +570,78 @@ fn a_call_on_a_vm_full_to_its_limit_fails_cleanly() {
         assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
     });
 }
+
+/// A table whose only keys are 1, 2, 4, ..., 2^k: k + 1 entries, and (where the length
+/// operator's search doubles through them, as on PUC Lua) a length of 2^k, which a
+/// conversion fills with that many values.
+fn sparse(k: u32) -> String {
+    let keys: Vec<String> = (0..=k).map(|i| format!("[{}] = 1", 1u64 << i)).collect();
+    format!("{{ {} }}", keys.join(", "))
+}
+
+#[test]
+fn a_sparse_table_counts_its_length_against_the_budget() {
+    within_hang_guard(|| {
+        let isle = Isle::spawn(|_| Ok(())).unwrap();
+        // Within a generous deadline: converted, 2^40 values would never end.
+        let code = format!("return {}", sparse(40));
+        let result = isle
+            .request()
+            .timeout(std::time::Duration::from_secs(20))
+            .eval::<Serde<serde::de::IgnoredAny>>(code.as_str());
+        match result {
+            Ok(_) => assert!(
+                isle.eval::<i64>(format!("#{}", sparse(40)).as_str())
+                    .unwrap()
+                    < 1 << 18
+            ),
+            Err(err) => assert_eq!(
+                lua_error(Err::<(), _>(err)).kind(),
+                LuaErrorKind::Conversion
+            ),
+        }
+        let code = format!("error({})", sparse(40));
+        let err = lua_error(isle.eval::<()>(code.as_str()));
+        assert!(
+            err.value()
+                .is_none_or(|v| v.as_array().is_none_or(|a| a.len() <= 10_000)),
+            "an error value of {:?} elements",
+            err.value().and_then(|v| v.as_array()).map(Vec::len)
+        );
+        assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+    });
+}
+
+#[cfg(feature = "luau")]
+#[test]
+fn a_shared_buffer_counts_once_per_reference() {
+    within_hang_guard(|| {
+        let isle = Isle::spawn(|_| Ok(())).unwrap();
+        let code =
+            "local b = buffer.create(2^20) local t = {} for i = 1, 64 do t[i] = b end return t";
+        let err = lua_error(isle.eval::<Serde<Vec<String>>>(code));
+        assert_eq!(err.kind(), LuaErrorKind::Conversion);
+    });
+}
+
+/// As the test above, with calls that fail: reading the error slot afterwards creates
+/// nothing either.
+#[cfg(any(feature = "lua51", feature = "luajit"))]
+#[test]
+fn finalizers_that_raise_do_not_run_outside_a_protected_call_after_a_failure() {
+    within_hang_guard(|| {
+        let isle = Isle::spawn(|lua| lua.load("function g() error('no') end").exec()).unwrap();
+        isle.eval::<()>(
+            "ARMED = false KEEP = {} \
+             local function fin() if ARMED then error('finalizer boom') end end \
+             for i = 1, 1000 do local p = newproxy(true) getmetatable(p).__gc = fin KEEP[i] = p end \
+             collectgarbage() collectgarbage('setpause', 1) \
+             ARMED = true KEEP = nil",
+        )
+        .unwrap();
+        for _ in 0..20_000 {
+            let _ = isle.call::<()>("g", ());
+        }
+        assert_eq!(isle.eval::<i64>("1 + 1").unwrap(), 2);
+    });
+}

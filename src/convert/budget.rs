@@ -4,7 +4,9 @@
 //! converted twice, so a chain of `t = { t, t }` forty levels deep, a few kilobytes in Lua,
 //! would expand to 2^40 values, and a 1 MiB string referenced a thousand times to a gigabyte.
 //! Such a conversion runs in Rust, where neither the VM's memory limit nor an interrupt
-//! reaches it. So before converting, the value is walked as the conversion would walk it,
+//! reaches it. Likewise a table with a length converts as a sequence of that many values,
+//! and the length of a sparse table can be 2^40 with a few dozen entries. So before
+//! converting, the value is walked as the conversion would walk it,
 //! counting what it would produce, and refused past a budget: the walk stops there too. The
 //! walk also looks at the running request's cancel and deadline (every thousand entries or
 //! so), so that a large value does not hold a stopped request past its grace period.
@@ -76,12 +78,23 @@ fn walk(
                 .checked_sub(s.as_bytes().len())
                 .ok_or(Stop::Exceeded)?;
         }
+        #[cfg(feature = "luau")]
+        Value::Buffer(buffer) => {
+            left.bytes = left.bytes.checked_sub(buffer.len()).ok_or(Stop::Exceeded)?;
+        }
         Value::Table(table) if depth > 0 => {
             let me = table.to_pointer();
             if path.contains(&me) {
                 return Ok(());
             }
             path.push(me);
+            // A table with a length converts as a sequence of that many values, holes
+            // included: `{ [1] = 1, [2] = 1, [4] = 1, ..., [2^40] = 1 }` has 41 entries and a
+            // length of 2^40.
+            left.entries = left
+                .entries
+                .checked_sub(table.raw_len())
+                .ok_or(Stop::Exceeded)?;
             for pair in table.pairs::<Value, Value>() {
                 let Ok((key, value)) = pair else {
                     continue;
@@ -113,10 +126,11 @@ mod tests {
     fn shared_tables_and_strings_count_once_per_reference() {
         let lua = Lua::new();
         let small = Budget {
-            entries: 100,
+            entries: 250,
             bytes: 1000,
         };
-        // 2 + 4 + ... + 2^6 = 126 entries.
+        // Each non-empty table counts its length (2) and its entries (2): 5 levels are
+        // 4 * (1 + 2 + 4 + 8 + 16) = 124, 6 levels 252.
         let chain = |levels| {
             value(
                 &lua,
@@ -130,6 +144,35 @@ mod tests {
         assert!(check(&strings, 128, small).is_ok());
         let strings = value(&lua, "local s = ('x'):rep(300) return { s, s, s, s }");
         assert!(check(&strings, 128, small).is_err());
+    }
+
+    #[test]
+    fn a_length_counts_as_that_many_entries() {
+        let lua = Lua::new();
+        let keys: Vec<String> = (0..=40).map(|i| format!("[{}] = 1", 1u64 << i)).collect();
+        let sparse = value(&lua, &format!("return {{ {} }}", keys.join(", ")));
+        let len = match &sparse {
+            Value::Table(t) => t.raw_len(),
+            _ => unreachable!(),
+        };
+        if len > Budget::VALUE.entries {
+            assert!(check(&sparse, 128, Budget::VALUE).is_err());
+        }
+        let dense = value(
+            &lua,
+            "local t = {} for i = 1, 1000 do t[i] = i end return t",
+        );
+        let small = Budget {
+            entries: 1500,
+            bytes: 0,
+        };
+        // 1000 for the length, 1000 for the entries.
+        assert!(check(&dense, 128, small).is_err());
+        let small = Budget {
+            entries: 2000,
+            bytes: 0,
+        };
+        assert!(check(&dense, 128, small).is_ok());
     }
 
     #[test]

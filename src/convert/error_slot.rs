@@ -112,7 +112,8 @@ pub(crate) unsafe fn push_handler(state: *mut ffi::lua_State) {
 ///
 /// # Safety
 ///
-/// `state` must be a state of a VM prepared by [`install`], with one free stack slot.
+/// `state` must be a state of a VM prepared by [`install`], with two free stack slots (the
+/// compat `lua_rawsetp` of Lua 5.1 and LuaJIT checks for one more after its push).
 pub(crate) unsafe fn clear(state: *mut ffi::lua_State) {
     // SAFETY: guaranteed by the caller.
     unsafe {
@@ -121,27 +122,44 @@ pub(crate) unsafe fn clear(state: *mut ffi::lua_State) {
     }
 }
 
-/// As [`clear`], from outside any call (before a coroutine request's stretch).
+/// As [`clear`], from outside any call (before a coroutine request's stretch). Runs on the
+/// VM's stack directly: no protected call is set up (on Lua 5.1 and LuaJIT, mlua would create C
+/// functions for one, and with them run a collection step outside any protection).
 #[cfg(all(feature = "tokio", any(feature = "lua54", feature = "lua55")))]
 pub(crate) fn clear_in(lua: &Lua) {
-    // SAFETY: `exec_raw` runs the closure in a protected call with room on the stack; the
-    // store reuses an existing key.
-    let _ = unsafe { lua.exec_raw::<()>((), |state| clear(state)) };
+    lua.exec_raw_lua(|raw| {
+        let state = raw.state();
+        // SAFETY: this thread's VM, prepared by `install`; `clear` needs two free slots (the
+        // compat `lua_rawsetp` of Lua 5.1 checks for one more after its push), which is
+        // checked first; it stores under an existing key and leaves the stack as it was.
+        unsafe {
+            if ffi::lua_checkstack(state, 2) != 0 {
+                clear(state);
+            }
+        }
+    });
 }
 
-/// Takes the table noted in the slot, if any, and clears the slot.
+/// Takes the table noted in the slot, if any, and clears the slot. Runs on the VM's stack
+/// directly, as [`clear_in`] does.
 pub(crate) fn take(lua: &Lua) -> Option<Table> {
-    // SAFETY: `exec_raw` runs the closure in a protected call: it leaves the slot's value as
-    // the result and stores `false` in its place (an existing key: no allocation).
-    let noted = unsafe {
-        lua.exec_raw::<Value>((), |state| {
+    let noted = lua.exec_raw_lua(|raw| {
+        let state = raw.state();
+        // SAFETY: this thread's VM, prepared by `install`; three free slots are checked first
+        // (the value read, then `clear`'s two); `pop_value` pops the value read, so the stack
+        // is left as it was. Reading and storing under an existing key allocates nothing.
+        unsafe {
+            if ffi::lua_checkstack(state, 3) == 0 {
+                return Value::Nil;
+            }
             ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, key());
-            ffi::lua_pushboolean(state, 0);
-            ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key());
-        })
-    };
+            let noted = raw.pop_value();
+            clear(state);
+            noted
+        }
+    });
     match noted {
-        Ok(Value::Table(table)) => Some(table),
+        Value::Table(table) => Some(table),
         _ => None,
     }
 }

@@ -72,10 +72,12 @@ pub(crate) fn serialize_options(depth: usize) -> mlua::serde::SerializeOptions {
 ///   [`IsleBuilder::serde_depth`](crate::IsleBuilder::serde_depth)), and tables that contain
 ///   themselves, are refused with a conversion error, in both directions, before the
 ///   conversion could exhaust the thread's stack.
-/// - **Size.** A table reached twice converts twice, so a few kilobytes of Lua can stand for
-///   an unbounded value (`t = { t, t }`, forty times over). A result is first measured as it
-///   would convert (raw reads, no metamethods; the request's cancel and deadline still apply)
-///   and refused with a conversion error past 262 144 table entries or 16 MiB of strings.
+/// - **Size.** A table reached twice converts twice, and a table with a length converts as
+///   that many values, so a few kilobytes of Lua can stand for an unbounded value
+///   (`t = { t, t }` forty times over; `{ [1] = 1, [2] = 1, [4] = 1, ..., [2^40] = 1 }`). A
+///   result is first measured as it would convert (raw reads, no metamethods; the request's
+///   cancel and deadline still apply) and refused with a conversion error past 262 144 table
+///   entries (a table's length counting as well as its entries) or 16 MiB of strings.
 ///
 /// # Examples
 ///
