@@ -239,8 +239,12 @@ fn code_with_a_nul_byte_compiles_as_lua_would_load_it() {
         isle(),
         Isle::builder().sandboxed().spawn(|_| Ok(())).unwrap(),
     ] {
-        let bytes: Vec<u8> = isle.eval("{ ('a\0b'):byte(1, -1) }").unwrap();
-        assert_eq!(bytes, b"a\0b");
+        // (Luau reads source only up to a NUL byte, as plain mlua on Luau does.)
+        #[cfg(not(feature = "luau"))]
+        {
+            let bytes: Vec<u8> = isle.eval("{ ('a\0b'):byte(1, -1) }").unwrap();
+            assert_eq!(bytes, b"a\0b");
+        }
         let err = isle.eval::<()>("\u{1b}LuaT\0").unwrap_err();
         assert_eq!(
             err.as_lua().unwrap().kind(),
