@@ -248,9 +248,10 @@
 //! (DEBUG) and `request deadline passed` (INFO) in the span, or with the request's id and kind
 //! when it was still queued; a hard stop (WARN, with the isle's id); in pools, `pool member
 //! recycled` (DEBUG, with the cause), `pool member replaced` (DEBUG), a member that ended
-//! unexpectedly or failed to start (WARN). Without the feature none of this is compiled; with it
-//! and no subscriber interested, a request costs a few atomic loads more (see
-//! `benches/tracing.rs`).
+//! unexpectedly or failed to start (WARN). Without the feature none of this is compiled. A
+//! request carries tracing state only if, when it was submitted, a subscriber wanted INFO spans
+//! of the target `mlua_isle`: with the feature on and nobody listening, a round trip costs what
+//! it costs without (see `benches/tracing.rs`).
 //!
 //! ```
 //! // Any subscriber works; this one prints each request span's fields as it closes:

@@ -25,7 +25,7 @@ pub(crate) struct Slot<T, W = ()> {
     /// The request's own cancel token, embedded here.
     node: Node,
     #[cfg(feature = "tracing")]
-    pub(crate) trace: crate::core::trace::RequestTrace,
+    pub(crate) trace: crate::core::trace::Trace,
 }
 
 struct State<T, W> {
@@ -67,7 +67,7 @@ impl<T: Send + 'static, W: Send + 'static> Slot<T, W> {
             }),
             node: Node::new(parent, me.clone()),
             #[cfg(feature = "tracing")]
-            trace: crate::core::trace::RequestTrace::new(kind),
+            trace: crate::core::trace::Trace::new(kind),
         })
     }
 

@@ -20,9 +20,41 @@ use crate::error::IsleError;
 /// Ids of requests: unique in the process.
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
-/// The tracing state of one request, carried in its slot.
+/// The tracing state of one request, carried in its slot: nothing (one null pointer) unless
+/// a subscriber wanted its span when it was submitted.
 #[derive(Debug)]
-pub(crate) struct RequestTrace {
+pub(crate) struct Trace(Option<Box<RequestTrace>>);
+
+impl Trace {
+    /// A request of `kind` submitted now.
+    pub(crate) fn new(kind: &'static str) -> Self {
+        let wanted = tracing::enabled!(
+            kind: tracing::metadata::Kind::SPAN,
+            target: "mlua_isle",
+            tracing::Level::INFO
+        );
+        Trace(wanted.then(|| Box::new(RequestTrace::new(kind))))
+    }
+
+    /// The request starts on isle `isle`: its span, to be entered while it runs.
+    pub(crate) fn start(&self, isle: u64) -> Span {
+        match &self.0 {
+            Some(trace) => trace.start(isle),
+            None => Span::none(),
+        }
+    }
+
+    /// The request was resolved with `outcome` (see [`outcome`]).
+    pub(crate) fn finished(&self, outcome: &'static str) {
+        if let Some(trace) = &self.0 {
+            trace.finished(outcome);
+        }
+    }
+}
+
+/// What is traced of a request whose span a subscriber wanted.
+#[derive(Debug)]
+struct RequestTrace {
     id: u64,
     kind: &'static str,
     submitted: Instant,
@@ -37,8 +69,7 @@ struct Running {
 }
 
 impl RequestTrace {
-    /// A request of `kind` submitted now.
-    pub(crate) fn new(kind: &'static str) -> Self {
+    fn new(kind: &'static str) -> Self {
         RequestTrace {
             id: NEXT_REQUEST.fetch_add(1, Ordering::Relaxed),
             kind,
@@ -47,8 +78,7 @@ impl RequestTrace {
         }
     }
 
-    /// The request starts on isle `isle`: its span, to be entered while it runs.
-    pub(crate) fn start(&self, isle: u64) -> Span {
+    fn start(&self, isle: u64) -> Span {
         let started = Instant::now();
         let span = tracing::info_span!(
             target: "mlua_isle",
@@ -67,8 +97,7 @@ impl RequestTrace {
         span
     }
 
-    /// The request was resolved with `outcome` (see [`outcome`]).
-    pub(crate) fn finished(&self, outcome: &'static str) {
+    fn finished(&self, outcome: &'static str) {
         let Some(running) = self.running.get() else {
             // Resolved before it started: cancelled, expired or refused while queued.
             match outcome {
