@@ -100,6 +100,15 @@ pub(crate) fn install(
     });
     // SAFETY: a C function that reads the interrupter's atomics and may raise the stop error.
     prims.raw_set("stop_point", unsafe { lua.create_c_function(stop_point)? })?;
+    #[cfg(any(
+        feature = "lua53",
+        feature = "lua54",
+        feature = "lua55",
+        feature = "luau"
+    ))]
+    // SAFETY: a C function that only compares its argument with the calling state and asks
+    // whether that state can yield.
+    prims.raw_set("own", unsafe { lua.create_c_function(own)? })?;
     #[cfg(feature = "lua51")]
     // SAFETY: a C function that only reads the call stack and pushes a boolean.
     prims.raw_set("no_c_frames", unsafe {
@@ -207,6 +216,25 @@ fn idle_wait(interrupter: &Interrupter, delay: Option<f64>) {
         None => std::thread::park(),
     }
     interrupter.take_nudge();
+}
+
+/// `own(co)`: whether the running coroutine is `co` and can yield (one call where the
+/// scheduler would otherwise make two, on its hottest path).
+#[cfg(any(
+    feature = "lua53",
+    feature = "lua54",
+    feature = "lua55",
+    feature = "luau"
+))]
+unsafe extern "C-unwind" fn own(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
+    use mlua::ffi;
+    // SAFETY: `state` is the calling state; `lua_tothread` returns null for a non-thread and
+    // one slot is pushed (C functions get LUA_MINSTACK free slots).
+    unsafe {
+        let own = ffi::lua_tothread(state, 1) == state && ffi::lua_isyieldable(state) != 0;
+        ffi::lua_pushboolean(state, own as std::ffi::c_int);
+    }
+    1
 }
 
 /// Lua 5.1: whether no C function stands between the caller and the base of its coroutine

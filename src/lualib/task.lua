@@ -19,6 +19,8 @@ local slice_begin, slice_end = prims.slice_begin, prims.slice_end
 -- Lua 5.1: whether no C function (a `pcall`, say) stands between the caller and its
 -- coroutine's base, across which a yield would fail.
 local no_c_frames = prims.no_c_frames
+-- Where the host has it: `own(co)`, whether the running coroutine is `co` and can yield.
+local own = prims.own
 
 local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
 local co_running, co_yield = coroutine.running, coroutine.yield
@@ -208,16 +210,15 @@ local function simple_wait(s, val)
       s.rootw = w
     end
   end
-  if w.hi then timer_remove(s, w) end
   local node = w.node
   if node then
     if node.q then q_unlink(node) end
   else
     node = { w = w, idx = 1 }
     w.node = node
+    w.nodes[1] = node
   end
   node.val = val
-  w.nodes[1] = node
   -- (`value` and `ok` are set when it fires; `in_place` is cleared when such a wait ends.)
   w.fired, w.consumed, w.putback = nil, nil, nil
   return w, node
@@ -322,7 +323,7 @@ local function poll_host(s)
   return n
 end
 
-local step -- forward
+local step, settle -- forward
 
 local function fire_timers(s, t)
   local heap = s.heap
@@ -366,17 +367,28 @@ local function run_until(w)
     if h ~= s.rt then
       -- A round: the tasks ready now, then timers and host channels (so that tasks that stay
       -- ready cannot starve them).
-      local n = s.rt - h
-      for _ = 1, n do
+      local readyq = s.ready
+      for _ = 1, s.rt - h do
         h = s.rh
-        if h == s.rt or w.fired then break end
-        local readyq = s.ready
+        if w.fired or h == s.rt then break end
         local ready = readyq[h]
         readyq[h] = nil
-        h = h + 1
-        if h == s.rt then h = 1; s.rt = 1 end
-        s.rh = h
-        step(ready)
+        if h + 1 == s.rt then
+          s.rh, s.rt = 1, 1
+        else
+          s.rh = h + 1
+        end
+        if ready.st == "ready" and not ready.cancelling and not ready.args
+          and not check_suspended then
+          -- `step`, inlined for a task resumed where it blocked (the common case).
+          local prev = current
+          current = ready
+          ready.st = "running"
+          if slice_begin then slice_begin(ready.co) end
+          settle(ready, prev, co_resume(ready.co))
+        else
+          step(ready)
+        end
       end
       if s.nheap > 0 then fire_timers(s, now()) end
       if s.nhost > 0 then poll_host(s) end
@@ -407,6 +419,10 @@ end
 local function in_own_task()
   local rec = current
   if not rec then return nil end
+  if own then
+    if own(rec.co) then return rec end
+    return nil
+  end
   if co_running() ~= rec.co then return nil end
   if co_isyieldable and not co_isyieldable() then return nil end
   if no_c_frames and not no_c_frames() then return nil end
@@ -425,6 +441,18 @@ local function wait_in(q, val)
   node.prev = tail
   if tail then tail.next = node else q.head = node end
   q.tail = node
+  -- `block`, inlined for a task that can yield (the common case).
+  local rec = current
+  if own and rec and rec.w == nil and own(rec.co) then
+    rec.w = w
+    repeat
+      rec.st = "waiting"
+      co_yield()
+      if rec.cancelling then co_yield() end
+    until w.fired
+    rec.w = nil
+    return w
+  end
   block(w)
   return w
 end
@@ -506,7 +534,7 @@ end
 -- What to do with a task once its coroutine gave control back.
 -- What to do with a task once its coroutine gave control back to `prev` (the task that
 -- resumed it, or nil), with what `coroutine.resume` returned.
-local function settle(rec, prev, ok, ...)
+settle = function(rec, prev, ok, ...)
   if slice_end then slice_end(prev and prev.co) end
   current = prev
   if rec.st == "waiting" and ok and not check_suspended and not rec.cancelling then
@@ -845,9 +873,20 @@ end
 function Channel.send(ch, v)
   if made[ch] ~= "channel" then check_channel(ch, "send") end
   if v == nil then check_value(v, "send") end
-  local ok, why = try_send(ch, v)
-  if ok then return true end
-  if why == "closed" then return false end
+  -- `try_send`, inlined (the hottest path of a channel).
+  if ch.closed then return false end
+  local recvq = ch.recvq
+  local node = recvq.head and q_pop_live(recvq)
+  if node then
+    local w = node.w
+    w.putback = ch
+    fire(w, node.idx, v, true)
+    return true
+  end
+  if ch.count < ch.cap then
+    buf_push(ch, v)
+    return true
+  end
   return wait_in(ch.sendq, v).ok == true
 end
 
