@@ -6,6 +6,11 @@
 //! The schedule is deterministic: a seeded generator (Park–Miller, exact in doubles, so every
 //! Lua version draws the same numbers) picks channels, operations and victims; the request's own
 //! code cancels at milestones the producers report on a channel, never after a sleep.
+//!
+//! These runs are cooperative (no time slice): the scripts' own bookkeeping (allocating an id,
+//! recording what arrived) must not be cut by a cancel between two of its statements, which
+//! preemption allows (a task is then like a thread: its plain Lua code is not atomic). The last
+//! test runs with preemption every 100 µs and checks what still holds there.
 
 mod common;
 
@@ -220,7 +225,7 @@ const CHECK_ABORTED: &str = r#"
 fn requests_that_end_mid_exchange_lose_no_acknowledged_message() {
     within_hang_guard(|| {
         let isle = Isle::builder()
-            .task_library(TaskLibrary::new())
+            .task_library(TaskLibrary::new().time_slice(None))
             .spawn(|_| Ok(()))
             .unwrap();
         for (how, abort_at) in [("return", 3000), ("error", 5000), ("spin", 4000)] {
@@ -253,7 +258,7 @@ fn requests_that_end_mid_exchange_lose_no_acknowledged_message() {
 fn a_thousand_tasks_exchange_a_hundred_thousand_messages_under_cancellation() {
     let summary = within_hang_guard(|| {
         let isle = Isle::builder()
-            .task_library(TaskLibrary::new())
+            .task_library(TaskLibrary::new().time_slice(None))
             .spawn(|_| Ok(()))
             .unwrap();
         let started = std::time::Instant::now();
@@ -269,6 +274,151 @@ fn a_thousand_tasks_exchange_a_hundred_thousand_messages_under_cancellation() {
             "a task of the stress request ran in the next request"
         );
         format!("{summary} in {:?}", started.elapsed())
+    });
+    println!("{summary}");
+}
+
+/// Producers and consumers cut anywhere by preemption (tasks also spin in their own code, and
+/// spinning tasks that never block run beside them: without preemption the request would never
+/// get control back), random producers and consumers cancelled: no message arrives twice,
+/// nothing arrives that was not sent, every task ends, and an acknowledged message is missing
+/// only where a consumer was cancelled after taking it and before noting it (at most one per
+/// cancelled consumer).
+const PREEMPTED_STRESS: &str = r#"
+    local TOTAL, PRODUCERS, CONSUMERS, CHANNELS, SPINNERS = ...
+    local seed = 20241130
+    local function rand(n)
+        seed = (seed * 48271) % 2147483647
+        return seed % n + 1
+    end
+    local caps = {0, 1, 2, 8, 64}
+    local chans = {}
+    for i = 1, CHANNELS do chans[i] = task.channel(caps[(i - 1) % #caps + 1]) end
+    -- Ids come from a channel: taking one is a single library call, which preemption does not
+    -- cut (a shared counter read and written by two statements would be).
+    local ids = task.channel(TOTAL)
+    for id = 1, TOTAL do assert(ids:try_send(id)) end
+    local attempted, acked, received = {}, {}, {}
+    local duplicates = 0
+    local stop = false
+
+    local function producer()
+        while true do
+            local id = ids:try_recv()
+            if id == nil then return "produced" end
+            attempted[id] = true
+            for _ = 1, rand(300) do end
+            local ok
+            if rand(2) == 1 then
+                ok = chans[rand(CHANNELS)]:send(id)
+            else
+                local _
+                _, ok = task.select{
+                    {send = chans[rand(CHANNELS)], value = id},
+                    {send = chans[rand(CHANNELS)], value = id},
+                }
+            end
+            if ok then acked[id] = true end
+        end
+    end
+    local function consumer()
+        local cases = {}
+        for k = 1, CHANNELS do cases[k] = {recv = chans[k]} end
+        while true do
+            local _, v, ok = task.select(cases)
+            if ok then
+                if received[v] then duplicates = duplicates + 1 end
+                received[v] = true
+                for _ = 1, rand(300) do end
+            elseif stop then
+                return "consumed"
+            end
+        end
+    end
+    local function spinner()
+        local n = 0
+        while not stop do n = n + 1 end
+        return "spun"
+    end
+
+    local producers, consumers, everyone = {}, {}, {}
+    local function add(list, f)
+        local h = task.spawn(f)
+        list[#list + 1] = h
+        everyone[#everyone + 1] = h
+    end
+    for _ = 1, PRODUCERS do add(producers, producer) end
+    for _ = 1, CONSUMERS do add(consumers, consumer) end
+    for _ = 1, SPINNERS do add(everyone, spinner) end
+
+    -- The request's own code (never preempted) runs between rounds of the ready tasks.
+    local consumer_cancels, rounds = 0, 0
+    while ids:len() > 0 do
+        task.yield()
+        rounds = rounds + 1
+        if rand(4) == 1 then
+            local list = rand(2) == 1 and producers or consumers
+            local victim = list[rand(#list)]
+            if victim:cancel() then
+                if list == consumers then consumer_cancels = consumer_cancels + 1 end
+                add(list, list == producers and producer or consumer)
+            end
+        end
+    end
+    for _, h in ipairs(producers) do pcall(h.join, h) end
+    stop = true
+    for _, ch in ipairs(chans) do ch:close() end
+    for _, h in ipairs(everyone) do pcall(h.join, h) end
+    for _, ch in ipairs(chans) do
+        while true do
+            local v, ok = ch:try_recv()
+            if not ok then break end
+            if received[v] then duplicates = duplicates + 1 end
+            received[v] = true
+        end
+    end
+
+    assert(duplicates == 0, duplicates .. " messages arrived twice")
+    local lost = 0
+    for id in pairs(acked) do
+        if not received[id] then lost = lost + 1 end
+    end
+    assert(lost <= consumer_cancels,
+        lost .. " acknowledged messages lost, " .. consumer_cancels .. " consumers cancelled")
+    local n_received = 0
+    for id in pairs(received) do
+        n_received = n_received + 1
+        assert(attempted[id], "message " .. id .. " was never sent")
+    end
+    for _, h in ipairs(everyone) do
+        local st = h:status()
+        assert(st == "done" or st == "cancelled", "task left behind in state " .. st)
+    end
+    return string.format("%d tasks, %d rounds, %d received, %d lost to %d cancelled consumers",
+        #everyone, rounds, n_received, lost, consumer_cancels)
+"#;
+
+// (Tasks are preempted on Lua 5.3+ and Luau only; elsewhere the spinners would never yield.)
+#[cfg(any(
+    feature = "lua53",
+    feature = "lua54",
+    feature = "lua55",
+    feature = "luau"
+))]
+#[test]
+fn preempted_tasks_exchanging_messages_under_cancellation_deliver_nothing_twice() {
+    let summary = within_hang_guard(|| {
+        let isle = Isle::builder()
+            .task_library(
+                TaskLibrary::new().time_slice(Some(std::time::Duration::from_micros(100))),
+            )
+            .spawn(|_| Ok(()))
+            .unwrap();
+        isle.exec(|lua| {
+            lua.load(PREEMPTED_STRESS)
+                .call::<String>((20_000, 50, 50, 10, 2))
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
     });
     println!("{summary}");
 }
