@@ -12,7 +12,7 @@
 //! elsewhere tasks are not preempted.
 
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use mlua::ffi;
 
@@ -104,11 +104,7 @@ impl Interrupter {
 /// `task` must be a coroutine of the VM on this thread that stays alive until the next
 /// [`slice_begin`]/[`slice_end`] or [`reset`] on this thread.
 pub(crate) unsafe fn slice_begin(interrupter: &Interrupter, task: *mut ffi::lua_State) {
-    TARGET.with(|t| t.store(task, Ordering::SeqCst));
-    let slices = &interrupter.slices;
-    slices.epoch.fetch_add(1, Ordering::SeqCst);
-    slices.due.store(false, Ordering::SeqCst);
-    slices.in_task.store(true, Ordering::SeqCst);
+    switch(&interrupter.slices, task, true);
 }
 
 /// The task resumed last gave control back to `outer` (the task that started it, or null:
@@ -118,11 +114,22 @@ pub(crate) unsafe fn slice_begin(interrupter: &Interrupter, task: *mut ffi::lua_
 ///
 /// As [`slice_begin`] for a non-null `outer`.
 pub(crate) unsafe fn slice_end(interrupter: &Interrupter, outer: *mut ffi::lua_State) {
-    TARGET.with(|t| t.store(outer, Ordering::SeqCst));
-    let slices = &interrupter.slices;
-    slices.epoch.fetch_add(1, Ordering::SeqCst);
-    slices.due.store(false, Ordering::SeqCst);
-    slices.in_task.store(!outer.is_null(), Ordering::SeqCst);
+    switch(&interrupter.slices, outer, !outer.is_null());
+}
+
+/// Records a switch of the running task (twice per switch, on the scheduler's hottest path).
+///
+/// Only the Lua thread writes `TARGET`, `epoch` and `in_task`, and it reads them back only
+/// from its signal handler: plain stores in program order (the compiler fence) are all it
+/// needs. The watcher thread only compares what it sees a slice apart; a stale look makes
+/// one task yield a turn early or late, never anything else.
+fn switch(slices: &Slices, target: *mut ffi::lua_State, in_task: bool) {
+    TARGET.with(|t| t.store(target, Ordering::Relaxed));
+    let epoch = slices.epoch.load(Ordering::Relaxed).wrapping_add(1);
+    slices.epoch.store(epoch, Ordering::Release);
+    slices.due.store(false, Ordering::Release);
+    slices.in_task.store(in_task, Ordering::Release);
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// No task runs any more (the request ended, however it ended).
