@@ -475,3 +475,60 @@ async fn coroutine_requests_cannot_receive_host_requests() {
     assert_eq!(asking.await.unwrap(), Ok(2));
     assert!(flag.load(Ordering::SeqCst));
 }
+
+/// A task killed while the request's own code waits in place runs its `__close` handlers with
+/// no task current: a handler that waits gets a wait of its own, not the one being waited on
+/// (which it used to reset, so that the request received the handler's value and the other
+/// sender blocked for good).
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+#[test]
+fn a_close_handler_waiting_while_the_request_waits_does_not_take_its_wait() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        let got: String = isle
+            .eval(
+                r#"
+                local a_ch, b_ch = task.channel(0), task.channel(0)
+                local got
+                task.spawn(function()
+                    local guard <close> = setmetatable({}, {
+                        __close = function() got = b_ch:recv() end,
+                    })
+                    task.yield()
+                    task.current():cancel()
+                end)
+                task.spawn(function() task.yield() task.yield() b_ch:send("from b") end)
+                task.spawn(function() task.yield() task.yield() task.yield() a_ch:send("from a") end)
+                local v = a_ch:recv()
+                return tostring(v) .. " / " .. tostring(got)
+                "#,
+            )
+            .unwrap();
+        assert_eq!(got, "from a / from b");
+    });
+}
+
+/// A script that plants a wait with a timer (a `select` with an `after` case) as the wait a
+/// plain receive reuses: the timer is taken off, so it cannot end the receive early with a
+/// value nobody sent.
+#[test]
+fn a_planted_wait_with_a_timer_does_not_end_a_receive_early() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        let got: String = isle
+            .eval(
+                r#"
+                local ch, ch2 = task.channel(0), task.channel(0)
+                local b = task.spawn(function()
+                    return task.select{ {recv = ch}, {after = 0.05} }
+                end)
+                b.scope.rootw = b.w
+                task.spawn(function() task.sleep(0.2) ch2:send("x") end)
+                local v, ok = ch2:recv()
+                return tostring(v) .. " " .. tostring(ok)
+                "#,
+            )
+            .unwrap();
+        assert_eq!(got, "x true");
+    });
+}

@@ -100,6 +100,10 @@ pub(crate) fn install(
     });
     // SAFETY: a C function that reads the interrupter's atomics and may raise the stop error.
     prims.raw_set("stop_point", unsafe { lua.create_c_function(stop_point)? })?;
+    // SAFETY: a C function that compares a value's metatable with its second argument.
+    prims.raw_set("has_metatable", unsafe {
+        lua.create_c_function(has_metatable)?
+    })?;
     #[cfg(any(
         feature = "lua53",
         feature = "lua54",
@@ -216,6 +220,19 @@ fn idle_wait(interrupter: &Interrupter, delay: Option<f64>) {
         None => std::thread::park(),
     }
     interrupter.take_nudge();
+}
+
+/// `has_metatable(v, mt)`: whether `v`'s metatable is `mt`, whatever its `__metatable` field
+/// says. Tells the library's own objects from imitations without keeping a table of them.
+unsafe extern "C-unwind" fn has_metatable(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
+    use mlua::ffi;
+    // SAFETY: `state` is the calling state; `lua_getmetatable` pushes at most one value and
+    // `lua_rawequal` is false for an absent argument (C functions get LUA_MINSTACK free slots).
+    unsafe {
+        let same = ffi::lua_getmetatable(state, 1) != 0 && ffi::lua_rawequal(state, -1, 2) != 0;
+        ffi::lua_pushboolean(state, same as std::ffi::c_int);
+    }
+    1
 }
 
 /// `own(co)`: whether the running coroutine is `co` and can yield (one call where the

@@ -21,6 +21,7 @@ local slice_begin, slice_end = prims.slice_begin, prims.slice_end
 local no_c_frames = prims.no_c_frames
 -- Where the host has it: `own(co)`, whether the running coroutine is `co` and can yield.
 local own = prims.own
+local has_metatable = prims.has_metatable
 
 local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
 local co_running, co_yield = coroutine.running, coroutine.yield
@@ -39,8 +40,9 @@ local unpack = table.unpack or unpack
 -- depth a new task is queued instead of started at once.
 local MAX_EAGER_DEPTH = 64
 
--- What this library made, by object: "task", "channel", "ticker", "host receiver",
--- "host sender". Checks use it rather than metatables, which scripts can imitate.
+-- What this library made, by object: "channel", "ticker", "host receiver", "host sender".
+-- Checks use it rather than metatables, which scripts can imitate. (Tasks, of which there
+-- are many, are told by their real metatable instead: see `is_task`.)
 local made = setmetatable({}, { __mode = "k" })
 
 local scope = nil    -- the scope of the running request, if it used the library
@@ -118,8 +120,14 @@ local function ready_pop(s)
   return rec
 end
 
+-- A timer entry keeps its time, its sequence number (first come, first fired) and its place
+-- on the heap in slots 1 to 3: a task sleeping on its own (see `sleep_until`) has them in
+-- the array part its record is made with, which costs less than fields of a separate wait.
+local AT, SEQ, HI = 1, 2, 3
+
 local function heap_less(a, b)
-  return a.at < b.at or (a.at == b.at and a.seq < b.seq)
+  local aat, bat = a[AT], b[AT]
+  return aat < bat or (aat == bat and a[SEQ] < b[SEQ])
 end
 
 local function heap_up(heap, i)
@@ -129,11 +137,11 @@ local function heap_up(heap, i)
     local parent = heap[p]
     if not heap_less(item, parent) then break end
     heap[i] = parent
-    parent.hi = i
+    parent[HI] = i
     i = p
   end
   heap[i] = item
-  item.hi = i
+  item[HI] = i
 end
 
 local function heap_down(heap, n, i)
@@ -145,36 +153,50 @@ local function heap_down(heap, n, i)
     local child = heap[c]
     if not heap_less(child, item) then break end
     heap[i] = child
-    child.hi = i
+    child[HI] = i
     i = c
   end
   heap[i] = item
-  item.hi = i
+  item[HI] = i
 end
 
--- Puts `t` (a table with `at`) on the scope's timer heap.
+-- Puts `t` on the scope's timer heap, due at `at`. Calls no function (`heap_up`, inlined):
+-- a task sleeping in `task.sleep` then keeps no call frame below that of the yield, which
+-- Lua would keep allocated for as long as it sleeps.
 local function timer_add(s, t, at)
-  s.seq = s.seq + 1
-  t.at, t.seq = at, s.seq
-  local n = s.nheap + 1
-  s.nheap = n
-  s.heap[n] = t
-  heap_up(s.heap, n)
+  local seq = s.seq + 1
+  s.seq = seq
+  t[AT], t[SEQ] = at, seq
+  local heap = s.heap
+  local i = s.nheap + 1
+  s.nheap = i
+  while i > 1 do
+    local p = i % 2
+    p = (i - p) / 2 -- (a float on Lua 5.3+; table keys are normalized)
+    local parent = heap[p]
+    -- (`t` came last: it goes after a parent due at the same time.)
+    if at >= parent[AT] then break end
+    heap[i] = parent
+    parent[HI] = i
+    i = p
+  end
+  heap[i] = t
+  t[HI] = i
 end
 
 local function timer_remove(s, t)
-  local i = t.hi
+  local i = t[HI]
   if not i or s.heap[i] ~= t then return end
-  t.hi = nil
+  t[HI] = nil
   local heap, n = s.heap, s.nheap
   local last = heap[n]
   heap[n] = nil
   s.nheap = n - 1
   if i < n then
     heap[i] = last
-    last.hi = i
+    last[HI] = i
     heap_up(heap, i)
-    heap_down(heap, n - 1, last.hi)
+    heap_down(heap, n - 1, last[HI])
   end
 end
 
@@ -199,25 +221,32 @@ local function simple_wait(s, val)
   local w
   if rec then
     w = rec.wt
-    if not w then
-      w = { rec = rec, scope = s, nodes = {} }
-      rec.wt = w
+    if not w or w.in_place then
+      -- (In place: code that runs while it is waited on — a `__close` handler or a finalizer
+      -- run meanwhile — waits with a wait of its own.)
+      local fresh = { rec = rec, scope = s, nodes = {} }
+      if not w then rec.wt = fresh end
+      w = fresh
     end
   else
     w = s.rootw
-    if not w then
-      w = { scope = s, nodes = {} }
-      s.rootw = w
+    if not w or w.in_place then
+      local fresh = { scope = s, nodes = {} }
+      if not w then s.rootw = fresh end
+      w = fresh
     end
   end
+  -- (A wait of this kind is never on the timer heap, nor has nodes other than its own, unless
+  -- a script planted one: then it is taken off again.)
+  if w[HI] then timer_remove(s, w) end
   local node = w.node
   if node then
     if node.q then q_unlink(node) end
   else
     node = { w = w, idx = 1 }
     w.node = node
-    w.nodes[1] = node
   end
+  w.nodes[1] = node
   node.val = val
   -- (`value` and `ok` are set when it fires; `in_place` is cleared when such a wait ends.)
   w.fired, w.consumed, w.putback = nil, nil, nil
@@ -248,7 +277,7 @@ local function wait_detach(w)
   if nodes then
     for i = 1, #nodes do q_unlink(nodes[i]) end
   end
-  if w.hi then timer_remove(w.scope or w.rec.scope, w) end
+  if w[HI] then timer_remove(w.scope or w.rec.scope, w) end
 end
 
 -- Fires `w` through case `idx`, with a received value (or a send's success) in `value, ok`.
@@ -264,7 +293,7 @@ local function fire(w, idx, value, ok)
       q_unlink(node)
     end
   end
-  if w.hi then timer_remove(w.scope or w.rec.scope, w) end
+  if w[HI] then timer_remove(w.scope or w.rec.scope, w) end
   local rec = w.rec
   if rec and rec.w == w and rec.st == "waiting"
     and not (check_suspended and co_status(rec.co) ~= "suspended") then
@@ -330,9 +359,16 @@ local function fire_timers(s, t)
   local fired = false
   while s.nheap > 0 do
     local top = heap[1]
-    if top.at > t then break end
+    if top[AT] > t then break end
     timer_remove(s, top)
-    if not top.fired and not s.ended then
+    if top.w == top then
+      -- A task asleep on its own (`sleep_until`): it wakes.
+      top.w = nil
+      if top.st == "waiting" and not s.ended then
+        top.st = "ready"
+        ready_push(s, top)
+      end
+    elseif not top.fired and not s.ended then
       fire(top, top.timer_idx or 1, nil, true)
     end
     fired = true
@@ -396,7 +432,7 @@ local function run_until(w)
       local t = now()
       if not fire_timers(s, t) and poll_host(s) == 0 then
         local delay
-        if s.nheap > 0 then delay = s.heap[1].at - t end
+        if s.nheap > 0 then delay = s.heap[1][AT] - t end
         if delay == nil and s.nhost == 0 then
           w.fired = 0
           wait_detach(w)
@@ -457,16 +493,23 @@ local function wait_in(q, val)
   return w
 end
 
+-- Gives up the wait `w` of task `rec` (which may be the task itself, asleep on its own).
+local function abandon(rec, w)
+  if w == rec then
+    timer_remove(rec.scope, rec)
+  elseif not w.fired then
+    w.fired = 0
+    wait_detach(w)
+  end
+end
+
 -- Blocks the running code until `w` fires.
 block = function(w)
   local rec = in_own_task()
   if rec then
     local old = rec.w
-    if old and old ~= w and not old.fired then
-      -- Left by a yield that failed (Lua 5.1): it waits no more.
-      old.fired = 0
-      wait_detach(old)
-    end
+    -- Left by a yield that failed (Lua 5.1): it waits no more.
+    if old and old ~= w then abandon(rec, old) end
     rec.w = w
     while not w.fired do
       rec.st = "waiting"
@@ -521,7 +564,7 @@ end
 local function kill(rec)
   local w = rec.w
   if w then
-    if w.fired then put_back(w) else w.fired = 0; wait_detach(w) end
+    if w ~= rec and w.fired then put_back(w) else abandon(rec, w) end
   end
   rec.w = nil
   local co = rec.co
@@ -600,8 +643,13 @@ local TaskMeta = {
 local Channel = {}
 local RecvPort, SendPort = {}, {} -- host ends, filled in below
 
+-- Whether `h` is a task this library made (scripts cannot reach `TaskMeta`).
+local function is_task(h)
+  return has_metatable(h, TaskMeta)
+end
+
 local function check_task(h, what)
-  if made[h] ~= "task" then
+  if not is_task(h) then
     error("bad argument #1 to '" .. what .. "' (task expected)", 3)
   end
   return h
@@ -611,8 +659,12 @@ local function create(s, f, start, ...)
   if type(f) ~= "function" then
     error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 3)
   end
-  local rec = setmetatable({ co = co_create(f), scope = s, st = "ready" }, TaskMeta)
-  made[rec] = "task"
+  -- (Slots 1 to 3: its timer, when it sleeps. Fields `w` and up to two more fit without
+  -- growing the record.)
+  local rec = setmetatable(
+    { false, false, false, co = co_create(f), scope = s, st = "ready" },
+    TaskMeta
+  )
   s.tasks[rec] = true
   s.live = s.live + 1
   if start and depth < MAX_EAGER_DEPTH then
@@ -637,7 +689,22 @@ function task.defer(f, ...)
   return create(get_scope(), f, false, ...)
 end
 
+-- Sleeps until `at`. A task that can yield is its own wait: it goes on the timer heap itself
+-- (`rec.w == rec`) and keeps no other table while it sleeps; it calls only functions that
+-- call no other (Lua keeps a suspended coroutine's deepest call frames allocated). Many
+-- tasks sleep at once.
 local function sleep_until(s, at)
+  local rec = current
+  if own and rec and rec.w == nil and own(rec.co) then
+    rec.w = rec
+    timer_add(s, rec, at)
+    repeat
+      rec.st = "waiting"
+      co_yield()
+      if rec.cancelling then co_yield() end
+    until rec.w ~= rec
+    return
+  end
   local w = wait_new(s)
   w.timer_idx = 1
   timer_add(s, w, at)
@@ -655,22 +722,11 @@ end
 
 function task.sleep(seconds)
   if seconds == nil then seconds = 0 end
-  seconds = check_seconds(seconds, "sleep")
-  local s = scope or get_scope()
-  -- A task's sleep keeps its wait small (many tasks sleep at once): its scope is its task's.
-  local rec0 = current
-  local w = rec0 and { rec = rec0 } or { scope = s }
-  timer_add(s, w, now() + seconds)
-  -- `block`, inlined: a sleeping task keeps one frame less (many tasks sleep at once).
-  local rec = in_own_task()
-  if not rec or (rec.w and not rec.w.fired) then return block(w) end
-  rec.w = w
-  while not w.fired do
-    rec.st = "waiting"
-    co_yield()
-    if rec.cancelling then co_yield() end
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
+    seconds = check_seconds(seconds, "sleep")
   end
-  rec.w = nil
+  -- (A tail call: a sleeping task keeps one call frame less.)
+  return sleep_until(scope or get_scope(), now() + seconds)
 end
 
 local function delayed(seconds, f, ...)
@@ -1050,7 +1106,7 @@ local function try_case(c, i)
   end
   local h = c.join
   if h ~= nil then
-    if made[h] ~= "task" then case_error(i, "join expects a task") end
+    if not is_task(h) then case_error(i, "join expects a task") end
     local status = h.st
     if status == "done" or status == "failed" or status == "cancelled" then
       return true, h
@@ -1107,8 +1163,8 @@ local function add_case(s, w, c, i)
     at = now() + c.after
   end
   -- A wait has one timer: the earliest of its timer cases.
-  if not w.hi or at < w.at then
-    if w.hi then timer_remove(s, w) end
+  if not w[HI] or at < w[AT] then
+    if w[HI] then timer_remove(s, w) end
     w.timer_idx = i
     timer_add(s, w, at)
   end
