@@ -532,3 +532,43 @@ fn a_planted_wait_with_a_timer_does_not_end_a_receive_early() {
         assert_eq!(got, "x true");
     });
 }
+
+/// A script writing a sleeping task's timer slots (the handle's slots 1 to 3) can reorder its
+/// own request's timers or make their comparisons raise, but not hang the isle's thread where
+/// no stop reaches it, nor leave a hole in the heap that breaks every later timer.
+#[test]
+fn a_tampered_task_handle_cannot_hang_or_break_the_timers() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        // The heap index: the timer still fires.
+        let woke: String = isle
+            .eval(
+                r#"
+                local h = task.spawn(function() task.sleep(0.01) return "woke" end)
+                h[3] = "x"
+                return tostring(h:join())
+                "#,
+            )
+            .unwrap();
+        assert_eq!(woke, "woke");
+        // The deadline, as a string: a sleep fails, the heap stays whole, later timers work.
+        let after: String = isle
+            .eval(
+                r#"
+                local h = task.spawn(function() task.sleep(10) end)
+                local saved = h[1]
+                h[1] = "soon"
+                local ok = pcall(task.sleep, 0.001)
+                h[1] = saved
+                h:cancel()
+                local w = task.spawn(function() task.sleep(0.001) return "woke" end)
+                return tostring(ok) .. " " .. tostring(w:join())
+                "#,
+            )
+            .unwrap();
+        // (Where tasks can sleep on their own — Lua 5.3+, Luau — the handle is on the heap.)
+        let expected = if PREEMPTS { "false woke" } else { "true woke" };
+        assert_eq!(after, expected);
+        assert_eq!(isle.eval::<i64>("return 1 + 1").unwrap(), 2);
+    });
+}

@@ -67,6 +67,13 @@ impl TaskLibrary {
     /// a task runs: a watcher thread notices a task that has run a whole slice and interrupts
     /// it the way a cancel would, so CPU-bound tasks run at full speed.
     ///
+    /// # Caveats
+    ///
+    /// A preempted task is like a thread: another task may run between any two instructions
+    /// of its own Lua code (`n = n + 1` is a read and a write), though never inside a call to
+    /// the library. Tasks that update shared state in several steps need a channel (or
+    /// preemption turned off).
+    ///
     /// # Examples
     ///
     /// ```

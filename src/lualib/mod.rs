@@ -226,9 +226,11 @@ fn idle_wait(interrupter: &Interrupter, delay: Option<f64>) {
 /// says. Tells the library's own objects from imitations without keeping a table of them.
 unsafe extern "C-unwind" fn has_metatable(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
     use mlua::ffi;
-    // SAFETY: `state` is the calling state; `lua_getmetatable` pushes at most one value and
-    // `lua_rawequal` is false for an absent argument (C functions get LUA_MINSTACK free slots).
+    // SAFETY: `state` is the calling state; `lua_settop` makes exactly two arguments (an
+    // absent one nil), `lua_getmetatable` pushes at most one value (C functions get
+    // LUA_MINSTACK free slots).
     unsafe {
+        ffi::lua_settop(state, 2);
         let same = ffi::lua_getmetatable(state, 1) != 0 && ffi::lua_rawequal(state, -1, 2) != 0;
         ffi::lua_pushboolean(state, same as std::ffi::c_int);
     }

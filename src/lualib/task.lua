@@ -130,18 +130,18 @@ local function heap_less(a, b)
   return aat < bat or (aat == bat and a[SEQ] < b[SEQ])
 end
 
+-- The heap's entries move by swaps, so that a comparison that raises (a script can write
+-- an entry's slots: a task handle is one) leaves every entry on the heap once.
 local function heap_up(heap, i)
   local item = heap[i]
   while i > 1 do
     local p = floor(i / 2)
     local parent = heap[p]
     if not heap_less(item, parent) then break end
-    heap[i] = parent
-    parent[HI] = i
+    heap[i], heap[p] = parent, item
+    parent[HI], item[HI] = i, p
     i = p
   end
-  heap[i] = item
-  item[HI] = i
 end
 
 local function heap_down(heap, n, i)
@@ -152,12 +152,10 @@ local function heap_down(heap, n, i)
     if c < n and heap_less(heap[c + 1], heap[c]) then c = c + 1 end
     local child = heap[c]
     if not heap_less(child, item) then break end
-    heap[i] = child
-    child[HI] = i
+    heap[i], heap[c] = child, item
+    child[HI], item[HI] = i, c
     i = c
   end
-  heap[i] = item
-  item[HI] = i
 end
 
 -- Puts `t` on the scope's timer heap, due at `at`. Calls no function (`heap_up`, inlined):
@@ -169,6 +167,8 @@ local function timer_add(s, t, at)
   t[AT], t[SEQ] = at, seq
   local heap = s.heap
   local i = s.nheap + 1
+  heap[i] = t
+  t[HI] = i
   s.nheap = i
   while i > 1 do
     local p = i % 2
@@ -176,12 +176,10 @@ local function timer_add(s, t, at)
     local parent = heap[p]
     -- (`t` came last: it goes after a parent due at the same time.)
     if at >= parent[AT] then break end
-    heap[i] = parent
-    parent[HI] = i
+    heap[i], heap[p] = parent, t
+    parent[HI], t[HI] = i, p
     i = p
   end
-  heap[i] = t
-  t[HI] = i
 end
 
 local function timer_remove(s, t)
@@ -360,7 +358,17 @@ local function fire_timers(s, t)
   while s.nheap > 0 do
     local top = heap[1]
     if top[AT] > t then break end
-    timer_remove(s, top)
+    -- Pop the root (not through the index it notes: a script can write that).
+    local n = s.nheap
+    local last = heap[n]
+    heap[n] = nil
+    s.nheap = n - 1
+    top[HI] = nil
+    if n > 1 then
+      heap[1] = last
+      last[HI] = 1
+      heap_down(heap, n - 1, 1)
+    end
     if top.w == top then
       -- A task asleep on its own (`sleep_until`): it wakes.
       top.w = nil
