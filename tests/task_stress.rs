@@ -284,6 +284,12 @@ fn a_thousand_tasks_exchange_a_hundred_thousand_messages_under_cancellation() {
 /// nothing arrives that was not sent, every task ends, and an acknowledged message is missing
 /// only where a consumer was cancelled after taking it and before noting it (at most one per
 /// cancelled consumer).
+#[cfg(any(
+    feature = "lua53",
+    feature = "lua54",
+    feature = "lua55",
+    feature = "luau"
+))]
 const PREEMPTED_STRESS: &str = r#"
     local TOTAL, PRODUCERS, CONSUMERS, CHANNELS, SPINNERS = ...
     local seed = 20241130
