@@ -892,7 +892,8 @@ end
 -- Tries to send without blocking: true, or false and why.
 local function try_send(ch, v)
   if ch.closed then return false, "closed" end
-  local node = q_pop_live(ch.recvq)
+  local recvq = ch.recvq
+  local node = recvq.head and q_pop_live(recvq)
   if node then
     local w = node.w
     w.putback = ch
@@ -937,20 +938,9 @@ end
 function Channel.send(ch, v)
   if made[ch] ~= "channel" then check_channel(ch, "send") end
   if v == nil then check_value(v, "send") end
-  -- `try_send`, inlined (the hottest path of a channel).
-  if ch.closed then return false end
-  local recvq = ch.recvq
-  local node = recvq.head and q_pop_live(recvq)
-  if node then
-    local w = node.w
-    w.putback = ch
-    fire(w, node.idx, v, true)
-    return true
-  end
-  if ch.count < ch.cap then
-    buf_push(ch, v)
-    return true
-  end
+  local ok, why = try_send(ch, v)
+  if ok then return true end
+  if why == "closed" then return false end
   return wait_in(ch.sendq, v).ok == true
 end
 
