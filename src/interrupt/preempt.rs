@@ -120,9 +120,10 @@ pub(crate) unsafe fn slice_end(interrupter: &Interrupter, outer: *mut ffi::lua_S
 /// Records a switch of the running task (twice per switch, on the scheduler's hottest path).
 ///
 /// Only the Lua thread writes `TARGET`, `epoch` and `in_task`, and it reads them back only
-/// from its signal handler: plain stores in program order (the compiler fence) are all it
-/// needs. The watcher thread only compares what it sees a slice apart; a stale look makes
-/// one task yield a turn early or late, never anything else.
+/// while interrupting itself (the signal handler, the hook, Luau's interrupt callback): plain
+/// stores in program order (the compiler fence) are all it needs. The watcher thread only
+/// compares what it sees a slice apart; a stale look makes one task yield a turn early or
+/// late, never anything else.
 fn switch(slices: &Slices, target: *mut ffi::lua_State, in_task: bool) {
     TARGET.with(|t| t.store(target, Ordering::Relaxed));
     let epoch = slices.epoch.load(Ordering::Relaxed).wrapping_add(1);
