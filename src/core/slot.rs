@@ -207,10 +207,9 @@ impl<T, W> Slot<T, W> {
     }
 
     /// Like [`wait_until`](Self::wait_until), for a slot resolved once a VM is created or
-    /// closed (an isle starting or ending): polls yielding from the start (see
-    /// [`wait::yield_until`]).
+    /// closed (an isle starting or ending): parks at once, without polling (see [`wait`]).
     pub(crate) fn wait_long_until(&self, deadline: Option<Instant>) -> bool {
-        self.wait(deadline, wait::yield_until(|| self.is_ready()))
+        self.wait(deadline, self.is_ready())
     }
 
     /// Blocks until the slot is resolved or `deadline` passes, unless polling found it

@@ -6,6 +6,11 @@
 //! after its first few rounds so that a caller and a Lua thread sharing one core still make
 //! progress, and it ends after [`SPIN_BUDGET`], so an idle thread never burns a core.
 //!
+//! Waits known to be long (a VM being created or closed, tens of microseconds) park at once
+//! instead: a caller polling on one core while the Lua thread works on the other slows it
+//! down (the two compete for the core's shared resources and for the scheduler's attention),
+//! and keeps the scheduler from placing the woken caller next to the thread it waits for.
+//!
 //! A thread must never wait for its own isle: each Lua thread records which isle it serves
 //! ([`on_isle_thread`]), so that a wait that could only deadlock fails instead.
 
@@ -29,28 +34,16 @@ fn has_parallelism() -> bool {
     *PARALLEL.get_or_init(|| thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
-/// Polls `ready` until it returns `true` or the spin budget is spent.
+/// Polls `ready` until it returns `true` or the spin budget is spent: busy-waiting first (if
+/// there is more than one CPU), then yielding between polls.
 ///
 /// Returns whether `ready` returned `true`.
-pub(crate) fn spin_until(ready: impl FnMut() -> bool) -> bool {
-    poll_until(ready, true)
-}
-
-/// Like [`spin_until`], but yields between polls from the start: for waits that outlast
-/// [`PURE_SPIN`] anyway (a VM being created or closed), where busy-waiting would only delay
-/// the awaited thread if it shares this core.
-pub(crate) fn yield_until(ready: impl FnMut() -> bool) -> bool {
-    poll_until(ready, false)
-}
-
-/// Polls `ready` until it returns `true` or the spin budget is spent, busy-waiting first if
-/// `spin` (and there is more than one CPU), then yielding between polls.
-fn poll_until(mut ready: impl FnMut() -> bool, spin: bool) -> bool {
+pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
     if ready() {
         return true;
     }
     let start = Instant::now();
-    if spin && has_parallelism() {
+    if has_parallelism() {
         loop {
             for _ in 0..16 {
                 if ready() {
