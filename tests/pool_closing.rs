@@ -1,8 +1,9 @@
 //! Closing a pool: `shutdown`, `shutdown_timeout` and dropping the pool run what is queued and
 //! stay bounded, also while members are retired, discarded, returned with a full queue or being
 //! replaced, and nothing runs once they have returned; a member is free again as soon as its
-//! caller has the result, or once the work queued before its return has run; and a request
-//! reaches a member that can take it.
+//! caller has the result, or once the work queued before its return has run; a request
+//! reaches a member that can take it; and members stuck past the deadline are stopped together,
+//! within one grace period.
 
 mod common;
 
@@ -311,15 +312,47 @@ fn shutdown_timeout_leaves_no_member_running_queued_work() {
     }
 }
 
+/// The grace period of the stuck-members tests: long enough that stopping the members one
+/// after another (a grace period each) cannot pass for stopping them together.
+const STUCK_GRACE: Duration = Duration::from_secs(1);
+/// How many members are stuck at once.
+const STUCK: usize = 4;
+
+#[test]
+fn shutdown_timeout_stops_every_stuck_member_within_one_grace_period() {
+    let pool = IslePool::builder()
+        .size(STUCK)
+        .isle(IsleBuilder::new().grace_period(STUCK_GRACE))
+        .spawn(|_| Ok(()))
+        .unwrap();
+    // Every member blocked in host code that no stop interrupts.
+    let held: Vec<_> = (0..STUCK).map(|_| hold(&pool)).collect();
+    let timeout = Duration::from_millis(50);
+    let started = Instant::now();
+    let result = returns_within_hang_guard(move || pool.shutdown_timeout(timeout));
+    let took = started.elapsed();
+    assert!(matches!(result, Err(IsleError::Abandoned)), "{result:?}");
+    // Together: the deadline plus one grace period. One after another would take a grace
+    // period per member (here four).
+    assert!(
+        took < timeout + STUCK_GRACE * 2,
+        "the stuck members were stopped one after another: {took:?}"
+    );
+    for (task, release) in held {
+        assert!(task.wait_timeout(HANG).expect("hang guard").is_err());
+        drop(release);
+    }
+}
+
 #[cfg(feature = "tokio")]
 mod async_pool {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    use mlua_isle::{AsyncIslePool, IsleError};
+    use mlua_isle::{AsyncIslePool, IsleBuilder, IsleError};
     use tokio::sync::{mpsc, watch};
     use tokio::time::timeout;
 
-    use super::HANG;
+    use super::{HANG, STUCK, STUCK_GRACE};
 
     /// Polls `condition` until it holds, failing the test after the hang guard.
     async fn eventually(mut condition: impl FnMut() -> bool) {
@@ -413,5 +446,60 @@ mod async_pool {
             assert_eq!(parked.unwrap(), "resumed");
         }
         driver.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_timeout_stops_every_stuck_member_within_one_grace_period_multi_thread() {
+        stuck_members_are_stopped_together().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn shutdown_timeout_stops_every_stuck_member_within_one_grace_period_current_thread() {
+        stuck_members_are_stopped_together().await;
+    }
+
+    async fn stuck_members_are_stopped_together() {
+        let (pool, driver) = AsyncIslePool::builder()
+            .size(STUCK)
+            .isle(IsleBuilder::new().grace_period(STUCK_GRACE))
+            .spawn_async(|_| Ok(()))
+            .await
+            .unwrap();
+        // Every member blocked in host code that no stop interrupts.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let mut held = Vec::new();
+        for _ in 0..STUCK {
+            let started_tx = started_tx.clone();
+            let (release_tx, release) = std::sync::mpsc::channel::<()>();
+            let task = pool
+                .spawn_exec(move |_| {
+                    started_tx.send(()).unwrap();
+                    let _ = release.recv();
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            held.push((task, release_tx));
+        }
+        for _ in 0..STUCK {
+            started
+                .recv_timeout(HANG)
+                .expect("every member should be held");
+        }
+        let deadline = Duration::from_millis(50);
+        let begun = Instant::now();
+        let result = timeout(HANG, driver.shutdown_timeout(deadline))
+            .await
+            .expect("hang guard: shutdown did not finish");
+        let took = begun.elapsed();
+        assert!(matches!(result, Err(IsleError::Abandoned)), "{result:?}");
+        assert!(
+            took < deadline + STUCK_GRACE * 2,
+            "the stuck members were stopped one after another: {took:?}"
+        );
+        for (task, release) in held {
+            assert!(timeout(HANG, task).await.expect("hang guard").is_err());
+            drop(release);
+        }
     }
 }

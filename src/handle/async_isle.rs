@@ -1249,17 +1249,36 @@ impl AsyncIsleDriver {
     }
 }
 
-impl AsyncIsle {
-    /// Closes the isle and waits for its thread to end, as
-    /// [`AsyncIsleDriver::shutdown_until`] does (for a pool's members).
-    pub(crate) async fn close_and_wait(
-        &self,
-        deadline: Option<Option<Instant>>,
-    ) -> Result<(), IsleError> {
-        self.handle.shared.close();
-        self.handle.wake();
-        wait_for_exit(&self.handle.shared, deadline).await
+/// [`wait_for_exit`] for several closed isles under one deadline, as
+/// [`isle::wait_for_exits`](crate::handle::isle::wait_for_exits) does.
+pub(crate) async fn wait_for_exits(
+    isles: &[Arc<Shared>],
+    deadline: Option<Option<Instant>>,
+) -> Vec<Result<(), IsleError>> {
+    if let Some(deadline) = deadline {
+        let mut late = Vec::new();
+        // One absolute deadline: once it has passed, the later isles are only looked at.
+        for shared in isles {
+            if !exited_by(shared, deadline).await {
+                late.push(shared);
+            }
+        }
+        let killed_at = Instant::now();
+        for shared in &late {
+            shared.kill();
+            shared.close_and_drain();
+        }
+        for shared in late {
+            if !exited_by(shared, killed_at.checked_add(shared.grace)).await {
+                shared.give_up(None, IsleError::Shutdown, Where::Here);
+            }
+        }
     }
+    let mut outcomes = Vec::with_capacity(isles.len());
+    for shared in isles {
+        outcomes.push(wait_for_exit(shared, None).await);
+    }
+    outcomes
 }
 
 /// Waits for the Lua thread of a closed isle to end; with a deadline (`Some`), kills what still

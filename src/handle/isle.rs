@@ -422,18 +422,23 @@ impl Isle {
         join(thread)
     }
 
-    /// Shuts the isle down through a shared handle (a pool member still held by a guard):
-    /// closes the queue, wakes the Lua thread so that it notices, and waits as
-    /// [`shutdown`](Self::shutdown) does, without joining the thread.
-    pub(crate) fn close_and_wait(
-        &self,
-        deadline: Option<Option<Instant>>,
-    ) -> Result<(), IsleError> {
-        let shared = &self.handle.shared;
-        shared.close();
+    /// Closes the isle through a shared handle (a pool member still held by a guard) and wakes
+    /// the Lua thread so that it notices; [`wait_for_exits`] then waits for it.
+    pub(crate) fn close_and_wake(&self) {
+        self.handle.shared.close();
         // A full queue holds jobs: the thread looks at the flag after each of them anyway.
         self.wake();
-        wait_for_exit(shared, deadline)
+    }
+
+    /// Closes the isle as dropping it does, keeping what [`shutdown`](Self::shutdown) waits
+    /// for: the shared state ([`wait_for_exits`]) and the thread to join once it has ended.
+    pub(crate) fn close_for_exit(
+        mut self,
+    ) -> (Arc<crate::core::queue::Shared>, Option<JoinHandle<()>>) {
+        let shared = self.handle.shared.clone();
+        let thread = self.thread.take();
+        drop(self);
+        (shared, thread)
     }
 
     /// An async handle to the same isle (for a checked-out member of an async pool).
@@ -483,17 +488,56 @@ pub(crate) fn wait_for_exit(
     shared: &Arc<Shared>,
     deadline: Option<Option<Instant>>,
 ) -> Result<(), IsleError> {
-    let exited = &shared.exited;
     if let Some(deadline) = deadline {
-        if !exited.wait_long_until(deadline) {
-            shared.kill();
-            // The Lua thread may be stuck: resolve what is queued from here.
-            shared.close_and_drain();
-            if !exited.wait_long_until(Instant::now().checked_add(shared.grace)) {
-                shared.give_up(None, IsleError::Shutdown, Where::Here);
-            }
+        if !shared.exited.wait_long_until(deadline) {
+            stop_late(&[shared]);
         }
     }
+    exit_outcome(shared)
+}
+
+/// [`wait_for_exit`] for several closed isles under one deadline: the isles still running at
+/// the deadline are all killed then and given the same grace period, so that the whole wait
+/// ends within the deadline plus the longest grace period, however many isles are stuck.
+/// Returns each isle's outcome, in order.
+pub(crate) fn wait_for_exits(
+    isles: &[Arc<Shared>],
+    deadline: Option<Option<Instant>>,
+) -> Vec<Result<(), IsleError>> {
+    if let Some(deadline) = deadline {
+        // One absolute deadline: once it has passed, the later isles are only looked at.
+        let late: Vec<&Arc<Shared>> = isles
+            .iter()
+            .filter(|shared| !shared.exited.wait_long_until(deadline))
+            .collect();
+        stop_late(&late);
+    }
+    isles.iter().map(|shared| exit_outcome(shared)).collect()
+}
+
+/// Kills the isles still running past their shutdown deadline, all at once, and gives up on
+/// those that have not ended a grace period later.
+fn stop_late(late: &[&Arc<Shared>]) {
+    let killed_at = Instant::now();
+    for shared in late {
+        shared.kill();
+        // The Lua thread may be stuck: resolve what is queued from here.
+        shared.close_and_drain();
+    }
+    for shared in late {
+        if !shared
+            .exited
+            .wait_long_until(killed_at.checked_add(shared.grace))
+        {
+            shared.give_up(None, IsleError::Shutdown, Where::Here);
+        }
+    }
+}
+
+/// Waits for the Lua thread of a closed isle to end (or for the isle to give up on it) and
+/// reports which.
+fn exit_outcome(shared: &Shared) -> Result<(), IsleError> {
+    let exited = &shared.exited;
     exited.wait_long_until(None);
     // The flag, set before anything else when the isle gives up, decides: the thread may
     // have ended (and resolved `exited`) before the give-up got to resolving it.

@@ -787,20 +787,25 @@ impl AsyncIslePoolDriver {
                 self.core.close_and_drain();
             }
         }
-        let mut result = Ok(());
-        for member in self.core.take_members() {
-            let outcome = member.isle.async_view().close_and_wait(deadline).await;
-            if result.is_ok() {
-                result = outcome;
-            }
-        }
+        // As `IslePool::shutdown_until` does: every member closed first, all waited for under
+        // the one deadline, so a stuck member does not hold up the stop of the others.
+        let members = self.core.take_members();
+        let mut isles: Vec<_> = members
+            .iter()
+            .map(|member| {
+                member.isle.close_and_wake();
+                member.isle.shared_state().clone()
+            })
+            .collect();
         // Members replaced earlier may still be finishing what they had.
-        for shared in self.core.take_retired() {
-            let outcome = crate::handle::async_isle::wait_for_exit(&shared, deadline).await;
+        isles.extend(self.core.take_retired());
+        let mut result = Ok(());
+        for outcome in crate::handle::async_isle::wait_for_exits(&isles, deadline).await {
             if result.is_ok() {
                 result = outcome;
             }
         }
+        drop(members);
         self.core.close_and_drain();
         drop(self.owner);
         result

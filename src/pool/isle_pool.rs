@@ -544,30 +544,37 @@ impl IslePool {
             // Past the deadline: nothing queued starts any more, and no member is replaced.
             self.core.close_and_drain();
         }
+        // Every member is closed first and all are waited for under the one deadline: past
+        // it they are stopped together, so a stuck member does not hold up the stop of the
+        // others (the wait ends within the deadline plus one grace period).
         let members = self.core.take_members();
-        let mut result = Ok(());
+        let mut isles = Vec::with_capacity(members.len());
+        let mut threads = Vec::with_capacity(members.len());
         for member in members {
-            let outcome = match Arc::try_unwrap(member) {
-                Ok(member) => match deadline {
-                    None => member.isle.shutdown(),
-                    Some(deadline) => {
-                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                        match left {
-                            Some(left) => member.isle.shutdown_timeout(left),
-                            None => member.isle.shutdown(),
-                        }
-                    }
-                },
+            match Arc::try_unwrap(member) {
+                Ok(member) => {
+                    let (shared, thread) = member.isle.close_for_exit();
+                    isles.push(shared);
+                    threads.push(thread);
+                }
                 // Checked out: closed under its guard, it ends once its queue is done.
-                Err(member) => member.isle.close_and_wait(deadline),
-            };
-            if result.is_ok() {
-                result = outcome;
+                Err(member) => {
+                    member.isle.close_and_wake();
+                    isles.push(member.isle.shared_state().clone());
+                    threads.push(None);
+                }
             }
         }
         // Members replaced earlier may still be finishing what they had.
         for shared in self.core.take_retired() {
-            let outcome = crate::handle::isle::wait_for_exit(&shared, deadline);
+            isles.push(shared);
+            threads.push(None);
+        }
+        let outcomes = crate::handle::isle::wait_for_exits(&isles, deadline);
+        let mut result = Ok(());
+        for (outcome, thread) in outcomes.into_iter().zip(threads) {
+            // A thread given up on is left to end on its own.
+            let outcome = outcome.and_then(|()| crate::handle::isle::join(thread));
             if result.is_ok() {
                 result = outcome;
             }
