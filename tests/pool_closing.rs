@@ -344,6 +344,69 @@ fn shutdown_timeout_stops_every_stuck_member_within_one_grace_period() {
     }
 }
 
+/// Takes [`SLOW_DROP`] to drop: the work of a queued request that is never run.
+struct SlowDrop;
+const SLOW_DROP: Duration = Duration::from_millis(600);
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        thread::sleep(SLOW_DROP);
+    }
+}
+
+/// The grace period of the slow-drop tests: shorter than [`SLOW_DROP`].
+const SHORT_GRACE: Duration = Duration::from_millis(300);
+
+/// Adds `sleep_ms`, a host function that sleeps, so that a loop calling it stops within a
+/// call of being interrupted.
+fn with_sleep(lua: &mlua::Lua) -> mlua::Result<()> {
+    let sleep = lua.create_function(|_, ms: u64| {
+        thread::sleep(Duration::from_millis(ms));
+        Ok(())
+    })?;
+    lua.globals().set("sleep_ms", sleep)
+}
+
+/// A request that reports it started and loops until it is stopped (within 20 ms).
+fn looping(started: mpsc::Sender<()>) -> impl FnOnce(&mlua::Lua) -> mlua::Result<()> + Send {
+    move |lua| {
+        started.send(()).unwrap();
+        lua.load("while true do sleep_ms(20) end").exec()
+    }
+}
+
+#[test]
+fn dropping_one_members_queued_work_does_not_eat_into_anothers_grace_period() {
+    let pool = IslePool::builder()
+        .size(2)
+        .isle(IsleBuilder::new().grace_period(SHORT_GRACE))
+        .spawn(with_sleep)
+        .unwrap();
+    let (started_tx, started) = mpsc::channel();
+    // The first member, checked out: a loop, and behind it work that is slow to drop.
+    let guard = pool.checkout().unwrap();
+    let first = guard.spawn_exec(looping(started_tx.clone())).unwrap();
+    let slow = SlowDrop;
+    let queued = guard
+        .spawn_exec(move |_| {
+            drop(slow);
+            Ok(())
+        })
+        .unwrap();
+    // The other member: a loop from the pool's queue.
+    let second = pool.spawn_exec(looping(started_tx)).unwrap();
+    for _ in 0..2 {
+        started.recv_timeout(HANG).expect("both loops should start");
+    }
+    let result =
+        returns_within_hang_guard(move || pool.shutdown_timeout(Duration::from_millis(50)));
+    // Both loops stopped within 20 ms of their interrupt: neither member was stuck.
+    assert!(result.is_ok(), "{result:?}");
+    for task in [first, queued, second] {
+        assert!(task.wait_timeout(HANG).expect("hang guard").is_err());
+    }
+    drop(guard);
+}
+
 #[cfg(feature = "tokio")]
 mod async_pool {
     use std::time::{Duration, Instant};
@@ -352,7 +415,7 @@ mod async_pool {
     use tokio::sync::{mpsc, watch};
     use tokio::time::timeout;
 
-    use super::{HANG, STUCK, STUCK_GRACE};
+    use super::{looping, with_sleep, SlowDrop, HANG, SHORT_GRACE, STUCK, STUCK_GRACE};
 
     /// Polls `condition` until it holds, failing the test after the hang guard.
     async fn eventually(mut condition: impl FnMut() -> bool) {
@@ -501,5 +564,38 @@ mod async_pool {
             assert!(timeout(HANG, task).await.expect("hang guard").is_err());
             drop(release);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_one_members_queued_work_does_not_eat_into_anothers_grace_period() {
+        let (pool, driver) = AsyncIslePool::builder()
+            .size(2)
+            .isle(IsleBuilder::new().grace_period(SHORT_GRACE))
+            .spawn_async(with_sleep)
+            .await
+            .unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let guard = pool.checkout().await.unwrap();
+        let first = guard.spawn_exec(looping(started_tx.clone())).await.unwrap();
+        let slow = SlowDrop;
+        let queued = guard
+            .spawn_exec(move |_| {
+                drop(slow);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let second = pool.spawn_exec(looping(started_tx)).await.unwrap();
+        for _ in 0..2 {
+            started.recv_timeout(HANG).expect("both loops should start");
+        }
+        let result = timeout(HANG, driver.shutdown_timeout(Duration::from_millis(50)))
+            .await
+            .expect("hang guard: shutdown did not finish");
+        assert!(result.is_ok(), "{result:?}");
+        for task in [first, queued, second] {
+            assert!(timeout(HANG, task).await.expect("hang guard").is_err());
+        }
+        drop(guard);
     }
 }

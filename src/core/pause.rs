@@ -22,6 +22,11 @@ pub(crate) enum Window {
     JobStart,
     /// A child token is registered with its parent, but its `Arc` is not built yet.
     ChildUnbuilt,
+    /// A pool's supervisor took a member out of the pool and has not yet recorded it among
+    /// the retired members a shutdown waits for.
+    RetireUnrecorded,
+    /// A pool's shutdown has stopped the members it found and waits for the supervisor to end.
+    AwaitingSupervisor,
 }
 
 struct Armed {

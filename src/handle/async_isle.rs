@@ -1263,12 +1263,11 @@ pub(crate) async fn wait_for_exits(
                 late.push(shared);
             }
         }
-        let killed_at = Instant::now();
-        for shared in &late {
-            shared.kill();
-            shared.close_and_drain();
-        }
-        for shared in late {
+        let killed: Vec<_> = late
+            .into_iter()
+            .map(|shared| (shared, crate::handle::isle::kill_and_drain(shared)))
+            .collect();
+        for (shared, killed_at) in killed {
             if !exited_by(shared, killed_at.checked_add(shared.grace)).await {
                 shared.give_up(None, IsleError::Shutdown, Where::Here);
             }
@@ -1289,9 +1288,8 @@ pub(crate) async fn wait_for_exit(
 ) -> Result<(), IsleError> {
     if let Some(deadline) = deadline {
         if !exited_by(shared, deadline).await {
-            shared.kill();
-            shared.close_and_drain();
-            if !exited_by(shared, Instant::now().checked_add(shared.grace)).await {
+            let killed_at = crate::handle::isle::kill_and_drain(shared);
+            if !exited_by(shared, killed_at.checked_add(shared.grace)).await {
                 shared.give_up(None, IsleError::Shutdown, Where::Here);
             }
         }

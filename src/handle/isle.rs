@@ -497,9 +497,10 @@ pub(crate) fn wait_for_exit(
 }
 
 /// [`wait_for_exit`] for several closed isles under one deadline: the isles still running at
-/// the deadline are all killed then and given the same grace period, so that the whole wait
-/// ends within the deadline plus the longest grace period, however many isles are stuck.
-/// Returns each isle's outcome, in order.
+/// the deadline are all killed then, and their grace periods run side by side, so that the
+/// whole wait ends within the deadline plus one grace period (plus the time it takes to drop
+/// the work still queued on them), however many isles are stuck. Returns each isle's outcome,
+/// in order.
 pub(crate) fn wait_for_exits(
     isles: &[Arc<Shared>],
     deadline: Option<Option<Instant>>,
@@ -515,16 +516,14 @@ pub(crate) fn wait_for_exits(
     isles.iter().map(|shared| exit_outcome(shared)).collect()
 }
 
-/// Kills the isles still running past their shutdown deadline, all at once, and gives up on
-/// those that have not ended a grace period later.
+/// Kills the isles still running past their shutdown deadline, one right after the other,
+/// and gives up on those that have not ended a grace period after their own kill.
 fn stop_late(late: &[&Arc<Shared>]) {
-    let killed_at = Instant::now();
-    for shared in late {
-        shared.kill();
-        // The Lua thread may be stuck: resolve what is queued from here.
-        shared.close_and_drain();
-    }
-    for shared in late {
+    let killed: Vec<(&Arc<Shared>, Instant)> = late
+        .iter()
+        .map(|&shared| (shared, kill_and_drain(shared)))
+        .collect();
+    for (shared, killed_at) in killed {
         if !shared
             .exited
             .wait_long_until(killed_at.checked_add(shared.grace))
@@ -532,6 +531,17 @@ fn stop_late(late: &[&Arc<Shared>]) {
             shared.give_up(None, IsleError::Shutdown, Where::Here);
         }
     }
+}
+
+/// Kills an isle past its shutdown deadline and resolves what is still queued on it; returns
+/// when it was killed, which its grace period counts from: dropping the queued work runs user
+/// code (`Drop`s, wakers), whose time must not come out of the grace of the isles killed after.
+pub(crate) fn kill_and_drain(shared: &Shared) -> Instant {
+    shared.kill();
+    let killed_at = Instant::now();
+    // The Lua thread may be stuck: resolve what is queued from here.
+    shared.close_and_drain();
+    killed_at
 }
 
 /// Waits for the Lua thread of a closed isle to end (or for the isle to give up on it) and

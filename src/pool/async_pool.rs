@@ -787,29 +787,46 @@ impl AsyncIslePoolDriver {
                 self.core.close_and_drain();
             }
         }
-        // As `IslePool::shutdown_until` does: every member closed first, all waited for under
-        // the one deadline, so a stuck member does not hold up the stop of the others.
-        let members = self.core.take_members();
-        let mut isles: Vec<_> = members
-            .iter()
-            .map(|member| {
-                member.isle.close_and_wake();
-                member.isle.shared_state().clone()
-            })
-            .collect();
-        // Members replaced earlier may still be finishing what they had.
-        isles.extend(self.core.take_retired());
-        let mut result = Ok(());
-        for outcome in crate::handle::async_isle::wait_for_exits(&isles, deadline).await {
-            if result.is_ok() {
-                result = outcome;
-            }
-        }
-        drop(members);
+        let mut result = stop_members(&self.core, deadline).await;
         self.core.close_and_drain();
+        #[cfg(test)]
+        crate::core::pause::at(crate::core::pause::Window::AwaitingSupervisor);
+        if let Some(exited) = &self.supervisor_exited {
+            // With the queue drained, it ends within a poll interval.
+            poll_fn(|cx| exited.poll_ready(cx)).await;
+        }
+        // What the supervisor retired or put in place while the members above were stopped.
+        let late = stop_members(&self.core, deadline).await;
+        if result.is_ok() {
+            result = late;
+        }
         drop(self.owner);
         result
     }
+}
+
+/// As `IslePool`'s: closes every member and every retired member still finishing, then waits
+/// for all of them under the one deadline, so a stuck member does not hold up the stop of the
+/// others. (The members' threads are not joined: they end on their own once closed.)
+async fn stop_members(core: &PoolCore, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
+    let members = core.take_members();
+    let mut isles: Vec<_> = members
+        .iter()
+        .map(|member| {
+            member.isle.close_and_wake();
+            member.isle.shared_state().clone()
+        })
+        .collect();
+    // Members replaced earlier may still be finishing what they had.
+    isles.extend(core.take_retired());
+    let mut result = Ok(());
+    for outcome in crate::handle::async_isle::wait_for_exits(&isles, deadline).await {
+        if result.is_ok() {
+            result = outcome;
+        }
+    }
+    drop(members);
+    result
 }
 
 /// One member of an [`AsyncIslePool`], checked out for exclusive use: an async isle handle
@@ -908,5 +925,74 @@ impl fmt::Debug for AsyncIslePoolDriver {
         f.debug_struct("AsyncIslePoolDriver")
             .field("size", &self.core.size())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
+    use std::time::Duration;
+
+    use crate::core::pause::{self, Window};
+    use crate::{AsyncIslePool, IsleBuilder, Recycle};
+
+    /// Set once the retired member's VM has closed (its last finalizer ran).
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+
+    /// Dropped as the VM closes, a while after it started to.
+    struct SlowToClose;
+
+    impl Drop for SlowToClose {
+        fn drop(&mut self) {
+            thread::sleep(Duration::from_millis(300));
+            CLOSED.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_member_retired_while_a_shutdown_takes_the_members_is_still_waited_for() {
+        let (pool, driver) = runtime()
+            .block_on(
+                AsyncIslePool::builder()
+                    .size(1)
+                    .thread_name("aretire-gap")
+                    .isle(IsleBuilder::new().grace_period(Duration::from_secs(10)))
+                    .recycle(Recycle::new().after_requests(1))
+                    .spawn_async(|lua| {
+                        // Closing the VM takes a while: its thread outlives the retirement.
+                        lua.globals()
+                            .set("keep", lua.create_any_userdata(SlowToClose)?)
+                    }),
+            )
+            .unwrap();
+        let retiring = pause::arm(Window::RetireUnrecorded, "aretire-gap-supervisor");
+        // The only member retires after this request; the supervisor stops after taking it
+        // out of the pool, before recording it among the retired.
+        runtime().block_on(pool.eval::<()>("return")).unwrap();
+        retiring.reached();
+        let waiting = pause::arm(Window::AwaitingSupervisor, "aretire-gap-closer");
+        let closer = thread::Builder::new()
+            .name("aretire-gap-closer".to_owned())
+            .spawn(move || runtime().block_on(driver.shutdown_timeout(Duration::from_millis(10))))
+            .unwrap();
+        // The shutdown found no member and no retired one; now the retirement is recorded.
+        waiting.reached();
+        retiring.release();
+        waiting.release();
+        let result = closer.join().unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert!(
+            CLOSED.load(Ordering::SeqCst),
+            "the retired member still runs after the shutdown returned"
+        );
+        drop(pool);
     }
 }

@@ -544,50 +544,63 @@ impl IslePool {
             // Past the deadline: nothing queued starts any more, and no member is replaced.
             self.core.close_and_drain();
         }
-        // Every member is closed first and all are waited for under the one deadline: past
-        // it they are stopped together, so a stuck member does not hold up the stop of the
-        // others (the wait ends within the deadline plus one grace period).
-        let members = self.core.take_members();
-        let mut isles = Vec::with_capacity(members.len());
-        let mut threads = Vec::with_capacity(members.len());
-        for member in members {
-            match Arc::try_unwrap(member) {
-                Ok(member) => {
-                    let (shared, thread) = member.isle.close_for_exit();
-                    isles.push(shared);
-                    threads.push(thread);
-                }
-                // Checked out: closed under its guard, it ends once its queue is done.
-                Err(member) => {
-                    member.isle.close_and_wake();
-                    isles.push(member.isle.shared_state().clone());
-                    threads.push(None);
-                }
-            }
-        }
-        // Members replaced earlier may still be finishing what they had.
-        for shared in self.core.take_retired() {
-            isles.push(shared);
-            threads.push(None);
-        }
-        let outcomes = crate::handle::isle::wait_for_exits(&isles, deadline);
-        let mut result = Ok(());
-        for (outcome, thread) in outcomes.into_iter().zip(threads) {
-            // A thread given up on is left to end on its own.
-            let outcome = outcome.and_then(|()| crate::handle::isle::join(thread));
-            if result.is_ok() {
-                result = outcome;
-            }
-        }
+        let mut result = stop_members(&self.core, deadline);
         self.core.close_and_drain();
+        #[cfg(test)]
+        crate::core::pause::at(crate::core::pause::Window::AwaitingSupervisor);
         if let Some(supervisor) = supervisor {
             // With the queue drained, it ends within a poll interval.
             if drained || supervisor.exited.wait_until(None) {
                 let _ = supervisor.thread.join();
             }
         }
+        // What the supervisor retired or put in place while the members above were stopped.
+        let late = stop_members(&self.core, deadline);
+        if result.is_ok() {
+            result = late;
+        }
         result
     }
+}
+
+/// Closes every member of a closing pool and every retired member still finishing, then waits
+/// for all of them under the one deadline: past it they are stopped together, so a stuck member
+/// does not hold up the stop of the others (the wait ends within the deadline plus one grace
+/// period). Joins the threads of the members it owned.
+fn stop_members(core: &PoolCore, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
+    let members = core.take_members();
+    let mut isles = Vec::with_capacity(members.len());
+    let mut threads = Vec::with_capacity(members.len());
+    for member in members {
+        match Arc::try_unwrap(member) {
+            Ok(member) => {
+                let (shared, thread) = member.isle.close_for_exit();
+                isles.push(shared);
+                threads.push(thread);
+            }
+            // Checked out: closed under its guard, it ends once its queue is done.
+            Err(member) => {
+                member.isle.close_and_wake();
+                isles.push(member.isle.shared_state().clone());
+                threads.push(None);
+            }
+        }
+    }
+    // Members replaced earlier may still be finishing what they had.
+    for shared in core.take_retired() {
+        isles.push(shared);
+        threads.push(None);
+    }
+    let outcomes = crate::handle::isle::wait_for_exits(&isles, deadline);
+    let mut result = Ok(());
+    for (outcome, thread) in outcomes.into_iter().zip(threads) {
+        // A thread given up on is left to end on its own.
+        let outcome = outcome.and_then(|()| crate::handle::isle::join(thread));
+        if result.is_ok() {
+            result = outcome;
+        }
+    }
+    result
 }
 
 impl Target for IslePool {
@@ -624,5 +637,63 @@ impl fmt::Debug for IslePool {
             .field("size", &self.size())
             .field("queued", &self.core.feed_rx.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
+    use std::time::Duration;
+
+    use crate::core::pause::{self, Window};
+    use crate::{IsleBuilder, IslePool, Recycle};
+
+    /// Set once the retired member's VM has closed (its last finalizer ran).
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+
+    /// Dropped as the VM closes, a while after it started to.
+    struct SlowToClose;
+
+    impl Drop for SlowToClose {
+        fn drop(&mut self) {
+            thread::sleep(Duration::from_millis(300));
+            CLOSED.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_member_retired_while_a_shutdown_takes_the_members_is_still_waited_for() {
+        let pool = IslePool::builder()
+            .size(1)
+            .thread_name("retire-gap")
+            .isle(IsleBuilder::new().grace_period(Duration::from_secs(10)))
+            .recycle(Recycle::new().after_requests(1))
+            .spawn(|lua| {
+                // Closing the VM takes a while: its thread outlives the retirement.
+                lua.globals()
+                    .set("keep", lua.create_any_userdata(SlowToClose)?)
+            })
+            .unwrap();
+        let retiring = pause::arm(Window::RetireUnrecorded, "retire-gap-supervisor");
+        // The only member retires after this request; the supervisor stops after taking it
+        // out of the pool, before recording it among the retired.
+        pool.eval::<()>("return").unwrap();
+        retiring.reached();
+        let waiting = pause::arm(Window::AwaitingSupervisor, "retire-gap-closer");
+        let closer = thread::Builder::new()
+            .name("retire-gap-closer".to_owned())
+            .spawn(move || pool.shutdown_timeout(Duration::from_millis(10)))
+            .unwrap();
+        // The shutdown found no member and no retired one; now the retirement is recorded.
+        waiting.reached();
+        retiring.release();
+        waiting.release();
+        let result = closer.join().unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert!(
+            CLOSED.load(Ordering::SeqCst),
+            "the retired member still runs after the shutdown returned"
+        );
     }
 }

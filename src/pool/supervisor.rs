@@ -128,6 +128,8 @@ pub(crate) fn run(pool: Weak<PoolCore>, events: Receiver<Event>, sender: Sender<
 /// still holds a handle to it). The pool keeps its state until then, so that the pool's
 /// shutdown waits for it too (and stops it past a deadline).
 fn retire(pool: &PoolCore, old: Arc<Member>) {
+    #[cfg(test)]
+    crate::core::pause::at(crate::core::pause::Window::RetireUnrecorded);
     old.cell.force_state(RETIRING);
     let shared = old.isle.shared_state().clone();
     shared.close();
