@@ -1275,7 +1275,7 @@ pub(crate) async fn wait_for_exits(
     }
     let mut outcomes = Vec::with_capacity(isles.len());
     for shared in isles {
-        outcomes.push(wait_for_exit(shared, None).await);
+        outcomes.push(exit_outcome(shared).await);
     }
     outcomes
 }
@@ -1286,14 +1286,13 @@ pub(crate) async fn wait_for_exit(
     shared: &Arc<Shared>,
     deadline: Option<Option<Instant>>,
 ) -> Result<(), IsleError> {
-    if let Some(deadline) = deadline {
-        if !exited_by(shared, deadline).await {
-            let killed_at = crate::handle::isle::kill_and_drain(shared);
-            if !exited_by(shared, killed_at.checked_add(shared.grace)).await {
-                shared.give_up(None, IsleError::Shutdown, Where::Here);
-            }
-        }
-    }
+    let mut outcomes = wait_for_exits(std::slice::from_ref(shared), deadline).await;
+    outcomes.pop().unwrap_or(Ok(()))
+}
+
+/// Waits for the Lua thread of a closed isle to end (or for the isle to give up on it) and
+/// reports which.
+async fn exit_outcome(shared: &Shared) -> Result<(), IsleError> {
     exited_by(shared, None).await;
     // The flag, set before anything else when the isle gives up, decides: the thread may
     // have ended (and resolved `exited`) before the give-up got to resolving it.

@@ -565,8 +565,10 @@ impl IslePool {
 
 /// Closes every member of a closing pool and every retired member still finishing, then waits
 /// for all of them under the one deadline: past it they are stopped together, so a stuck member
-/// does not hold up the stop of the others (the wait ends within the deadline plus one grace
-/// period). Joins the threads of the members it owned.
+/// does not hold up the stop of the others (see [`wait_for_exits`]). Joins the threads of the
+/// members it owned.
+///
+/// [`wait_for_exits`]: crate::handle::isle::wait_for_exits
 fn stop_members(core: &PoolCore, deadline: Option<Option<Instant>>) -> Result<(), IsleError> {
     let members = core.take_members();
     let mut isles = Vec::with_capacity(members.len());
