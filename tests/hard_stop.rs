@@ -133,3 +133,39 @@ fn requests_that_finish_within_the_grace_period_keep_the_isle() {
         assert_eq!(isle.eval::<i64>("3").unwrap(), 3);
     });
 }
+
+/// A plain `shutdown` waits for queued work however long it runs, but returns `Abandoned`
+/// once the isle gives up on a request stuck past its deadline, while the thread is still
+/// stuck: with the give-up before or after `quick` (the deadline plus the grace period), as
+/// the shutdown first joins the thread directly for a moment and only then waits for its end.
+fn shutdown_returns_once_the_isle_gives_up_during_it(deadline: Duration) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(move || {
+        let baseline = thread_count();
+        let release = Arc::new(AtomicBool::new(false));
+        let builder = Isle::builder().grace_period(deadline);
+        let (isle, started) = spawn_releasable(builder, &release);
+        let stuck = isle
+            .request()
+            .timeout(deadline)
+            .spawn_eval::<()>(STUCK_IN_GC)
+            .unwrap();
+        wait_started(&started);
+        // Stuck until released, which happens only after the shutdown has returned.
+        assert!(matches!(isle.shutdown(), Err(IsleError::Abandoned)));
+        assert!(!release.load(Ordering::SeqCst));
+        assert!(matches!(stuck.wait(), Err(IsleError::Timeout)));
+        release.store(true, Ordering::SeqCst);
+        eventually("the abandoned thread to end", || thread_count() <= baseline);
+    });
+}
+
+#[test]
+fn shutdown_returns_when_the_isle_gives_up_at_once() {
+    shutdown_returns_once_the_isle_gives_up_during_it(Duration::from_millis(10));
+}
+
+#[test]
+fn shutdown_returns_when_the_isle_gives_up_later() {
+    shutdown_returns_once_the_isle_gives_up_during_it(Duration::from_millis(300));
+}

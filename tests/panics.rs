@@ -113,3 +113,58 @@ fn many_panics_in_a_row_leave_the_isle_usable() {
         assert_eq!(isle.eval::<i64>("kept").unwrap(), 1);
     });
 }
+
+/// App data whose `Drop` panics: dropped as the VM closes, after `lua_close`, so the panic
+/// leaves the Lua thread's own code rather than a request.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("closing boom");
+    }
+}
+
+#[test]
+fn a_panic_while_the_vm_closes_is_reported_by_shutdown() {
+    quiet_lua_thread_panics();
+    within_hang_guard(|| {
+        let isle = Isle::spawn(|lua| {
+            lua.set_app_data(PanicsWhenDropped);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(isle.eval::<i64>("return 1").unwrap(), 1);
+        assert_panic(isle.shutdown(), "closing boom");
+    });
+}
+
+#[test]
+fn a_panic_while_the_vm_closes_is_reported_by_shutdown_timeout() {
+    quiet_lua_thread_panics();
+    within_hang_guard(|| {
+        let isle = Isle::spawn(|lua| {
+            lua.set_app_data(PanicsWhenDropped);
+            Ok(())
+        })
+        .unwrap();
+        assert_panic(
+            isle.shutdown_timeout(std::time::Duration::from_secs(20)),
+            "closing boom",
+        );
+    });
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_panic_while_the_vm_closes_is_reported_by_the_async_shutdown() {
+    quiet_lua_thread_panics();
+    let (isle, driver) = mlua_isle::AsyncIsle::spawn(|lua| {
+        lua.set_app_data(PanicsWhenDropped);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    drop(isle);
+    let shutdown = tokio::time::timeout(std::time::Duration::from_secs(20), driver.shutdown());
+    assert_panic(shutdown.await.expect("hang guard"), "closing boom");
+}

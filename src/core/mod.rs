@@ -8,6 +8,7 @@
 //! [`queue::Job::run`] (and so `Queued::run`) takes the Lua thread's `Worker`, and removing it
 //! would need a job type that does not know what runs it.
 
+pub(crate) mod isle_thread;
 #[cfg(test)]
 pub(crate) mod pause;
 pub(crate) mod queue;

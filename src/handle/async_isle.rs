@@ -8,11 +8,11 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, IntoLuaMulti, Lua};
 
+use crate::core::isle_thread::IsleThread;
 use crate::core::queue::{Handle, Job, Queued, Shared, WhenFull, Where};
 use crate::core::slot::Slot;
 use crate::core::wait;
@@ -86,7 +86,7 @@ pub struct AsyncIsleDriver {
     /// Weak, so that the driver does not keep the queue open.
     handle: Weak<Handle>,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<IsleThread>,
 }
 
 impl IsleBuilder {
@@ -1243,9 +1243,12 @@ impl AsyncIsleDriver {
         if let Some(handle) = self.handle.upgrade() {
             handle.wake();
         }
-        wait_for_exit(&shared, deadline).await?;
-        // The thread has ended (or is ending): joining does not block for long.
-        isle::join(self.thread.take())
+        let outcome = wait_for_exit(&shared, deadline).await;
+        if !matches!(outcome, Err(IsleError::Abandoned)) {
+            // The thread has ended (or is ending): joining does not block for long.
+            isle::join(self.thread.take());
+        }
+        outcome
     }
 }
 
@@ -1294,13 +1297,7 @@ pub(crate) async fn wait_for_exit(
 /// reports which.
 async fn exit_outcome(shared: &Shared) -> Result<(), IsleError> {
     exited_by(shared, None).await;
-    // The flag, set before anything else when the isle gives up, decides: the thread may
-    // have ended (and resolved `exited`) before the give-up got to resolving it.
-    let abandoned = matches!(shared.exited.take(), Some(Err(IsleError::Abandoned)));
-    if abandoned || shared.is_abandoned() {
-        return Err(IsleError::Abandoned);
-    }
-    Ok(())
+    isle::ended_outcome(shared)
 }
 
 /// Waits until the isle's thread has ended (or was given up on), or until `deadline`; returns

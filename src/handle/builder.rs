@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use mlua::{Lua, LuaOptions, StdLib};
 
+use crate::core::isle_thread::IsleThread;
 use crate::core::queue::{Handle, Shared};
 use crate::core::slot::{Completer, Slot};
 use crate::error::IsleError;
@@ -727,15 +728,18 @@ impl IsleBuilder {
             let rx = rx.clone();
             let ready = Completer::new(ready.clone());
             let exited = Completer::new(shared.exited.clone());
-            thread::Builder::new()
+            let builder = thread::Builder::new()
                 .name(self.thread_name.unwrap_or_else(|| "mlua-isle".to_owned()))
-                .stack_size(self.stack_size)
-                .spawn(move || {
-                    // Resolved when this thread ends, however it ends.
-                    let _exited = exited;
-                    worker::run(setup, init, shared, rx, ready);
-                })
-                .map_err(IsleError::Spawn)?
+                .stack_size(self.stack_size);
+            IsleThread::spawn(builder, move || {
+                // Resolved when this thread ends, however it ends: with the panic, if one
+                // escaped the worker.
+                let run = || worker::run(setup, init, shared, rx, ready);
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                    exited.complete(Err(IsleError::Panic(worker::panic_message(&*panic))));
+                }
+            })
+            .map_err(IsleError::Spawn)?
         };
         Ok(Launched {
             handle: Handle::new(tx, shared),
@@ -747,24 +751,28 @@ impl IsleBuilder {
 
 impl Launched {
     /// Interprets the outcome of `init` (`None`: the thread ended without reporting).
-    pub(crate) fn started(self, outcome: Option<Result<(), IsleError>>) -> Result<Self, IsleError> {
+    pub(crate) fn started(
+        mut self,
+        outcome: Option<Result<(), IsleError>>,
+    ) -> Result<Self, IsleError> {
         let abandoned = self.handle.shared.is_abandoned();
         match outcome {
             Some(Ok(())) => Ok(self),
             // `init` could not be interrupted in time: leave its thread to end on its own.
             Some(Err(err)) if abandoned => Err(IsleError::Init(Box::new(err))),
             Some(Err(IsleError::Shutdown)) | None => {
-                // The thread ended without reporting: it panicked outside `init`. (It has
-                // ended, so joining does not block.)
-                let err = match self.thread.join() {
-                    Err(panic) => IsleError::Panic(worker::panic_message(&*panic)),
-                    Ok(()) => IsleError::Shutdown,
+                // The thread ended without reporting: it panicked outside `init`, and reports
+                // that as it ends. (It is ending, so joining does not block long.)
+                self.thread.join();
+                let err = match self.handle.shared.exited.take() {
+                    Some(Err(panic @ IsleError::Panic(_))) => panic,
+                    _ => IsleError::Shutdown,
                 };
                 Err(IsleError::Init(Box::new(err)))
             }
             Some(Err(err)) => {
                 // `init` failed and the thread is ending: joining waits only for that.
-                let _ = self.thread.join();
+                self.thread.join();
                 Err(IsleError::Init(Box::new(err)))
             }
         }
@@ -804,7 +812,7 @@ impl<T> InitValue<T> {
 /// A started Lua thread, before or after its `init` finished.
 pub(crate) struct Launched {
     pub(crate) handle: Handle,
-    pub(crate) thread: JoinHandle<()>,
+    pub(crate) thread: IsleThread,
     /// Resolved by the Lua thread once `init` has finished.
     pub(crate) ready: Arc<Slot<()>>,
 }

@@ -597,7 +597,9 @@ fn stop_members(core: &PoolCore, deadline: Option<Option<Instant>>) -> Result<()
     let mut result = Ok(());
     for (outcome, thread) in outcomes.into_iter().zip(threads) {
         // A thread given up on is left to end on its own.
-        let outcome = outcome.and_then(|()| crate::handle::isle::join(thread));
+        if !matches!(outcome, Err(IsleError::Abandoned)) {
+            crate::handle::isle::join(thread);
+        }
         if result.is_ok() {
             result = outcome;
         }
