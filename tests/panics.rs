@@ -168,3 +168,53 @@ async fn a_panic_while_the_vm_closes_is_reported_by_the_async_shutdown() {
     let shutdown = tokio::time::timeout(std::time::Duration::from_secs(20), driver.shutdown());
     assert_panic(shutdown.await.expect("hang guard"), "closing boom");
 }
+
+/// Each member's VM panics as it closes.
+fn panics_when_closed(lua: &mlua_isle::mlua::Lua) -> mlua_isle::mlua::Result<()> {
+    lua.set_app_data(PanicsWhenDropped);
+    Ok(())
+}
+
+#[test]
+fn a_pool_shutdown_reports_a_panic_while_a_member_closes() {
+    quiet_lua_thread_panics();
+    within_hang_guard(|| {
+        let pool = mlua_isle::IslePool::builder()
+            .size(2)
+            .spawn(panics_when_closed)
+            .unwrap();
+        assert_eq!(pool.eval::<i64>("return 1").unwrap(), 1);
+        assert_panic(pool.shutdown(), "closing boom");
+    });
+}
+
+#[test]
+fn a_pool_shutdown_reports_a_panic_while_a_checked_out_member_closes() {
+    quiet_lua_thread_panics();
+    within_hang_guard(|| {
+        let pool = mlua_isle::IslePool::builder()
+            .size(1)
+            .spawn(panics_when_closed)
+            .unwrap();
+        let guard = pool.checkout().unwrap();
+        assert_eq!(guard.eval::<i64>("return 1").unwrap(), 1);
+        let shutdown = std::thread::spawn(move || pool.shutdown());
+        drop(guard);
+        assert_panic(shutdown.join().unwrap(), "closing boom");
+    });
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_pool_shutdown_reports_a_panic_while_a_member_closes() {
+    quiet_lua_thread_panics();
+    let (pool, driver) = mlua_isle::AsyncIslePool::builder()
+        .size(2)
+        .spawn_async(panics_when_closed)
+        .await
+        .unwrap();
+    assert_eq!(pool.eval::<i64>("return 1").await.unwrap(), 1);
+    drop(pool);
+    let shutdown = tokio::time::timeout(std::time::Duration::from_secs(20), driver.shutdown());
+    assert_panic(shutdown.await.expect("hang guard"), "closing boom");
+}

@@ -69,10 +69,19 @@ mod timed {
     /// The raw thread, `None` once joined or detached.
     pub(super) struct Joinable(Option<libc::pthread_t>);
 
+    // SAFETY: a `pthread_t` only names a thread (musl's is a pointer, hence no auto trait):
+    // any thread may join or detach it, and every use takes `&mut self`.
+    unsafe impl Send for Joinable {}
+    // SAFETY: as for `Send`; a shared reference gives no access to the thread at all.
+    unsafe impl Sync for Joinable {}
+
     impl Joinable {
         pub(super) fn new(handle: JoinHandle<()>) -> Self {
             // From here on this value owns the joinable thread: it joins or detaches it.
-            Joinable(Some(handle.into_pthread_t()))
+            // (std's `RawPthread` is an integer on every target; `pthread_t` a pointer on musl.)
+            #[allow(clippy::unnecessary_cast)]
+            let raw = handle.into_pthread_t() as libc::pthread_t;
+            Joinable(Some(raw))
         }
 
         pub(super) fn join_within(&mut self, timeout: Duration) -> bool {
@@ -97,7 +106,12 @@ mod timed {
         pub(super) fn join(&mut self) {
             if let Some(raw) = self.0.take() {
                 // SAFETY: as in `join_within`; taken out of `self.0` first, so joined once.
-                unsafe { libc::pthread_join(raw, std::ptr::null_mut()) };
+                if unsafe { libc::pthread_join(raw, std::ptr::null_mut()) } != 0 {
+                    // Not joined (it cannot fail for a joinable thread that is not the
+                    // caller): let the thread free its resources when it ends.
+                    // SAFETY: still joinable, and no longer in `self.0`.
+                    unsafe { libc::pthread_detach(raw) };
+                }
             }
         }
     }

@@ -364,7 +364,8 @@ impl Isle {
     /// Blocks until every queued request has finished and the VM is closed. A request that
     /// never finishes and has no deadline blocks it forever; see
     /// [`shutdown_timeout`](Isle::shutdown_timeout). If the isle gives up on a request while
-    /// this waits, it returns `Abandoned` at most a tenth of a second after the give-up.
+    /// this waits, it returns `Abandoned` about a tenth of a second after the give-up at most (unless
+    /// the system clock is set back meanwhile).
     ///
     /// # Examples
     ///
@@ -594,10 +595,10 @@ impl IsleHandle for Isle {
     }
 }
 
-/// Joins the Lua thread, turning a panic into an error.
 /// How long a shutdown without a deadline waits in a plain join for the Lua thread to end,
 /// before it waits for the thread's report instead: enough for an idle isle to close its VM,
-/// short enough that a give-up meanwhile is still reported promptly (a join cannot see it).
+/// short enough that a give-up meanwhile is still reported promptly (a join cannot see it). (Where
+/// the C library measures it with the system clock, setting that clock back lengthens it.)
 const QUICK_EXIT: Duration = Duration::from_millis(100);
 
 /// Joins the thread of an isle that has reported its end (see [`exit_outcome`]).

@@ -711,8 +711,9 @@ impl AsyncIslePoolDriver {
     ///
     /// # Errors
     ///
-    /// [`IsleError::Abandoned`] if a member was given up on; [`IsleError::Reentrant`] when
-    /// awaited on a member's own thread.
+    /// [`IsleError::Abandoned`] if a member was given up on; [`IsleError::Panic`] if a
+    /// member's thread panicked outside a request (while its VM closed, say) during the
+    /// shutdown; [`IsleError::Reentrant`] when awaited on a member's own thread.
     ///
     /// # Cancel safety
     ///

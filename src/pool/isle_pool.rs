@@ -482,8 +482,8 @@ impl IslePool {
     /// # Errors
     ///
     /// [`IsleError::Abandoned`] if a member was given up on (a request that would not stop);
-    /// [`IsleError::Panic`] if a member's thread panicked; [`IsleError::Reentrant`] on a
-    /// member's own thread.
+    /// [`IsleError::Panic`] if a member's thread panicked outside a request (while its VM
+    /// closed, say) during the shutdown; [`IsleError::Reentrant`] on a member's own thread.
     ///
     /// # Blocking
     ///
