@@ -128,11 +128,7 @@ impl Drop for PanicsWhenDropped {
 fn a_panic_while_the_vm_closes_is_reported_by_shutdown() {
     quiet_lua_thread_panics();
     within_hang_guard(|| {
-        let isle = Isle::spawn(|lua| {
-            lua.set_app_data(PanicsWhenDropped);
-            Ok(())
-        })
-        .unwrap();
+        let isle = Isle::spawn(panics_when_closed).unwrap();
         assert_eq!(isle.eval::<i64>("return 1").unwrap(), 1);
         assert_panic(isle.shutdown(), "closing boom");
     });
@@ -142,11 +138,7 @@ fn a_panic_while_the_vm_closes_is_reported_by_shutdown() {
 fn a_panic_while_the_vm_closes_is_reported_by_shutdown_timeout() {
     quiet_lua_thread_panics();
     within_hang_guard(|| {
-        let isle = Isle::spawn(|lua| {
-            lua.set_app_data(PanicsWhenDropped);
-            Ok(())
-        })
-        .unwrap();
+        let isle = Isle::spawn(panics_when_closed).unwrap();
         assert_panic(
             isle.shutdown_timeout(std::time::Duration::from_secs(20)),
             "closing boom",
@@ -158,12 +150,9 @@ fn a_panic_while_the_vm_closes_is_reported_by_shutdown_timeout() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_panic_while_the_vm_closes_is_reported_by_the_async_shutdown() {
     quiet_lua_thread_panics();
-    let (isle, driver) = mlua_isle::AsyncIsle::spawn(|lua| {
-        lua.set_app_data(PanicsWhenDropped);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    let (isle, driver) = mlua_isle::AsyncIsle::spawn(panics_when_closed)
+        .await
+        .unwrap();
     drop(isle);
     let shutdown = tokio::time::timeout(std::time::Duration::from_secs(20), driver.shutdown());
     assert_panic(shutdown.await.expect("hang guard"), "closing boom");

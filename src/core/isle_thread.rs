@@ -4,7 +4,7 @@
 //! thread that was given up on (stuck in code that cannot be interrupted). The safe way is to
 //! wait for the thread to report its end, then join it; but that costs the waiter two more
 //! sleeps and wake-ups than a plain join (woken by the report, asleep again in the join until
-//! the thread has really gone), a sixth of what starting and stopping a whole isle costs.
+//! the thread has really gone), about a tenth of what starting and stopping a whole isle costs.
 //! Where the C library can join with a timeout, [`IsleThread::join_within`] joins at once and
 //! gives up after a short while, leaving the long waits to the report.
 //!
