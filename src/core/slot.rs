@@ -207,7 +207,8 @@ impl<T, W> Slot<T, W> {
     }
 
     /// Like [`wait_until`](Self::wait_until), for a slot resolved once a VM is created or
-    /// closed (an isle starting or ending): parks at once, without polling (the `wait` module says why).
+    /// closed (an isle starting or ending): parks at once, without polling (the `wait` module
+    /// says why).
     pub(crate) fn wait_long_until(&self, deadline: Option<Instant>) -> bool {
         self.wait(deadline, self.is_ready())
     }

@@ -1243,12 +1243,8 @@ impl AsyncIsleDriver {
         if let Some(handle) = self.handle.upgrade() {
             handle.wake();
         }
-        let outcome = wait_for_exit(&shared, deadline).await;
-        if !matches!(outcome, Err(IsleError::Abandoned)) {
-            // The thread has ended (or is ending): joining does not block for long.
-            isle::join(self.thread.take());
-        }
-        outcome
+        // The thread has ended (or is ending): joining does not block for long.
+        isle::join_after(wait_for_exit(&shared, deadline).await, self.thread.take())
     }
 }
 

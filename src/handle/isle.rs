@@ -364,8 +364,8 @@ impl Isle {
     /// Blocks until every queued request has finished and the VM is closed. A request that
     /// never finishes and has no deadline blocks it forever; see
     /// [`shutdown_timeout`](Isle::shutdown_timeout). If the isle gives up on a request while
-    /// this waits, it returns `Abandoned` about a tenth of a second after the give-up at most (unless
-    /// the system clock is set back meanwhile).
+    /// this waits, it returns `Abandoned` about a tenth of a second after the give-up at most
+    /// (unless the system clock is set back meanwhile).
     ///
     /// # Examples
     ///
@@ -429,11 +429,7 @@ impl Isle {
         {
             return exit_outcome(&shared);
         }
-        let outcome = wait_for_exit(&shared, deadline);
-        if !matches!(outcome, Err(IsleError::Abandoned)) {
-            join(thread);
-        }
-        outcome
+        join_after(wait_for_exit(&shared, deadline), thread)
     }
 
     /// Closes the isle through a shared handle (a pool member still held by a guard) and wakes
@@ -597,15 +593,22 @@ impl IsleHandle for Isle {
 
 /// How long a shutdown without a deadline waits in a plain join for the Lua thread to end,
 /// before it waits for the thread's report instead: enough for an idle isle to close its VM,
-/// short enough that a give-up meanwhile is still reported promptly (a join cannot see it). (Where
-/// the C library measures it with the system clock, setting that clock back lengthens it.)
+/// short enough that a give-up meanwhile is still reported promptly (a join cannot see it).
+/// (Where the C library measures it with the system clock, setting that clock back lengthens
+/// it.)
 const QUICK_EXIT: Duration = Duration::from_millis(100);
 
-/// Joins the thread of an isle that has reported its end (see [`exit_outcome`]).
-pub(crate) fn join(thread: Option<IsleThread>) {
-    if let Some(mut thread) = thread {
+/// Joins the thread of an isle whose end was waited for with `outcome` (see
+/// [`exit_outcome`]), unless the isle gave up on it: that thread is left to end on its own.
+/// Returns `outcome`.
+pub(crate) fn join_after(
+    outcome: Result<(), IsleError>,
+    thread: Option<IsleThread>,
+) -> Result<(), IsleError> {
+    if let (false, Some(mut thread)) = (matches!(outcome, Err(IsleError::Abandoned)), thread) {
         thread.join();
     }
+    outcome
 }
 
 impl Drop for Isle {

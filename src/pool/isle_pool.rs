@@ -596,10 +596,7 @@ fn stop_members(core: &PoolCore, deadline: Option<Option<Instant>>) -> Result<()
     let outcomes = crate::handle::isle::wait_for_exits(&isles, deadline);
     let mut result = Ok(());
     for (outcome, thread) in outcomes.into_iter().zip(threads) {
-        // A thread given up on is left to end on its own.
-        if !matches!(outcome, Err(IsleError::Abandoned)) {
-            crate::handle::isle::join(thread);
-        }
+        let outcome = crate::handle::isle::join_after(outcome, thread);
         if result.is_ok() {
             result = outcome;
         }
