@@ -109,6 +109,34 @@ fn a_task_cancelling_itself_ends_at_once_even_inside_pcall() {
     assert!(ok.unwrap());
 }
 
+/// A task cancelled while it cannot stop (a task it started cancels it from inside a
+/// `table.sort` comparator, which cannot yield) runs on until it next blocks, and ends there.
+#[test]
+fn a_task_cancelled_where_it_cannot_yield_ends_when_it_next_blocks() {
+    let outcome: String = eval(
+        r#"
+        local ch = task.channel(0)
+        local reached, after = false, false
+        local h = task.spawn(function()
+            local me = task.current()
+            local canceller = nil
+            table.sort({3, 1, 2}, function(x, y)
+                if not canceller then
+                    canceller = task.spawn(function() me:cancel() end)
+                end
+                return x < y
+            end)
+            reached = true
+            ch:recv()
+            after = true
+        end)
+        return table.concat({h:status(), tostring(reached), tostring(after)}, " ")
+    "#,
+    )
+    .unwrap();
+    assert_eq!(outcome, "cancelled true false");
+}
+
 #[test]
 fn tasks_that_sleep_wake_in_deadline_order() {
     let order: String = eval(
@@ -181,7 +209,7 @@ fn defer_starts_a_task_later() {
         r#"
         local ran = false
         local h = task.defer(function() ran = true end)
-        assert(not ran and h:status() == "ready")
+        assert(not ran and h:status() == "ready" and tostring(h) == "task (ready)")
         h:join()
         return ran
     "#,

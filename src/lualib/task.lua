@@ -48,6 +48,9 @@ local made = setmetatable({}, { __mode = "k" })
 local scope = nil    -- the scope of the running request, if it used the library
 local ending = nil   -- the scope being ended, while it is
 local current = nil  -- the task record running now (nil: the request's own code)
+-- Whether this library told a task of the running request to cancel (`rec.cancelling`): the
+-- common paths read that field (a miss through the record's metatable) only when it did.
+local cancels = false
 local depth = 0      -- nesting of eager starts
 local seed = 12345 -- Park-Miller generator for select's starting case (exact in doubles)
 
@@ -371,7 +374,7 @@ local function fire_timers(s, t)
     end
     if top.w == top then
       -- A task asleep on its own (`sleep_until`): it wakes.
-      top.w = nil
+      top.w = false
       if top.st == "waiting" and not s.ended then
         top.st = "ready"
         ready_push(s, top)
@@ -394,6 +397,9 @@ local function run_until(w)
   s.nip = k
   s.in_place[k] = w
   local checks = 0
+  -- A round is the tasks ready when it starts; after it come timers and host channels, so
+  -- that tasks that stay ready cannot starve them.
+  local round = s.rt - s.rh
   while not w.fired do
     -- A safe point every few steps (each step runs task code, where the interrupt acts).
     checks = checks + 1
@@ -409,33 +415,28 @@ local function run_until(w)
     end
     local h = s.rh
     if h ~= s.rt then
-      -- A round: the tasks ready now, then timers and host channels (so that tasks that stay
-      -- ready cannot starve them).
       local readyq = s.ready
-      for _ = 1, s.rt - h do
-        h = s.rh
-        if w.fired or h == s.rt then break end
-        local ready = readyq[h]
-        readyq[h] = nil
-        if h + 1 == s.rt then
-          s.rh, s.rt = 1, 1
-        else
-          s.rh = h + 1
-        end
-        if ready.st == "ready" and not ready.cancelling and not ready.args
-          and not check_suspended then
-          -- `step`, inlined for a task resumed where it blocked (the common case).
-          local prev = current
-          current = ready
-          ready.st = "running"
-          if slice_begin then slice_begin(ready.co) end
-          settle(ready, prev, co_resume(ready.co))
-        else
-          step(ready)
-        end
+      local ready = readyq[h]
+      readyq[h] = nil
+      h = h + 1
+      if h == s.rt then h = 1; s.rt = 1 end
+      s.rh = h
+      if ready.st == "ready" and not check_suspended and not (cancels and ready.cancelling) then
+        -- `step`, inlined for a task resumed where it blocked (the common case).
+        local prev = current
+        current = ready
+        ready.st = "running"
+        if slice_begin then slice_begin(ready.co) end
+        settle(ready, prev, co_resume(ready.co))
+      else
+        step(ready)
       end
-      if s.nheap > 0 then fire_timers(s, now()) end
-      if s.nhost > 0 then poll_host(s) end
+      round = round - 1
+      if round <= 0 then
+        if s.nheap > 0 then fire_timers(s, now()) end
+        if s.nhost > 0 then poll_host(s) end
+        round = s.rt - s.rh
+      end
     else
       local t = now()
       if not fire_timers(s, t) and poll_host(s) == 0 then
@@ -451,6 +452,7 @@ local function run_until(w)
         end
         idle_wait(delay)
       end
+      round = s.rt - s.rh
     end
   end
   s.in_place[k] = nil
@@ -477,26 +479,37 @@ local block -- forward
 
 -- Waits in queue `q` (offering `val`, for a send) until the wait fires; returns the wait.
 local function wait_in(q, val)
-  local w, node = simple_wait(scope or get_scope(), val)
-  -- Append the node.
-  node.q = q
-  node.next = nil
-  local tail = q.tail
-  node.prev = tail
-  if tail then tail.next = node else q.head = node end
-  q.tail = node
-  -- `block`, inlined for a task that can yield (the common case).
   local rec = current
-  if own and rec and rec.w == nil and own(rec.co) then
+  local w, node
+  if own and rec and not rec.w and own(rec.co) then
+    -- A task that can yield (the common case): `simple_wait` and `block`, inlined.
+    w = rec.wt
+    node = w and w.node
+    if node and not w.in_place and not w[HI] then
+      if node.q then q_unlink(node) end
+      w.nodes[1] = node
+      node.val = val
+      w.fired, w.consumed, w.putback = nil, nil, nil
+    else
+      w, node = simple_wait(rec.scope, val)
+    end
+    node.q = q
+    node.next = nil
+    local tail = q.tail
+    node.prev = tail
+    if tail then tail.next = node else q.head = node end
+    q.tail = node
     rec.w = w
     repeat
       rec.st = "waiting"
       co_yield()
-      if rec.cancelling then co_yield() end
+      if cancels and rec.cancelling then co_yield() end
     until w.fired
-    rec.w = nil
+    rec.w = false
     return w
   end
+  w, node = simple_wait(scope or get_scope(), val)
+  q_push(q, node)
   block(w)
   return w
 end
@@ -527,7 +540,7 @@ block = function(w)
         co_yield()
       end
     end
-    rec.w = nil
+    rec.w = false
   else
     run_until(w)
   end
@@ -545,7 +558,7 @@ end
 
 local function finish(rec, status)
   rec.st = status
-  rec.w = nil
+  rec.w = false
   local s = rec.scope
   if s.tasks[rec] then
     s.tasks[rec] = nil
@@ -574,7 +587,7 @@ local function kill(rec)
   if w then
     if w ~= rec and w.fired then put_back(w) else abandon(rec, w) end
   end
-  rec.w = nil
+  rec.w = false
   local co = rec.co
   finish(rec, "cancelled")
   if co_close and co_status(co) == "suspended" then
@@ -588,7 +601,7 @@ end
 settle = function(rec, prev, ok, ...)
   if slice_end then slice_end(prev and prev.co) end
   current = prev
-  if rec.st == "waiting" and ok and not check_suspended and not rec.cancelling then
+  if rec.st == "waiting" and ok and not check_suspended and not (cancels and rec.cancelling) then
     -- Blocked (the common case): nothing to do. (Where a yield can fail, the coroutine may
     -- have ended instead: look.)
   elseif co_status(rec.co) == "dead" then
@@ -608,7 +621,7 @@ settle = function(rec, prev, ok, ...)
     rec.st = "ready"
     ready_push(rec.scope, rec)
   end
-  if prev and prev.cancelling and rawequal(prev, in_own_task()) then
+  if cancels and prev and prev.cancelling and rawequal(prev, in_own_task()) then
     -- The task that started this one was cancelled by it: it ends here.
     co_yield()
   end
@@ -623,11 +636,12 @@ local function resume(rec, ...)
 end
 
 step = function(rec)
-  if rec.st ~= "ready" then return end -- cancelled while queued
+  local st = rec.st
+  if st ~= "ready" and st ~= "new" then return end -- cancelled while queued
   if check_suspended and co_status(rec.co) ~= "suspended" then return end
   if rec.cancelling then return kill(rec) end
   local args = rec.args
-  if args then
+  if st == "new" and args then
     -- The first resume of a task started later gets its arguments.
     rec.args = nil
     return resume(rec, unpack(args, 1, args.n))
@@ -646,7 +660,7 @@ local Task = {}
 local TaskMeta = {
   __index = Task,
   __metatable = "task",
-  __tostring = function(rec) return "task (" .. rec.st .. ")" end,
+  __tostring = function(rec) return "task (" .. Task.status(rec) .. ")" end,
 }
 local Channel = {}
 local RecvPort, SendPort = {}, {} -- host ends, filled in below
@@ -670,7 +684,7 @@ local function create(s, f, start, ...)
   -- (Slots 1 to 3: its timer, when it sleeps. Fields `w` and up to two more fit without
   -- growing the record.)
   local rec = setmetatable(
-    { false, false, false, co = co_create(f), scope = s, st = "ready" },
+    { false, false, false, co = co_create(f), scope = s, st = "ready", w = false },
     TaskMeta
   )
   s.tasks[rec] = true
@@ -680,6 +694,7 @@ local function create(s, f, start, ...)
     resume(rec, ...)
     depth = depth - 1
   else
+    rec.st = "new"
     rec.args = pack(...)
     ready_push(s, rec)
   end
@@ -703,13 +718,13 @@ end
 -- tasks sleep at once.
 local function sleep_until(s, at)
   local rec = current
-  if own and rec and rec.w == nil and own(rec.co) then
+  if own and rec and not rec.w and own(rec.co) then
     rec.w = rec
     timer_add(s, rec, at)
     repeat
       rec.st = "waiting"
       co_yield()
-      if rec.cancelling then co_yield() end
+      if cancels and rec.cancelling then co_yield() end
     until rec.w ~= rec
     return
   end
@@ -778,7 +793,10 @@ end
 
 function Task.status(h)
   check_task(h, "status")
-  return h.st
+  local st = h.st
+  -- ("new": ready, and started with its arguments when it first runs.)
+  if st == "new" then return "ready" end
+  return st
 end
 
 function Task.join(h)
@@ -808,12 +826,14 @@ local function cancel(h)
   if h.scope.ended then return false end
   if status == "running" then
     -- The running task itself, or one that started the running code and waits for it.
+    cancels = true
     h.cancelling = true
     if rawequal(h, in_own_task()) then
       co_yield() -- the scheduler (or `spawn`) kills it; never resumed
     end
     return true
   end
+  cancels = true
   h.cancelling = true
   kill(h)
   return true
@@ -938,9 +958,20 @@ end
 function Channel.send(ch, v)
   if made[ch] ~= "channel" then check_channel(ch, "send") end
   if v == nil then check_value(v, "send") end
-  local ok, why = try_send(ch, v)
-  if ok then return true end
-  if why == "closed" then return false end
+  -- `try_send`, inlined.
+  if ch.closed then return false end
+  local recvq = ch.recvq
+  local node = recvq.head and q_pop_live(recvq)
+  if node then
+    local w = node.w
+    w.putback = ch
+    fire(w, node.idx, v, true)
+    return true
+  end
+  if ch.count < ch.cap then
+    buf_push(ch, v)
+    return true
+  end
   return wait_in(ch.sendq, v).ok == true
 end
 
@@ -1487,6 +1518,7 @@ local function end_scope(close_tasks)
   s.nip = 0
   -- (No new tables here: an allocation could run a finalizer.)
   s.rh, s.rt, s.nheap = 1, 1, 0
+  cancels = false
   ending = nil
 end
 
