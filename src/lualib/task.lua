@@ -505,6 +505,8 @@ local function wait_in(q, val)
       co_yield()
       if cancels and rec.cancelling then co_yield() end
     until w.fired
+    -- (false, not nil: the field stays in the record, so that the next wait reads it
+    -- without a miss through the record's metatable.)
     rec.w = false
     return w
   end
@@ -558,7 +560,7 @@ end
 
 local function finish(rec, status)
   rec.st = status
-  rec.w = false
+  rec.w = nil
   local s = rec.scope
   if s.tasks[rec] then
     s.tasks[rec] = nil
@@ -587,7 +589,7 @@ local function kill(rec)
   if w then
     if w ~= rec and w.fired then put_back(w) else abandon(rec, w) end
   end
-  rec.w = false
+  rec.w = nil
   local co = rec.co
   finish(rec, "cancelled")
   if co_close and co_status(co) == "suspended" then
@@ -684,7 +686,7 @@ local function create(s, f, start, ...)
   -- (Slots 1 to 3: its timer, when it sleeps. Fields `w` and up to two more fit without
   -- growing the record.)
   local rec = setmetatable(
-    { false, false, false, co = co_create(f), scope = s, st = "ready", w = false },
+    { false, false, false, co = co_create(f), scope = s, st = "ready" },
     TaskMeta
   )
   s.tasks[rec] = true
