@@ -243,6 +243,139 @@ fn tasks_that_stay_ready_do_not_starve_timers_or_host_channels() {
     });
 }
 
+/// A round cut short because the waiting code's wait fired still ends with timers and host
+/// channels: two tasks that wake the waiting code in every round, each in its first step,
+/// starve neither a due timer nor a host message, whether the request's own code waits or a
+/// task waits in place (inside a coroutine of its own). (Each loop gives up after 10 s, far
+/// past the 10 ms timer, so that starvation fails the test instead of hanging it.)
+#[test]
+fn a_wait_that_fires_early_in_every_round_starves_no_timer_or_host_channel() {
+    within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        let by_request: String = isle
+            .eval(
+                r#"
+                local ch = task.channel(0)
+                local done = false
+                task.delay(0.01, function() done = true end)
+                for i = 1, 2 do
+                    task.spawn(function() while true do ch:send(i) task.yield() end end)
+                end
+                local t0 = task.now()
+                while not done and task.now() - t0 < 10 do ch:recv() end
+                return tostring(done)
+                "#,
+            )
+            .unwrap();
+        assert_eq!(by_request, "true");
+        let in_place: String = isle
+            .eval(
+                r#"
+                local ch = task.channel(0)
+                local done = false
+                task.delay(0.01, function() done = true end)
+                for i = 1, 2 do
+                    task.spawn(function() while true do ch:send(i) task.yield() end end)
+                end
+                local h = task.spawn(function()
+                    coroutine.wrap(function()
+                        local t0 = task.now()
+                        while not done and task.now() - t0 < 10 do ch:recv() end
+                    end)()
+                    return tostring(done)
+                end)
+                return h:join()
+                "#,
+            )
+            .unwrap();
+        assert_eq!(in_place, "true");
+        // A host message sent while the request keeps receiving.
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let tx = isle
+            .exec(move |lua| {
+                let (tx, ch) = host::channel_to_lua::<i64>(lua, 4)?;
+                lua.globals().set("inbox", ch)?;
+                let ready = lua.create_function(move |_, ()| {
+                    let _ = ready_tx.send(());
+                    Ok(())
+                })?;
+                lua.globals().set("ready", ready)?;
+                Ok(tx)
+            })
+            .unwrap();
+        let receiving = isle
+            .spawn_eval::<i64>(
+                r#"
+                local ch = task.channel(0)
+                local got = nil
+                task.spawn(function() got = inbox:recv() end)
+                for i = 1, 2 do
+                    task.spawn(function() while true do ch:send(i) task.yield() end end)
+                end
+                ch:recv()
+                ready()
+                local t0 = task.now()
+                while not got and task.now() - t0 < 10 do ch:recv() end
+                return got or -1
+                "#,
+            )
+            .unwrap();
+        ready_rx.recv().unwrap();
+        tx.try_send(7).unwrap();
+        assert_eq!(receiving.wait().unwrap(), 7);
+    });
+}
+
+/// When the request's own code waits and its wait fires in the middle of a round, timers due
+/// by then fire before it goes on (as at the end of every round); and a task waiting in place
+/// that is cancelled in a round where a later task hands it a value still gets that value
+/// (the cancel is noticed when the round ends): the sender's send completes, nothing is lost.
+#[test]
+fn a_round_cut_short_by_the_wait_ends_like_any_other() {
+    let (timers, handed): (String, String) = within_hang_guard(|| {
+        let isle = isle_with(TaskLibrary::new());
+        let timers = isle
+            .eval(
+                r#"
+                local log = {}
+                local ch = task.channel(0)
+                task.spawn(function() task.sleep(0) log[#log + 1] = "S" end)
+                task.defer(function() ch:send(1) end)
+                task.defer(function() log[#log + 1] = "B" end)
+                ch:recv()
+                task.yield()
+                return table.concat(log, ",")
+                "#,
+            )
+            .unwrap();
+        let handed = isle
+            .eval(
+                r#"
+                local log = {}
+                local ch = task.channel(0)
+                local a
+                task.defer(function() a:cancel() end)
+                local sender = task.defer(function()
+                    log[#log + 1] = "sent " .. tostring(ch:send(42))
+                end)
+                task.spawn(function()
+                    a = task.current()
+                    coroutine.wrap(function()
+                        local ok, v = pcall(ch.recv, ch)
+                        log[#log + 1] = "got " .. tostring(ok) .. " " .. tostring(v)
+                    end)()
+                end)
+                task.yield()
+                return table.concat(log, ",") .. " | " .. sender:status()
+                "#,
+            )
+            .unwrap();
+        (timers, handed)
+    });
+    assert_eq!(timers, "B,S");
+    assert_eq!(handed, "sent true,got true 42 | done");
+}
+
 /// A request queued for a script resolves `Closed` when the Lua end is closed or the isle
 /// goes away with it queued.
 #[test]

@@ -319,8 +319,8 @@ local function q_pop_live(q)
     local w = node.w
     if not w.fired and not w.scope.ended then
       local rec = w.rec
-      if not rec or w.in_place or (rec.w == w
-        and not (check_suspended and co_status(rec.co) ~= "suspended")) then
+      if not rec or (rec.w == w and not (check_suspended and co_status(rec.co) ~= "suspended"))
+        or w.in_place then
         return node
       end
     end
@@ -397,9 +397,7 @@ local function run_until(w)
   s.nip = k
   s.in_place[k] = w
   local checks = 0
-  -- A round is the tasks ready when it starts; after it come timers and host channels, so
-  -- that tasks that stay ready cannot starve them.
-  local round = s.rt - s.rh
+  local readyq = s.ready
   while not w.fired do
     -- A safe point every few steps (each step runs task code, where the interrupt acts).
     checks = checks + 1
@@ -415,28 +413,30 @@ local function run_until(w)
     end
     local h = s.rh
     if h ~= s.rt then
-      local readyq = s.ready
-      local ready = readyq[h]
-      readyq[h] = nil
-      h = h + 1
-      if h == s.rt then h = 1; s.rt = 1 end
-      s.rh = h
-      if ready.st == "ready" and not check_suspended and not (cancels and ready.cancelling) then
-        -- `step`, inlined for a task resumed where it blocked (the common case).
-        local prev = current
-        current = ready
-        ready.st = "running"
-        if slice_begin then slice_begin(ready.co) end
-        settle(ready, prev, co_resume(ready.co))
-      else
-        step(ready)
-      end
-      round = round - 1
-      if round <= 0 then
-        if s.nheap > 0 then fire_timers(s, now()) end
-        if s.nhost > 0 then poll_host(s) end
-        round = s.rt - s.rh
-      end
+      -- A round: the tasks ready now (until the wait fires), then timers and host channels
+      -- (so that tasks that stay ready cannot starve them).
+      local left = s.rt - h
+      repeat
+        local ready = readyq[h]
+        readyq[h] = nil
+        h = h + 1
+        if h == s.rt then h = 1; s.rt = 1 end
+        s.rh = h
+        if ready.st == "ready" and not check_suspended and not (cancels and ready.cancelling) then
+          -- `step`, inlined for a task resumed where it blocked (the common case).
+          local prev = current
+          current = ready
+          ready.st = "running"
+          if slice_begin then slice_begin(ready.co) end
+          settle(ready, prev, co_resume(ready.co))
+        else
+          step(ready)
+        end
+        left = left - 1
+        h = s.rh
+      until left == 0 or w.fired or h == s.rt
+      if s.nheap > 0 then fire_timers(s, now()) end
+      if s.nhost > 0 then poll_host(s) end
     else
       local t = now()
       if not fire_timers(s, t) and poll_host(s) == 0 then
@@ -452,7 +452,6 @@ local function run_until(w)
         end
         idle_wait(delay)
       end
-      round = s.rt - s.rh
     end
   end
   s.in_place[k] = nil
