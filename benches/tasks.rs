@@ -107,7 +107,7 @@ fn tasks(c: &mut Criterion) {
     group.bench_function("spawn_join_empty", |b| {
         b.iter_custom(|iters| per_unit(&isle, "spawn_join", iters))
     });
-    group.bench_function("ping_pong_rendezvous_per_message", |b| {
+    group.bench_function("ping_pong_rendezvous_per_round_trip", |b| {
         b.iter_custom(|iters| per_unit(&isle, "ping_pong", iters))
     });
     group.bench_function("stream_capacity_64_per_message", |b| {
