@@ -397,7 +397,6 @@ local function run_until(w)
   s.nip = k
   s.in_place[k] = w
   local checks = 0
-  local readyq = s.ready
   while not w.fired do
     -- A safe point every few steps (each step runs task code, where the interrupt acts).
     checks = checks + 1
@@ -415,6 +414,7 @@ local function run_until(w)
     if h ~= s.rt then
       -- A round: the tasks ready now (until the wait fires), then timers and host channels
       -- (so that tasks that stay ready cannot starve them).
+      local readyq = s.ready
       local left = s.rt - h
       repeat
         local ready = readyq[h]
