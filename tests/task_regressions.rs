@@ -21,6 +21,26 @@ fn isle_with(tasks: TaskLibrary) -> Isle {
         .unwrap()
 }
 
+/// Gives the isle a global `inbox`, a host channel into Lua, and a global `ready()` that
+/// scripts call to tell the test they are where it wants them; returns the host's end and
+/// where `ready()` calls arrive.
+fn inbox_and_ready(isle: &Isle) -> (host::Sender<i64>, mpsc::Receiver<()>) {
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let tx = isle
+        .exec(move |lua| {
+            let (tx, ch) = host::channel_to_lua::<i64>(lua, 4)?;
+            lua.globals().set("inbox", ch)?;
+            let ready = lua.create_function(move |_, ()| {
+                let _ = ready_tx.send(());
+                Ok(())
+            })?;
+            lua.globals().set("ready", ready)?;
+            Ok(tx)
+        })
+        .unwrap();
+    (tx, ready_rx)
+}
+
 const PREEMPTS: bool = cfg!(any(
     feature = "lua53",
     feature = "lua54",
@@ -212,19 +232,7 @@ fn tasks_that_stay_ready_do_not_starve_timers_or_host_channels() {
             assert_eq!(got, "abc");
         }
         // A host message reaches a receiver while a sibling keeps sleeping for 0 s.
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        let tx = isle
-            .exec(move |lua| {
-                let (tx, ch) = host::channel_to_lua::<i64>(lua, 4)?;
-                lua.globals().set("inbox", ch)?;
-                let ready = lua.create_function(move |_, ()| {
-                    let _ = ready_tx.send(());
-                    Ok(())
-                })?;
-                lua.globals().set("ready", ready)?;
-                Ok(tx)
-            })
-            .unwrap();
+        let (tx, ready_rx) = inbox_and_ready(&isle);
         let receiving = isle
             .spawn_eval::<i64>(
                 r#"
@@ -290,19 +298,7 @@ fn a_wait_that_fires_early_in_every_round_starves_no_timer_or_host_channel() {
             .unwrap();
         assert_eq!(in_place, "true");
         // A host message sent while the request keeps receiving.
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        let tx = isle
-            .exec(move |lua| {
-                let (tx, ch) = host::channel_to_lua::<i64>(lua, 4)?;
-                lua.globals().set("inbox", ch)?;
-                let ready = lua.create_function(move |_, ()| {
-                    let _ = ready_tx.send(());
-                    Ok(())
-                })?;
-                lua.globals().set("ready", ready)?;
-                Ok(tx)
-            })
-            .unwrap();
+        let (tx, ready_rx) = inbox_and_ready(&isle);
         let receiving = isle
             .spawn_eval::<i64>(
                 r#"
