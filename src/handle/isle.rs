@@ -605,8 +605,10 @@ pub(crate) fn join_after(
     outcome: Result<(), IsleError>,
     thread: Option<IsleThread>,
 ) -> Result<(), IsleError> {
-    if let (false, Some(mut thread)) = (matches!(outcome, Err(IsleError::Abandoned)), thread) {
-        thread.join();
+    if !matches!(outcome, Err(IsleError::Abandoned)) {
+        if let Some(mut thread) = thread {
+            thread.join();
+        }
     }
     outcome
 }
