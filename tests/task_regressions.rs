@@ -21,10 +21,10 @@ fn isle_with(tasks: TaskLibrary) -> Isle {
         .unwrap()
 }
 
-/// Gives the isle a global `inbox`, a host channel into Lua, and a global `ready()` that
-/// scripts call to tell the test they are where it wants them; returns the host's end and
-/// where `ready()` calls arrive.
-fn inbox_and_ready(isle: &Isle) -> (host::Sender<i64>, mpsc::Receiver<()>) {
+/// Runs `code` as a request with a global `inbox` (a host channel into Lua) and a global
+/// `ready()` that the script calls once it is where the test wants it; then sends `value`
+/// into `inbox` and returns what the request returned.
+fn received_by(isle: &Isle, code: String, value: i64) -> i64 {
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let tx = isle
         .exec(move |lua| {
@@ -38,7 +38,10 @@ fn inbox_and_ready(isle: &Isle) -> (host::Sender<i64>, mpsc::Receiver<()>) {
             Ok(tx)
         })
         .unwrap();
-    (tx, ready_rx)
+    let receiving = isle.spawn_eval::<i64>(code).unwrap();
+    ready_rx.recv().unwrap();
+    tx.try_send(value).unwrap();
+    receiving.wait().unwrap()
 }
 
 const PREEMPTS: bool = cfg!(any(
@@ -232,22 +235,15 @@ fn tasks_that_stay_ready_do_not_starve_timers_or_host_channels() {
             assert_eq!(got, "abc");
         }
         // A host message reaches a receiver while a sibling keeps sleeping for 0 s.
-        let (tx, ready_rx) = inbox_and_ready(&isle);
-        let receiving = isle
-            .spawn_eval::<i64>(
-                r#"
-                local done = false
-                task.spawn(function() while not done do task.sleep(0) end end)
-                ready()
-                local v = inbox:recv()
-                done = true
-                return v
-                "#,
-            )
-            .unwrap();
-        ready_rx.recv().unwrap();
-        tx.try_send(5).unwrap();
-        assert_eq!(receiving.wait().unwrap(), 5);
+        let script = r#"
+            local done = false
+            task.spawn(function() while not done do task.sleep(0) end end)
+            ready()
+            local v = inbox:recv()
+            done = true
+            return v
+        "#;
+        assert_eq!(received_by(&isle, script.to_string(), 5), 5);
     });
 }
 
@@ -258,33 +254,32 @@ fn tasks_that_stay_ready_do_not_starve_timers_or_host_channels() {
 /// past the 10 ms timer, so that starvation fails the test instead of hanging it.)
 #[test]
 fn a_wait_that_fires_early_in_every_round_starves_no_timer_or_host_channel() {
+    // Two tasks that each hand `ch` a value in their first step of every round.
+    const WAKERS: &str = r#"
+        local ch = task.channel(0)
+        for i = 1, 2 do
+            task.spawn(function() while true do ch:send(i) task.yield() end end)
+        end
+    "#;
     within_hang_guard(|| {
         let isle = isle_with(TaskLibrary::new());
         let by_request: String = isle
-            .eval(
-                r#"
-                local ch = task.channel(0)
+            .eval(format!(
+                r#"{WAKERS}
                 local done = false
                 task.delay(0.01, function() done = true end)
-                for i = 1, 2 do
-                    task.spawn(function() while true do ch:send(i) task.yield() end end)
-                end
                 local t0 = task.now()
                 while not done and task.now() - t0 < 10 do ch:recv() end
                 return tostring(done)
-                "#,
-            )
+                "#
+            ))
             .unwrap();
         assert_eq!(by_request, "true");
         let in_place: String = isle
-            .eval(
-                r#"
-                local ch = task.channel(0)
+            .eval(format!(
+                r#"{WAKERS}
                 local done = false
                 task.delay(0.01, function() done = true end)
-                for i = 1, 2 do
-                    task.spawn(function() while true do ch:send(i) task.yield() end end)
-                end
                 local h = task.spawn(function()
                     coroutine.wrap(function()
                         local t0 = task.now()
@@ -293,32 +288,23 @@ fn a_wait_that_fires_early_in_every_round_starves_no_timer_or_host_channel() {
                     return tostring(done)
                 end)
                 return h:join()
-                "#,
-            )
+                "#
+            ))
             .unwrap();
         assert_eq!(in_place, "true");
         // A host message sent while the request keeps receiving.
-        let (tx, ready_rx) = inbox_and_ready(&isle);
-        let receiving = isle
-            .spawn_eval::<i64>(
-                r#"
-                local ch = task.channel(0)
-                local got = nil
-                task.spawn(function() got = inbox:recv() end)
-                for i = 1, 2 do
-                    task.spawn(function() while true do ch:send(i) task.yield() end end)
-                end
-                ch:recv()
-                ready()
-                local t0 = task.now()
-                while not got and task.now() - t0 < 10 do ch:recv() end
-                return got or -1
-                "#,
-            )
-            .unwrap();
-        ready_rx.recv().unwrap();
-        tx.try_send(7).unwrap();
-        assert_eq!(receiving.wait().unwrap(), 7);
+        let script = format!(
+            r#"{WAKERS}
+            local got = nil
+            task.spawn(function() got = inbox:recv() end)
+            ch:recv()
+            ready()
+            local t0 = task.now()
+            while not got and task.now() - t0 < 10 do ch:recv() end
+            return got or -1
+            "#
+        );
+        assert_eq!(received_by(&isle, script, 7), 7);
     });
 }
 
