@@ -1,198 +1,400 @@
-//! The OS thread an isle's VM lives on, as its owner joins it.
+//! The OS threads isles run on, and the spare threads kept to start the next isle.
 //!
-//! A shutdown must not return before the thread has ended, and must never block for good on a
-//! thread that was given up on (stuck in code that cannot be interrupted). The safe way is to
-//! wait for the thread to report its end, then join it; but that costs the waiter two more
-//! sleeps and wake-ups than a plain join (woken by the report, asleep again in the join until
-//! the thread has really gone), about a tenth of what starting and stopping a whole isle costs.
-//! Where the C library can join with a timeout, [`IsleThread::join_within`] joins at once and
-//! gives up after a short while, leaving the long waits to the report.
+//! Creating and joining an OS thread costs about as much as creating a Lua VM, and a pool
+//! that recycles its VMs pays that for each one. So when an isle's thread has served its isle
+//! (the VM closed, everything this crate kept for it on the thread reset), the thread stays
+//! for a while as a *spare*: the next isle with the same thread name and stack size starts on
+//! it, without a thread being created and joined. A spare that no isle takes within
+//! [`SPARE_IDLE`] ends; at most [`MAX_SPARES`] are kept, and a new one pushes out the one
+//! that has waited longest.
 //!
-//! The thread's closure catches its own panics (see [`IsleThread::spawn`]): the thread always
-//! ends normally, and a panic is reported with its end.
+//! A spare shows the OS the name [`SPARE_NAME`] while it waits (so that it is not taken for
+//! an isle's thread in `/proc` or a debugger), and takes its isle's name back when it serves
+//! again. The name Rust sees (`std::thread::current().name()`) is the one it was started with,
+//! which is why only isles with the same name reuse it.
+//!
+//! [`IsleThread`] stands for one isle's run on a thread. Joining it waits until the isle's
+//! body has returned and the thread has let go of the isle: it has become a spare, or is
+//! about to end. A thread whose body says it must not be reused (a panic escaped it, or its
+//! isle gave up on it) ends instead.
 
+use std::ffi::{CStr, CString};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-#[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
-use portable::Joinable;
-#[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
-use timed::Joinable;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-/// An isle's thread, joined at most once; dropping it detaches the thread.
-pub(crate) struct IsleThread(Joinable);
+/// How long a spare thread waits for another isle before it ends.
+pub(crate) const SPARE_IDLE: Duration = Duration::from_secs(1);
+
+/// How many spare threads are kept at most.
+pub(crate) const MAX_SPARES: usize = 16;
+
+/// The name a spare thread shows the OS while it waits.
+pub(crate) const SPARE_NAME: &CStr = c"isle-spare";
+
+/// What an isle runs on its thread. Returns whether the thread may serve another isle.
+type Body = Box<dyn FnOnce() -> bool + Send>;
+
+/// One isle's run, as handed to a thread.
+struct Run {
+    body: Body,
+    /// Told (or dropped) once the thread has let go of the isle.
+    ended: Sender<()>,
+}
+
+/// A waiting spare thread, as the list of spares holds it. Dropping it (a spare pushed out)
+/// ends the thread.
+struct Spare {
+    name: String,
+    stack_size: usize,
+    /// Tells this spare apart from the others.
+    serial: u64,
+    runs: Sender<Run>,
+}
+
+/// The spares, the one that has waited longest first.
+static SPARES: Mutex<Vec<Spare>> = Mutex::new(Vec::new());
+
+fn spares() -> MutexGuard<'static, Vec<Spare>> {
+    SPARES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One isle's run on a thread, joined at most once; dropping it stops waiting for the run.
+pub(crate) struct IsleThread(Option<Receiver<()>>);
 
 impl IsleThread {
-    /// Starts `body` on a new thread built by `builder`.
+    /// Runs `body` on a spare thread named `name` with `stack_size` bytes of stack, or on a
+    /// new one if there is none.
     ///
     /// `body` must not panic (the thread's owner would not learn of it): isles catch every
-    /// panic on their thread and report it.
+    /// panic on their thread and report it. It returns whether the thread is fit to serve
+    /// another isle.
+    ///
+    /// # Errors
+    ///
+    /// When a new thread is needed and the OS cannot start it, or `name` contains a NUL byte.
     pub(crate) fn spawn(
-        builder: thread::Builder,
-        body: impl FnOnce() + Send + 'static,
+        name: String,
+        stack_size: usize,
+        body: impl FnOnce() -> bool + Send + 'static,
     ) -> io::Result<Self> {
-        Ok(IsleThread(Joinable::new(builder.spawn(body)?)))
+        if name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a thread name must not contain a NUL byte",
+            ));
+        }
+        let (ended, end) = crossbeam_channel::bounded(1);
+        let run = Run {
+            body: Box::new(body),
+            ended,
+        };
+        let Err(run) = hand_to_spare(&name, stack_size, run) else {
+            return Ok(IsleThread(Some(end)));
+        };
+        let thread = SpareThread {
+            os_name: os_name(&name),
+            name: name.clone(),
+            stack_size,
+        };
+        thread::Builder::new()
+            .name(name)
+            .stack_size(stack_size)
+            .spawn(move || thread.serve(run))?;
+        Ok(IsleThread(Some(end)))
     }
 
-    /// Joins the thread if it ends within `timeout`. Returns whether it was joined (then any
-    /// later call returns `true` at once). Where the C library has no timed join, looks only
-    /// whether the thread has ended already.
+    /// Waits up to `timeout` for the run to end. Returns whether it has (then any later call
+    /// returns `true` at once).
     pub(crate) fn join_within(&mut self, timeout: Duration) -> bool {
-        self.0.join_within(timeout)
+        let Some(end) = &self.0 else {
+            return true;
+        };
+        if let Err(RecvTimeoutError::Timeout) = end.recv_timeout(timeout) {
+            return false;
+        }
+        self.0 = None;
+        true
     }
 
-    /// Joins the thread, blocking until it has ended.
+    /// Waits for the run to end.
     ///
     /// # Blocking
     ///
-    /// Until the thread ends: only for a thread known to end (it reported its end, or the
-    /// caller accepts waiting for it as long as it runs).
+    /// Until the isle's body has returned: only for a run known to end (its isle reported its
+    /// end, or the caller accepts waiting for it as long as it runs).
     pub(crate) fn join(&mut self) {
-        self.0.join();
+        if let Some(end) = self.0.take() {
+            let _ = end.recv();
+        }
     }
 }
 
 impl std::fmt::Debug for IsleThread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IsleThread").finish_non_exhaustive()
+        f.debug_struct("IsleThread")
+            .field("joined", &self.0.is_none())
+            .finish()
     }
 }
 
-/// Joining through the C library, which can wait with a timeout.
-#[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
-mod timed {
-    use std::os::unix::thread::JoinHandleExt;
-    use std::thread::JoinHandle;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// Hands `run` to the spare that waited least among those named `name` with `stack_size`
+/// bytes of stack (its stack and caches are the warmest); gives `run` back if there is none.
+fn hand_to_spare(name: &str, stack_size: usize, run: Run) -> Result<(), Run> {
+    let mut spares = spares();
+    let Some(at) = spares
+        .iter()
+        .rposition(|spare| spare.name == name && spare.stack_size == stack_size)
+    else {
+        return Err(run);
+    };
+    let spare = spares.remove(at);
+    // Sent under the lock: a spare whose wait runs out meanwhile finds it (see `wait_for_run`).
+    // The channel is empty (each one carries one run) and its thread waits on it.
+    spare.runs.try_send(run).map_err(|err| err.into_inner())
+}
 
-    /// The raw thread, `None` once joined or detached.
-    pub(super) struct Joinable(Option<libc::pthread_t>);
+/// A thread that serves isles one after the other.
+struct SpareThread {
+    name: String,
+    stack_size: usize,
+    /// `name` as the OS shows it; `None` where threads are not renamed.
+    os_name: Option<CString>,
+}
 
-    // SAFETY: a `pthread_t` only names a thread (musl's is a pointer, hence no auto trait):
-    // any thread may join or detach it, and every use takes `&mut self`.
-    unsafe impl Send for Joinable {}
-    // SAFETY: as for `Send`; a shared reference gives no access to the thread at all.
-    unsafe impl Sync for Joinable {}
-
-    impl Joinable {
-        pub(super) fn new(handle: JoinHandle<()>) -> Self {
-            // From here on this value owns the joinable thread: it joins or detaches it.
-            // (std's `RawPthread` is an integer on every target; `pthread_t` a pointer on musl.)
-            #[allow(clippy::unnecessary_cast)]
-            let raw = handle.into_pthread_t() as libc::pthread_t;
-            Joinable(Some(raw))
-        }
-
-        pub(super) fn join_within(&mut self, timeout: Duration) -> bool {
-            let Some(raw) = self.0 else {
-                return true;
+impl SpareThread {
+    fn serve(self, first: Run) {
+        static SERIALS: AtomicU64 = AtomicU64::new(1);
+        let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
+        let mut run = first;
+        loop {
+            let Run { body, ended } = run;
+            if !body() {
+                return;
+            }
+            set_os_name(SPARE_NAME);
+            let next = self.offer(serial);
+            // The isle is let go of: whoever waits for it may go on, and may start the next
+            // isle on this very thread.
+            drop(ended);
+            run = match wait_for_run(&next, serial) {
+                Some(run) => run,
+                None => return,
             };
-            let Some(deadline) = realtime_after(timeout) else {
-                return false;
-            };
-            // SAFETY: `raw` is a joinable thread this value owns, not joined or detached yet
-            // (both take it out of `self.0`); it is not the calling thread (an isle's own
-            // thread never waits for its own isle: such waits fail before). On any result but
-            // 0 the thread was not joined and stays joinable.
-            let joined =
-                unsafe { libc::pthread_timedjoin_np(raw, std::ptr::null_mut(), &deadline) } == 0;
-            if joined {
-                self.0 = None;
-            }
-            joined
-        }
-
-        pub(super) fn join(&mut self) {
-            if let Some(raw) = self.0.take() {
-                // SAFETY: as in `join_within`; taken out of `self.0` first, so joined once.
-                if unsafe { libc::pthread_join(raw, std::ptr::null_mut()) } != 0 {
-                    // Not joined (it cannot fail for a joinable thread that is not the
-                    // caller): let the thread free its resources when it ends.
-                    // SAFETY: still joinable, and no longer in `self.0`.
-                    unsafe { libc::pthread_detach(raw) };
-                }
+            if let Some(name) = &self.os_name {
+                set_os_name(name);
             }
         }
     }
 
-    impl Drop for Joinable {
-        fn drop(&mut self) {
-            if let Some(raw) = self.0.take() {
-                // SAFETY: a joinable thread this value owns, never joined or detached before
-                // (taken out of `self.0`): detaching lets it free its resources when it ends,
-                // as dropping a `JoinHandle` does.
-                unsafe { libc::pthread_detach(raw) };
-            }
-        }
-    }
-
-    /// `CLOCK_REALTIME` now plus `timeout`, as `pthread_timedjoin_np` takes its deadline.
-    fn realtime_after(timeout: Duration) -> Option<libc::timespec> {
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()?
-            .checked_add(timeout)?;
-        // `c_long` has 32 bits on some targets: the nanoseconds (below 10^9) fit all the same.
-        #[allow(clippy::unnecessary_fallible_conversions)]
-        let nanos = at.subsec_nanos().try_into().ok()?;
-        Some(libc::timespec {
-            tv_sec: at.as_secs().try_into().ok()?,
-            tv_nsec: nanos,
-        })
+    /// Adds this thread to the spares, pushing out the one that waited longest if there are
+    /// too many. Returns where its next run comes.
+    fn offer(&self, serial: u64) -> Receiver<Run> {
+        let (runs, next) = crossbeam_channel::bounded(1);
+        let pushed_out = {
+            let mut spares = spares();
+            let pushed_out = (spares.len() >= MAX_SPARES).then(|| spares.remove(0));
+            spares.push(Spare {
+                name: self.name.clone(),
+                stack_size: self.stack_size,
+                serial,
+                runs,
+            });
+            pushed_out
+        };
+        // Its thread sees the channel disconnect and ends.
+        drop(pushed_out);
+        next
     }
 }
 
-/// Joining through the standard library, which cannot wait with a timeout.
-#[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
-mod portable {
-    use std::thread::JoinHandle;
-    use std::time::Duration;
-
-    /// The thread, `None` once joined (dropping a `JoinHandle` detaches the thread).
-    pub(super) struct Joinable(Option<JoinHandle<()>>);
-
-    impl Joinable {
-        pub(super) fn new(handle: JoinHandle<()>) -> Self {
-            Joinable(Some(handle))
-        }
-
-        pub(super) fn join_within(&mut self, _timeout: Duration) -> bool {
-            match &self.0 {
-                None => true,
-                Some(handle) if handle.is_finished() => {
-                    self.join();
-                    true
-                }
-                Some(_) => false,
-            }
-        }
-
-        pub(super) fn join(&mut self) {
-            if let Some(handle) = self.0.take() {
-                // The body catches its panics (see `IsleThread::spawn`).
-                let _ = handle.join();
-            }
-        }
+/// Waits for the next run of the spare `serial`; `None` when it is to end: no isle took it in
+/// time, or it was pushed out.
+fn wait_for_run(next: &Receiver<Run>, serial: u64) -> Option<Run> {
+    match next.recv_timeout(SPARE_IDLE) {
+        Ok(run) => return Some(run),
+        Err(RecvTimeoutError::Disconnected) => return None,
+        Err(RecvTimeoutError::Timeout) => {}
     }
+    #[cfg(test)]
+    crate::core::pause::at(crate::core::pause::Window::SpareExpiring);
+    let mut spares = spares();
+    // A run handed over since the wait ran out was sent under this lock: it is here now.
+    if let Ok(run) = next.try_recv() {
+        return Some(run);
+    }
+    spares.retain(|spare| spare.serial != serial);
+    None
 }
+
+/// `name` as the OS keeps it: at most 15 bytes (Linux's limit, as the standard library cuts
+/// it), for giving a spare its name back.
+#[cfg(target_os = "linux")]
+fn os_name(name: &str) -> Option<CString> {
+    let bytes = &name.as_bytes()[..name.len().min(15)];
+    CString::new(bytes).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn os_name(_name: &str) -> Option<CString> {
+    None
+}
+
+/// Shows the OS `name` (at most 15 bytes) for the calling thread, where threads are renamed.
+#[cfg(target_os = "linux")]
+fn set_os_name(name: &CStr) {
+    // SAFETY: `name` is a NUL-terminated string of at most 15 bytes plus the NUL, which
+    // `pthread_setname_np` copies; `pthread_self` names the calling thread.
+    unsafe { libc::pthread_setname_np(libc::pthread_self(), name.as_ptr()) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_os_name(_name: &CStr) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::thread::ThreadId;
 
-    fn spawn(body: impl FnOnce() + Send + 'static) -> IsleThread {
-        IsleThread::spawn(thread::Builder::new(), body).unwrap()
+    const HANG: Duration = Duration::from_secs(20);
+
+    /// Taken by each test here: one of them fills the list of spares, which would push out
+    /// the spares the others look for.
+    fn alone() -> MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs a body on a thread named `name` that reports its id, and waits for the run.
+    fn run_on(name: &str, stack_size: usize, reusable: bool) -> ThreadId {
+        let (tx, rx) = mpsc::channel();
+        let mut thread = IsleThread::spawn(name.to_owned(), stack_size, move || {
+            tx.send(thread::current().id()).unwrap();
+            reusable
+        })
+        .unwrap();
+        thread.join();
+        rx.recv_timeout(HANG).unwrap()
+    }
+
+    fn is_spare(name: &str) -> bool {
+        spares().iter().any(|spare| spare.name == name)
+    }
+
+    /// The OS name of the thread with Rust name `name`, if it is a spare.
+    #[cfg(target_os = "linux")]
+    fn os_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
     }
 
     #[test]
-    fn a_thread_that_ends_in_time_is_joined() {
+    fn the_next_run_with_the_same_name_and_stack_takes_the_spare() {
+        let _alone = alone();
+        let first = run_on("it-same", 1 << 20, true);
+        assert!(is_spare("it-same"));
+        let second = run_on("it-same", 1 << 20, true);
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn another_name_or_stack_size_gets_a_thread_of_its_own() {
+        let _alone = alone();
+        let first = run_on("it-key-a", 1 << 20, true);
+        assert_ne!(run_on("it-key-b", 1 << 20, true), first);
+        assert_ne!(run_on("it-key-a", 2 << 20, true), first);
+        assert_eq!(run_on("it-key-a", 1 << 20, true), first);
+    }
+
+    #[test]
+    fn a_thread_whose_body_forbids_reuse_ends() {
+        let _alone = alone();
+        let first = run_on("it-unfit", 1 << 20, false);
+        assert!(!is_spare("it-unfit"));
+        assert_ne!(run_on("it-unfit", 1 << 20, true), first);
+    }
+
+    #[test]
+    fn the_thread_keeps_its_rust_name_and_shows_the_os_whether_it_is_a_spare() {
+        let _alone = alone();
         let (tx, rx) = mpsc::channel();
-        let mut thread = spawn(move || tx.send(()).unwrap());
-        rx.recv().unwrap();
-        // Generous: the thread has only to return.
-        assert!(thread.join_within(Duration::from_secs(20)));
+        let (release, released) = mpsc::channel::<()>();
+        let mut thread = IsleThread::spawn("it-names".to_owned(), 1 << 20, move || {
+            tx.send(thread::current().name().map(str::to_owned))
+                .unwrap();
+            released.recv().unwrap();
+            true
+        })
+        .unwrap();
+        assert_eq!(rx.recv_timeout(HANG).unwrap().as_deref(), Some("it-names"));
+        #[cfg(target_os = "linux")]
+        assert!(os_names().iter().any(|n| n == "it-names"));
+        release.send(()).unwrap();
+        thread.join();
+        #[cfg(target_os = "linux")]
+        assert!(!os_names().iter().any(|n| n == "it-names"));
+        // Serving again: the isle's name is back.
+        let (tx, rx) = mpsc::channel();
+        let mut again = IsleThread::spawn("it-names".to_owned(), 1 << 20, move || {
+            #[cfg(target_os = "linux")]
+            tx.send(os_names().iter().any(|n| n == "it-names")).unwrap();
+            #[cfg(not(target_os = "linux"))]
+            tx.send(true).unwrap();
+            true
+        })
+        .unwrap();
+        again.join();
+        assert!(rx.recv_timeout(HANG).unwrap());
+    }
+
+    #[test]
+    fn long_names_are_cut_as_the_os_keeps_them() {
+        let _alone = alone();
+        let name = "it-a-rather-long-thread-name";
+        let (tx, rx) = mpsc::channel();
+        let mut first = IsleThread::spawn(name.to_owned(), 1 << 20, || true).unwrap();
+        first.join();
+        let mut second = IsleThread::spawn(name.to_owned(), 1 << 20, move || {
+            #[cfg(target_os = "linux")]
+            tx.send(os_names().iter().any(|n| n == "it-a-rather-lon"))
+                .unwrap();
+            #[cfg(not(target_os = "linux"))]
+            tx.send(true).unwrap();
+            true
+        })
+        .unwrap();
+        second.join();
+        assert!(rx.recv_timeout(HANG).unwrap());
+    }
+
+    #[test]
+    fn a_name_with_a_nul_byte_is_refused() {
+        let _alone = alone();
+        let err = IsleThread::spawn("it\0nul".to_owned(), 1 << 20, || true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_run_still_going_is_not_joined_within_a_timeout_then_is() {
+        let _alone = alone();
+        let (release, released) = mpsc::channel::<()>();
+        let mut thread = IsleThread::spawn("it-busy".to_owned(), 1 << 20, move || {
+            let _ = released.recv();
+            true
+        })
+        .unwrap();
+        assert!(!thread.join_within(Duration::from_millis(5)));
+        assert!(!thread.join_within(Duration::ZERO));
+        release.send(()).unwrap();
+        assert!(thread.join_within(HANG));
         assert!(
             thread.join_within(Duration::ZERO),
             "joined once, then at once"
@@ -201,28 +403,99 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_still_running_is_left_joinable_then_joined() {
+    fn dropping_the_handle_leaves_the_run_going_to_its_end() {
+        let _alone = alone();
         let (release, released) = mpsc::channel::<()>();
-        let mut thread = spawn(move || {
+        let (ended, ends) = mpsc::channel::<()>();
+        let thread = IsleThread::spawn("it-detached".to_owned(), 1 << 20, move || {
             let _ = released.recv();
-        });
-        assert!(!thread.join_within(Duration::from_millis(5)));
-        assert!(!thread.join_within(Duration::ZERO));
+            ended.send(()).unwrap();
+            true
+        })
+        .unwrap();
+        drop(thread);
         release.send(()).unwrap();
-        thread.join();
-        assert!(thread.join_within(Duration::ZERO));
+        ends.recv_timeout(HANG).unwrap();
     }
 
     #[test]
-    fn dropping_detaches_a_running_thread_which_still_ends() {
-        let (release, released) = mpsc::channel::<()>();
-        let (ended, ends) = mpsc::channel::<()>();
-        let thread = spawn(move || {
-            let _ = released.recv();
-            ended.send(()).unwrap();
-        });
-        drop(thread);
-        release.send(()).unwrap();
-        ends.recv_timeout(Duration::from_secs(20)).unwrap();
+    fn an_unused_spare_ends_after_its_idle_time() {
+        let _alone = alone();
+        let (tx, rx) = mpsc::channel();
+        let mut thread = IsleThread::spawn("it-idle".to_owned(), 1 << 20, move || {
+            // Told when the thread, spare or not, ends.
+            struct Ends(mpsc::Sender<()>);
+            impl Drop for Ends {
+                fn drop(&mut self) {
+                    let _ = self.0.send(());
+                }
+            }
+            thread_local!(static ENDS: std::cell::RefCell<Option<Ends>> = const { std::cell::RefCell::new(None) });
+            ENDS.set(Some(Ends(tx)));
+            true
+        })
+        .unwrap();
+        thread.join();
+        assert!(is_spare("it-idle"));
+        rx.recv_timeout(SPARE_IDLE + HANG).unwrap();
+        assert!(!is_spare("it-idle"));
+    }
+
+    #[test]
+    fn a_spare_taken_as_its_wait_runs_out_serves_the_run() {
+        let _alone = alone();
+        let first = run_on("it-expiring", 1 << 20, true);
+        // The spare stops where its wait has run out, before it withdraws.
+        let paused =
+            crate::core::pause::arm(crate::core::pause::Window::SpareExpiring, "it-expiring");
+        paused.reached();
+        // Taken meanwhile: handed the run under the lock the spare is about to take.
+        let (tx, rx) = mpsc::channel();
+        let mut thread = IsleThread::spawn("it-expiring".to_owned(), 1 << 20, move || {
+            tx.send(thread::current().id()).unwrap();
+            true
+        })
+        .unwrap();
+        assert!(!is_spare("it-expiring"));
+        paused.release();
+        thread.join();
+        assert_eq!(rx.recv_timeout(HANG).unwrap(), first);
+    }
+
+    #[test]
+    fn a_spare_pushed_out_by_newer_ones_ends() {
+        let _alone = alone();
+        let (tx, rx) = mpsc::channel();
+        let mut oldest = IsleThread::spawn("it-pushed".to_owned(), 1 << 20, move || {
+            struct Ends(mpsc::Sender<()>);
+            impl Drop for Ends {
+                fn drop(&mut self) {
+                    let _ = self.0.send(());
+                }
+            }
+            thread_local!(static ENDS: std::cell::RefCell<Option<Ends>> = const { std::cell::RefCell::new(None) });
+            ENDS.set(Some(Ends(tx)));
+            true
+        })
+        .unwrap();
+        oldest.join();
+        // Enough newer spares to push it out (other tests' spares only help).
+        let newer: Vec<_> = (0..MAX_SPARES)
+            .map(|i| {
+                let (release, released) = mpsc::channel::<()>();
+                let thread = IsleThread::spawn(format!("it-newer-{i}"), 1 << 20, move || {
+                    let _ = released.recv();
+                    true
+                })
+                .unwrap();
+                (release, thread)
+            })
+            .collect();
+        for (release, mut thread) in newer {
+            release.send(()).unwrap();
+            thread.join();
+        }
+        rx.recv_timeout(HANG).unwrap();
+        assert!(!is_spare("it-pushed"));
     }
 }

@@ -27,6 +27,9 @@ pub(crate) enum Window {
     RetireUnrecorded,
     /// A pool's shutdown has stopped the members it found and waits for the supervisor to end.
     AwaitingSupervisor,
+    /// A spare thread's wait for another isle ran out; it has not yet withdrawn from the
+    /// spares.
+    SpareExpiring,
 }
 
 struct Armed {

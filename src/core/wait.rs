@@ -127,6 +127,15 @@ pub(crate) fn set_pool_id(id: u64) {
     POOL_ID.set(id);
 }
 
+/// Marks the calling thread as serving no isle any more (its isle has ended; the thread may
+/// serve another one).
+pub(crate) fn leave_isle() {
+    ISLE_ID.set(0);
+    POOL_ID.set(0);
+    #[cfg(feature = "tokio")]
+    IN_COROUTINE.set(false);
+}
+
 /// Whether the calling thread is the Lua thread of isle `id`, or of a member of pool `id`.
 pub(crate) fn on_isle_thread(id: u64) -> bool {
     ISLE_ID.get() == id || POOL_ID.get() == id

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
 use std::time::Duration;
 
 use mlua::{Lua, LuaOptions, StdLib};
@@ -10,6 +9,7 @@ use mlua::{Lua, LuaOptions, StdLib};
 use crate::core::isle_thread::IsleThread;
 use crate::core::queue::{Handle, Shared};
 use crate::core::slot::{Completer, Slot};
+use crate::core::wait;
 use crate::error::IsleError;
 use crate::handle::isle::Isle;
 use crate::interrupt::Interrupt;
@@ -161,7 +161,25 @@ impl IsleBuilder {
         Self::default()
     }
 
-    /// Names the Lua thread (default `mlua-isle`).
+    /// Names the Lua thread (default `mlua-isle`). A NUL byte in it is a
+    /// [`Config`](IsleError::Config) error at [`spawn`](Self::spawn).
+    ///
+    /// # Threads are reused
+    ///
+    /// Once an isle has ended (its VM closed), its thread waits a second as a spare, named
+    /// `isle-spare`, and the next isle with the same thread name and stack size starts on it
+    /// instead of a new thread: starting an isle then costs about a third less (a pool that
+    /// recycles its VMs pays that per VM). At most 16 spares wait at a time. A thread whose
+    /// isle panicked out of its own code or gave up on it is not reused.
+    ///
+    /// # Caveats
+    ///
+    /// Everything this crate keeps for an isle on its thread is gone before the thread serves
+    /// the next one, but what your host functions keep in thread-locals of their own stays
+    /// with the thread (their destructors run when the thread ends, not at
+    /// [`shutdown`](Isle::shutdown)), and so do changes they make to the thread itself (its
+    /// CPU affinity, priority or signal mask). Give isles that must not meet such leftovers
+    /// different thread names.
     ///
     /// # Examples
     ///
@@ -698,6 +716,12 @@ impl IsleBuilder {
             Some(sandbox) => crate::sandbox::libraries(sandbox, self.libs),
             None => self.libs,
         };
+        let name = self.thread_name.unwrap_or_else(|| "mlua-isle".to_owned());
+        if name.contains('\0') {
+            return Err(IsleError::Config(
+                "a thread name must not contain a NUL byte",
+            ));
+        }
         let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
         let shared = Shared::new(self.timeout, self.grace_period, rx.clone());
         let ready = Slot::new((), None);
@@ -727,16 +751,22 @@ impl IsleBuilder {
             let shared = shared.clone();
             let rx = rx.clone();
             let ready = Completer::new(ready.clone());
+            // Resolved when this thread is done with the isle, however it ends: with the panic,
+            // if one escaped the worker.
             let exited = Completer::new(shared.exited.clone());
-            let builder = thread::Builder::new()
-                .name(self.thread_name.unwrap_or_else(|| "mlua-isle".to_owned()))
-                .stack_size(self.stack_size);
-            IsleThread::spawn(builder, move || {
-                // Resolved when this thread ends, however it ends: with the panic, if one
-                // escaped the worker.
+            IsleThread::spawn(name, self.stack_size, move || {
+                let watched = shared.clone();
                 let run = || worker::run(setup, init, shared, rx, ready);
-                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-                    exited.complete(Err(IsleError::Panic(worker::panic_message(&*panic))));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+                wait::leave_isle();
+                match outcome {
+                    // The VM is closed and what the thread kept for it reset: another isle may
+                    // start here, unless this one gave up on the thread (it ends as promised).
+                    Ok(()) => !watched.is_abandoned(),
+                    Err(panic) => {
+                        exited.complete(Err(IsleError::Panic(worker::panic_message(&*panic))));
+                        false
+                    }
                 }
             })
             .map_err(IsleError::Spawn)?

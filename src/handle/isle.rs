@@ -350,7 +350,9 @@ impl Isle {
         self.handle.shared.is_alive()
     }
 
-    /// Stops accepting requests, lets the queued ones finish, then joins the Lua thread.
+    /// Stops accepting requests, lets the queued ones finish, then joins the Lua thread: waits
+    /// until it has closed the VM and let go of the isle (it may then serve the next isle, see
+    /// [`IsleBuilder::thread_name`]).
     ///
     /// # Errors
     ///
@@ -420,9 +422,9 @@ impl Isle {
         let mut thread = self.thread.take();
         drop(self);
         // Without a deadline the common case is an isle with nothing left to run, whose thread
-        // ends at once: join it directly (a plain join: the wait for the thread's report
-        // below, then the join, costs two more sleeps and wake-ups). A thread still busy after
-        // a moment is waited for through its report, which a give-up resolves too.
+        // is done with it at once: join it directly (the wait for the thread's report below,
+        // then the join, costs one more sleep and wake-up). A thread still busy after a moment
+        // is waited for through its report, which a give-up resolves too.
         if deadline.is_none()
             && !shared.is_abandoned()
             && thread.as_mut().is_some_and(|t| t.join_within(QUICK_EXIT))
@@ -591,11 +593,10 @@ impl IsleHandle for Isle {
     }
 }
 
-/// How long a shutdown without a deadline waits in a plain join for the Lua thread to end,
-/// before it waits for the thread's report instead: enough for an idle isle to close its VM,
-/// short enough that a give-up meanwhile is still reported promptly (a join cannot see it).
-/// (Where the C library measures it with the system clock, setting that clock back lengthens
-/// it.)
+/// How long a shutdown without a deadline waits in a plain join for the Lua thread to be done
+/// with the isle, before it waits for the thread's report instead: enough for an idle isle to
+/// close its VM, short enough that a give-up meanwhile is still reported promptly (a join
+/// cannot see it).
 const QUICK_EXIT: Duration = Duration::from_millis(100);
 
 /// Joins the thread of an isle whose end was waited for with `outcome` (see

@@ -190,6 +190,8 @@ pub(super) fn end_request() {
 
 /// Forgets everything (the VM is going away).
 pub(super) fn uninstall() {
+    #[cfg(feature = "tokio")]
+    FIRST_RESUMED.with_borrow_mut(|first| drop(first.take()));
     DEPTH.with(|d| d.store(0, Ordering::Relaxed));
     replace_chain(ptr::null_mut());
     RUST_LEN.with(|l| l.store(0, Ordering::Relaxed));

@@ -245,9 +245,20 @@ thread_local! {
     static THIS_MEMBER: RefCell<Option<Arc<MemberCell>>> = const { RefCell::new(None) };
 }
 
-/// Marks the calling thread as `cell`'s Lua thread (from the member's `init`).
-pub(crate) fn set_this_member(cell: Arc<MemberCell>) {
+/// Marks the calling thread as `cell`'s Lua thread (from the member's `init`), for as long as
+/// `lua`, the member's VM, lives: the thread may serve another isle afterwards.
+pub(crate) fn set_this_member(cell: Arc<MemberCell>, lua: &mlua::Lua) {
     THIS_MEMBER.set(Some(cell));
+    lua.set_app_data(ThisMember);
+}
+
+/// Kept with a member's VM: unmarks the thread when the VM goes (on the same thread).
+struct ThisMember;
+
+impl Drop for ThisMember {
+    fn drop(&mut self) {
+        let _ = THIS_MEMBER.try_with(RefCell::take);
+    }
 }
 
 /// The member whose Lua thread this is, if any.

@@ -370,7 +370,7 @@ impl PoolCore {
         let this = cell.clone();
         let launched = builder.launch(Box::new(move |lua: &Lua| {
             wait::set_pool_id(pool_id);
-            member::set_this_member(this);
+            member::set_this_member(this, lua);
             init(lua)
         }))?;
         Ok((cell, launched))
