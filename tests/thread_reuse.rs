@@ -9,6 +9,7 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use common::*;
+use mlua_isle::mlua::{Lua, LuaOptions, StdLib};
 use mlua_isle::{CancelToken, Isle, IsleBuilder, IsleError, IslePool, Recycle};
 
 /// Starts an isle from `builder` and returns it with the id of its thread.
@@ -146,6 +147,41 @@ fn a_script_on_a_reused_thread_finds_a_fresh_vm() {
         assert!(timed.is_timeout());
         assert_eq!(second.eval::<i64>("1 + 1").unwrap(), 2);
         second.shutdown().unwrap();
+    });
+}
+
+/// The thread makes the next VM ahead of time like the last isle's: an isle with other
+/// settings still gets a VM made from its own.
+#[test]
+fn the_next_isle_gets_a_vm_made_from_its_own_settings() {
+    within_hang_guard(|| {
+        let (math_only, thread) = spawn_on(
+            Isle::builder()
+                .thread_name("tr-libs")
+                .std_libs(StdLib::MATH),
+        );
+        assert!(math_only.eval::<bool>("string == nil").unwrap());
+        math_only.shutdown().unwrap();
+        let (all, again) = spawn_on(Isle::builder().thread_name("tr-libs"));
+        assert_eq!(again, thread);
+        assert!(all.eval::<bool>("string ~= nil and math ~= nil").unwrap());
+        all.shutdown().unwrap();
+        let (math_only, again) = spawn_on(
+            Isle::builder()
+                .thread_name("tr-libs")
+                .std_libs(StdLib::MATH),
+        );
+        assert_eq!(again, thread);
+        assert!(math_only.eval::<bool>("string == nil").unwrap());
+        math_only.shutdown().unwrap();
+        let (made, again) = spawn_on(
+            Isle::builder()
+                .thread_name("tr-libs")
+                .factory(|| Lua::new_with(StdLib::STRING, LuaOptions::new())),
+        );
+        assert_eq!(again, thread);
+        assert!(made.eval::<bool>("math == nil and string ~= nil").unwrap());
+        made.shutdown().unwrap();
     });
 }
 

@@ -18,8 +18,10 @@
 //! about to end. A thread whose body says it must not be reused (a panic escaped it, or its
 //! isle gave up on it) ends instead.
 
+use std::any::Any;
 use std::ffi::{CStr, CString};
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -36,8 +38,20 @@ pub(crate) const MAX_SPARES: usize = 16;
 /// The name a spare thread shows the OS while it waits.
 pub(crate) const SPARE_NAME: &CStr = c"isle-spare";
 
-/// What an isle runs on its thread. Returns whether the thread may serve another isle.
-type Body = Box<dyn FnOnce() -> bool + Send>;
+/// What an isle runs on its thread, given what the thread prepared for it while it waited.
+type Body = Box<dyn FnOnce(Prepared) -> AfterRun + Send>;
+
+/// What a waiting thread made ahead of time for the next isle on it (a VM): the next isle's
+/// body takes it if it can use it, and drops it otherwise.
+pub(crate) type Prepared = Option<Box<dyn Any>>;
+
+/// What an isle's thread does once the isle's body has returned.
+pub(crate) enum AfterRun {
+    /// It ends: it is not fit to serve another isle.
+    End,
+    /// It waits as a spare, first running the preparation, if any, for the next isle.
+    Wait(Option<Box<dyn FnOnce() -> Prepared>>),
+}
 
 /// One isle's run, as handed to a thread.
 struct Run {
@@ -72,7 +86,7 @@ impl IsleThread {
     ///
     /// `body` must not panic (the thread's owner would not learn of it): isles catch every
     /// panic on their thread and report it. It returns whether the thread is fit to serve
-    /// another isle.
+    /// another isle, and how to prepare for it.
     ///
     /// # Errors
     ///
@@ -80,7 +94,7 @@ impl IsleThread {
     pub(crate) fn spawn(
         name: String,
         stack_size: usize,
-        body: impl FnOnce() -> bool + Send + 'static,
+        body: impl FnOnce(Prepared) -> AfterRun + Send + 'static,
     ) -> io::Result<Self> {
         if name.contains('\0') {
             return Err(io::Error::new(
@@ -171,16 +185,19 @@ impl SpareThread {
         static SERIALS: AtomicU64 = AtomicU64::new(1);
         let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
         let mut run = first;
+        let mut prepared = None;
         loop {
             let Run { body, ended } = run;
-            if !body() {
+            let AfterRun::Wait(prepare) = body(prepared.take()) else {
                 return;
-            }
+            };
             set_os_name(SPARE_NAME);
             let next = self.offer(serial);
             // The isle is let go of: whoever waits for it may go on, and may start the next
             // isle on this very thread.
             drop(ended);
+            // Meanwhile (a run handed over waits for it: it is what that run needs).
+            prepared = prepare.and_then(|prepare| catch_unwind(AssertUnwindSafe(prepare)).ok()?);
             run = match wait_for_run(&next, serial) {
                 Some(run) => run,
                 None => return,
@@ -263,6 +280,14 @@ mod tests {
 
     const HANG: Duration = Duration::from_secs(20);
 
+    /// What a body returns: the thread waits as a spare (preparing nothing), or ends.
+    fn after(reusable: bool) -> AfterRun {
+        match reusable {
+            true => AfterRun::Wait(None),
+            false => AfterRun::End,
+        }
+    }
+
     /// Taken by each test here: one of them fills the list of spares, which would push out
     /// the spares the others look for.
     fn alone() -> MutexGuard<'static, ()> {
@@ -273,9 +298,9 @@ mod tests {
     /// Runs a body on a thread named `name` that reports its id, and waits for the run.
     fn run_on(name: &str, stack_size: usize, reusable: bool) -> ThreadId {
         let (tx, rx) = mpsc::channel();
-        let mut thread = IsleThread::spawn(name.to_owned(), stack_size, move || {
+        let mut thread = IsleThread::spawn(name.to_owned(), stack_size, move |_| {
             tx.send(thread::current().id()).unwrap();
-            reusable
+            after(reusable)
         })
         .unwrap();
         thread.join();
@@ -327,11 +352,11 @@ mod tests {
         let _alone = alone();
         let (tx, rx) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
-        let mut thread = IsleThread::spawn("it-names".to_owned(), 1 << 20, move || {
+        let mut thread = IsleThread::spawn("it-names".to_owned(), 1 << 20, move |_| {
             tx.send(thread::current().name().map(str::to_owned))
                 .unwrap();
             released.recv().unwrap();
-            true
+            after(true)
         })
         .unwrap();
         assert_eq!(rx.recv_timeout(HANG).unwrap().as_deref(), Some("it-names"));
@@ -343,12 +368,12 @@ mod tests {
         assert!(!os_names().iter().any(|n| n == "it-names"));
         // Serving again: the isle's name is back.
         let (tx, rx) = mpsc::channel();
-        let mut again = IsleThread::spawn("it-names".to_owned(), 1 << 20, move || {
+        let mut again = IsleThread::spawn("it-names".to_owned(), 1 << 20, move |_| {
             #[cfg(target_os = "linux")]
             tx.send(os_names().iter().any(|n| n == "it-names")).unwrap();
             #[cfg(not(target_os = "linux"))]
             tx.send(true).unwrap();
-            true
+            after(true)
         })
         .unwrap();
         again.join();
@@ -360,15 +385,15 @@ mod tests {
         let _alone = alone();
         let name = "it-a-rather-long-thread-name";
         let (tx, rx) = mpsc::channel();
-        let mut first = IsleThread::spawn(name.to_owned(), 1 << 20, || true).unwrap();
+        let mut first = IsleThread::spawn(name.to_owned(), 1 << 20, |_| after(true)).unwrap();
         first.join();
-        let mut second = IsleThread::spawn(name.to_owned(), 1 << 20, move || {
+        let mut second = IsleThread::spawn(name.to_owned(), 1 << 20, move |_| {
             #[cfg(target_os = "linux")]
             tx.send(os_names().iter().any(|n| n == "it-a-rather-lon"))
                 .unwrap();
             #[cfg(not(target_os = "linux"))]
             tx.send(true).unwrap();
-            true
+            after(true)
         })
         .unwrap();
         second.join();
@@ -378,7 +403,7 @@ mod tests {
     #[test]
     fn a_name_with_a_nul_byte_is_refused() {
         let _alone = alone();
-        let err = IsleThread::spawn("it\0nul".to_owned(), 1 << 20, || true).unwrap_err();
+        let err = IsleThread::spawn("it\0nul".to_owned(), 1 << 20, |_| after(true)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
@@ -386,9 +411,9 @@ mod tests {
     fn a_run_still_going_is_not_joined_within_a_timeout_then_is() {
         let _alone = alone();
         let (release, released) = mpsc::channel::<()>();
-        let mut thread = IsleThread::spawn("it-busy".to_owned(), 1 << 20, move || {
+        let mut thread = IsleThread::spawn("it-busy".to_owned(), 1 << 20, move |_| {
             let _ = released.recv();
-            true
+            after(true)
         })
         .unwrap();
         assert!(!thread.join_within(Duration::from_millis(5)));
@@ -407,10 +432,10 @@ mod tests {
         let _alone = alone();
         let (release, released) = mpsc::channel::<()>();
         let (ended, ends) = mpsc::channel::<()>();
-        let thread = IsleThread::spawn("it-detached".to_owned(), 1 << 20, move || {
+        let thread = IsleThread::spawn("it-detached".to_owned(), 1 << 20, move |_| {
             let _ = released.recv();
             ended.send(()).unwrap();
-            true
+            after(true)
         })
         .unwrap();
         drop(thread);
@@ -422,7 +447,7 @@ mod tests {
     fn an_unused_spare_ends_after_its_idle_time() {
         let _alone = alone();
         let (tx, rx) = mpsc::channel();
-        let mut thread = IsleThread::spawn("it-idle".to_owned(), 1 << 20, move || {
+        let mut thread = IsleThread::spawn("it-idle".to_owned(), 1 << 20, move |_| {
             // Told when the thread, spare or not, ends.
             struct Ends(mpsc::Sender<()>);
             impl Drop for Ends {
@@ -432,7 +457,7 @@ mod tests {
             }
             thread_local!(static ENDS: std::cell::RefCell<Option<Ends>> = const { std::cell::RefCell::new(None) });
             ENDS.set(Some(Ends(tx)));
-            true
+            after(true)
         })
         .unwrap();
         thread.join();
@@ -451,9 +476,9 @@ mod tests {
         paused.reached();
         // Taken meanwhile: handed the run under the lock the spare is about to take.
         let (tx, rx) = mpsc::channel();
-        let mut thread = IsleThread::spawn("it-expiring".to_owned(), 1 << 20, move || {
+        let mut thread = IsleThread::spawn("it-expiring".to_owned(), 1 << 20, move |_| {
             tx.send(thread::current().id()).unwrap();
-            true
+            after(true)
         })
         .unwrap();
         assert!(!is_spare("it-expiring"));
@@ -466,7 +491,7 @@ mod tests {
     fn a_spare_pushed_out_by_newer_ones_ends() {
         let _alone = alone();
         let (tx, rx) = mpsc::channel();
-        let mut oldest = IsleThread::spawn("it-pushed".to_owned(), 1 << 20, move || {
+        let mut oldest = IsleThread::spawn("it-pushed".to_owned(), 1 << 20, move |_| {
             struct Ends(mpsc::Sender<()>);
             impl Drop for Ends {
                 fn drop(&mut self) {
@@ -475,7 +500,7 @@ mod tests {
             }
             thread_local!(static ENDS: std::cell::RefCell<Option<Ends>> = const { std::cell::RefCell::new(None) });
             ENDS.set(Some(Ends(tx)));
-            true
+            after(true)
         })
         .unwrap();
         oldest.join();
@@ -483,9 +508,9 @@ mod tests {
         let newer: Vec<_> = (0..MAX_SPARES)
             .map(|i| {
                 let (release, released) = mpsc::channel::<()>();
-                let thread = IsleThread::spawn(format!("it-newer-{i}"), 1 << 20, move || {
+                let thread = IsleThread::spawn(format!("it-newer-{i}"), 1 << 20, move |_| {
                     let _ = released.recv();
-                    true
+                    after(true)
                 })
                 .unwrap();
                 (release, thread)
@@ -497,5 +522,74 @@ mod tests {
         }
         rx.recv_timeout(HANG).unwrap();
         assert!(!is_spare("it-pushed"));
+    }
+
+    #[test]
+    fn a_spare_hands_what_it_prepared_to_the_next_run() {
+        let _alone = alone();
+        let mut first = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, |_| {
+            AfterRun::Wait(Some(Box::new(|| Some(Box::new(42_u32) as Box<dyn Any>))))
+        })
+        .unwrap();
+        first.join();
+        let (tx, rx) = mpsc::channel();
+        let mut second = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, move |prepared| {
+            let value = prepared.and_then(|p| p.downcast::<u32>().ok()).map(|v| *v);
+            tx.send(value).unwrap();
+            after(true)
+        })
+        .unwrap();
+        second.join();
+        assert_eq!(rx.recv_timeout(HANG).unwrap(), Some(42));
+        // Taken once: the run after gets nothing.
+        let (tx, rx) = mpsc::channel();
+        let mut third = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, move |prepared| {
+            tx.send(prepared.is_none()).unwrap();
+            after(true)
+        })
+        .unwrap();
+        third.join();
+        assert!(rx.recv_timeout(HANG).unwrap());
+    }
+
+    #[test]
+    fn a_preparation_that_panics_leaves_nothing_and_the_spare_serves_on() {
+        let _alone = alone();
+        let first = run_on("it-prep-panic", 1 << 20, true);
+        let mut panicking = IsleThread::spawn("it-prep-panic".to_owned(), 1 << 20, |_| {
+            AfterRun::Wait(Some(Box::new(|| panic!("preparation failed"))))
+        })
+        .unwrap();
+        panicking.join();
+        let (tx, rx) = mpsc::channel();
+        let mut next = IsleThread::spawn("it-prep-panic".to_owned(), 1 << 20, move |prepared| {
+            tx.send((thread::current().id(), prepared.is_none()))
+                .unwrap();
+            after(true)
+        })
+        .unwrap();
+        next.join();
+        assert_eq!(rx.recv_timeout(HANG).unwrap(), (first, true));
+    }
+
+    #[test]
+    fn what_an_unused_spare_prepared_is_dropped_when_it_ends() {
+        let _alone = alone();
+        struct Dropped(mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let mut thread = IsleThread::spawn("it-prep-drop".to_owned(), 1 << 20, move |_| {
+            AfterRun::Wait(Some(Box::new(move || {
+                Some(Box::new(Dropped(tx)) as Box<dyn Any>)
+            })))
+        })
+        .unwrap();
+        thread.join();
+        rx.recv_timeout(SPARE_IDLE + HANG).unwrap();
+        assert!(!is_spare("it-prep-drop"));
     }
 }

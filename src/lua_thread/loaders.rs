@@ -846,7 +846,7 @@ mod tests {
 
     /// A fresh VM with the text-only loaders.
     fn text_only() -> Lua {
-        let lua = VmSource::default().create().unwrap();
+        let lua = VmSource::default().create(None).unwrap();
         forbid_binary_chunks(&lua).unwrap();
         lua
     }

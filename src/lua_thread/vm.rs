@@ -1,6 +1,7 @@
 //! The Lua VM as its own thread sees it: how it is created, and how `eval` and `call` find
 //! what to run.
 
+use std::any::Any;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -50,12 +51,53 @@ impl fmt::Debug for VmSource {
 }
 
 impl VmSource {
-    pub(crate) fn create(self) -> mlua::Result<Lua> {
+    /// Creates the VM, or takes `prepared` if it was made from the same libraries and options
+    /// (a VM nothing has used yet: the same as a new one).
+    pub(crate) fn create(self, prepared: Option<Box<dyn Any>>) -> mlua::Result<Lua> {
         match self {
-            VmSource::Std { libs, options } => Lua::new_with(libs, options),
+            VmSource::Std { libs, options } => {
+                let prepared = prepared.and_then(|p| p.downcast::<PreparedVm>().ok());
+                match prepared {
+                    Some(vm) if vm.libs == libs && same_options(&vm.options, &options) => {
+                        Ok(vm.lua)
+                    }
+                    _ => Lua::new_with(libs, options),
+                }
+            }
             VmSource::Factory(factory) => factory(),
         }
     }
+
+    /// What makes the next VM like this one ahead of time, while the thread waits for the next
+    /// isle; `None` for a factory (whose VM only it can make, when asked).
+    pub(crate) fn preparation(&self) -> Option<impl FnOnce() -> Option<Box<dyn Any>> + 'static> {
+        match self {
+            VmSource::Std { libs, options } => {
+                let (libs, options) = (*libs, options.clone());
+                Some(move || {
+                    let lua = Lua::new_with(libs, options.clone()).ok()?;
+                    Some(Box::new(PreparedVm { libs, options, lua }) as Box<dyn Any>)
+                })
+            }
+            VmSource::Factory(_) => None,
+        }
+    }
+}
+
+/// A VM made by a waiting thread for the next isle on it, with what it was made from.
+struct PreparedVm {
+    libs: StdLib,
+    options: LuaOptions,
+    lua: Lua,
+}
+
+/// Whether two sets of options make the same VM.
+fn same_options(a: &LuaOptions, b: &LuaOptions) -> bool {
+    #[cfg(feature = "tokio")]
+    if a.thread_pool_size != b.thread_pool_size {
+        return false;
+    }
+    a.catch_rust_panics == b.catch_rust_panics
 }
 
 /// The VM plus what the Lua thread caches to answer requests quickly.
@@ -359,9 +401,71 @@ mod tests {
 
     /// A VM prepared as an isle's thread prepares it (the requests' call path included).
     fn prepared_vm() -> Vm {
-        let lua = VmSource::default().create().unwrap();
+        let lua = VmSource::default().create(None).unwrap();
         crate::lua_thread::call::install(&lua).unwrap();
         Vm::new(lua, 4)
+    }
+
+    /// A VM prepared from `libs` and the default options, marked with a global.
+    fn prepared_from(libs: StdLib) -> Option<Box<dyn Any>> {
+        let source = VmSource::Std {
+            libs,
+            options: default_options(),
+        };
+        let prepared = (source.preparation().unwrap())().unwrap();
+        let vm = prepared.downcast_ref::<PreparedVm>().unwrap();
+        vm.lua.globals().set("marked", true).unwrap();
+        Some(prepared)
+    }
+
+    #[test]
+    fn a_vm_prepared_from_the_same_libraries_and_options_is_taken() {
+        let lua = VmSource::default()
+            .create(prepared_from(StdLib::ALL_SAFE))
+            .unwrap();
+        assert!(lua.globals().get::<bool>("marked").unwrap());
+    }
+
+    #[test]
+    fn a_vm_prepared_from_other_libraries_or_options_is_not() {
+        let lua = VmSource::default()
+            .create(prepared_from(StdLib::MATH))
+            .unwrap();
+        assert!(lua
+            .globals()
+            .get::<Option<bool>>("marked")
+            .unwrap()
+            .is_none());
+        assert!(lua
+            .globals()
+            .get::<Option<mlua::Table>>("string")
+            .unwrap()
+            .is_some());
+        let other_options = VmSource::Std {
+            libs: StdLib::ALL_SAFE,
+            options: default_options().catch_rust_panics(false),
+        };
+        let lua = other_options
+            .create(prepared_from(StdLib::ALL_SAFE))
+            .unwrap();
+        assert!(lua
+            .globals()
+            .get::<Option<bool>>("marked")
+            .unwrap()
+            .is_none());
+        // Something else than a VM is no VM.
+        let lua = VmSource::default().create(Some(Box::new(1_u8))).unwrap();
+        assert!(lua
+            .globals()
+            .get::<Option<bool>>("marked")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_factory_prepares_nothing() {
+        let source = VmSource::Factory(Box::new(|| Ok(Lua::new())));
+        assert!(source.preparation().is_none());
     }
 
     #[test]

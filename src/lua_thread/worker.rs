@@ -90,10 +90,11 @@ impl Worker {
         init: Init,
         shared: &Arc<Shared>,
         ready: Arc<Slot<()>>,
+        prepared: Option<Box<dyn Any>>,
     ) -> Result<Worker, IsleError> {
         let build = || -> Result<Worker, IsleError> {
             guards::record_stack(setup.stack_size);
-            let lua = setup.source.create()?;
+            let lua = setup.source.create(prepared)?;
             if let Some(limit) = setup.memory_limit {
                 lua.set_memory_limit(limit)?;
             }
@@ -188,18 +189,20 @@ impl Worker {
     }
 }
 
-/// The body of an isle's Lua thread.
+/// The body of an isle's Lua thread; `prepared` is what the thread made for it while it
+/// waited (see [`VmSource::preparation`]).
 pub(crate) fn run(
     setup: Setup,
     init: Init,
     shared: Arc<Shared>,
     rx: Receiver<Queued>,
     ready: Completer<()>,
+    prepared: Option<Box<dyn Any>>,
 ) {
     wait::set_isle_id(shared.id);
     // Whatever way this thread ends, nothing queued is left unresolved.
     let exit = ExitGuard { shared: &shared };
-    let mut worker = match Worker::new(setup, init, &shared, ready.slot()) {
+    let mut worker = match Worker::new(setup, init, &shared, ready.slot(), prepared) {
         Ok(worker) => worker,
         Err(err) => return ready.complete(Err(err)),
     };
