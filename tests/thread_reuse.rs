@@ -318,3 +318,98 @@ fn a_thread_a_pool_let_go_of_is_not_taken_for_the_pool() {
         panic!("no isle started on a thread the pool let go of");
     });
 }
+
+/// A coroutine resumed from Rust by a finalizer of the last VM on the thread (its final
+/// collection, after the interrupt machinery let go of it) is not left recorded for the next
+/// isle there: that one's own resumes from Rust, and its interrupts, never look at a
+/// coroutine of a closed VM.
+#[test]
+fn a_coroutine_resumed_from_rust_as_the_last_vm_closes_is_not_left_to_the_next_isle() {
+    within_hang_guard(|| {
+        let (first, thread) = Isle::builder()
+            .thread_name("tr-anchor")
+            .spawn_with(|lua| {
+                let resume = lua.create_function(|_, co: mlua_isle::mlua::Thread| {
+                    co.resume::<()>(())?;
+                    Ok(())
+                })?;
+                lua.globals().set("rust_resume", resume)?;
+                Ok(thread::current().id())
+            })
+            .unwrap();
+        // Garbage only the VM's final collection (as it closes) finalizes.
+        first
+            .eval::<()>(
+                "collectgarbage('stop')
+                 setmetatable({}, {__gc = function()
+                     rust_resume(coroutine.create(function() end))
+                 end})",
+            )
+            .unwrap();
+        first.shutdown().unwrap();
+        let (second, again) = Isle::builder()
+            .thread_name("tr-anchor")
+            .spawn_with(|lua| {
+                let co = lua.create_thread(lua.create_function(|_, ()| Ok(()))?)?;
+                co.resume::<()>(())?;
+                Ok(thread::current().id())
+            })
+            .expect("a resume from Rust in the next isle's init");
+        assert_eq!(again, thread);
+        // And in a request, with a cancel arming what is recorded.
+        let cancel = CancelToken::new();
+        let stuck = second
+            .request()
+            .token(&cancel)
+            .spawn_exec(|lua| {
+                let co = lua.create_thread(lua.load("while true do end").into_function()?)?;
+                co.resume::<()>(())
+            })
+            .unwrap();
+        cancel.cancel();
+        assert!(stuck.wait().unwrap_err().is_cancelled());
+        second.shutdown().unwrap();
+    });
+}
+
+/// The crate unblocks an isle's interrupt signal on its thread; it blocks it again when the
+/// isle is done with the thread, so that the next isle there (started from a thread that
+/// blocks the signal, and not interrupted by it) finds the mask it would have inherited.
+#[cfg(all(unix, not(feature = "luau")))]
+#[test]
+fn the_interrupt_signal_is_blocked_again_for_the_next_isle() {
+    within_hang_guard(|| {
+        fn urg_blocked() -> bool {
+            // SAFETY: reads the calling thread's mask into a zeroed set.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+                libc::sigismember(&set, libc::SIGURG) == 1
+            }
+        }
+        // SAFETY: blocks SIGURG on this (the test's own) thread only.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGURG);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let (first, thread) = spawn_on(Isle::builder().thread_name("tr-mask"));
+        assert!(
+            !first.exec(|_| Ok(urg_blocked())).unwrap(),
+            "the isle's signal reaches it"
+        );
+        first.shutdown().unwrap();
+        let (second, again) = spawn_on(
+            Isle::builder()
+                .thread_name("tr-mask")
+                .interrupt(mlua_isle::Interrupt::Hook { every: 1000 }),
+        );
+        assert_eq!(again, thread);
+        assert!(
+            second.exec(|_| Ok(urg_blocked())).unwrap(),
+            "the next isle inherits its spawner's mask, not the last isle's change"
+        );
+        second.shutdown().unwrap();
+    });
+}

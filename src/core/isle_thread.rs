@@ -16,7 +16,7 @@
 //! [`IsleThread`] stands for one isle's run on a thread. Joining it waits until the isle's
 //! body has returned and the thread has let go of the isle: it has become a spare, or is
 //! about to end. A thread whose body says it must not be reused (a panic escaped it, or its
-//! isle gave up on it) ends instead.
+//! isle had given up on it by the time it was done) ends instead.
 
 use std::any::Any;
 use std::ffi::{CStr, CString};
@@ -67,6 +67,8 @@ struct Spare {
     stack_size: usize,
     /// Tells this spare apart from the others.
     serial: u64,
+    /// The process it waits in: a child forked since then does not have its thread.
+    pid: u32,
     runs: Sender<Run>,
 }
 
@@ -74,7 +76,21 @@ struct Spare {
 static SPARES: Mutex<Vec<Spare>> = Mutex::new(Vec::new());
 
 fn spares() -> MutexGuard<'static, Vec<Spare>> {
-    SPARES.lock().unwrap_or_else(PoisonError::into_inner)
+    let mut spares = SPARES.lock().unwrap_or_else(PoisonError::into_inner);
+    let pid = std::process::id();
+    if spares.iter().any(|spare| spare.pid != pid) {
+        // In a child forked since they offered themselves: only the thread that forked lives
+        // on here, and a run handed to one of these would never start. They are forgotten
+        // without touching their channels, whose other ends went with the parent's threads.
+        for spare in std::mem::take(&mut *spares) {
+            if spare.pid == pid {
+                spares.push(spare);
+            } else {
+                std::mem::forget(spare);
+            }
+        }
+    }
+    spares
 }
 
 /// One isle's run on a thread, joined at most once; dropping it stops waiting for the run.
@@ -219,6 +235,7 @@ impl SpareThread {
                 name: self.name.clone(),
                 stack_size: self.stack_size,
                 serial,
+                pid: std::process::id(),
                 runs,
             });
             pushed_out

@@ -174,8 +174,9 @@ impl IsleBuilder {
     /// one; another isle gets a VM made for it as usual. Starting and shutting down an isle
     /// then costs about what starting a thread that creates and closes a bare VM costs, where
     /// it costs 1.4× that without a spare (a pool that recycles its VMs pays it per VM). At
-    /// most 16 spares wait at a time. A thread whose isle panicked out of its own code or
-    /// gave up on it is not reused.
+    /// most 16 spares wait at a time. A thread whose isle panicked out of its own code ends
+    /// instead, and so does one still serving an isle that gave up on it (a hard stop) when it
+    /// is done.
     ///
     /// # Caveats
     ///

@@ -150,6 +150,9 @@ pub(super) fn install(
     main: *mut ffi::lua_State,
     probe: &mlua::Function,
 ) -> mlua::Result<()> {
+    // Whatever an earlier VM on this thread left (the thread serves one isle after another)
+    // is forgotten first.
+    uninstall();
     let chain = Chain::new(CHAIN_START, None);
     chain.states[0].store(main, Ordering::Relaxed);
     DEPTH.with(|d| d.store(1, Ordering::Relaxed));
@@ -175,6 +178,12 @@ pub(super) fn install(
         Ok(())
     });
     Ok(())
+}
+
+/// Test-only: whether a resume chain is installed on this thread.
+#[cfg(test)]
+pub(super) fn is_installed() -> bool {
+    !CHAIN.with(|c| c.load(Ordering::Relaxed)).is_null()
 }
 
 /// Forgets what the finished request resumed from Rust.
@@ -204,6 +213,12 @@ pub(super) fn uninstall() {
 /// Published first, checked after: a signal handled in between finds the coroutine recorded
 /// and arms it itself; one handled before is seen by the check.
 fn rust_resumed(thread: mlua::Thread) {
+    // Uninstalled: the VM is closing (its final collection may still resume coroutines from
+    // Rust) and no request runs any more. Nothing may be recorded then: the record would
+    // outlive the VM and be seen by the next isle on this thread.
+    if CHAIN.with(|c| c.load(Ordering::Relaxed)).is_null() {
+        return;
+    }
     let state = thread.to_pointer() as *mut ffi::lua_State;
     #[cfg(feature = "tokio")]
     FIRST_RESUMED.with_borrow_mut(|first| {

@@ -471,6 +471,11 @@ impl Armed {
         let _ = interrupter.lua_thread.set(std::thread::current());
         let hook = hook::Registration::install(lua, &interrupter, every)?;
         let probe = probe::create(lua)?;
+        // Until `Armed` exists (whose drop uninstalls the chain), a failure must not leave the
+        // chain (or part of it) installed: the thread may serve another isle once this VM is
+        // gone.
+        #[cfg(not(feature = "luau"))]
+        let chain_installed = ChainInstalled;
         #[cfg(not(feature = "luau"))]
         chain::install(lua, hook.main_state(), &probe)?;
         pcall::install(lua, &probe)?;
@@ -486,6 +491,8 @@ impl Armed {
             )?),
             Interrupt::Hook { .. } => None,
         };
+        #[cfg(not(feature = "luau"))]
+        std::mem::forget(chain_installed);
         Ok(Armed {
             hook,
             interrupter,
@@ -520,6 +527,17 @@ impl Armed {
         self.hook.disarm_base_if_touched();
         #[cfg(not(feature = "luau"))]
         chain::end_request();
+    }
+}
+
+/// Uninstalls the resume chain when dropped, unless forgotten (see [`Armed::install`]).
+#[cfg(not(feature = "luau"))]
+struct ChainInstalled;
+
+#[cfg(not(feature = "luau"))]
+impl Drop for ChainInstalled {
+    fn drop(&mut self) {
+        chain::uninstall();
     }
 }
 
@@ -661,6 +679,33 @@ pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The thread may serve another isle once the VM whose install failed is gone: nothing
+    /// of the interrupt machinery may be left installed on it. Every failure point is reached
+    /// by raising the memory limit step by step until the install succeeds.
+    #[cfg(not(feature = "luau"))]
+    #[test]
+    fn a_failed_install_leaves_no_resume_chain_on_the_thread() {
+        let mut failures = 0;
+        for spare in (0..).step_by(128) {
+            let lua = Lua::new();
+            lua.set_memory_limit(lua.used_memory() + spare).unwrap();
+            match Armed::install(&lua, Arc::new(Interrupter::new()), Interrupt::default()) {
+                Ok(armed) => {
+                    drop(armed);
+                    break;
+                }
+                Err(_) => {
+                    failures += 1;
+                    assert!(
+                        !chain::is_installed(),
+                        "an install that failed with {spare} bytes to spare left its chain"
+                    );
+                }
+            }
+        }
+        assert!(failures > 0);
+    }
 
     #[test]
     fn a_late_cancel_does_not_stop_the_next_request() {

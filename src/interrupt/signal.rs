@@ -149,6 +149,10 @@ pub(super) fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
 /// The signal machinery of one VM.
 pub(super) struct Installed {
     interrupter: Arc<Interrupter>,
+    signal: c_int,
+    /// Whether the thread blocked `signal` before `install` unblocked it: blocked again when
+    /// the VM goes, so that the next isle on the thread finds the mask as it was.
+    was_blocked: bool,
 }
 
 impl Installed {
@@ -168,9 +172,13 @@ impl Installed {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Target { thread, signal });
         // Threads inherit their creator's mask; make sure the signal can reach this one.
-        set_blocked(signal, libc::SIG_UNBLOCK);
+        let before = set_blocked(signal, libc::SIG_UNBLOCK);
+        // SAFETY: `before` was filled in by `pthread_sigmask`.
+        let was_blocked = unsafe { libc::sigismember(&before, signal) } == 1;
         Ok(Installed {
             interrupter: interrupter.clone(),
+            signal,
+            was_blocked,
         })
     }
 }
@@ -184,5 +192,8 @@ impl Drop for Installed {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
         SIGNAL.with(|s| s.store(0, Ordering::Relaxed));
+        if self.was_blocked {
+            set_blocked(self.signal, libc::SIG_BLOCK);
+        }
     }
 }

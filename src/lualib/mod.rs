@@ -136,10 +136,12 @@ pub(crate) fn install(
     )?;
     let (task, end_scope, wrap): (Table, Function, Function) = chunk.call(prims)?;
     crate::interrupt::set_library_installed(true);
+    // Made at once: a failure below clears the note too (the thread may serve another isle).
+    let marker = LibraryMarker;
     host::install(lua, interrupter, wrap)?;
     lua.globals().raw_set("task", task)?;
     Ok(Installed {
-        _marker: LibraryMarker,
+        _marker: marker,
         end_scope,
         _preempt: preempt,
     })
