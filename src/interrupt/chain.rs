@@ -181,7 +181,7 @@ pub(super) fn install(
 }
 
 /// Test-only: whether a resume chain is installed on this thread.
-#[cfg(test)]
+#[cfg(all(test, not(any(feature = "luajit", feature = "luajit52"))))]
 pub(super) fn is_installed() -> bool {
     !CHAIN.with(|c| c.load(Ordering::Relaxed)).is_null()
 }

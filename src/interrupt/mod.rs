@@ -682,8 +682,10 @@ mod tests {
 
     /// The thread may serve another isle once the VM whose install failed is gone: nothing
     /// of the interrupt machinery may be left installed on it. Every failure point is reached
-    /// by raising the memory limit step by step until the install succeeds.
-    #[cfg(not(feature = "luau"))]
+    /// by raising the memory limit step by step until the install succeeds. (Not on LuaJIT,
+    /// whose debug build asserts when closing a VM in which some of its own allocations
+    /// failed: "close_state: memory leak of 8 bytes".)
+    #[cfg(not(any(feature = "luau", feature = "luajit", feature = "luajit52")))]
     #[test]
     fn a_failed_install_leaves_no_resume_chain_on_the_thread() {
         let mut failures = 0;
