@@ -184,8 +184,9 @@ impl IsleBuilder {
     /// the next one, but what your host functions keep in thread-locals of their own stays
     /// with the thread (their destructors run when the thread ends, not at
     /// [`shutdown`](Isle::shutdown)), and so do changes they make to the thread itself (its
-    /// CPU affinity, priority or signal mask). Give isles that must not meet such leftovers
-    /// different thread names.
+    /// CPU affinity, priority or signal mask). A reused thread keeps the signal mask it was
+    /// started with, rather than inheriting that of the thread spawning the next isle. Give
+    /// isles that must not meet such leftovers different thread names.
     ///
     /// # Examples
     ///
