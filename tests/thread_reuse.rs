@@ -150,36 +150,68 @@ fn a_script_on_a_reused_thread_finds_a_fresh_vm() {
     });
 }
 
-/// The thread makes the next VM ahead of time like the last isle's: an isle with other
-/// settings still gets a VM made from its own.
+/// The thread makes the next VM ahead of time like the last isle's. An isle made from other
+/// settings, or by a factory, does not take that thread (it would wait for a VM it cannot use
+/// and close it before making its own): it gets another one, and the spare stays for an isle
+/// that can use its VM. A spare that made nothing serves any isle.
 #[test]
 fn the_next_isle_gets_a_vm_made_from_its_own_settings() {
     within_hang_guard(|| {
-        let (math_only, thread) = spawn_on(
+        let math = || {
             Isle::builder()
                 .thread_name("tr-libs")
-                .std_libs(StdLib::MATH),
-        );
+                .std_libs(StdLib::MATH)
+        };
+        let all = || Isle::builder().thread_name("tr-libs");
+        // A thread makes a VM ahead once it has served a second isle.
+        let (math_only, math_thread) = spawn_on(math());
+        math_only.shutdown().unwrap();
+        let (math_only, again) = spawn_on(math());
+        assert_eq!(again, math_thread);
         assert!(math_only.eval::<bool>("string == nil").unwrap());
         math_only.shutdown().unwrap();
-        let (all, again) = spawn_on(Isle::builder().thread_name("tr-libs"));
-        assert_eq!(again, thread);
-        assert!(all.eval::<bool>("string ~= nil and math ~= nil").unwrap());
-        all.shutdown().unwrap();
-        let (math_only, again) = spawn_on(
-            Isle::builder()
-                .thread_name("tr-libs")
-                .std_libs(StdLib::MATH),
+        let (everything, all_thread) = spawn_on(all());
+        assert_ne!(
+            all_thread, math_thread,
+            "took the spare that made a VM with `math` only"
         );
-        assert_eq!(again, thread);
+        everything.shutdown().unwrap();
+        let (everything, again) = spawn_on(all());
+        assert_eq!(again, all_thread);
+        assert!(everything
+            .eval::<bool>("string ~= nil and math ~= nil")
+            .unwrap());
+        everything.shutdown().unwrap();
+        // Each finds the spare that made its VM.
+        let (math_only, again) = spawn_on(math());
+        assert_eq!(again, math_thread);
         assert!(math_only.eval::<bool>("string == nil").unwrap());
         math_only.shutdown().unwrap();
-        let (made, again) = spawn_on(
+        let (everything, again) = spawn_on(all());
+        assert_eq!(again, all_thread);
+        assert!(everything
+            .eval::<bool>("string ~= nil and math ~= nil")
+            .unwrap());
+        everything.shutdown().unwrap();
+        let factory = || {
             Isle::builder()
                 .thread_name("tr-libs")
-                .factory(|| Lua::new_with(StdLib::STRING, LuaOptions::new())),
-        );
-        assert_eq!(again, thread);
+                .factory(|| Lua::new_with(StdLib::STRING, LuaOptions::new()))
+        };
+        let (made, made_thread) = spawn_on(factory());
+        assert!(made_thread != math_thread && made_thread != all_thread);
+        assert!(made.eval::<bool>("math == nil and string ~= nil").unwrap());
+        made.shutdown().unwrap();
+        // Its thread made nothing: the next factory's isle takes it, while an isle made from
+        // settings still takes the spare that made its VM.
+        let (math_only, again) = spawn_on(math());
+        assert_eq!(again, math_thread);
+        assert!(math_only
+            .eval::<bool>("string == nil and math ~= nil")
+            .unwrap());
+        math_only.shutdown().unwrap();
+        let (made, again) = spawn_on(factory());
+        assert_eq!(again, made_thread);
         assert!(made.eval::<bool>("math == nil and string ~= nil").unwrap());
         made.shutdown().unwrap();
     });
@@ -411,5 +443,62 @@ fn the_interrupt_signal_is_blocked_again_for_the_next_isle() {
             "the next isle inherits its spawner's mask, not the last isle's change"
         );
         second.shutdown().unwrap();
+    });
+}
+
+/// A new thread starts with the signal mask of the thread that creates it: an isle on a spare
+/// has the mask of the thread that started it too, not that of the thread that started the
+/// spare's first isle.
+#[cfg(unix)]
+#[test]
+fn an_isle_on_a_spare_has_the_signal_mask_of_the_thread_that_started_it() {
+    within_hang_guard(|| {
+        fn usr2_blocked() -> bool {
+            // SAFETY: reads the calling thread's mask into a zeroed set.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+                libc::sigismember(&set, libc::SIGUSR2) == 1
+            }
+        }
+        fn set_usr2(how: libc::c_int) {
+            // SAFETY: changes the calling thread's mask only.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR2);
+                libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+            }
+        }
+        // Each isle started from a thread of its own, which blocks SIGUSR2 or not.
+        let start = |block: bool| {
+            thread::spawn(move || {
+                set_usr2(if block {
+                    libc::SIG_BLOCK
+                } else {
+                    libc::SIG_UNBLOCK
+                });
+                let (isle, thread) = spawn_on(Isle::builder().thread_name("tr-mask-start"));
+                let blocked = isle.exec(|_| Ok(usr2_blocked())).unwrap();
+                isle.shutdown().unwrap();
+                (thread, blocked)
+            })
+            .join()
+            .unwrap()
+        };
+        let (thread, blocked) = start(false);
+        assert!(!blocked);
+        let (again, blocked) = start(true);
+        assert_eq!(again, thread);
+        assert!(
+            blocked,
+            "the isle lets through a signal the thread that started it blocks"
+        );
+        let (again, blocked) = start(false);
+        assert_eq!(again, thread);
+        assert!(
+            !blocked,
+            "the isle blocks a signal the thread that started it lets through"
+        );
     });
 }

@@ -6,10 +6,13 @@
 //! it (a give-up). Meanwhile tokens of isles that have ended are cancelled at random, and a
 //! pool recycling its members every few requests serves on names of its own.
 //!
+//! Isles on a name differ in how their VM is made (libraries, options, a factory), so that a
+//! spare made the next VM ahead of time for settings the next isle may not have.
+//!
 //! Checked: every request resolves exactly once (and its closure is dropped), nothing hangs,
-//! every isle's first script finds a fresh VM, a token of an ended isle never stops a request
-//! of a later one, threads are actually reused, and once everything has ended no thread with
-//! one of the test's names is left (spares show the OS `isle-spare`).
+//! every isle's first script finds a fresh VM with its own libraries, a token of an ended isle
+//! never stops a request of a later one, threads are actually reused, and once everything has
+//! ended no thread with one of the test's names is left (spares show the OS `isle-spare`).
 //!
 //! `THREAD_REUSE_STRESS_SEED` replays a run; `THREAD_REUSE_STRESS_ROUNDS` sets the rounds per
 //! thread.
@@ -23,8 +26,8 @@ use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mlua_isle::mlua::{self, Lua};
-use mlua_isle::{CancelToken, Isle, IsleError, IslePool, Recycle, Task};
+use mlua_isle::mlua::{self, Lua, LuaOptions, StdLib};
+use mlua_isle::{CancelToken, Isle, IsleBuilder, IsleError, IslePool, Recycle, Task};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -86,6 +89,8 @@ struct Books {
     reused: AtomicUsize,
     /// VMs (isles' or pool members') that found a global an earlier VM set.
     leftovers: AtomicUsize,
+    /// VMs without the libraries their isle asked for, or with others.
+    wrong_libraries: AtomicUsize,
     give_ups: AtomicUsize,
     next_marker: AtomicU64,
 }
@@ -133,8 +138,63 @@ fn closure(books: &Books) -> DropCounter {
     DropCounter::new(&books.closures)
 }
 
-/// Notes whether the VM `lua` holds what an earlier VM set, then marks it.
-fn check_fresh(lua: &Lua, books: &Books) -> mlua::Result<()> {
+/// How an isle's VM is made.
+#[derive(Clone, Copy, Debug)]
+enum Making {
+    /// The default libraries and options.
+    Default,
+    /// Fewer libraries.
+    Few,
+    /// Fewer libraries, other options.
+    FewOtherOptions,
+    /// By a factory.
+    Factory,
+}
+
+/// The libraries of [`Making::Few`] (all the test's scripts need).
+fn few() -> StdLib {
+    StdLib::COROUTINE | StdLib::TABLE | StdLib::STRING | StdLib::MATH
+}
+
+impl Making {
+    fn pick(rng: &mut StdRng) -> Making {
+        match rng.random_range(0..4) {
+            0 => Making::Default,
+            1 => Making::Few,
+            2 => Making::FewOtherOptions,
+            _ => Making::Factory,
+        }
+    }
+
+    fn apply(self, builder: IsleBuilder) -> IsleBuilder {
+        match self {
+            Making::Default => builder,
+            Making::Few => builder.std_libs(few()),
+            Making::FewOtherOptions => builder
+                .std_libs(few())
+                .lua_options(LuaOptions::new().catch_rust_panics(false)),
+            Making::Factory => {
+                builder.factory(|| Lua::new_with(few() | StdLib::UTF8, LuaOptions::new()))
+            }
+        }
+    }
+
+    /// A script that tells whether a VM has these libraries.
+    fn check(self) -> &'static str {
+        match self {
+            Making::Default => "return os ~= nil and utf8 ~= nil",
+            Making::Few | Making::FewOtherOptions => "return os == nil and utf8 == nil",
+            Making::Factory => "return os == nil and utf8 ~= nil",
+        }
+    }
+}
+
+/// Notes whether the VM `lua` holds what an earlier VM set or lacks the libraries `making`
+/// gives, then marks it.
+fn check_fresh(lua: &Lua, books: &Books, making: Making) -> mlua::Result<()> {
+    if !lua.load(making.check()).eval::<bool>()? {
+        books.wrong_libraries.fetch_add(1, Ordering::SeqCst);
+    }
     let leftover: Option<i64> = lua.globals().get("vm_marker")?;
     if leftover.is_some() {
         books.leftovers.fetch_add(1, Ordering::SeqCst);
@@ -211,11 +271,12 @@ fn one_isle(books: &'static Books, rng: &mut StdRng) {
         End::StuckInRust => Duration::from_millis(5),
         _ => HANG,
     };
-    let builder = Isle::builder().thread_name(name).grace_period(grace);
+    let making = Making::pick(rng);
+    let builder = making.apply(Isle::builder().thread_name(name).grace_period(grace));
     let init = rng.random_range(0..12);
     if init < 2 {
         let failed = builder.spawn(move |lua| {
-            check_fresh(lua, books)?;
+            check_fresh(lua, books, making)?;
             if init == 0 {
                 lua.load("error('deliberate init failure')").exec()
             } else {
@@ -227,7 +288,7 @@ fn one_isle(books: &'static Books, rng: &mut StdRng) {
     }
     let (isle, thread) = builder
         .spawn_with(move |lua| {
-            check_fresh(lua, books)?;
+            check_fresh(lua, books, making)?;
             define_rust_resume(lua)?;
             Ok(thread::current().id())
         })
@@ -452,7 +513,7 @@ fn isles_and_a_pool_share_threads_under_a_storm() {
                 .thread_name("trs-pool")
                 .recycle(Recycle::new().after_requests(3))
                 .spawn(move |lua| {
-                    check_fresh(lua, books)?;
+                    check_fresh(lua, books, Making::Default)?;
                     define_rust_resume(lua)
                 })
                 .expect("the pool starts"),
@@ -498,6 +559,11 @@ fn isles_and_a_pool_share_threads_under_a_storm() {
             books.leftovers.load(Ordering::SeqCst),
             0,
             "a fresh VM saw a global of an earlier one"
+        );
+        assert_eq!(
+            books.wrong_libraries.load(Ordering::SeqCst),
+            0,
+            "a VM had other libraries than its isle asked for"
         );
         eventually("every request's closure dropped", || {
             books.closures.load(Ordering::SeqCst) == 0

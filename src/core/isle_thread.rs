@@ -22,7 +22,7 @@ use std::any::Any;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -45,12 +45,20 @@ type Body = Box<dyn FnOnce(Prepared) -> AfterRun + Send>;
 /// body takes it if it can use it, and drops it otherwise.
 pub(crate) type Prepared = Option<Box<dyn Any>>;
 
+/// What a waiting thread makes for the next isle on it.
+pub(crate) struct Preparation {
+    /// Tells what it makes apart: only a run that can use it (given the same key) takes the
+    /// thread.
+    pub(crate) key: String,
+    pub(crate) make: Box<dyn FnOnce() -> Prepared>,
+}
+
 /// What an isle's thread does once the isle's body has returned.
 pub(crate) enum AfterRun {
     /// It ends: it is not fit to serve another isle.
     End,
     /// It waits as a spare, first running the preparation, if any, for the next isle.
-    Wait(Option<Box<dyn FnOnce() -> Prepared>>),
+    Wait(Option<Preparation>),
 }
 
 /// One isle's run, as handed to a thread.
@@ -67,30 +75,45 @@ struct Spare {
     stack_size: usize,
     /// Tells this spare apart from the others.
     serial: u64,
-    /// The process it waits in: a child forked since then does not have its thread.
-    pid: u32,
+    /// The key of what it prepares, if anything: then only a run with that key takes it.
+    prepares: Option<String>,
     runs: Sender<Run>,
 }
 
-/// The spares, the one that has waited longest first.
-static SPARES: Mutex<Vec<Spare>> = Mutex::new(Vec::new());
+/// The spares of one process, the one that has waited longest first.
+struct SpareList {
+    pid: u32,
+    spares: Mutex<Vec<Spare>>,
+}
+
+/// The spares of this process. A child forked since the list was made has none of its
+/// threads, and its lock may have been held by one of them as the child was forked: the
+/// child makes a list of its own and leaves the parent's as it is (never freed, nor locked).
+static SPARES: AtomicPtr<SpareList> = AtomicPtr::new(std::ptr::null_mut());
 
 fn spares() -> MutexGuard<'static, Vec<Spare>> {
-    let mut spares = SPARES.lock().unwrap_or_else(PoisonError::into_inner);
     let pid = std::process::id();
-    if spares.iter().any(|spare| spare.pid != pid) {
-        // In a child forked since they offered themselves: only the thread that forked lives
-        // on here, and a run handed to one of these would never start. They are forgotten
-        // without touching their channels, whose other ends went with the parent's threads.
-        for spare in std::mem::take(&mut *spares) {
-            if spare.pid == pid {
-                spares.push(spare);
-            } else {
-                std::mem::forget(spare);
+    let mut list = SPARES.load(Ordering::Acquire);
+    loop {
+        // SAFETY: lists are made below and never freed.
+        if let Some(list) = unsafe { list.as_ref() } {
+            if list.pid == pid {
+                return list.spares.lock().unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        let fresh = Box::into_raw(Box::new(SpareList {
+            pid,
+            spares: Mutex::new(Vec::new()),
+        }));
+        match SPARES.compare_exchange(list, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => list = fresh,
+            Err(current) => {
+                // SAFETY: `fresh` was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                list = current;
             }
         }
     }
-    spares
 }
 
 /// One isle's run on a thread, joined at most once; dropping it stops waiting for the run.
@@ -98,7 +121,8 @@ pub(crate) struct IsleThread(Option<Receiver<()>>);
 
 impl IsleThread {
     /// Runs `body` on a spare thread named `name` with `stack_size` bytes of stack, or on a
-    /// new one if there is none.
+    /// new one if there is none. `key` tells what preparation the run can use: a spare that
+    /// prepares something else is not taken.
     ///
     /// `body` must not panic (the thread's owner would not learn of it): isles catch every
     /// panic on their thread and report it. It returns whether the thread is fit to serve
@@ -110,6 +134,7 @@ impl IsleThread {
     pub(crate) fn spawn(
         name: String,
         stack_size: usize,
+        key: Option<String>,
         body: impl FnOnce(Prepared) -> AfterRun + Send + 'static,
     ) -> io::Result<Self> {
         if name.contains('\0') {
@@ -119,11 +144,22 @@ impl IsleThread {
             ));
         }
         let (ended, end) = crossbeam_channel::bounded(1);
+        // A new thread inherits the signal mask of the thread that creates it: a spare takes
+        // on this thread's too.
+        #[cfg(unix)]
+        let body = {
+            let mask = signal_mask();
+            move |prepared| {
+                // SAFETY: sets the calling thread's mask to one `pthread_sigmask` filled in.
+                unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut()) };
+                body(prepared)
+            }
+        };
         let run = Run {
             body: Box::new(body),
             ended,
         };
-        let Err(run) = hand_to_spare(&name, stack_size, run) else {
+        let Err(run) = hand_to_spare(&name, stack_size, key.as_deref(), run) else {
             return Ok(IsleThread(Some(end)));
         };
         let thread = SpareThread {
@@ -173,13 +209,18 @@ impl std::fmt::Debug for IsleThread {
 }
 
 /// Hands `run` to the spare that waited least among those named `name` with `stack_size`
-/// bytes of stack (its stack and caches are the warmest); gives `run` back if there is none.
-fn hand_to_spare(name: &str, stack_size: usize, run: Run) -> Result<(), Run> {
+/// bytes of stack (its stack and caches are the warmest) that prepare what `key` names, or
+/// else nothing; gives `run` back if there is none.
+fn hand_to_spare(name: &str, stack_size: usize, key: Option<&str>, run: Run) -> Result<(), Run> {
     let mut spares = spares();
-    let Some(at) = spares
-        .iter()
-        .rposition(|spare| spare.name == name && spare.stack_size == stack_size)
-    else {
+    let last = |prepares: Option<&str>| {
+        spares.iter().rposition(|spare| {
+            spare.name == name
+                && spare.stack_size == stack_size
+                && spare.prepares.as_deref() == prepares
+        })
+    };
+    let Some(at) = key.and_then(|key| last(Some(key))).or_else(|| last(None)) else {
         return Err(run);
     };
     let spare = spares.remove(at);
@@ -202,18 +243,23 @@ impl SpareThread {
         let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
         let mut run = first;
         let mut prepared = None;
+        let mut served = 0_u32;
         loop {
             let Run { body, ended } = run;
-            let AfterRun::Wait(prepare) = body(prepared.take()) else {
+            let AfterRun::Wait(preparation) = body(prepared.take()) else {
                 return;
             };
+            served = served.saturating_add(1);
+            // Only a thread that has served a second isle prepares for the next one: one whose
+            // name is never used again (an isle named once) would make a VM for nothing.
+            let preparation = preparation.filter(|_| served > 1);
             set_os_name(SPARE_NAME);
-            let next = self.offer(serial);
+            let next = self.offer(serial, preparation.as_ref().map(|p| p.key.clone()));
             // The isle is let go of: whoever waits for it may go on, and may start the next
             // isle on this very thread.
             drop(ended);
             // Meanwhile (a run handed over waits for it: it is what that run needs).
-            prepared = prepare.and_then(|prepare| catch_unwind(AssertUnwindSafe(prepare)).ok()?);
+            prepared = preparation.and_then(|p| catch_unwind(AssertUnwindSafe(p.make)).ok()?);
             run = match wait_for_run(&next, serial) {
                 Some(run) => run,
                 None => return,
@@ -226,7 +272,7 @@ impl SpareThread {
 
     /// Adds this thread to the spares, pushing out the one that waited longest if there are
     /// too many. Returns where its next run comes.
-    fn offer(&self, serial: u64) -> Receiver<Run> {
+    fn offer(&self, serial: u64, prepares: Option<String>) -> Receiver<Run> {
         let (runs, next) = crossbeam_channel::bounded(1);
         let pushed_out = {
             let mut spares = spares();
@@ -235,9 +281,11 @@ impl SpareThread {
                 name: self.name.clone(),
                 stack_size: self.stack_size,
                 serial,
-                pid: std::process::id(),
+                prepares,
                 runs,
             });
+            #[cfg(test)]
+            crate::core::pause::at(crate::core::pause::Window::SparesLocked);
             pushed_out
         };
         // Its thread sees the channel disconnect and ends.
@@ -263,6 +311,17 @@ fn wait_for_run(next: &Receiver<Run>, serial: u64) -> Option<Run> {
     }
     spares.retain(|spare| spare.serial != serial);
     None
+}
+
+/// The calling thread's signal mask.
+#[cfg(unix)]
+fn signal_mask() -> libc::sigset_t {
+    // SAFETY: `pthread_sigmask` with no new set only fills in `mask`, zeroed before.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        mask
+    }
 }
 
 /// `name` as the OS keeps it: at most 15 bytes (Linux's limit, as the standard library cuts
@@ -315,7 +374,7 @@ mod tests {
     /// Runs a body on a thread named `name` that reports its id, and waits for the run.
     fn run_on(name: &str, stack_size: usize, reusable: bool) -> ThreadId {
         let (tx, rx) = mpsc::channel();
-        let mut thread = IsleThread::spawn(name.to_owned(), stack_size, move |_| {
+        let mut thread = IsleThread::spawn(name.to_owned(), stack_size, None, move |_| {
             tx.send(thread::current().id()).unwrap();
             after(reusable)
         })
@@ -369,7 +428,7 @@ mod tests {
         let _alone = alone();
         let (tx, rx) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
-        let mut thread = IsleThread::spawn("it-names".to_owned(), 1 << 20, move |_| {
+        let mut thread = IsleThread::spawn("it-names".to_owned(), 1 << 20, None, move |_| {
             tx.send(thread::current().name().map(str::to_owned))
                 .unwrap();
             released.recv().unwrap();
@@ -385,7 +444,7 @@ mod tests {
         assert!(!os_names().iter().any(|n| n == "it-names"));
         // Serving again: the isle's name is back.
         let (tx, rx) = mpsc::channel();
-        let mut again = IsleThread::spawn("it-names".to_owned(), 1 << 20, move |_| {
+        let mut again = IsleThread::spawn("it-names".to_owned(), 1 << 20, None, move |_| {
             #[cfg(target_os = "linux")]
             tx.send(os_names().iter().any(|n| n == "it-names")).unwrap();
             #[cfg(not(target_os = "linux"))]
@@ -402,9 +461,9 @@ mod tests {
         let _alone = alone();
         let name = "it-a-rather-long-thread-name";
         let (tx, rx) = mpsc::channel();
-        let mut first = IsleThread::spawn(name.to_owned(), 1 << 20, |_| after(true)).unwrap();
+        let mut first = IsleThread::spawn(name.to_owned(), 1 << 20, None, |_| after(true)).unwrap();
         first.join();
-        let mut second = IsleThread::spawn(name.to_owned(), 1 << 20, move |_| {
+        let mut second = IsleThread::spawn(name.to_owned(), 1 << 20, None, move |_| {
             #[cfg(target_os = "linux")]
             tx.send(os_names().iter().any(|n| n == "it-a-rather-lon"))
                 .unwrap();
@@ -420,7 +479,8 @@ mod tests {
     #[test]
     fn a_name_with_a_nul_byte_is_refused() {
         let _alone = alone();
-        let err = IsleThread::spawn("it\0nul".to_owned(), 1 << 20, |_| after(true)).unwrap_err();
+        let err =
+            IsleThread::spawn("it\0nul".to_owned(), 1 << 20, None, |_| after(true)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
@@ -428,7 +488,7 @@ mod tests {
     fn a_run_still_going_is_not_joined_within_a_timeout_then_is() {
         let _alone = alone();
         let (release, released) = mpsc::channel::<()>();
-        let mut thread = IsleThread::spawn("it-busy".to_owned(), 1 << 20, move |_| {
+        let mut thread = IsleThread::spawn("it-busy".to_owned(), 1 << 20, None, move |_| {
             let _ = released.recv();
             after(true)
         })
@@ -449,7 +509,7 @@ mod tests {
         let _alone = alone();
         let (release, released) = mpsc::channel::<()>();
         let (ended, ends) = mpsc::channel::<()>();
-        let thread = IsleThread::spawn("it-detached".to_owned(), 1 << 20, move |_| {
+        let thread = IsleThread::spawn("it-detached".to_owned(), 1 << 20, None, move |_| {
             let _ = released.recv();
             ended.send(()).unwrap();
             after(true)
@@ -464,7 +524,7 @@ mod tests {
     fn an_unused_spare_ends_after_its_idle_time() {
         let _alone = alone();
         let (tx, rx) = mpsc::channel();
-        let mut thread = IsleThread::spawn("it-idle".to_owned(), 1 << 20, move |_| {
+        let mut thread = IsleThread::spawn("it-idle".to_owned(), 1 << 20, None, move |_| {
             // Told when the thread, spare or not, ends.
             struct Ends(mpsc::Sender<()>);
             impl Drop for Ends {
@@ -493,7 +553,7 @@ mod tests {
         paused.reached();
         // Taken meanwhile: handed the run under the lock the spare is about to take.
         let (tx, rx) = mpsc::channel();
-        let mut thread = IsleThread::spawn("it-expiring".to_owned(), 1 << 20, move |_| {
+        let mut thread = IsleThread::spawn("it-expiring".to_owned(), 1 << 20, None, move |_| {
             tx.send(thread::current().id()).unwrap();
             after(true)
         })
@@ -508,7 +568,7 @@ mod tests {
     fn a_spare_pushed_out_by_newer_ones_ends() {
         let _alone = alone();
         let (tx, rx) = mpsc::channel();
-        let mut oldest = IsleThread::spawn("it-pushed".to_owned(), 1 << 20, move |_| {
+        let mut oldest = IsleThread::spawn("it-pushed".to_owned(), 1 << 20, None, move |_| {
             struct Ends(mpsc::Sender<()>);
             impl Drop for Ends {
                 fn drop(&mut self) {
@@ -525,7 +585,7 @@ mod tests {
         let newer: Vec<_> = (0..MAX_SPARES)
             .map(|i| {
                 let (release, released) = mpsc::channel::<()>();
-                let thread = IsleThread::spawn(format!("it-newer-{i}"), 1 << 20, move |_| {
+                let thread = IsleThread::spawn(format!("it-newer-{i}"), 1 << 20, None, move |_| {
                     let _ = released.recv();
                     after(true)
                 })
@@ -541,49 +601,200 @@ mod tests {
         assert!(!is_spare("it-pushed"));
     }
 
+    /// A process forked while a thread of its parent held the list of spares (a spare
+    /// offering itself, say, which spares do at any time): the child starts threads all the
+    /// same, without waiting for a lock whose holder it does not have.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_child_forked_while_the_spares_are_locked_starts_its_threads() {
+        let _alone = alone();
+        let paused = crate::core::pause::arm(crate::core::pause::Window::SparesLocked, "it-fork");
+        let mut thread =
+            IsleThread::spawn("it-fork".to_owned(), 1 << 20, None, |_| after(true)).unwrap();
+        paused.reached();
+        // SAFETY: the child only starts a thread, waits for it and leaves with `_exit`; its
+        // alarm (default action: terminate) ends it if it hangs.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: arms this (child) process's alarm.
+            unsafe { libc::alarm(5) };
+            let (tx, rx) = mpsc::channel();
+            let started = IsleThread::spawn("it-fork".to_owned(), 1 << 20, None, move |_| {
+                tx.send(()).unwrap();
+                AfterRun::End
+            });
+            let code = match started {
+                Ok(mut started) => {
+                    started.join();
+                    if rx.try_recv().is_ok() {
+                        0
+                    } else {
+                        2
+                    }
+                }
+                Err(_) => 3,
+            };
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        paused.release();
+        thread.join();
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child could not start a thread (status {status:#x}: {})",
+            if libc::WIFSIGNALED(status) {
+                "killed by its alarm: it hung"
+            } else {
+                "failed"
+            }
+        );
+    }
+
+    /// A body that leaves a spare preparing `value` under the key `value`.
+    fn preparing(value: u32) -> impl FnOnce(Prepared) -> AfterRun + Send + 'static {
+        move |_| {
+            AfterRun::Wait(Some(Preparation {
+                key: value.to_string(),
+                make: Box::new(move || Some(Box::new(value) as Box<dyn Any>)),
+            }))
+        }
+    }
+
+    /// Runs a body with `key` on `name`; returns its thread and the number it was handed.
+    fn handed(name: &str, key: Option<&str>) -> (ThreadId, Option<u32>) {
+        let (tx, rx) = mpsc::channel();
+        let mut thread =
+            IsleThread::spawn(name.to_owned(), 1 << 20, key.map(str::to_owned), move |p| {
+                let value = p.and_then(|p| p.downcast::<u32>().ok()).map(|v| *v);
+                tx.send((thread::current().id(), value)).unwrap();
+                after(true)
+            })
+            .unwrap();
+        thread.join();
+        rx.recv_timeout(HANG).unwrap()
+    }
+
+    #[test]
+    fn a_thread_prepares_only_once_it_has_served_a_second_run() {
+        let _alone = alone();
+        let mut first =
+            IsleThread::spawn("it-served".to_owned(), 1 << 20, None, preparing(7)).unwrap();
+        first.join();
+        // It served one run: it prepared nothing (a run with that key gets nothing).
+        let (thread, value) = handed("it-served", Some("7"));
+        assert_eq!(value, None);
+        // Its third run: it served two, so it prepares.
+        let mut third =
+            IsleThread::spawn("it-served".to_owned(), 1 << 20, None, preparing(7)).unwrap();
+        third.join();
+        assert_eq!(handed("it-served", Some("7")), (thread, Some(7)));
+    }
+
     #[test]
     fn a_spare_hands_what_it_prepared_to_the_next_run() {
         let _alone = alone();
-        let mut first = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, |_| {
-            AfterRun::Wait(Some(Box::new(|| Some(Box::new(42_u32) as Box<dyn Any>))))
+        // The thread's first run: from the next on, it prepares.
+        run_on("it-prepared", 1 << 20, true);
+        let mut first = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, None, |_| {
+            AfterRun::Wait(Some(Preparation {
+                key: "42".to_owned(),
+                make: Box::new(|| Some(Box::new(42_u32) as Box<dyn Any>)),
+            }))
         })
         .unwrap();
         first.join();
         let (tx, rx) = mpsc::channel();
-        let mut second = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, move |prepared| {
-            let value = prepared.and_then(|p| p.downcast::<u32>().ok()).map(|v| *v);
-            tx.send(value).unwrap();
-            after(true)
-        })
+        let mut second = IsleThread::spawn(
+            "it-prepared".to_owned(),
+            1 << 20,
+            Some("42".to_owned()),
+            move |prepared| {
+                let value = prepared.and_then(|p| p.downcast::<u32>().ok()).map(|v| *v);
+                tx.send(value).unwrap();
+                after(true)
+            },
+        )
         .unwrap();
         second.join();
         assert_eq!(rx.recv_timeout(HANG).unwrap(), Some(42));
         // Taken once: the run after gets nothing.
         let (tx, rx) = mpsc::channel();
-        let mut third = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, move |prepared| {
-            tx.send(prepared.is_none()).unwrap();
-            after(true)
-        })
-        .unwrap();
+        let mut third =
+            IsleThread::spawn("it-prepared".to_owned(), 1 << 20, None, move |prepared| {
+                tx.send(prepared.is_none()).unwrap();
+                after(true)
+            })
+            .unwrap();
         third.join();
         assert!(rx.recv_timeout(HANG).unwrap());
+    }
+
+    /// A run that cannot use what a spare prepares (another key, or none) does not wait for
+    /// it: it gets another thread. A run takes the spare that prepared for its key before one
+    /// that prepares nothing, and that one before a new thread.
+    #[test]
+    fn a_run_takes_a_spare_whose_preparation_it_can_use() {
+        let _alone = alone();
+        // Runs a body with `key` on `it-prep-key`; it leaves a spare preparing for `then` (from
+        // the thread's second run on).
+        let run = |key: Option<&str>, then: Option<&str>| {
+            let (tx, rx) = mpsc::channel();
+            let then = then.map(str::to_owned);
+            let mut thread =
+                IsleThread::spawn("it-prep-key".to_owned(), 1 << 20, key.map(str::to_owned), {
+                    move |prepared| {
+                        tx.send((thread::current().id(), prepared.is_some()))
+                            .unwrap();
+                        AfterRun::Wait(then.map(|key| Preparation {
+                            key,
+                            make: Box::new(|| Some(Box::new(1_u8) as Box<dyn Any>)),
+                        }))
+                    }
+                })
+                .unwrap();
+            thread.join();
+            rx.recv_timeout(HANG).unwrap()
+        };
+        let (a, _) = run(None, Some("a"));
+        // Its second run: from now on it prepares for `a`.
+        assert_eq!(run(None, Some("a")), (a, false));
+        // Another key does not take it.
+        let (b, _) = run(Some("b"), Some("b"));
+        assert_ne!(b, a);
+        // The spare that prepared for `a`, though `b`'s (preparing nothing yet) waited less.
+        assert_eq!(run(Some("a"), Some("a")), (a, true));
+        // No spare prepared for `c`: the one that prepares nothing.
+        assert_eq!(run(Some("c"), None), (b, false));
     }
 
     #[test]
     fn a_preparation_that_panics_leaves_nothing_and_the_spare_serves_on() {
         let _alone = alone();
         let first = run_on("it-prep-panic", 1 << 20, true);
-        let mut panicking = IsleThread::spawn("it-prep-panic".to_owned(), 1 << 20, |_| {
-            AfterRun::Wait(Some(Box::new(|| panic!("preparation failed"))))
+        let mut panicking = IsleThread::spawn("it-prep-panic".to_owned(), 1 << 20, None, |_| {
+            AfterRun::Wait(Some(Preparation {
+                key: "panics".to_owned(),
+                make: Box::new(|| panic!("preparation failed")),
+            }))
         })
         .unwrap();
         panicking.join();
         let (tx, rx) = mpsc::channel();
-        let mut next = IsleThread::spawn("it-prep-panic".to_owned(), 1 << 20, move |prepared| {
-            tx.send((thread::current().id(), prepared.is_none()))
-                .unwrap();
-            after(true)
-        })
+        let mut next = IsleThread::spawn(
+            "it-prep-panic".to_owned(),
+            1 << 20,
+            Some("panics".to_owned()),
+            move |prepared| {
+                tx.send((thread::current().id(), prepared.is_none()))
+                    .unwrap();
+                after(true)
+            },
+        )
         .unwrap();
         next.join();
         assert_eq!(rx.recv_timeout(HANG).unwrap(), (first, true));
@@ -598,11 +809,14 @@ mod tests {
                 let _ = self.0.send(());
             }
         }
+        // The thread's first run: from the next on, it prepares.
+        run_on("it-prep-drop", 1 << 20, true);
         let (tx, rx) = mpsc::channel();
-        let mut thread = IsleThread::spawn("it-prep-drop".to_owned(), 1 << 20, move |_| {
-            AfterRun::Wait(Some(Box::new(move || {
-                Some(Box::new(Dropped(tx)) as Box<dyn Any>)
-            })))
+        let mut thread = IsleThread::spawn("it-prep-drop".to_owned(), 1 << 20, None, move |_| {
+            AfterRun::Wait(Some(Preparation {
+                key: "dropped".to_owned(),
+                make: Box::new(move || Some(Box::new(Dropped(tx)) as Box<dyn Any>)),
+            }))
         })
         .unwrap();
         thread.join();

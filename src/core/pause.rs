@@ -30,6 +30,8 @@ pub(crate) enum Window {
     /// A spare thread's wait for another isle ran out; it has not yet withdrawn from the
     /// spares.
     SpareExpiring,
+    /// A spare thread holds the list of spares, having just added itself.
+    SparesLocked,
 }
 
 struct Armed {

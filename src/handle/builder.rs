@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mlua::{Lua, LuaOptions, StdLib};
 
-use crate::core::isle_thread::{AfterRun, IsleThread, Prepared};
+use crate::core::isle_thread::{AfterRun, IsleThread};
 use crate::core::queue::{Handle, Shared};
 use crate::core::slot::{Completer, Slot};
 use crate::core::wait;
@@ -168,10 +168,11 @@ impl IsleBuilder {
     ///
     /// Once an isle has ended (its VM closed), its thread waits a second as a spare, named
     /// `isle-spare`, and the next isle with the same thread name and stack size starts on it
-    /// instead of a new thread. While it waits, the spare already creates the next VM from the
-    /// same [libraries](Self::std_libs) and [options](Self::lua_options) (not for a
-    /// [factory](Self::factory)), which an isle made from those takes instead of creating
-    /// one; another isle gets a VM made for it as usual. Starting and shutting down an isle
+    /// instead of a new thread. While it waits, a spare that has served more than one isle
+    /// already creates the next VM from the same [libraries](Self::std_libs) and
+    /// [options](Self::lua_options) (not for a [factory](Self::factory)), which an isle made
+    /// from those takes instead of creating one; an isle made otherwise does not wait for that
+    /// VM: it takes a spare that made nothing, or a new thread. Starting and shutting down an isle
     /// then costs about what starting a thread that creates and closes a bare VM costs, where
     /// it costs 1.4× that without a spare (a pool that recycles its VMs pays it per VM). At
     /// most 16 spares wait at a time. A thread whose isle panicked out of its own code ends
@@ -184,9 +185,9 @@ impl IsleBuilder {
     /// the next one, but what your host functions keep in thread-locals of their own stays
     /// with the thread (their destructors run when the thread ends, not at
     /// [`shutdown`](Isle::shutdown)), and so do changes they make to the thread itself (its
-    /// CPU affinity, priority or signal mask). A reused thread keeps the signal mask it was
-    /// started with, rather than inheriting that of the thread spawning the next isle. Give
-    /// isles that must not meet such leftovers different thread names.
+    /// CPU affinity or priority). The signal mask does not: each isle starts with the mask of
+    /// the thread that spawned it, as on a new thread. Give isles that must not meet such
+    /// leftovers different thread names.
     ///
     /// # Examples
     ///
@@ -761,7 +762,8 @@ impl IsleBuilder {
             // Resolved when this thread is done with the isle, however it ends: with the panic,
             // if one escaped the worker.
             let exited = Completer::new(shared.exited.clone());
-            IsleThread::spawn(name, self.stack_size, move |prepared| {
+            let key = setup.source.key();
+            IsleThread::spawn(name, self.stack_size, key, move |prepared| {
                 let watched = shared.clone();
                 let preparation = setup.source.preparation();
                 let run = || worker::run(setup, init, shared, rx, ready, prepared);
@@ -771,9 +773,7 @@ impl IsleBuilder {
                     // The VM is closed and what the thread kept for it reset: another isle may
                     // start here (the thread makes the next VM like this one meanwhile),
                     // unless this one gave up on the thread (it ends as promised).
-                    Ok(()) if !watched.is_abandoned() => AfterRun::Wait(
-                        preparation.map(|p| Box::new(p) as Box<dyn FnOnce() -> Prepared>),
-                    ),
+                    Ok(()) if !watched.is_abandoned() => AfterRun::Wait(preparation),
                     Ok(()) => AfterRun::End,
                     Err(panic) => {
                         exited.complete(Err(IsleError::Panic(worker::panic_message(&*panic))));

@@ -10,6 +10,7 @@ use lru::LruCache;
 use mlua::chunk::ChunkMode;
 use mlua::{FromLuaMulti, Function, IntoLuaMulti, Lua, LuaOptions, StdLib, Table, Value};
 
+use crate::core::isle_thread::{Preparation, Prepared};
 use crate::core::release::Releases;
 use crate::error::IsleError;
 use crate::lua_thread::functions::Functions;
@@ -53,14 +54,13 @@ impl fmt::Debug for VmSource {
 impl VmSource {
     /// Creates the VM, or takes `prepared` if it was made from the same libraries and options
     /// (a VM nothing has used yet: the same as a new one).
-    pub(crate) fn create(self, prepared: Option<Box<dyn Any>>) -> mlua::Result<Lua> {
+    pub(crate) fn create(self, prepared: Prepared) -> mlua::Result<Lua> {
+        let key = self.key();
         match self {
             VmSource::Std { libs, options } => {
                 let prepared = prepared.and_then(|p| p.downcast::<PreparedVm>().ok());
                 match prepared {
-                    Some(vm) if vm.libs == libs && same_options(&vm.options, &options) => {
-                        Ok(vm.lua)
-                    }
+                    Some(vm) if Some(&vm.key) == key.as_ref() => Ok(vm.lua),
                     _ => Lua::new_with(libs, options),
                 }
             }
@@ -68,36 +68,39 @@ impl VmSource {
         }
     }
 
-    /// What makes the next VM like this one ahead of time, while the thread waits for the next
-    /// isle; `None` for a factory (whose VM only it can make, when asked).
-    pub(crate) fn preparation(&self) -> Option<impl FnOnce() -> Option<Box<dyn Any>> + 'static> {
+    /// What tells the VMs this source makes apart: its libraries and every field of its
+    /// options (those of mlua features this crate does not turn on too); `None` for a
+    /// factory.
+    pub(crate) fn key(&self) -> Option<String> {
         match self {
-            VmSource::Std { libs, options } => {
-                let (libs, options) = (*libs, options.clone());
-                Some(move || {
-                    let lua = Lua::new_with(libs, options.clone()).ok()?;
-                    Some(Box::new(PreparedVm { libs, options, lua }) as Box<dyn Any>)
-                })
-            }
+            VmSource::Std { libs, options } => Some(format!("{libs:?} {options:?}")),
             VmSource::Factory(_) => None,
         }
     }
-}
 
-/// A VM made by a waiting thread for the next isle on it, with what it was made from.
-struct PreparedVm {
-    libs: StdLib,
-    options: LuaOptions,
-    lua: Lua,
-}
-
-/// Whether two sets of options make the same VM.
-fn same_options(a: &LuaOptions, b: &LuaOptions) -> bool {
-    #[cfg(feature = "tokio")]
-    if a.thread_pool_size != b.thread_pool_size {
-        return false;
+    /// What makes the next VM like this one ahead of time, while the thread waits for the next
+    /// isle; `None` for a factory (whose VM only it can make, when asked).
+    pub(crate) fn preparation(&self) -> Option<Preparation> {
+        let key = self.key()?;
+        let VmSource::Std { libs, options } = self else {
+            return None;
+        };
+        let (libs, options) = (*libs, options.clone());
+        Some(Preparation {
+            key: key.clone(),
+            make: Box::new(move || {
+                let lua = Lua::new_with(libs, options).ok()?;
+                Some(Box::new(PreparedVm { key, lua }) as Box<dyn Any>)
+            }),
+        })
     }
-    a.catch_rust_panics == b.catch_rust_panics
+}
+
+/// A VM made by a waiting thread for the next isle on it, with the key of what it was made
+/// from.
+struct PreparedVm {
+    key: String,
+    lua: Lua,
 }
 
 /// The VM plus what the Lua thread caches to answer requests quickly.
@@ -412,7 +415,7 @@ mod tests {
             libs,
             options: default_options(),
         };
-        let prepared = (source.preparation().unwrap())().unwrap();
+        let prepared = (source.preparation().unwrap().make)().unwrap();
         let vm = prepared.downcast_ref::<PreparedVm>().unwrap();
         vm.lua.globals().set("marked", true).unwrap();
         Some(prepared)
