@@ -146,10 +146,30 @@ fn lifecycle(c: &mut Criterion) {
             thread.join().unwrap();
         })
     });
+    // On the spare thread the last isle left, which has made this VM meanwhile.
     group.bench_function("isle/spawn_shutdown", |b| {
         b.iter_batched(
             || (),
             |()| Isle::spawn(|_| Ok(())).unwrap().shutdown().unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    // A thread name used once: a new thread, and a new VM made on it.
+    let mut serial = 0_u64;
+    group.bench_function("isle/spawn_shutdown_on_a_new_thread", |b| {
+        b.iter_batched(
+            || {
+                serial += 1;
+                format!("lifecycle-{serial}")
+            },
+            |name| {
+                Isle::builder()
+                    .thread_name(name)
+                    .spawn(|_| Ok(()))
+                    .unwrap()
+                    .shutdown()
+                    .unwrap()
+            },
             BatchSize::SmallInput,
         )
     });

@@ -151,9 +151,18 @@ enum Making {
     Factory,
 }
 
-/// The libraries of [`Making::Few`] (all the test's scripts need).
+/// The libraries all the test's scripts need (`coroutine` is in the base library of Lua 5.1
+/// and LuaJIT).
+fn needed() -> StdLib {
+    let libs = StdLib::TABLE | StdLib::STRING;
+    #[cfg(not(any(feature = "lua51", feature = "luajit", feature = "luajit52")))]
+    let libs = libs | StdLib::COROUTINE;
+    libs
+}
+
+/// The libraries of [`Making::Few`]: `math` but no `os`.
 fn few() -> StdLib {
-    StdLib::COROUTINE | StdLib::TABLE | StdLib::STRING | StdLib::MATH
+    needed() | StdLib::MATH
 }
 
 impl Making {
@@ -174,7 +183,7 @@ impl Making {
                 .std_libs(few())
                 .lua_options(LuaOptions::new().catch_rust_panics(false)),
             Making::Factory => {
-                builder.factory(|| Lua::new_with(few() | StdLib::UTF8, LuaOptions::new()))
+                builder.factory(|| Lua::new_with(needed() | StdLib::OS, LuaOptions::new()))
             }
         }
     }
@@ -182,9 +191,9 @@ impl Making {
     /// A script that tells whether a VM has these libraries.
     fn check(self) -> &'static str {
         match self {
-            Making::Default => "return os ~= nil and utf8 ~= nil",
-            Making::Few | Making::FewOtherOptions => "return os == nil and utf8 == nil",
-            Making::Factory => "return os == nil and utf8 ~= nil",
+            Making::Default => "return os ~= nil and math ~= nil",
+            Making::Few | Making::FewOtherOptions => "return os == nil and math ~= nil",
+            Making::Factory => "return os ~= nil and math == nil",
         }
     }
 }
