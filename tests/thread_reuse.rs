@@ -12,6 +12,17 @@ use common::*;
 use mlua_isle::mlua::{Lua, LuaOptions, StdLib};
 use mlua_isle::{CancelToken, Isle, IsleBuilder, IsleError, IslePool, Recycle};
 
+/// Starts and shuts down an isle on a thread named `name`, so that the name came up before: a
+/// thread serving the next isle with it waits as a spare when done.
+fn warm(name: &str) {
+    Isle::builder()
+        .thread_name(name)
+        .spawn(|_| Ok(()))
+        .expect("isle starts")
+        .shutdown()
+        .unwrap();
+}
+
 /// Starts an isle from `builder` and returns it with the id of its thread.
 fn spawn_on(builder: IsleBuilder) -> (Isle, ThreadId) {
     builder
@@ -22,6 +33,7 @@ fn spawn_on(builder: IsleBuilder) -> (Isle, ThreadId) {
 #[test]
 fn an_isle_starts_on_the_thread_the_last_one_with_its_name_left() {
     within_hang_guard(|| {
+        warm("tr-same");
         let (first, thread) = spawn_on(Isle::builder().thread_name("tr-same"));
         first.shutdown().unwrap();
         let (second, again) = spawn_on(Isle::builder().thread_name("tr-same"));
@@ -34,9 +46,27 @@ fn an_isle_starts_on_the_thread_the_last_one_with_its_name_left() {
     });
 }
 
+/// A thread whose name did not come up before (an isle named once, say) ends when done: it
+/// would wait for nothing.
+#[test]
+fn an_isle_named_once_leaves_no_spare() {
+    within_hang_guard(|| {
+        let (first, thread) = spawn_on(Isle::builder().thread_name("tr-once"));
+        first.shutdown().unwrap();
+        let (second, elsewhere) = spawn_on(Isle::builder().thread_name("tr-once"));
+        assert_ne!(elsewhere, thread);
+        second.shutdown().unwrap();
+        // The name has come up now: this one's thread waits for the next.
+        let (third, again) = spawn_on(Isle::builder().thread_name("tr-once"));
+        assert_eq!(again, elsewhere);
+        third.shutdown().unwrap();
+    });
+}
+
 #[test]
 fn an_isle_with_another_name_or_stack_size_gets_another_thread() {
     within_hang_guard(|| {
+        warm("tr-key");
         let (first, thread) = spawn_on(Isle::builder().thread_name("tr-key"));
         first.shutdown().unwrap();
         let (other_name, elsewhere) = spawn_on(Isle::builder().thread_name("tr-key-other"));
@@ -55,6 +85,7 @@ fn an_isle_with_another_name_or_stack_size_gets_another_thread() {
 #[test]
 fn a_dropped_isle_leaves_its_thread_to_the_next_one_too() {
     within_hang_guard(|| {
+        warm("tr-dropped");
         let (first, thread) = spawn_on(Isle::builder().thread_name("tr-dropped"));
         let (closed_tx, closed) = mpsc::channel::<()>();
         first
@@ -92,6 +123,7 @@ fn a_dropped_isle_leaves_its_thread_to_the_next_one_too() {
 #[test]
 fn a_script_on_a_reused_thread_finds_a_fresh_vm() {
     within_hang_guard(|| {
+        warm("tr-fresh");
         let (first, thread) = spawn_on(
             Isle::builder()
                 .thread_name("tr-fresh")
@@ -157,13 +189,13 @@ fn a_script_on_a_reused_thread_finds_a_fresh_vm() {
 #[test]
 fn the_next_isle_gets_a_vm_made_from_its_own_settings() {
     within_hang_guard(|| {
+        warm("tr-libs");
         let math = || {
             Isle::builder()
                 .thread_name("tr-libs")
                 .std_libs(StdLib::MATH)
         };
         let all = || Isle::builder().thread_name("tr-libs");
-        // A thread makes a VM ahead once it has served a second isle.
         let (math_only, math_thread) = spawn_on(math());
         math_only.shutdown().unwrap();
         let (math_only, again) = spawn_on(math());
@@ -222,6 +254,7 @@ fn the_next_isle_gets_a_vm_made_from_its_own_settings() {
 #[test]
 fn a_token_of_the_last_isle_does_not_reach_the_next_one() {
     within_hang_guard(|| {
+        warm("tr-stale");
         let (first, thread) = spawn_on(Isle::builder().thread_name("tr-stale"));
         let old = CancelToken::new();
         let (entered_tx, entered) = mpsc::channel::<()>();
@@ -272,6 +305,7 @@ fn a_token_of_the_last_isle_does_not_reach_the_next_one() {
 #[test]
 fn a_waiting_spare_does_not_show_the_name_of_an_isle() {
     within_hang_guard(|| {
+        warm("tr-shown");
         let named = || {
             thread_names()
                 .iter()
@@ -291,6 +325,7 @@ fn a_waiting_spare_does_not_show_the_name_of_an_isle() {
 #[test]
 fn an_init_that_fails_leaves_a_thread_the_next_isle_can_use() {
     within_hang_guard(|| {
+        warm("tr-init");
         let (failed_on_tx, failed_on) = mpsc::channel();
         let err = Isle::builder()
             .thread_name("tr-init")
@@ -358,6 +393,7 @@ fn a_thread_a_pool_let_go_of_is_not_taken_for_the_pool() {
 #[test]
 fn a_coroutine_resumed_from_rust_as_the_last_vm_closes_is_not_left_to_the_next_isle() {
     within_hang_guard(|| {
+        warm("tr-anchor");
         let (first, thread) = Isle::builder()
             .thread_name("tr-anchor")
             .spawn_with(|lua| {
@@ -411,6 +447,7 @@ fn a_coroutine_resumed_from_rust_as_the_last_vm_closes_is_not_left_to_the_next_i
 #[test]
 fn the_interrupt_signal_is_blocked_again_for_the_next_isle() {
     within_hang_guard(|| {
+        warm("tr-mask");
         fn urg_blocked() -> bool {
             // SAFETY: reads the calling thread's mask into a zeroed set.
             unsafe {
@@ -453,6 +490,7 @@ fn the_interrupt_signal_is_blocked_again_for_the_next_isle() {
 #[test]
 fn an_isle_on_a_spare_has_the_signal_mask_of_the_thread_that_started_it() {
     within_hang_guard(|| {
+        warm("tr-mask-start");
         fn usr2_blocked() -> bool {
             // SAFETY: reads the calling thread's mask into a zeroed set.
             unsafe {

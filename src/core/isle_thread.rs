@@ -19,6 +19,7 @@
 //! isle had given up on it by the time it was done) ends instead.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -83,15 +84,29 @@ struct Spare {
 /// The spares of one process, the one that has waited longest first.
 struct SpareList {
     pid: u32,
-    spares: Mutex<Vec<Spare>>,
+    spares: Mutex<Spares>,
 }
+
+/// The spares, and the names threads were asked for lately.
+#[derive(Default)]
+struct Spares {
+    /// The one that has waited longest first.
+    waiting: Vec<Spare>,
+    /// The latest names and stack sizes runs were started with, the oldest first: a thread
+    /// waits as a spare only if its name came up before, so that isles named once (a name per
+    /// session, say) do not leave spares that no isle takes.
+    asked: VecDeque<(String, usize)>,
+}
+
+/// How many names [`Spares::asked`] remembers.
+const NAMES_REMEMBERED: usize = 64;
 
 /// The spares of this process. A child forked since the list was made has none of its
 /// threads, and its lock may have been held by one of them as the child was forked: the
 /// child makes a list of its own and leaves the parent's as it is (never freed, nor locked).
 static SPARES: AtomicPtr<SpareList> = AtomicPtr::new(std::ptr::null_mut());
 
-fn spares() -> MutexGuard<'static, Vec<Spare>> {
+fn spares() -> MutexGuard<'static, Spares> {
     let pid = std::process::id();
     let mut list = SPARES.load(Ordering::Acquire);
     loop {
@@ -103,7 +118,7 @@ fn spares() -> MutexGuard<'static, Vec<Spare>> {
         }
         let fresh = Box::into_raw(Box::new(SpareList {
             pid,
-            spares: Mutex::new(Vec::new()),
+            spares: Mutex::new(Spares::default()),
         }));
         match SPARES.compare_exchange(list, fresh, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => list = fresh,
@@ -159,13 +174,14 @@ impl IsleThread {
             body: Box::new(body),
             ended,
         };
-        let Err(run) = hand_to_spare(&name, stack_size, key.as_deref(), run) else {
+        let Err((run, name_repeats)) = hand_to_spare(&name, stack_size, key.as_deref(), run) else {
             return Ok(IsleThread(Some(end)));
         };
         let thread = SpareThread {
             os_name: os_name(&name),
             name: name.clone(),
             stack_size,
+            name_repeats,
         };
         thread::Builder::new()
             .name(name)
@@ -210,23 +226,54 @@ impl std::fmt::Debug for IsleThread {
 
 /// Hands `run` to the spare that waited least among those named `name` with `stack_size`
 /// bytes of stack (its stack and caches are the warmest) that prepare what `key` names, or
-/// else nothing; gives `run` back if there is none.
-fn hand_to_spare(name: &str, stack_size: usize, key: Option<&str>, run: Run) -> Result<(), Run> {
+/// else nothing; gives `run` back if there is none, with whether a run was asked for that
+/// name and stack size lately (then its new thread is to wait as a spare when done).
+fn hand_to_spare(
+    name: &str,
+    stack_size: usize,
+    key: Option<&str>,
+    run: Run,
+) -> Result<(), (Run, bool)> {
     let mut spares = spares();
+    let asked_before = spares.remember(name, stack_size);
     let last = |prepares: Option<&str>| {
-        spares.iter().rposition(|spare| {
+        spares.waiting.iter().rposition(|spare| {
             spare.name == name
                 && spare.stack_size == stack_size
                 && spare.prepares.as_deref() == prepares
         })
     };
     let Some(at) = key.and_then(|key| last(Some(key))).or_else(|| last(None)) else {
-        return Err(run);
+        return Err((run, asked_before));
     };
-    let spare = spares.remove(at);
+    let spare = spares.waiting.remove(at);
     // Sent under the lock: a spare whose wait runs out meanwhile finds it (see `wait_for_run`).
     // The channel is empty (each one carries one run) and its thread waits on it.
-    spare.runs.try_send(run).map_err(|err| err.into_inner())
+    spare
+        .runs
+        .try_send(run)
+        .map_err(|err| (err.into_inner(), true))
+}
+
+impl Spares {
+    /// Notes that a run was asked for `name` and `stack_size`; returns whether one was lately.
+    fn remember(&mut self, name: &str, stack_size: usize) -> bool {
+        let at = self
+            .asked
+            .iter()
+            .position(|(n, size)| n == name && *size == stack_size);
+        let entry = match at.and_then(|at| self.asked.remove(at)) {
+            Some(entry) => entry,
+            None => {
+                if self.asked.len() >= NAMES_REMEMBERED {
+                    self.asked.pop_front();
+                }
+                (name.to_owned(), stack_size)
+            }
+        };
+        self.asked.push_back(entry);
+        at.is_some()
+    }
 }
 
 /// A thread that serves isles one after the other.
@@ -235,6 +282,9 @@ struct SpareThread {
     stack_size: usize,
     /// `name` as the OS shows it; `None` where threads are not renamed.
     os_name: Option<CString>,
+    /// Whether runs were asked for its name before it was started: only then does it wait as
+    /// a spare when done.
+    name_repeats: bool,
 }
 
 impl SpareThread {
@@ -243,16 +293,16 @@ impl SpareThread {
         let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
         let mut run = first;
         let mut prepared = None;
-        let mut served = 0_u32;
         loop {
             let Run { body, ended } = run;
             let AfterRun::Wait(preparation) = body(prepared.take()) else {
                 return;
             };
-            served = served.saturating_add(1);
-            // Only a thread that has served a second isle prepares for the next one: one whose
-            // name is never used again (an isle named once) would make a VM for nothing.
-            let preparation = preparation.filter(|_| served > 1);
+            if !self.name_repeats {
+                // A name used once, as far as can be told: waiting would only keep a thread
+                // (and a VM made for nothing) from ending.
+                return;
+            }
             set_os_name(SPARE_NAME);
             let next = self.offer(serial, preparation.as_ref().map(|p| p.key.clone()));
             // The isle is let go of: whoever waits for it may go on, and may start the next
@@ -276,6 +326,7 @@ impl SpareThread {
         let (runs, next) = crossbeam_channel::bounded(1);
         let pushed_out = {
             let mut spares = spares();
+            let spares = &mut spares.waiting;
             let pushed_out = (spares.len() >= MAX_SPARES).then(|| spares.remove(0));
             spares.push(Spare {
                 name: self.name.clone(),
@@ -309,7 +360,7 @@ fn wait_for_run(next: &Receiver<Run>, serial: u64) -> Option<Run> {
     if let Ok(run) = next.try_recv() {
         return Some(run);
     }
-    spares.retain(|spare| spare.serial != serial);
+    spares.waiting.retain(|spare| spare.serial != serial);
     None
 }
 
@@ -356,6 +407,12 @@ mod tests {
 
     const HANG: Duration = Duration::from_secs(20);
 
+    /// Makes `name` (with `stack_size`) a name that came up before: the next thread started
+    /// for it waits as a spare when done.
+    fn warm(name: &str, stack_size: usize) {
+        run_on(name, stack_size, true);
+    }
+
     /// What a body returns: the thread waits as a spare (preparing nothing), or ends.
     fn after(reusable: bool) -> AfterRun {
         match reusable {
@@ -384,7 +441,7 @@ mod tests {
     }
 
     fn is_spare(name: &str) -> bool {
-        spares().iter().any(|spare| spare.name == name)
+        spares().waiting.iter().any(|spare| spare.name == name)
     }
 
     /// The OS name of the thread with Rust name `name`, if it is a spare.
@@ -400,6 +457,7 @@ mod tests {
     #[test]
     fn the_next_run_with_the_same_name_and_stack_takes_the_spare() {
         let _alone = alone();
+        warm("it-same", 1 << 20);
         let first = run_on("it-same", 1 << 20, true);
         assert!(is_spare("it-same"));
         let second = run_on("it-same", 1 << 20, true);
@@ -409,6 +467,7 @@ mod tests {
     #[test]
     fn another_name_or_stack_size_gets_a_thread_of_its_own() {
         let _alone = alone();
+        warm("it-key-a", 1 << 20);
         let first = run_on("it-key-a", 1 << 20, true);
         assert_ne!(run_on("it-key-b", 1 << 20, true), first);
         assert_ne!(run_on("it-key-a", 2 << 20, true), first);
@@ -418,6 +477,7 @@ mod tests {
     #[test]
     fn a_thread_whose_body_forbids_reuse_ends() {
         let _alone = alone();
+        warm("it-unfit", 1 << 20);
         let first = run_on("it-unfit", 1 << 20, false);
         assert!(!is_spare("it-unfit"));
         assert_ne!(run_on("it-unfit", 1 << 20, true), first);
@@ -426,6 +486,7 @@ mod tests {
     #[test]
     fn the_thread_keeps_its_rust_name_and_shows_the_os_whether_it_is_a_spare() {
         let _alone = alone();
+        warm("it-names", 1 << 20);
         let (tx, rx) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
         let mut thread = IsleThread::spawn("it-names".to_owned(), 1 << 20, None, move |_| {
@@ -460,6 +521,7 @@ mod tests {
     fn long_names_are_cut_as_the_os_keeps_them() {
         let _alone = alone();
         let name = "it-a-rather-long-thread-name";
+        warm(name, 1 << 20);
         let (tx, rx) = mpsc::channel();
         let mut first = IsleThread::spawn(name.to_owned(), 1 << 20, None, |_| after(true)).unwrap();
         first.join();
@@ -523,6 +585,7 @@ mod tests {
     #[test]
     fn an_unused_spare_ends_after_its_idle_time() {
         let _alone = alone();
+        warm("it-idle", 1 << 20);
         let (tx, rx) = mpsc::channel();
         let mut thread = IsleThread::spawn("it-idle".to_owned(), 1 << 20, None, move |_| {
             // Told when the thread, spare or not, ends.
@@ -546,6 +609,7 @@ mod tests {
     #[test]
     fn a_spare_taken_as_its_wait_runs_out_serves_the_run() {
         let _alone = alone();
+        warm("it-expiring", 1 << 20);
         let first = run_on("it-expiring", 1 << 20, true);
         // The spare stops where its wait has run out, before it withdraws.
         let paused =
@@ -567,6 +631,7 @@ mod tests {
     #[test]
     fn a_spare_pushed_out_by_newer_ones_ends() {
         let _alone = alone();
+        warm("it-pushed", 1 << 20);
         let (tx, rx) = mpsc::channel();
         let mut oldest = IsleThread::spawn("it-pushed".to_owned(), 1 << 20, None, move |_| {
             struct Ends(mpsc::Sender<()>);
@@ -582,10 +647,11 @@ mod tests {
         .unwrap();
         oldest.join();
         // Enough newer spares to push it out (other tests' spares only help).
+        warm("it-newer", 1 << 20);
         let newer: Vec<_> = (0..MAX_SPARES)
-            .map(|i| {
+            .map(|_| {
                 let (release, released) = mpsc::channel::<()>();
-                let thread = IsleThread::spawn(format!("it-newer-{i}"), 1 << 20, None, move |_| {
+                let thread = IsleThread::spawn("it-newer".to_owned(), 1 << 20, None, move |_| {
                     let _ = released.recv();
                     after(true)
                 })
@@ -608,6 +674,7 @@ mod tests {
     #[test]
     fn a_child_forked_while_the_spares_are_locked_starts_its_threads() {
         let _alone = alone();
+        warm("it-fork", 1 << 20);
         let paused = crate::core::pause::arm(crate::core::pause::Window::SparesLocked, "it-fork");
         let mut thread =
             IsleThread::spawn("it-fork".to_owned(), 1 << 20, None, |_| after(true)).unwrap();
@@ -680,26 +747,26 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_prepares_only_once_it_has_served_a_second_run() {
+    fn a_thread_waits_as_a_spare_only_for_a_name_that_came_up_before() {
         let _alone = alone();
-        let mut first =
-            IsleThread::spawn("it-served".to_owned(), 1 << 20, None, preparing(7)).unwrap();
-        first.join();
-        // It served one run: it prepared nothing (a run with that key gets nothing).
-        let (thread, value) = handed("it-served", Some("7"));
+        // A name never asked for before: the thread ends when done, preparing nothing.
+        let mut once =
+            IsleThread::spawn("it-once".to_owned(), 1 << 20, None, preparing(7)).unwrap();
+        once.join();
+        assert!(!is_spare("it-once"));
+        // Asked for again: this thread waits, and prepares.
+        let (thread, value) = handed("it-once", Some("7"));
         assert_eq!(value, None);
-        // Its third run: it served two, so it prepares.
-        let mut third =
-            IsleThread::spawn("it-served".to_owned(), 1 << 20, None, preparing(7)).unwrap();
-        third.join();
-        assert_eq!(handed("it-served", Some("7")), (thread, Some(7)));
+        let mut again =
+            IsleThread::spawn("it-once".to_owned(), 1 << 20, None, preparing(7)).unwrap();
+        again.join();
+        assert_eq!(handed("it-once", Some("7")), (thread, Some(7)));
     }
 
     #[test]
     fn a_spare_hands_what_it_prepared_to_the_next_run() {
         let _alone = alone();
-        // The thread's first run: from the next on, it prepares.
-        run_on("it-prepared", 1 << 20, true);
+        warm("it-prepared", 1 << 20);
         let mut first = IsleThread::spawn("it-prepared".to_owned(), 1 << 20, None, |_| {
             AfterRun::Wait(Some(Preparation {
                 key: "42".to_owned(),
@@ -740,8 +807,8 @@ mod tests {
     #[test]
     fn a_run_takes_a_spare_whose_preparation_it_can_use() {
         let _alone = alone();
-        // Runs a body with `key` on `it-prep-key`; it leaves a spare preparing for `then` (from
-        // the thread's second run on).
+        warm("it-prep-key", 1 << 20);
+        // Runs a body with `key` on `it-prep-key`; it leaves a spare preparing for `then`.
         let run = |key: Option<&str>, then: Option<&str>| {
             let (tx, rx) = mpsc::channel();
             let then = then.map(str::to_owned);
@@ -761,20 +828,21 @@ mod tests {
             rx.recv_timeout(HANG).unwrap()
         };
         let (a, _) = run(None, Some("a"));
-        // Its second run: from now on it prepares for `a`.
-        assert_eq!(run(None, Some("a")), (a, false));
-        // Another key does not take it.
+        // Neither another key nor none takes the spare preparing for `a`.
         let (b, _) = run(Some("b"), Some("b"));
         assert_ne!(b, a);
-        // The spare that prepared for `a`, though `b`'s (preparing nothing yet) waited less.
+        let (none, _) = run(None, None);
+        assert!(none != a && none != b);
+        // The spare that prepared for `a`, though `none`'s waited less.
         assert_eq!(run(Some("a"), Some("a")), (a, true));
         // No spare prepared for `c`: the one that prepares nothing.
-        assert_eq!(run(Some("c"), None), (b, false));
+        assert_eq!(run(Some("c"), None), (none, false));
     }
 
     #[test]
     fn a_preparation_that_panics_leaves_nothing_and_the_spare_serves_on() {
         let _alone = alone();
+        warm("it-prep-panic", 1 << 20);
         let first = run_on("it-prep-panic", 1 << 20, true);
         let mut panicking = IsleThread::spawn("it-prep-panic".to_owned(), 1 << 20, None, |_| {
             AfterRun::Wait(Some(Preparation {
@@ -809,8 +877,7 @@ mod tests {
                 let _ = self.0.send(());
             }
         }
-        // The thread's first run: from the next on, it prepares.
-        run_on("it-prep-drop", 1 << 20, true);
+        warm("it-prep-drop", 1 << 20);
         let (tx, rx) = mpsc::channel();
         let mut thread = IsleThread::spawn("it-prep-drop".to_owned(), 1 << 20, None, move |_| {
             AfterRun::Wait(Some(Preparation {
