@@ -9,31 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{define_released, eventually, thread_names, DropCounter, HANG};
+use common::{
+    define_released, eventually, quiet_deliberate_panics, thread_names, DropCounter, HANG,
+};
 use mlua_isle::mlua::{self, Lua};
 use mlua_isle::{
     CancelToken, Isle, IsleBuilder, IsleError, IslePool, LuaErrorKind, PoolStats, PooledIsle,
     Recycle, Task,
 };
-
-/// Keeps the panics these tests provoke on purpose (their message says "deliberate") out of
-/// the output; they reach the test as `IsleError::Panic`.
-fn quiet_deliberate_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-            if !message.is_some_and(|m| m.contains("deliberate")) {
-                default(info);
-            }
-        }));
-    });
-}
 
 fn pool(size: usize) -> IslePool {
     IslePool::builder().size(size).spawn(|_| Ok(())).unwrap()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{thread_names, DropCounter, HANG};
+use common::{quiet_deliberate_panics, thread_names, DropCounter, HANG};
 use mlua_isle::mlua::Lua;
 use mlua_isle::{CancelToken, IsleBuilder, IsleError, IslePool, Recycle, Task};
 use rand::Rng;
@@ -22,21 +22,6 @@ const THREADS: usize = 8;
 const PER_THREAD: usize = 10_000;
 const SIZE: usize = 4;
 const NAME: &str = "pstress";
-
-/// Keeps the panics this test provokes (their message says "deliberate") out of the output.
-fn quiet_deliberate_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-        if !message.is_some_and(|m| m.contains("deliberate")) {
-            default(info);
-        }
-    }));
-}
 
 /// Per request: how many times its closure was dropped (run or not: exactly once).
 struct Ledger {

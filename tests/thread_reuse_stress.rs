@@ -56,24 +56,6 @@ fn seed() -> u64 {
     seed
 }
 
-/// Keeps the panics this test provokes (their message says "deliberate") out of the output.
-fn quiet_deliberate_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-            if !message.is_some_and(|m| m.contains("deliberate")) {
-                default(info);
-            }
-        }));
-    });
-}
-
 /// What the workers share.
 #[derive(Default)]
 struct Books {

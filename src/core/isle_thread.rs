@@ -413,6 +413,18 @@ mod tests {
         run_on(name, stack_size, true);
     }
 
+    /// Sends on `tx` when the calling thread ends (as a spare or not).
+    fn tell_when_the_thread_ends(tx: mpsc::Sender<()>) {
+        struct Ends(mpsc::Sender<()>);
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        thread_local!(static ENDS: std::cell::RefCell<Option<Ends>> = const { std::cell::RefCell::new(None) });
+        ENDS.set(Some(Ends(tx)));
+    }
+
     /// What a body returns: the thread waits as a spare (preparing nothing), or ends.
     fn after(reusable: bool) -> AfterRun {
         match reusable {
@@ -588,15 +600,7 @@ mod tests {
         warm("it-idle", 1 << 20);
         let (tx, rx) = mpsc::channel();
         let mut thread = IsleThread::spawn("it-idle".to_owned(), 1 << 20, None, move |_| {
-            // Told when the thread, spare or not, ends.
-            struct Ends(mpsc::Sender<()>);
-            impl Drop for Ends {
-                fn drop(&mut self) {
-                    let _ = self.0.send(());
-                }
-            }
-            thread_local!(static ENDS: std::cell::RefCell<Option<Ends>> = const { std::cell::RefCell::new(None) });
-            ENDS.set(Some(Ends(tx)));
+            tell_when_the_thread_ends(tx);
             after(true)
         })
         .unwrap();
@@ -634,14 +638,7 @@ mod tests {
         warm("it-pushed", 1 << 20);
         let (tx, rx) = mpsc::channel();
         let mut oldest = IsleThread::spawn("it-pushed".to_owned(), 1 << 20, None, move |_| {
-            struct Ends(mpsc::Sender<()>);
-            impl Drop for Ends {
-                fn drop(&mut self) {
-                    let _ = self.0.send(());
-                }
-            }
-            thread_local!(static ENDS: std::cell::RefCell<Option<Ends>> = const { std::cell::RefCell::new(None) });
-            ENDS.set(Some(Ends(tx)));
+            tell_when_the_thread_ends(tx);
             after(true)
         })
         .unwrap();

@@ -421,12 +421,20 @@ mod tests {
         Some(prepared)
     }
 
+    /// Whether `lua` is a VM [`prepared_from`] made.
+    fn marked(lua: &Lua) -> bool {
+        lua.globals()
+            .get::<Option<bool>>("marked")
+            .unwrap()
+            .is_some()
+    }
+
     #[test]
     fn a_vm_prepared_from_the_same_libraries_and_options_is_taken() {
         let lua = VmSource::default()
             .create(prepared_from(StdLib::ALL_SAFE))
             .unwrap();
-        assert!(lua.globals().get::<bool>("marked").unwrap());
+        assert!(marked(&lua));
     }
 
     #[test]
@@ -434,11 +442,7 @@ mod tests {
         let lua = VmSource::default()
             .create(prepared_from(StdLib::MATH))
             .unwrap();
-        assert!(lua
-            .globals()
-            .get::<Option<bool>>("marked")
-            .unwrap()
-            .is_none());
+        assert!(!marked(&lua));
         assert!(lua
             .globals()
             .get::<Option<mlua::Table>>("string")
@@ -451,18 +455,10 @@ mod tests {
         let lua = other_options
             .create(prepared_from(StdLib::ALL_SAFE))
             .unwrap();
-        assert!(lua
-            .globals()
-            .get::<Option<bool>>("marked")
-            .unwrap()
-            .is_none());
+        assert!(!marked(&lua));
         // Something else than a VM is no VM.
         let lua = VmSource::default().create(Some(Box::new(1_u8))).unwrap();
-        assert!(lua
-            .globals()
-            .get::<Option<bool>>("marked")
-            .unwrap()
-            .is_none());
+        assert!(!marked(&lua));
     }
 
     #[test]

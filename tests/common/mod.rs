@@ -29,6 +29,25 @@ pub fn quiet_lua_thread_panics() {
     });
 }
 
+/// Keeps the panics tests provoke on purpose (their message says "deliberate") out of the
+/// output; they reach the tests as `IsleError::Panic`.
+pub fn quiet_deliberate_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+            if !message.is_some_and(|m| m.contains("deliberate")) {
+                default(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f` on its own thread and fails the test if it does not finish within [`HANG`].
 #[track_caller]
 pub fn within_hang_guard<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
