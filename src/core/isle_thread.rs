@@ -6,7 +6,12 @@
 //! for a while as a *spare*: the next isle with the same thread name and stack size starts on
 //! it, without a thread being created and joined. A spare that no isle takes within
 //! [`SPARE_IDLE`] ends; at most [`MAX_SPARES`] are kept, and a new one pushes out the one
-//! that has waited longest.
+//! that has waited longest. Only a thread whose name came up before it was started waits:
+//! isles named once (a name per session) would leave spares no isle takes.
+//!
+//! While it waits, a spare makes what its last isle's body asked for (its [`Preparation`]: the
+//! next VM), which it hands to the next run; a run takes a spare that prepares what it can use
+//! (the same key), else one that prepares nothing, else a new thread.
 //!
 //! A spare shows the OS the name [`SPARE_NAME`] while it waits (so that it is not taken for
 //! an isle's thread in `/proc` or a debugger), and takes its isle's name back when it serves
