@@ -266,8 +266,9 @@
 //! [`Isle::shutdown`] lets queued work finish and joins the thread, reporting a panic;
 //! [`Isle::shutdown_timeout`] stops waiting after a while. Dropping an `Isle` never blocks: the
 //! thread finishes the work still wanted and closes the VM by itself. A thread that has served
-//! its isle waits a second for the next isle with its name (if that name came up before),
-//! which then starts without a new thread ([`IsleBuilder::thread_name`]).
+//! its isle waits a second for the next isle with its name (if that name came up before the
+//! thread was started), which then starts without a new thread
+//! ([`IsleBuilder::thread_name`]).
 //!
 //! # Feature flags
 //!

@@ -13,10 +13,10 @@
 //! next VM), which it hands to the next run; a run takes a spare that prepares what it can use
 //! (the same key), else one that prepares nothing, else a new thread.
 //!
-//! A spare shows the OS the name [`SPARE_NAME`] while it waits (so that it is not taken for
-//! an isle's thread in `/proc` or a debugger), and takes its isle's name back when it serves
-//! again. The name Rust sees (`std::thread::current().name()`) is the one it was started with,
-//! which is why only isles with the same name reuse it.
+//! On Linux, a spare shows the OS the name [`SPARE_NAME`] while it waits (so that it is not
+//! taken for an isle's thread in `/proc` or a debugger), and takes its isle's name back when
+//! it serves again. The name Rust sees (`std::thread::current().name()`) is the one it was
+//! started with, which is why only isles with the same name reuse it.
 //!
 //! [`IsleThread`] stands for one isle's run on a thread. Joining it waits until the isle's
 //! body has returned and the thread has let go of the isle: it has become a spare, or is
@@ -24,8 +24,9 @@
 //! isle had given up on it by the time it was done) ends instead.
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::hash_map::DefaultHasher;
 use std::ffi::{CStr, CString};
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -88,7 +89,9 @@ struct Spare {
 
 /// The spares of one process, the one that has waited longest first.
 struct SpareList {
+    /// The process that made the list: its id, and how many forks it descends from.
     pid: u32,
+    forks: u64,
     spares: Mutex<Spares>,
 }
 
@@ -97,32 +100,64 @@ struct SpareList {
 struct Spares {
     /// The one that has waited longest first.
     waiting: Vec<Spare>,
-    /// The latest names and stack sizes runs were started with, the oldest first: a thread
-    /// waits as a spare only if its name came up before, so that isles named once (a name per
-    /// session, say) do not leave spares that no isle takes.
-    asked: VecDeque<(String, usize)>,
+    /// The names and stack sizes runs were started with, as hashes in [`NAMES_REMEMBERED`]
+    /// slots (each pair has one; a newer pair in the same slot replaces it): a thread waits
+    /// as a spare only if its name came up before, so that isles named once (a name per
+    /// session, say) do not leave spares that no isle takes. A name used once pushes out at
+    /// most one other, so a name that recurs is still known after thousands of names used
+    /// once came up in between (unless one of them took its slot: 1 chance in 4096 each).
+    asked: Vec<u64>,
 }
 
-/// How many names [`Spares::asked`] remembers.
-const NAMES_REMEMBERED: usize = 64;
+/// How many slots [`Spares::asked`] has.
+const NAMES_REMEMBERED: usize = 4096;
 
 /// The spares of this process. A child forked since the list was made has none of its
 /// threads, and its lock may have been held by one of them as the child was forked: the
 /// child makes a list of its own and leaves the parent's as it is (never freed, nor locked).
+/// A child is told apart by its process id and, where fork handlers exist, by its count of
+/// forks ([`FORKS`]): a child in a new pid namespace, or one whose id an ancestor had, can
+/// have the id of the process that made the list.
 static SPARES: AtomicPtr<SpareList> = AtomicPtr::new(std::ptr::null_mut());
 
+/// How many forks this process descends from, counted from the first look at the spares.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// Run in each child a fork makes (registered with `pthread_atfork`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+extern "C" fn forked() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts forks from now on (once per process and its children).
+fn count_forks() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        static REGISTERED: std::sync::Once = std::sync::Once::new();
+        REGISTERED.call_once(|| {
+            // SAFETY: `forked` only adds to an atomic, which is sound in a freshly forked
+            // child; a failed registration (no memory) leaves the process id check alone.
+            unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+        });
+    }
+}
+
 fn spares() -> MutexGuard<'static, Spares> {
+    // Before any list exists: a child forked after that list was made counts one more fork.
+    count_forks();
     let pid = std::process::id();
+    let forks = FORKS.load(Ordering::Relaxed);
     let mut list = SPARES.load(Ordering::Acquire);
     loop {
         // SAFETY: lists are made below and never freed.
         if let Some(list) = unsafe { list.as_ref() } {
-            if list.pid == pid {
+            if list.pid == pid && list.forks == forks {
                 return list.spares.lock().unwrap_or_else(PoisonError::into_inner);
             }
         }
         let fresh = Box::into_raw(Box::new(SpareList {
             pid,
+            forks,
             spares: Mutex::new(Spares::default()),
         }));
         match SPARES.compare_exchange(list, fresh, Ordering::AcqRel, Ordering::Acquire) {
@@ -261,23 +296,19 @@ fn hand_to_spare(
 }
 
 impl Spares {
-    /// Notes that a run was asked for `name` and `stack_size`; returns whether one was lately.
+    /// Notes that a run was asked for `name` and `stack_size`; returns whether one was before
+    /// (as far as [`asked`](Self::asked) remembers).
     fn remember(&mut self, name: &str, stack_size: usize) -> bool {
-        let at = self
-            .asked
-            .iter()
-            .position(|(n, size)| n == name && *size == stack_size);
-        let entry = match at.and_then(|at| self.asked.remove(at)) {
-            Some(entry) => entry,
-            None => {
-                if self.asked.len() >= NAMES_REMEMBERED {
-                    self.asked.pop_front();
-                }
-                (name.to_owned(), stack_size)
-            }
-        };
-        self.asked.push_back(entry);
-        at.is_some()
+        let mut hasher = DefaultHasher::new();
+        (name, stack_size).hash(&mut hasher);
+        // Never 0, which marks an empty slot.
+        let hash = hasher.finish() | 1;
+        if self.asked.is_empty() {
+            self.asked = vec![0; NAMES_REMEMBERED];
+        }
+        // The high bits pick the slot; the whole hash tells the pairs in it apart.
+        let slot = &mut self.asked[(hash >> 52) as usize % NAMES_REMEMBERED];
+        std::mem::replace(slot, hash) == hash
     }
 }
 
@@ -763,6 +794,23 @@ mod tests {
             IsleThread::spawn("it-once".to_owned(), 1 << 20, None, preparing(7)).unwrap();
         again.join();
         assert_eq!(handed("it-once", Some("7")), (thread, Some(7)));
+    }
+
+    #[test]
+    fn a_recurring_name_among_many_names_used_once_gets_a_spare() {
+        let _alone = alone();
+        let mut last = None;
+        let mut reused = false;
+        for round in 0..4 {
+            let id = run_on("it-hot", 1 << 20, true);
+            reused |= last == Some(id);
+            last = Some(id);
+            // More names used once in between than there are spares.
+            for i in 0..64 {
+                run_on(&format!("it-session-{round}-{i}"), 1 << 20, true);
+            }
+        }
+        assert!(reused, "`it-hot` came up 4 times and never found a spare");
     }
 
     #[test]

@@ -166,20 +166,20 @@ impl IsleBuilder {
     ///
     /// # Threads are reused
     ///
-    /// Once an isle has ended (its VM closed), its thread waits a second as a spare, named
-    /// `isle-spare`, and the next isle with the same thread name and stack size starts on it
-    /// instead of a new thread. Only names that came up before get spares (the last 64 names
-    /// isles were started with are remembered): the thread of an isle named once ends. While
-    /// it waits, a spare already creates the next VM from the same
+    /// Once an isle has ended (its VM closed), its thread waits a second as a spare (on Linux
+    /// the OS shows it as `isle-spare` meanwhile), and the next isle with the same thread name
+    /// and stack size starts on it instead of a new thread. Only a thread whose name and stack
+    /// size came up before it was started waits (isles and pool members alike; thousands of
+    /// names are remembered): the thread of the first isle with a name, or of one named only
+    /// once, ends. While it waits, a spare already creates the next VM from the same
     /// [libraries](Self::std_libs) and [options](Self::lua_options) (not for a
     /// [factory](Self::factory)), which an isle made from those takes instead of creating
     /// one; an isle made otherwise does not wait for that VM: it takes a spare that made
-    /// nothing, or a new thread. Starting and shutting down an isle
-    /// then costs about what starting a thread that creates and closes a bare VM costs, where
-    /// it costs 1.4× that without a spare (a pool that recycles its VMs pays it per VM). At
-    /// most 16 spares wait at a time. A thread whose isle panicked out of its own code ends
-    /// instead, and so does one still serving an isle that gave up on it (a hard stop) when it
-    /// is done.
+    /// nothing, or a new thread. Starting and shutting down an isle then costs about what
+    /// starting a thread that creates and closes a bare VM costs, where it costs 1.4× that
+    /// without a spare (a pool that recycles its VMs pays it per VM). At most 16 spares wait
+    /// at a time. A thread whose isle panicked out of its own code ends instead, and so does
+    /// one still serving an isle that gave up on it (a hard stop) when it is done.
     ///
     /// # Caveats
     ///
