@@ -10,7 +10,9 @@
 //! - `pool_percentiles` (printed, not criterion's): p50 and p99 of single requests, timed one
 //!   by one in interleaved blocks so that every case sees the same machine: the round trips
 //!   above; requests while members are recycled every 100 requests against the same pool
-//!   without recycling; and short requests on a pool of 2 whose other member runs one long
+//!   without recycling, and against that pool next to a thread doing a replacement's VM work
+//!   every 100 requests (the floor for recycling on a machine whose cores the requests keep
+//!   busy: that work has to run somewhere); and short requests on a pool of 2 whose other member runs one long
 //!   request, against the same stream on an idle pool of 2, and on an idle pool of 1 next to
 //!   another isle running the same long request (the floor: one free member and the core the
 //!   long request takes, without any head-of-line blocking).
@@ -195,8 +197,19 @@ impl Latencies {
     }
 
     /// Times `n` single runs of `request`.
-    fn record(&mut self, n: usize, mut request: impl FnMut(i64)) {
+    fn record(&mut self, n: usize, request: impl FnMut(i64)) {
+        self.record_after(n, |_| {}, request);
+    }
+
+    /// Times `n` single runs of `request`, each after an untimed `before`.
+    fn record_after(
+        &mut self,
+        n: usize,
+        mut before: impl FnMut(i64),
+        mut request: impl FnMut(i64),
+    ) {
         for i in 0..n {
+            before(i as i64);
             let start = Instant::now();
             request(i as i64);
             self.samples.push(start.elapsed());
@@ -208,6 +221,38 @@ impl Latencies {
         self.samples.sort();
         let n = self.samples.len();
         (self.samples[n / 2], self.samples[n * 99 / 100])
+    }
+}
+
+/// A thread that does what replacing a pool member costs in VM work, when asked: a new VM
+/// with the scripts, and the old one closed.
+struct VmReplacer {
+    asks: crossbeam_channel::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl VmReplacer {
+    fn start() -> Self {
+        let (asks, asked) = crossbeam_channel::bounded::<()>(1);
+        let thread = thread::spawn(move || {
+            let mut vm = mlua::Lua::new();
+            while asked.recv().is_ok() {
+                let next = mlua::Lua::new();
+                next.load(SCRIPTS).exec().unwrap();
+                drop(std::mem::replace(&mut vm, next));
+            }
+        });
+        VmReplacer { asks, thread }
+    }
+
+    /// Asks for one replacement (none if the last one is not taken up yet).
+    fn replace(&self) {
+        let _ = self.asks.try_send(());
+    }
+
+    fn stop(self) {
+        drop(self.asks);
+        self.thread.join().unwrap();
     }
 }
 
@@ -256,14 +301,19 @@ fn percentiles(_: &mut Criterion) {
         pool.shutdown().unwrap();
     }
 
-    // Recycling: a member replaced every 100 requests, against no recycling. Blocks of 1000
-    // requests: each sees about 10 replacements.
+    // Recycling: a member replaced every 100 requests, against no recycling, and against no
+    // recycling next to a thread that does a replacement's VM work (a new VM with the
+    // scripts, and the old one closed) every 100 requests: the cost of that work itself on
+    // the machine's cores, without the pool. Blocks of 1000 requests: each sees about 10
+    // replacements.
     {
         let steady = pool(2);
         let recycled = pool_with(2, Recycle::new().after_requests(100));
+        let replacer = VmReplacer::start();
         let mut cases = [
             Latencies::new("pool_of_2/call"),
             Latencies::new("pool_of_2_recycled_every_100/call"),
+            Latencies::new("pool_of_2_next_to_a_vm_replaced_every_100/call"),
         ];
         for _ in 0..REQUESTS / BLOCK {
             cases[0].record(BLOCK, |x| {
@@ -272,12 +322,24 @@ fn percentiles(_: &mut Criterion) {
             cases[1].record(BLOCK, |x| {
                 black_box(recycled.call_f(x));
             });
+            cases[2].record_after(
+                BLOCK,
+                |x| {
+                    if x % 100 == 0 {
+                        replacer.replace();
+                    }
+                },
+                |x| {
+                    black_box(steady.call_f(x));
+                },
+            );
         }
         report("pool_percentiles/recycling", &mut cases);
         println!(
             "pool_percentiles/recycling: {} members recycled",
             recycled.stats().recycled.total()
         );
+        replacer.stop();
         steady.shutdown().unwrap();
         recycled.shutdown().unwrap();
     }
