@@ -692,22 +692,47 @@ fn a_fresh_vm_pool_shut_down_mid_request_never_reuses_a_vm() {
 
 /// A request that leaves more than a quarter of the memory limit in its fresh environment,
 /// plus an object whose finalizer calls `hold()`: the collection after it runs that finalizer.
-/// (Lua 5.1 and LuaJIT run finalizers of userdata only; Luau none set from Lua.)
+/// (Lua 5.1 and LuaJIT run finalizers of userdata only; Luau none set from Lua.) A few large
+/// strings rather than many small ones: the code is done in well under a millisecond, even
+/// unoptimized on a loaded machine, long before the request's deadline.
 #[cfg(not(feature = "luau"))]
 const CLEANUP_RUNS_A_FINALIZER: &str = if cfg!(any(feature = "lua51", feature = "luajit")) {
     r#"
-    big = {} for i = 1, 60000 do big[i] = "a string of some length, number " .. i end
+    big = {} for i = 1, 48 do big[i] = string.rep("x", 65536) .. i end
     fin = newproxy(true)
     getmetatable(fin).__gc = function() hold() end
     return 1
 "#
 } else {
     r#"
-    big = {} for i = 1, 60000 do big[i] = "a string of some length, number " .. i end
+    big = {} for i = 1, 48 do big[i] = string.rep("x", 65536) .. i end
     fin = setmetatable({}, { __gc = function() hold() end })
     return 1
 "#
 };
+
+/// The deadline of the requests that run [`CLEANUP_RUNS_A_FINALIZER`], and the grace period
+/// of their isle.
+#[cfg(not(feature = "luau"))]
+const CLEANUP_DEADLINE: std::time::Duration = std::time::Duration::from_millis(300);
+#[cfg(not(feature = "luau"))]
+const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits until the finalizer of [`CLEANUP_RUNS_A_FINALIZER`] has been entered; fails (rather
+/// than hangs) if it never is, with what became of the request.
+#[cfg(not(feature = "luau"))]
+fn wait_for_the_finalizer<T: std::fmt::Debug>(
+    entering: &crossbeam_channel::Receiver<()>,
+    task: mlua_isle::Task<T>,
+) -> mlua_isle::Task<T> {
+    if entering.recv_timeout(common::HANG / 2).is_err() {
+        panic!(
+            "the cleanup's finalizer never ran; the request: {:?}",
+            task.wait()
+        );
+    }
+    task
+}
 
 #[cfg(not(feature = "luau"))]
 fn isle_whose_finalizers_call(hold: impl Fn() + Send + Sync + 'static) -> Isle {
@@ -715,7 +740,7 @@ fn isle_whose_finalizers_call(hold: impl Fn() + Send + Sync + 'static) -> Isle {
     Isle::builder()
         .memory_limit(8 << 20)
         .isolation(Isolation::FreshEnvironment)
-        .grace_period(std::time::Duration::from_millis(300))
+        .grace_period(CLEANUP_GRACE)
         .spawn(move |lua| {
             let hold = hold.clone();
             let f = lua.create_function(move |_, ()| {
@@ -728,24 +753,31 @@ fn isle_whose_finalizers_call(hold: impl Fn() + Send + Sync + 'static) -> Isle {
 }
 
 /// The outcome is what the code did by its deadline: a slow finalizer in the cleanup after
-/// it (within the grace period) does not turn it into a timeout.
+/// it (past the deadline, within the grace period) does not turn it into a timeout.
 #[cfg(not(feature = "luau"))]
 #[test]
 fn cleanup_after_a_request_does_not_change_its_outcome() {
+    use std::sync::{Arc, OnceLock};
+    use std::time::{Duration, Instant};
     common::within_hang_guard(|| {
         let (entered, entering) = crossbeam_channel::bounded::<()>(1);
-        let isle = isle_whose_finalizers_call(move || {
-            // Past the request's deadline, well within the grace period.
-            let _ = entered.try_send(());
-            std::thread::sleep(std::time::Duration::from_millis(150));
+        let deadline = Arc::new(OnceLock::<Instant>::new());
+        let isle = isle_whose_finalizers_call({
+            let deadline = deadline.clone();
+            move || {
+                let _ = entered.try_send(());
+                // Past the request's deadline, well within the grace period.
+                let until = *deadline.get().expect("set before the request") + CLEANUP_GRACE / 4;
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
         });
-        let got = isle
+        let _ = deadline.set(Instant::now() + CLEANUP_DEADLINE + Duration::from_millis(1));
+        let task = isle
             .request()
-            .timeout(std::time::Duration::from_millis(100))
+            .timeout(CLEANUP_DEADLINE)
             .spawn_eval::<i64>(CLEANUP_RUNS_A_FINALIZER)
-            .unwrap()
-            .wait();
-        entering.recv().unwrap();
+            .unwrap();
+        let got = wait_for_the_finalizer(&entering, task).wait();
         assert!(matches!(got, Ok(1)), "{got:?}");
     });
 }
@@ -766,10 +798,10 @@ fn a_stuck_cleanup_still_resolves_its_request() {
         });
         let task = isle
             .request()
-            .timeout(std::time::Duration::from_millis(100))
+            .timeout(CLEANUP_DEADLINE)
             .spawn_eval::<i64>(CLEANUP_RUNS_A_FINALIZER)
             .unwrap();
-        entering.recv().unwrap();
+        let task = wait_for_the_finalizer(&entering, task);
         assert!(matches!(task.wait(), Err(IsleError::Timeout)));
         let _ = isle.shutdown_timeout(std::time::Duration::from_millis(20));
         release.send(()).unwrap();
