@@ -364,7 +364,8 @@ impl Isle {
     /// # Blocking
     ///
     /// Blocks until every queued request has finished and the VM is closed. A request that
-    /// never finishes and has no deadline blocks it forever; see
+    /// never finishes and has no deadline blocks it forever, and so does a script's finalizer
+    /// (`__gc`) that never returns as the VM closes (no deadline covers closing); see
     /// [`shutdown_timeout`](Isle::shutdown_timeout). If the isle gives up on a request while
     /// this waits, it returns `Abandoned` about a tenth of a second after the give-up at most
     /// (unless the system clock is set back meanwhile).
