@@ -352,3 +352,254 @@ async fn async_ends_work_on_a_multi_thread_runtime() {
         .await
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Host ends are shared by every request: what they hold stays out of scripts' reach
+// ---------------------------------------------------------------------------------------------
+
+/// A sandboxed isle with `from_host` (Rust → Lua, capacity 4) and `to_host` (Lua → Rust,
+/// capacity 1) globals, and `started()`, reported on the last channel.
+struct Sandboxed {
+    isle: Isle,
+    to_lua: host::Sender<String>,
+    from_lua: host::Receiver<String>,
+    started: std::sync::mpsc::Receiver<()>,
+}
+
+fn sandboxed() -> Sandboxed {
+    let (tx, started) = std::sync::mpsc::channel::<()>();
+    let (isle, (to_lua, from_lua)) = Isle::builder()
+        .sandboxed()
+        .task_library(TaskLibrary::new())
+        .spawn_with(move |lua| {
+            let (to_lua, from_host) = host::channel_to_lua::<String>(lua, 4)?;
+            let (from_lua, to_host) = host::channel_from_lua::<String>(lua, 1)?;
+            lua.globals().set("from_host", from_host)?;
+            lua.globals().set("to_host", to_host)?;
+            let started = lua.create_function(move |_, ()| {
+                let _ = tx.send(());
+                Ok(())
+            })?;
+            lua.globals().set("started", started)?;
+            Ok((to_lua, from_lua))
+        })
+        .unwrap();
+    Sandboxed {
+        isle,
+        to_lua,
+        from_lua,
+        started,
+    }
+}
+
+/// What `from_host.log` or `to_host.log` holds first, however a request gets at it.
+const READ_LOG: &str = r#"
+    for _, port in ipairs({from_host, to_host}) do
+        local ok, log = pcall(function() return rawget(port, "log") or port.log end)
+        if ok and type(log) == "table" and log[1] ~= nil then return tostring(log[1]) end
+    end
+    return nil
+"#;
+
+#[test]
+fn a_sandboxed_request_cannot_see_what_later_requests_receive_from_a_host_channel() {
+    within_hang_guard(|| {
+        let s = sandboxed();
+        // The first request's outcome does not matter.
+        let _ = s.isle.eval::<()>(
+            r#"
+            local real, log = from_host.ud, {}
+            from_host.log = log
+            from_host.ud = setmetatable({}, {__index = function(_, k)
+                return function(_, ...)
+                    local v, ok, h = real[k](real, ...)
+                    if k == "try_recv" and ok then log[#log + 1] = v end
+                    return v, ok, h
+                end
+            end})
+            "#,
+        );
+        s.to_lua.send_blocking("secret".into()).unwrap();
+        let got: String = s.isle.eval("return (from_host:recv())").unwrap();
+        assert_eq!(got, "secret");
+        assert_eq!(s.isle.eval::<Option<String>>(READ_LOG).unwrap(), None);
+    });
+}
+
+#[test]
+fn a_sandboxed_request_cannot_see_what_later_requests_send_to_the_host() {
+    within_hang_guard(|| {
+        let s = sandboxed();
+        let _ = s.isle.eval::<()>(
+            r#"
+            local real, log = to_host.ud, {}
+            to_host.log = log
+            to_host.ud = setmetatable({}, {__index = function(_, k)
+                return function(_, v, ...)
+                    if k == "try_send" then log[#log + 1] = v end
+                    return real[k](real, v, ...)
+                end
+            end})
+            "#,
+        );
+        s.isle.eval::<()>("assert(to_host:send('secret'))").unwrap();
+        assert_eq!(s.from_lua.recv_blocking().unwrap(), "secret");
+        assert_eq!(s.isle.eval::<Option<String>>(READ_LOG).unwrap(), None);
+    });
+}
+
+#[test]
+fn a_sandboxed_request_cannot_forge_what_later_requests_receive() {
+    within_hang_guard(|| {
+        let s = sandboxed();
+        let plants = [
+            "from_host.count = 1 from_host.buf[from_host.bh] = 'forged'",
+            "rawset(from_host, 'count', 1) rawset(from_host, 'bh', 1) \
+             rawset(from_host, 'buf', {'forged'})",
+            "rawset(from_host, 'recv', function() return 'forged', true end) \
+             rawset(from_host, 'try_recv', function() return 'forged', true end)",
+            // A wait that says it was handed a value from the channel and never took it.
+            "local h = task.spawn(function() task.sleep(100) end) \
+             rawset(h, 'w', {fired = 1, ok = true, putback = from_host, value = 'forged'})",
+        ];
+        for plant in plants {
+            let _ = s.isle.eval::<()>(plant);
+            let got: Option<String> = s.isle.eval("return (from_host:try_recv())").unwrap();
+            assert_eq!(got, None, "after {plant}");
+        }
+        s.to_lua.send_blocking("real".into()).unwrap();
+        let got: String = s.isle.eval("return (from_host:recv())").unwrap();
+        assert_eq!(got, "real");
+    });
+}
+
+/// A value handed to a task cancelled before it took it goes back to the channel as it came,
+/// whatever a script wrote into the task's wait meanwhile.
+#[test]
+fn a_value_put_back_into_a_host_channel_is_the_one_the_host_sent() {
+    within_hang_guard(|| {
+        let s = sandboxed();
+        let request = s
+            .isle
+            .spawn_eval::<()>(
+                r#"
+                local receiver = task.spawn(function() from_host:recv() end)
+                local meddler = task.spawn(function()
+                    while not (receiver.w and receiver.w.fired) do task.yield() end
+                    receiver.w.value = "forged"
+                    receiver:cancel()
+                end)
+                started()
+                meddler:join()
+                "#,
+            )
+            .unwrap();
+        s.started.recv_timeout(common::HANG).unwrap();
+        s.to_lua.send_blocking("real".into()).unwrap();
+        request.wait().unwrap();
+        let got: Option<String> = s.isle.eval("return (from_host:try_recv())").unwrap();
+        assert_eq!(got.as_deref(), Some("real"));
+    });
+}
+
+#[test]
+fn a_sandboxed_request_cannot_break_or_hook_host_channels_for_later_requests() {
+    within_hang_guard(|| {
+        let s = sandboxed();
+        let trap = "setmetatable({}, {__index = function() error('planted code ran') end})";
+        let plants = [
+            "from_host.ud = nil".to_owned(),
+            "rawset(from_host, 'ud', nil)".to_owned(),
+            "to_host.ud = nil".to_owned(),
+            "rawset(to_host, 'ud', false)".to_owned(),
+            "from_host.host_port = {poll = function() error('planted code ran') end}".to_owned(),
+            "rawset(from_host, 'host_port', {poll = function() error('planted code ran') end})"
+                .to_owned(),
+            "to_host.host_port = {poll = function() error('planted code ran') end}".to_owned(),
+            "rawset(to_host, 'host_port', {poll = function() error('planted code ran') end})"
+                .to_owned(),
+            format!("rawset(from_host, 'recvq', {trap}) rawset(to_host, 'sendq', {trap})"),
+            // The queue a waiting task reaches through its wait.
+            "local h = task.spawn(function() from_host:recv() end) \
+             setmetatable(h.w.node.q, {__index = function() error('planted code ran') end})"
+                .to_owned(),
+            "assert(to_host:send('filler')) \
+             local h = task.spawn(function() to_host:send('x') end) \
+             setmetatable(h.w.node.q, {__index = function() error('planted code ran') end})"
+                .to_owned(),
+        ];
+        for plant in &plants {
+            let _ = s.isle.eval::<()>(plant);
+            while s.from_lua.try_recv().is_ok() {}
+            // Both ends still work, waiting tasks included.
+            let request = s
+                .isle
+                .spawn_eval::<String>(
+                    r#"
+                    assert(to_host:send("a"))
+                    local receiver = task.spawn(function() return from_host:recv() end)
+                    local sender = task.spawn(function() return to_host:send("b") end)
+                    started()
+                    local v = receiver:join()
+                    assert(sender:join() == true)
+                    return v
+                    "#,
+                )
+                .unwrap();
+            let soon = Duration::from_secs(5);
+            s.started.recv_timeout(soon).expect(plant);
+            s.to_lua.send_blocking("real".into()).unwrap();
+            assert_eq!(
+                s.from_lua.recv_timeout(soon).as_deref(),
+                Ok("a"),
+                "after {plant}"
+            );
+            assert_eq!(
+                s.from_lua.recv_timeout(soon).as_deref(),
+                Ok("b"),
+                "after {plant}"
+            );
+            assert_eq!(request.wait().unwrap(), "real", "after {plant}");
+        }
+    });
+}
+
+#[test]
+fn host_ends_show_nothing_of_what_they_hold_and_take_no_fields() {
+    let check = r#"
+        for _, port in ipairs({inbox, outbox, requests}) do
+            assert(next(port) == nil, "a field shows")
+            for _, k in ipairs({"ud", "buf", "bh", "bt", "count", "recvq", "sendq", "host_port"}) do
+                assert(port[k] == nil, k .. " shows")
+            end
+            local ok, err = pcall(function() port.x = 1 end)
+            assert(not ok and err:find("read%-?only"), tostring(err))
+            assert(rawget(port, "x") == nil)
+        end
+        assert(getmetatable(inbox) == "host receiver" and getmetatable(outbox) == "host sender")
+    "#;
+    let w = wired(4);
+    w.isle.eval::<()>(check).unwrap();
+    // In a sandboxed isle, `rawset` refuses them too (Luau: "readonly").
+    let s = sandboxed();
+    for port in ["from_host", "to_host"] {
+        let err = s
+            .isle
+            .eval::<()>(format!("rawset({port}, 'x', 1)").as_str())
+            .unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("read-only") || err.contains("readonly"),
+            "{err}"
+        );
+        assert!(s
+            .isle
+            .eval::<bool>(format!("return rawget({port}, 'x') == nil").as_str())
+            .unwrap());
+    }
+    // Misuse still reads as before.
+    let err = w.isle.eval::<()>("inbox.recv(outbox)").unwrap_err();
+    assert!(err.to_string().contains("host receiver expected"), "{err}");
+    let err = w.isle.eval::<()>("outbox.send({}, 1)").unwrap_err();
+    assert!(err.to_string().contains("host sender expected"), "{err}");
+}

@@ -167,6 +167,7 @@ impl Worker {
                     setup.isolation,
                     libraries,
                     setup.memory_limit,
+                    worker.tasks.as_ref().map(|tasks| tasks.host_ends()),
                 )?;
                 worker.vm.seal(sealed);
             }

@@ -97,6 +97,15 @@ fn context(lua: &Lua) -> mlua::Result<(Arc<Interrupter>, Function)> {
     Ok((context.interrupter.clone(), wrap))
 }
 
+/// The Lua end of a channel around its userdata `end`: an empty table whose metatable refuses
+/// new fields (what it holds stays inside the library); on Luau, read-only for `rawset` too.
+fn wrap_end(wrap: &Function, end: mlua::AnyUserData, kind: &str) -> mlua::Result<Table> {
+    let table: Table = wrap.call((end, kind))?;
+    #[cfg(feature = "luau")]
+    table.set_readonly(true);
+    Ok(table)
+}
+
 fn check_capacity(capacity: usize) -> mlua::Result<()> {
     if capacity == 0 {
         return Err(mlua::Error::runtime(
@@ -552,7 +561,7 @@ where
         rx,
         interrupter: interrupter.clone(),
     })?;
-    let table = wrap.call((end, "recv"))?;
+    let table = wrap_end(&wrap, end, "recv")?;
     Ok((
         Sender {
             tx,
@@ -843,7 +852,7 @@ where
         lua_waiting: lua_waiting.clone(),
         interrupter: interrupter.clone(),
     })?;
-    let table = wrap.call((end, "send"))?;
+    let table = wrap_end(&wrap, end, "send")?;
     Ok((
         Receiver {
             rx,
@@ -1127,7 +1136,7 @@ where
         rx,
         interrupter: interrupter.clone(),
     })?;
-    let table = wrap.call((end, "recv"))?;
+    let table = wrap_end(&wrap, end, "recv")?;
     Ok((
         Requester {
             tx,

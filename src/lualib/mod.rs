@@ -33,6 +33,8 @@ pub(crate) struct Installed {
     _marker: LibraryMarker,
     /// Ends the running request's scope: `end_scope(close_tasks)`.
     end_scope: Function,
+    /// The host ends the library made, as the keys of a weak table.
+    host_ends: Table,
     _preempt: Option<preempt::Registration>,
 }
 
@@ -134,7 +136,8 @@ pub(crate) fn install(
         include_str!("task.lua"),
         crate::interrupt::LIBRARY_CHUNK,
     )?;
-    let (task, end_scope, wrap): (Table, Function, Function) = chunk.call(prims)?;
+    let (task, end_scope, wrap, host_ends): (Table, Function, Function, Table) =
+        chunk.call(prims)?;
     crate::interrupt::set_library_installed(true);
     // Made at once: a failure below clears the note too (the thread may serve another isle).
     let marker = LibraryMarker;
@@ -143,11 +146,18 @@ pub(crate) fn install(
     Ok(Installed {
         _marker: marker,
         end_scope,
+        host_ends,
         _preempt: preempt,
     })
 }
 
 impl Installed {
+    /// The host ends made so far and from now on (the keys of a weak table): a sealed VM
+    /// keeps scripts from writing into them with `rawset`.
+    pub(crate) fn host_ends(&self) -> &Table {
+        &self.host_ends
+    }
+
     /// Ends the running request's scope, if it opened one: its tasks are cancelled (their
     /// coroutines closed, which runs pending `__close` handlers) and what they were handed
     /// goes back to its channels. Called while the request is still the running one, so that

@@ -45,6 +45,18 @@ local MAX_EAGER_DEPTH = 64
 -- are many, are told by their real metatable instead: see `is_task`.)
 local made = setmetatable({}, { __mode = "k" })
 
+-- Host ends are shared by every request of the VM, so what they hold stays here, out of
+-- scripts' reach (a script gets the end itself: an empty table). By end: { ud = the host's
+-- userdata }, and for a receiving end the values put back after their receivers were
+-- cancelled: buf, bh, bt, count (as a channel's). The tasks waiting on an end are queued in
+-- the scope of their request (`scope.host`), a value handed to a wait is kept in `held_*`.
+local ports = setmetatable({}, { __mode = "k" })
+-- Values host receiving ends handed to waits that have not taken them yet, by wait: the end
+-- and the value, which go back to the end if the wait's task is cancelled. (Not in the wait,
+-- which scripts can reach and change.)
+local held_port = setmetatable({}, { __mode = "k" })
+local held_value = setmetatable({}, { __mode = "k" })
+
 local scope = nil    -- the scope of the running request, if it used the library
 local ending = nil   -- the scope being ended, while it is
 local current = nil  -- the task record running now (nil: the request's own code)
@@ -85,7 +97,7 @@ local function new_scope()
     ready = {}, rh = 1, rt = 1,
     tasks = {}, live = 0,
     heap = {}, nheap = 0, seq = 0,
-    host = {}, nhost = 0, -- host ends with waiters: port -> true, and how many
+    host = {}, nhost = 0, -- host ends with waiters: port -> queue of waits, and how many
     in_place = {}, nip = 0, -- the stack of waits run in place (by the request's own code)
     ended = false,
   }
@@ -343,12 +355,19 @@ end
 -------------------------------------------------------------------------------------------
 -- The scheduler.
 
+local RecvPort, SendPort = {}, {} -- host ends, filled in below
+
 -- Delivers what host channels have for waiting tasks; returns how many waits it fired.
 local function poll_host(s)
   local n = 0
   if s.nhost == 0 then return 0 end
-  for port in next, s.host do
-    n = n + port.host_port.poll(port, s)
+  for port, q in next, s.host do
+    local kind = made[port]
+    if kind == "host receiver" then
+      n = n + RecvPort.poll(port, s, q)
+    elseif kind == "host sender" then
+      n = n + SendPort.poll(port, s, q)
+    end
   end
   return n
 end
@@ -572,6 +591,21 @@ local wake_receiver -- forward
 
 -- A received value handed to a wait that will not consume it goes back to its channel.
 local function put_back(w)
+  local port = held_port[w]
+  if port then
+    -- From a host end: what this library handed to the wait goes back, whatever the wait
+    -- now says.
+    local v = held_value[w]
+    held_port[w], held_value[w] = nil, nil
+    local st = ports[port]
+    local b = st.bh - 1
+    st.buf[b] = v
+    st.bh = b
+    st.count = st.count + 1
+    local q = scope and scope.host[port]
+    if q then wake_receiver(st, q, port) end
+    return
+  end
   if w.fired and w.putback and w.ok and not w.consumed then
     local ch = w.putback
     w.consumed = true
@@ -579,7 +613,7 @@ local function put_back(w)
     ch.buf[b] = w.value
     ch.bh = b
     ch.count = ch.count + 1
-    wake_receiver(ch)
+    wake_receiver(ch, ch.recvq)
   end
 end
 
@@ -664,7 +698,6 @@ local TaskMeta = {
   __tostring = function(rec) return "task (" .. Task.status(rec) .. ")" end,
 }
 local Channel = {}
-local RecvPort, SendPort = {}, {} -- host ends, filled in below
 
 -- Whether `h` is a task this library made (scripts cannot reach `TaskMeta`).
 local function is_task(h)
@@ -886,14 +919,20 @@ local function buf_pop(ch)
   return v
 end
 
--- After an item was put back: hand it to a waiting receiver, if any.
-wake_receiver = function(ch)
+-- After an item was put back into `ch` (a channel, or the state of host end `port`): hand it
+-- to a receiver waiting in `q`, if any.
+wake_receiver = function(ch, q, port)
   while ch.count > 0 do
-    local node = q_pop_live(ch.recvq)
+    local node = q_pop_live(q)
     if not node then return end
     local w = node.w
-    w.putback = ch
-    fire(w, node.idx, buf_pop(ch), true)
+    local v = buf_pop(ch)
+    if port then
+      held_port[w], held_value[w] = port, v
+    else
+      w.putback = ch
+    end
+    fire(w, node.idx, v, true)
   end
 end
 
@@ -1243,6 +1282,8 @@ function task.select(cases)
       end
     end
     block(w)
+    -- (A value from a host end is taken here.)
+    if held_port[w] then held_port[w], held_value[w] = nil, nil end
     local i = w.fired
     local c = cases[i]
     if c.recv ~= nil then
@@ -1287,57 +1328,72 @@ end
 
 -- A value from a host receiving end, or one put back after its receiver was cancelled.
 function RecvPort.try_recv(port)
-  if port.count > 0 then return buf_pop(port), true end
-  local v, ok, handle = port.ud:try_recv()
+  local st = ports[port]
+  if st.count > 0 then return buf_pop(st), true end
+  local v, ok, handle = st.ud:try_recv()
   if handle then v = setmetatable({ value = v, handle = handle }, RequestMeta) end
   return v, ok
 end
 
-function RecvPort.add_receiver(port, s, node)
-  q_push(port.recvq, node)
-  if not s.host[port] then s.host[port] = true s.nhost = s.nhost + 1 end
+-- Queues `node` on host end `port` in scope `s`.
+local function host_wait(port, s, node)
+  local q = s.host[port]
+  if not q then
+    q = q_new()
+    s.host[port] = q
+    s.nhost = s.nhost + 1
+  end
+  q_push(q, node)
 end
 
-function RecvPort.poll(port, s)
+RecvPort.add_receiver = host_wait
+
+-- (`q`: the queue of `port` in scope `s`.)
+function RecvPort.poll(port, s, q)
   local n = 0
-  while q_has_live(port.recvq) do
+  while q_has_live(q) do
     local v, ok = RecvPort.try_recv(port)
     if ok == nil then break end
-    local node = q_pop_live(port.recvq)
+    local node = q_pop_live(q)
     local w = node.w
-    w.putback = port
+    if ok then held_port[w], held_value[w] = port, v end
     fire(w, node.idx, v, ok)
     n = n + 1
     if ok == false then
-      node = q_pop_live(port.recvq)
+      node = q_pop_live(q)
       while node do
         fire(node.w, node.idx, nil, false)
         n = n + 1
-        node = q_pop_live(port.recvq)
+        node = q_pop_live(q)
       end
     end
   end
-  if not port.recvq.head and s.host[port] then s.host[port] = nil s.nhost = s.nhost - 1 end
+  if not q.head and s.host[port] then s.host[port] = nil s.nhost = s.nhost - 1 end
   return n
 end
 
-function SendPort.poll(port, s)
+function SendPort.poll(port, s, q)
   local n = 0
-  while q_has_live(port.sendq) do
-    local node = port.sendq.head
-    local ok, sent, why = pcall(port.ud.try_send, port.ud, node.val)
+  local ud = ports[port].ud
+  while q_has_live(q) do
+    local node = q.head
+    local ok, sent, why = pcall(ud.try_send, ud, node.val)
     if ok and not sent and why == "full" then break end
     q_unlink(node)
     fire(node.w, node.idx, nil, ok and sent == true)
     n = n + 1
   end
-  if not port.sendq.head and s.host[port] then s.host[port] = nil s.nhost = s.nhost - 1 end
+  if not q.head and s.host[port] then s.host[port] = nil s.nhost = s.nhost - 1 end
   return n
 end
 
+local function refuse(_, key)
+  error("attempt to modify a read-only table (field '" .. tostring(key) .. "')", 2)
+end
+
 local HostRecv, HostSend = {}, {}
-local HostRecvMeta = { __index = HostRecv, __metatable = "host receiver" }
-local HostSendMeta = { __index = HostSend, __metatable = "host sender" }
+local HostRecvMeta = { __index = HostRecv, __newindex = refuse, __metatable = "host receiver" }
+local HostSendMeta = { __index = HostSend, __newindex = refuse, __metatable = "host sender" }
 
 local function check_port(port, meta, what)
   if made[port] ~= meta.__metatable then
@@ -1352,9 +1408,10 @@ function HostRecv.recv(port)
   if ok ~= nil then return v, ok end
   local s = get_scope()
   local w, node = simple_wait(s)
-  RecvPort.add_receiver(port, s, node)
+  host_wait(port, s, node)
   block(w)
   w.consumed = true
+  if held_port[w] then held_port[w], held_value[w] = nil, nil end
   return w.value, w.ok
 end
 
@@ -1365,17 +1422,19 @@ end
 
 function HostRecv.close(port)
   check_port(port, HostRecvMeta, "close")
-  return port.ud:close()
+  return ports[port].ud:close()
 end
 
 function HostRecv.len(port)
   check_port(port, HostRecvMeta, "len")
-  return port.count + port.ud:len()
+  local st = ports[port]
+  return st.count + st.ud:len()
 end
 
 function HostRecv.is_closed(port)
   check_port(port, HostRecvMeta, "is_closed")
-  return port.count == 0 and port.ud:is_closed()
+  local st = ports[port]
+  return st.count == 0 and st.ud:is_closed()
 end
 
 local function host_iterate(port)
@@ -1393,13 +1452,12 @@ HostRecvMeta.__iter = function(port) return host_iterate, port end
 function HostSend.send(port, v)
   check_port(port, HostSendMeta, "send")
   check_value(v, "send")
-  local sent, why = port.ud:try_send(v)
+  local sent, why = ports[port].ud:try_send(v)
   if sent then return true end
   if why == "closed" then return false end
   local s = get_scope()
   local w, node = simple_wait(s, v)
-  q_push(port.sendq, node)
-  if not s.host[port] then s.host[port] = true s.nhost = s.nhost + 1 end
+  host_wait(port, s, node)
   block(w)
   return w.ok == true
 end
@@ -1407,36 +1465,37 @@ end
 function HostSend.try_send(port, v)
   check_port(port, HostSendMeta, "try_send")
   check_value(v, "try_send")
-  return port.ud:try_send(v)
+  return ports[port].ud:try_send(v)
 end
 
 function HostSend.close(port)
   check_port(port, HostSendMeta, "close")
-  return port.ud:close()
+  return ports[port].ud:close()
 end
 
 function HostSend.is_closed(port)
   check_port(port, HostSendMeta, "is_closed")
-  return port.ud:is_closed()
+  return ports[port].ud:is_closed()
 end
 
 function HostSend.len(port)
   check_port(port, HostSendMeta, "len")
-  return port.ud:len()
+  return ports[port].ud:len()
 end
 
--- Called by the host: the Lua end of a channel around its userdata.
+-- Called by the host: the Lua end of a channel around its userdata (an empty table: what it
+-- holds is in `ports`).
 local function wrap_host_end(ud, kind)
+  local port
   if kind == "recv" then
-    local port = setmetatable({
-      ud = ud, recvq = q_new(), host_port = RecvPort,
-      buf = {}, bh = 1, bt = 1, count = 0,
-    }, HostRecvMeta)
+    port = setmetatable({}, HostRecvMeta)
+    ports[port] = { ud = ud, buf = {}, bh = 1, bt = 1, count = 0 }
     made[port] = "host receiver"
-    return port
+  else
+    port = setmetatable({}, HostSendMeta)
+    ports[port] = { ud = ud }
+    made[port] = "host sender"
   end
-  local port = setmetatable({ ud = ud, sendq = q_new(), host_port = SendPort }, HostSendMeta)
-  made[port] = "host sender"
   return port
 end
 
@@ -1449,9 +1508,21 @@ end
 -- metatables), from the host, possibly while no interrupt can reach it: raw operations only,
 -- on channels this library made, so that no script code runs.
 local function put_back_raw(w)
+  local port = held_port[w]
+  if port then
+    -- From a host end: what this library recorded (its state is out of scripts' reach).
+    held_port[w] = nil
+    local st = ports[port]
+    local b = st.bh - 1
+    st.buf[b] = held_value[w]
+    held_value[w] = nil
+    st.bh = b
+    st.count = st.count + 1
+    return
+  end
   if not rawget(w, "fired") or rawget(w, "ok") ~= true or rawget(w, "consumed") then return end
   local ch = rawget(w, "putback")
-  if not made[ch] then return end
+  if made[ch] ~= "channel" then return end
   local bh, count, buf = rawget(ch, "bh"), rawget(ch, "count"), rawget(ch, "buf")
   if type(bh) == "number" and type(count) == "number" and type(buf) == "table" then
     rawset(buf, bh - 1, rawget(w, "value"))
@@ -1523,4 +1594,4 @@ local function end_scope(close_tasks)
   ending = nil
 end
 
-return task, end_scope, wrap_host_end
+return task, end_scope, wrap_host_end, ports

@@ -131,13 +131,16 @@ struct FreshEnv {
     meta: Table,
 }
 
-/// Makes tables read-only after `init` and prepares the per-request environment.
+/// Makes tables read-only after `init` and prepares the per-request environment. `host_ends`:
+/// the task library's host channel ends, as the keys of a table (they protect their fields
+/// themselves; here `rawset` refuses them too).
 pub(crate) fn seal(
     lua: &Lua,
     sandbox: Option<&Sandbox>,
     isolation: Isolation,
     libraries: Option<Table>,
     memory_limit: Option<usize>,
+    host_ends: Option<&Table>,
 ) -> mlua::Result<Sealed> {
     let fresh = isolation == Isolation::FreshEnvironment;
     let freeze_libraries = fresh || sandbox.is_some_and(|s| s.read_only_libraries);
@@ -156,7 +159,7 @@ pub(crate) fn seal(
             Some(libraries) => libraries,
             None => lua.create_table()?,
         };
-        freeze(lua, libraries, freeze_libraries, freeze_host)?;
+        freeze(lua, libraries, freeze_libraries, freeze_host, host_ends)?;
     }
     let gc_free = sandbox.is_none_or(|s| s.gc_control);
     let env = if fresh {
@@ -189,6 +192,7 @@ fn freeze(
     libraries: Table,
     freeze_libraries: bool,
     freeze_host: bool,
+    host_ends: Option<&Table>,
 ) -> mlua::Result<()> {
     static COMPILED: OnceLock<Vec<u8>> = OnceLock::new();
     let source = include_str!("seal.lua");
@@ -205,6 +209,7 @@ fn freeze(
             feature = "luajit",
             feature = "luajit52"
         )),
+        host_ends,
     ))
 }
 
@@ -214,6 +219,8 @@ fn freeze(
     libraries: Table,
     freeze_libraries: bool,
     freeze_host: bool,
+    // (Read-only from the start on Luau: see `host::wrap_end`.)
+    _host_ends: Option<&Table>,
 ) -> mlua::Result<()> {
     // Tables reachable through keys and values, without metatables.
     fn deep(table: &Table, seen: &mut Vec<Table>) -> mlua::Result<()> {

@@ -1,7 +1,9 @@
 -- [isle seal] Makes tables read-only in place, once `init` has run: each keeps its identity,
 -- its contents move behind its metatable. Receives the globals, the registry table of
--- read-only tables, the tables that were libraries before `init`, and what to freeze.
-local G, frozen, libraries, freeze_libraries, freeze_host, raw_table_functions = ...
+-- read-only tables, the tables that were libraries before `init`, what to freeze, and the
+-- task library's host channel ends (as keys; nil without the library), which are read-only
+-- tables of their own.
+local G, frozen, libraries, freeze_libraries, freeze_host, raw_table_functions, host_ends = ...
 local type, error, rawget, rawset, setmetatable, getmetatable, tostring, next =
   type, error, rawget, rawset, setmetatable, getmetatable, tostring, next
 
@@ -63,7 +65,7 @@ end
 
 -- Raw writes would bypass the metatable: refuse them on read-only tables.
 local function check(t, fname)
-  if frozen[t] ~= nil then
+  if frozen[t] ~= nil or (host_ends and host_ends[t] ~= nil) then
     error("bad argument #1 to '" .. fname .. "' (table is read-only)", 3)
   end
 end
