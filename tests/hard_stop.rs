@@ -169,3 +169,80 @@ fn shutdown_returns_when_the_isle_gives_up_at_once() {
 fn shutdown_returns_when_the_isle_gives_up_later() {
     shutdown_returns_once_the_isle_gives_up_during_it(Duration::from_millis(300));
 }
+
+/// An isle with `sleep_ms(n)`, a host function that sleeps.
+#[cfg(not(feature = "luau"))]
+fn spawn_sleeping(builder: IsleBuilder) -> Isle {
+    builder
+        .spawn(|lua| {
+            let sleep = lua.create_function(|_, ms: u64| {
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(())
+            })?;
+            lua.globals().set("sleep_ms", sleep)
+        })
+        .unwrap()
+}
+
+/// Closing the VM runs the scripts' finalizers, with hooks off: with a default timeout, a
+/// finalizer that never returns ends in a hard stop once the timeout plus the grace period has
+/// passed, and `shutdown` returns `Abandoned` instead of waiting forever.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn shutdown_gives_up_on_a_finalizer_that_loops_as_the_vm_closes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let baseline = thread_count();
+        let release = Arc::new(AtomicBool::new(false));
+        let builder = Isle::builder()
+            .timeout(Duration::from_millis(100))
+            .grace_period(Duration::from_millis(100));
+        let (isle, _started) = spawn_releasable(builder, &release);
+        isle.eval::<()>(finalized_on_close("while not released() do end"))
+            .unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(isle.shutdown(), Err(IsleError::Abandoned)));
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        // Still looping: the shutdown did not wait for it.
+        assert!(!release.load(Ordering::SeqCst));
+        release.store(true, Ordering::SeqCst);
+        eventually("the abandoned thread to end", || thread_count() <= baseline);
+    });
+}
+
+/// A finalizer that runs past the default timeout as the VM closes, but ends within the grace
+/// period, closes normally.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn a_finalizer_that_ends_within_the_grace_period_closes_the_vm_normally() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let isle = spawn_sleeping(
+            Isle::builder()
+                .timeout(Duration::from_millis(20))
+                .grace_period(Duration::from_secs(10)),
+        );
+        isle.eval::<()>(finalized_on_close("sleep_ms(200)"))
+            .unwrap();
+        let start = std::time::Instant::now();
+        isle.shutdown().unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    });
+}
+
+/// Without a default timeout, closing the VM is not bounded: a slow finalizer is waited for.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn without_a_default_timeout_shutdown_waits_for_a_slow_finalizer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let isle = spawn_sleeping(Isle::builder().grace_period(Duration::from_millis(10)));
+        isle.eval::<()>(finalized_on_close("sleep_ms(300)"))
+            .unwrap();
+        let start = std::time::Instant::now();
+        isle.shutdown().unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(300));
+    });
+}

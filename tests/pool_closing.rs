@@ -599,3 +599,40 @@ mod async_pool {
         drop(guard);
     }
 }
+
+/// A member retired by the policy whose VM's close runs a finalizer that never returns: the
+/// pool serves on with its replacement, and, the members having a default timeout, the close
+/// ends in a hard stop, so that the pool's shutdown does not wait for it forever.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn a_retired_member_whose_close_never_ends_holds_up_neither_requests_nor_shutdown() {
+    use std::sync::atomic::AtomicBool;
+    let release = Arc::new(AtomicBool::new(false));
+    let flag = release.clone();
+    let pool = IslePool::builder()
+        .isle(
+            IsleBuilder::new()
+                .timeout(Duration::from_millis(100))
+                .grace_period(Duration::from_millis(100)),
+        )
+        .size(1)
+        .recycle(Recycle::new().after_requests(1))
+        .spawn(move |lua| common::define_released(lua, flag.clone()))
+        .unwrap();
+    // Retired after this request; its close loops until released.
+    pool.eval::<()>(common::finalized_on_close("while not released() do end"))
+        .unwrap();
+    let (served, pool) = returns_within_hang_guard(move || (pool.eval::<i64>("return 7"), pool));
+    assert_eq!(served.unwrap(), 7);
+    let start = Instant::now();
+    let outcome = returns_within_hang_guard(move || pool.shutdown());
+    // `Abandoned` while the pool still waited for the retired member; `Ok` if the pool had
+    // already seen it given up on and forgotten it.
+    assert!(
+        matches!(outcome, Ok(()) | Err(IsleError::Abandoned)),
+        "{outcome:?}"
+    );
+    assert!(start.elapsed() < HANG);
+    assert!(!release.load(Ordering::SeqCst));
+    release.store(true, Ordering::SeqCst);
+}

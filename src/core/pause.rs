@@ -32,6 +32,8 @@ pub(crate) enum Window {
     SpareExpiring,
     /// A spare thread holds the list of spares, having just added itself.
     SparesLocked,
+    /// The Lua thread has closed the VM and not yet withdrawn the close's deadline.
+    VmClosed,
 }
 
 struct Armed {

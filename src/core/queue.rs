@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     deadline: AtomicU64,
     /// Whether the watchdog knows this isle.
     watched: AtomicBool,
+    /// Set once the isle is closing (see [`watch_close`](Self::watch_close)).
+    close_watched: AtomicBool,
     /// This very isle, for registering with the watchdog from a `&self`.
     me: Weak<Shared>,
     /// The running request (or `init`'s readiness), so that giving up can resolve it.
@@ -172,6 +174,7 @@ impl Shared {
                 abandoned: AtomicBool::new(false),
                 deadline: AtomicU64::new(0),
                 watched: AtomicBool::new(false),
+                close_watched: AtomicBool::new(false),
                 me: me.clone(),
                 current: Mutex::new(None),
                 #[cfg(feature = "tokio")]
@@ -229,6 +232,7 @@ impl Shared {
     /// Refuses new submissions from now on; what is queued still runs.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.watch_close();
         // A script waiting on a host channel learns that the isle is closing.
         self.interrupter.close();
         // Async submitters waiting for room must learn that none will come.
@@ -283,6 +287,68 @@ impl Shared {
         drop(job);
     }
 
+    /// Publishes the VM's close, about to start on the Lua thread, as the running request `gen`
+    /// with `deadline`: Lua runs the scripts' finalizers as it closes, with hooks off, so no
+    /// interrupt reaches one that never returns, and the watchdog gives up on the thread once
+    /// the deadline plus the grace period has passed (see [`give_up`](Self::give_up)), as it
+    /// does for a request. The interrupt machinery is gone by then: nothing is delivered.
+    pub(crate) fn closing_started(self: &Arc<Self>, gen: u64, deadline: Instant) {
+        // As for a request: the watchdog must see the generation this deadline belongs to.
+        self.interrupter.begin_unarmed(gen);
+        if !self.watched.swap(true, Ordering::AcqRel) {
+            watchdog::register(self);
+        }
+        let tick = watchdog::ticks(deadline);
+        self.deadline.store(tick, Ordering::SeqCst);
+        // Nothing can be delivered at the deadline: the watchdog need only wake by the hard
+        // stop, and it plans to since the isle began closing (see `watch_close`), so the
+        // close does not pay for waking it.
+        watchdog::deadline_published(tick.saturating_add(self.grace_ticks()));
+    }
+
+    /// The grace period in watchdog ticks.
+    fn grace_ticks(&self) -> u64 {
+        u64::try_from(self.grace.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The isle is closing (closed, or its last handle gone): its thread will close the VM
+    /// once it is done with what it accepted, under the default timeout if there is one (see
+    /// [`closing_started`](Self::closing_started)). Until the thread ends, the watchdog wakes
+    /// at least once per default timeout plus grace period, so that it learns of the close in
+    /// time to give up on it without the Lua thread waking it: that costs a wake-up of the
+    /// watchdog here, on the thread that closes the isle, instead.
+    pub(crate) fn watch_close(&self) {
+        let Some(every) = self.close_watch_period() else {
+            return;
+        };
+        if self.close_watched.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !self.watched.swap(true, Ordering::AcqRel) {
+            if let Some(me) = self.me.upgrade() {
+                watchdog::register(&me);
+            }
+        }
+        watchdog::deadline_published(watchdog::ticks(Instant::now()).saturating_add(every));
+    }
+
+    /// How often the watchdog looks at a closing isle: the default timeout plus the grace
+    /// period, in ticks; `None` without a default timeout (closing is not bounded then).
+    fn close_watch_period(&self) -> Option<u64> {
+        let timeout = u64::try_from(self.default_timeout?.as_nanos()).unwrap_or(u64::MAX);
+        Some(timeout.saturating_add(self.grace_ticks()))
+    }
+
+    /// The VM is closed: withdraws what [`closing_started`](Self::closing_started) published.
+    /// A give-up either happened before (under the lock [`request_ended`] takes, which this
+    /// thread then sees) or finds the close no longer running.
+    ///
+    /// [`request_ended`]: Self::request_ended
+    pub(crate) fn closing_ended(&self) {
+        self.interrupter.end_unarmed();
+        self.request_ended();
+    }
+
     fn lock_current(&self) -> MutexGuard<'_, Option<Arc<dyn Resolve>>> {
         // Only set and cleared, never left half-updated: a poisoned lock is taken over.
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
@@ -319,12 +385,34 @@ impl Shared {
     ///   [`REASSERT_MAX`]): an arm lost to a race costs a short delay, never the stop.
     /// - At the deadline plus the grace period, or a grace period after a cancel or kill, if the
     ///   same request still runs, the isle gives up on it (see [`give_up`](Self::give_up)).
+    ///
+    /// While the isle is closing with a default timeout, it also asks to be looked at again
+    /// within that timeout plus the grace period (see [`watch_close`](Self::watch_close)).
     pub(crate) fn check(self: &Arc<Self>, now: u64) -> Option<u64> {
+        let running = self.check_running(now);
+        let closing = match self.close_watched.load(Ordering::Acquire)
+            && !self.is_abandoned()
+            && !self.exited.is_ready()
+        {
+            true => self
+                .close_watch_period()
+                .map(|every| now.saturating_add(every))
+                .filter(|&at| at != u64::MAX),
+            false => None,
+        };
+        match (running, closing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`check`](Self::check) for the request running now (or the VM's close).
+    fn check_running(self: &Arc<Self>, now: u64) -> Option<u64> {
         let gen = self.interrupter.running_generation();
         if gen == 0 || self.is_abandoned() {
             return None;
         }
-        let grace = u64::try_from(self.grace.as_nanos()).unwrap_or(u64::MAX);
+        let grace = self.grace_ticks();
         let mut next = u64::MAX;
         let deadline = self.deadline.load(Ordering::SeqCst);
         // The deadline belongs to `gen` only if `gen` still runs after it was read.
@@ -600,6 +688,13 @@ struct Disconnect(Arc<Shared>);
 impl Drop for Disconnect {
     fn drop(&mut self) {
         self.0.arrived.notify(usize::MAX);
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // The last handle: once the queue is empty the Lua thread closes the VM.
+        self.shared.watch_close();
     }
 }
 

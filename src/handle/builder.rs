@@ -320,7 +320,9 @@ impl IsleBuilder {
     }
 
     /// Gives every request (and `init`) this long to finish, unless the request sets its own
-    /// deadline. Time spent queued counts.
+    /// deadline. Time spent queued counts. Closing the VM (which runs the scripts' finalizers)
+    /// gets as long: past that and the [grace period](Self::grace_period), the isle gives up
+    /// on its thread, as for a request that would not stop.
     ///
     /// # Examples
     ///
@@ -407,7 +409,8 @@ impl IsleBuilder {
     /// progress and queued ones with [`IsleError::Shutdown`], makes the isle refuse new ones
     /// with [`IsleError::Abandoned`], and leaves its thread to end on its own (keeping its
     /// memory until then). Only code that no interrupt reaches runs that long: a loop in a
-    /// `__gc` finalizer, a long C function, a host function that ignores its token.
+    /// `__gc` finalizer, a long C function, a host function that ignores its token. With a
+    /// [default timeout](Self::timeout), closing the VM is bounded the same way.
     ///
     /// # Caveats
     ///

@@ -22,8 +22,10 @@ use crate::handle::task::Task;
 /// Requests run one at a time, in the order they were queued.
 ///
 /// Dropping the `Isle` never blocks: the Lua thread finishes the requests already queued whose
-/// [`Task`]s are still held (dropped tasks cancel theirs), then exits on its own. Use
-/// [`shutdown`](Isle::shutdown) to wait for that and learn how it ended.
+/// [`Task`]s are still held (dropped tasks cancel theirs), then closes the VM and exits on its
+/// own (if closing outlasts the [default timeout](IsleBuilder::timeout) plus the grace period,
+/// a finalizer that does not return, the isle gives up on the thread, which is never reused).
+/// Use [`shutdown`](Isle::shutdown) to wait for that and learn how it ended.
 ///
 /// # Examples
 ///
@@ -364,11 +366,14 @@ impl Isle {
     /// # Blocking
     ///
     /// Blocks until every queued request has finished and the VM is closed. A request that
-    /// never finishes and has no deadline blocks it forever, and so does a script's finalizer
-    /// (`__gc`) that never returns as the VM closes (no deadline covers closing); see
-    /// [`shutdown_timeout`](Isle::shutdown_timeout). If the isle gives up on a request while
-    /// this waits, it returns `Abandoned` about a tenth of a second after the give-up at most
-    /// (unless the system clock is set back meanwhile).
+    /// never finishes and has no deadline blocks it forever. Closing the VM runs the scripts'
+    /// finalizers (`__gc`), which no interrupt reaches: with a [default
+    /// timeout](IsleBuilder::timeout), the close runs under that deadline like a request, and
+    /// if it has not ended by the deadline plus the [grace period](IsleBuilder::grace_period)
+    /// the isle gives up on the thread and this returns `Abandoned`; without one, a finalizer
+    /// that never returns blocks it forever. See [`shutdown_timeout`](Isle::shutdown_timeout).
+    /// If the isle gives up while this waits, it returns `Abandoned` about a tenth of a second
+    /// after the give-up at most (unless the system clock is set back meanwhile).
     ///
     /// # Examples
     ///
@@ -643,5 +648,43 @@ mod tests {
         check::<Task<String>>();
         check::<crate::CancelToken>();
         check::<IsleError>();
+    }
+
+    /// The isle gives up on its thread after the VM closed but before the close's deadline was
+    /// withdrawn: the shutdown reports `Abandoned`, and the thread, though done with the VM,
+    /// is not reused.
+    #[test]
+    fn a_give_up_as_the_close_ends_keeps_the_thread_from_being_reused() {
+        use crate::core::pause::{self, Window};
+        let name = "close-give-up-race";
+        let spawn = || {
+            Isle::builder()
+                .thread_name(name)
+                .timeout(Duration::from_millis(10))
+                .grace_period(Duration::from_millis(10))
+                .spawn(|_| Ok(()))
+                .unwrap()
+        };
+        let lua_thread = |isle: &Isle| isle.exec(|_| Ok(std::thread::current().id())).unwrap();
+        // A name that came up before: a thread done with its isle waits as a spare.
+        spawn().shutdown().unwrap();
+        let isle = spawn();
+        let given_up = lua_thread(&isle);
+        let paused = pause::arm(Window::VmClosed, name);
+        let (shared, thread) = isle.close_for_exit();
+        paused.reached();
+        // Past the close's deadline plus the grace period, with the thread still in the window.
+        assert!(matches!(
+            wait_for_exit(&shared, None),
+            Err(IsleError::Abandoned)
+        ));
+        assert!(shared.is_abandoned());
+        paused.release();
+        // Done with the isle: as a spare, the thread would now be there for the next one.
+        let mut thread = thread.unwrap();
+        thread.join();
+        let next = spawn();
+        assert_ne!(lua_thread(&next), given_up);
+        next.shutdown().unwrap();
     }
 }

@@ -361,6 +361,22 @@ impl Interrupter {
         self.cancelled.load(Ordering::SeqCst) == KILL_ALL
     }
 
+    /// Marks `gen` as running while no interrupt machinery is installed (the VM closing,
+    /// until [`end_unarmed`](Self::end_unarmed)): a stop requested meanwhile reaches nothing,
+    /// but the watch hears of it and escalates it like any other.
+    pub(crate) fn begin_unarmed(&self, gen: u64) {
+        self.stop_tick.store(0, Ordering::SeqCst);
+        self.running.store(gen, Ordering::SeqCst);
+        if self.stop_requested().is_some() {
+            self.stop_noticed();
+        }
+    }
+
+    /// Ends what [`begin_unarmed`](Self::begin_unarmed) began.
+    pub(crate) fn end_unarmed(&self) {
+        self.running.store(0, Ordering::SeqCst);
+    }
+
     /// The generation of the request running now, 0 between requests.
     pub(crate) fn running_generation(&self) -> u64 {
         self.running.load(Ordering::SeqCst)

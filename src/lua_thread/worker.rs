@@ -232,7 +232,7 @@ pub(crate) fn run(
     // Finalizers run as the VM closes: lift the memory limit so that they do not fail for
     // lack of memory (Lua 5.2 mishandles the stack when many finalizers fail while closing).
     let _ = worker.vm.lua().set_memory_limit(0);
-    drop(worker);
+    worker.close();
 }
 
 /// Serves plain requests on this thread. Returns the first request that needs the async
@@ -303,6 +303,48 @@ pub(crate) fn handle_job(
 }
 
 impl Worker {
+    /// Closes the VM. Lua runs the scripts' finalizers meanwhile, with hooks off: with a
+    /// default timeout, the close runs under that deadline like a request, so that a finalizer
+    /// that never returns ends in a hard stop (the isle gives up on this thread) instead of
+    /// holding up a shutdown forever.
+    fn close(self) {
+        let shared = self.shared.clone();
+        let gen = self.next_generation();
+        // In field order, as dropping the worker would; the interrupt machinery goes before
+        // the close is published, so that nothing is delivered into a VM being freed.
+        let Worker {
+            #[cfg(feature = "tokio")]
+            executor,
+            tasks,
+            armed,
+            vm,
+            ..
+        } = self;
+        #[cfg(feature = "tokio")]
+        drop(executor);
+        drop(tasks);
+        drop(armed);
+        // Withdrawn however the close ends: a panic out of a `Drop` as the VM closes ends the
+        // thread, which must not be given up on afterwards.
+        struct Closing<'a>(&'a Arc<Shared>);
+        impl Drop for Closing<'_> {
+            fn drop(&mut self) {
+                self.0.closing_ended();
+            }
+        }
+        let closing = shared
+            .default_timeout
+            .and_then(wait::deadline_after)
+            .map(|deadline| {
+                shared.closing_started(gen, deadline);
+                Closing(&shared)
+            });
+        drop(vm);
+        #[cfg(test)]
+        crate::core::pause::at(crate::core::pause::Window::VmClosed);
+        drop(closing);
+    }
+
     /// Ends the `task` scope of the request that just ran, while it is still the running
     /// request; `false` if that was cut short (see [`end_tasks_stopped`](Self::end_tasks_stopped)).
     pub(crate) fn end_tasks_armed(&self) -> bool {

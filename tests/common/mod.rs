@@ -199,6 +199,16 @@ pub const STUCK_IN_GC: &str = "local p = newproxy(true)
 #[cfg(feature = "luau")]
 pub const STUCK_IN_GC: &str = "spin_until_released()";
 
+/// Code leaving an object whose finalizer runs `body` as the VM closes (Lua 5.1 runs `__gc`
+/// only for userdata: a proxy from `newproxy`; Luau has no finalizers in Lua).
+#[cfg(not(feature = "luau"))]
+pub fn finalized_on_close(body: &str) -> String {
+    #[cfg(not(any(feature = "lua51", feature = "luajit", feature = "luajit52")))]
+    return format!("keep = setmetatable({{}}, {{__gc = function() {body} end}})");
+    #[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
+    return format!("keep = newproxy(true) getmetatable(keep).__gc = function() {body} end");
+}
+
 /// Defines `released()`, true once `release` is set, and `spin_until_released()`, a host
 /// function that ignores its deadline.
 pub fn define_released(
