@@ -687,3 +687,127 @@ fn a_tampered_task_handle_cannot_hang_or_break_the_timers() {
         assert_eq!(isle.eval::<i64>("return 1 + 1").unwrap(), 2);
     });
 }
+
+/// The memory a full collection leaves in `isle`'s VM.
+fn memory_after_collection(isle: &Isle) -> usize {
+    isle.exec(|lua| {
+        lua.gc_collect()?;
+        lua.gc_collect()?;
+        Ok(lua.used_memory())
+    })
+    .unwrap()
+}
+
+/// After a request whose tasks filled the VM: its scope's tasks are garbage (a collection
+/// gives the memory back) and the next requests work, the task library included.
+fn assert_scope_released(isle: &Isle, before: usize) {
+    let after = memory_after_collection(isle);
+    assert!(
+        after < before + (2 << 20),
+        "the ended scope's tasks are still alive: {after} bytes after, {before} before"
+    );
+    assert_eq!(isle.eval::<i64>("return 1").unwrap(), 1);
+    let joined: i64 = isle
+        .eval("local t = task.spawn(function() task.yield() return 7 end) return t:join()")
+        .unwrap();
+    assert_eq!(joined, 7);
+    let deferred: i64 = isle
+        .eval(
+            "local ch = task.channel(1)
+             for i = 1, 1000 do task.defer(function() end) end
+             task.defer(function() ch:send(5) end)
+             return ch:recv()",
+        )
+        .unwrap();
+    assert_eq!(deferred, 5);
+}
+
+/// Tasks spawned until the memory limit: the request ends with the memory error, and ending
+/// its scope (which writes to every task) cannot fail for lack of memory and pin the scope.
+fn flood_to_the_memory_limit(builder: mlua_isle::IsleBuilder, flood: &str) {
+    let isle = builder
+        .task_library(TaskLibrary::new())
+        .spawn(|_| Ok(()))
+        .unwrap();
+    let before = memory_after_collection(&isle);
+    match isle.eval::<()>(flood) {
+        Err(mlua_isle::IsleError::Lua(e)) => {
+            assert_eq!(e.kind(), mlua_isle::LuaErrorKind::Memory, "{e}")
+        }
+        // (A deadline may pass first, under the sandbox's default timeout.)
+        Err(mlua_isle::IsleError::Timeout) => {}
+        other => panic!("expected a memory error, got {other:?}"),
+    }
+    assert_scope_released(&isle, before);
+}
+
+#[test]
+fn a_scope_flooded_to_the_memory_limit_ends_and_is_released() {
+    within_hang_guard(|| {
+        for flood in [
+            "while true do task.defer(function() end) end",
+            "while true do task.spawn(function() task.sleep(100) end) end",
+        ] {
+            flood_to_the_memory_limit(Isle::builder().memory_limit(32 << 20), flood);
+        }
+    });
+}
+
+#[test]
+fn a_sandboxed_scope_flooded_to_the_memory_limit_ends_and_is_released() {
+    within_hang_guard(|| {
+        for flood in [
+            "while true do task.defer(function() end) end",
+            "while true do task.spawn(function() task.sleep(100) end) end",
+        ] {
+            flood_to_the_memory_limit(Isle::builder().sandboxed(), flood);
+        }
+    });
+}
+
+/// The same, with the request cancelled while its tasks fill the VM: the scope is ended
+/// without running the tasks' code, still with no memory to spare.
+fn cancelled_with_the_memory_full(builder: mlua_isle::IsleBuilder) {
+    let (isle, started) = common::isle_with_started(
+        builder
+            .task_library(TaskLibrary::new())
+            .timeout(Duration::from_secs(20)),
+    );
+    let before = memory_after_collection(&isle);
+    // (Some room is given back before `started()`, which the emergency collection of Lua 5.2+
+    // or the next step of the others frees: far less than ending the scope wrote before.)
+    let flooding = isle
+        .spawn_eval::<()>(
+            r#"
+            local ballast = string.rep("x", 256 * 1024)
+            pcall(function()
+                while true do task.spawn(function() task.sleep(100) end) end
+            end)
+            ballast = nil
+            started()
+            while true do end
+            "#,
+        )
+        .unwrap();
+    common::wait_started(&started);
+    flooding.cancel();
+    assert!(matches!(
+        flooding.wait(),
+        Err(mlua_isle::IsleError::Cancelled)
+    ));
+    assert_scope_released(&isle, before);
+}
+
+#[test]
+fn a_scope_cancelled_with_the_memory_full_is_released() {
+    within_hang_guard(|| {
+        cancelled_with_the_memory_full(Isle::builder().memory_limit(32 << 20));
+    });
+}
+
+#[test]
+fn a_sandboxed_scope_cancelled_with_the_memory_full_is_released() {
+    within_hang_guard(|| {
+        cancelled_with_the_memory_full(Isle::builder().sandboxed());
+    });
+}

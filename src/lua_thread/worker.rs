@@ -356,7 +356,7 @@ impl Worker {
     pub(crate) fn end_tasks_stopped(&self, ended: bool) {
         if !ended {
             if let Some(tasks) = &self.tasks {
-                tasks.end_stopped();
+                tasks.end_stopped(self.vm.lua());
             }
         }
     }

@@ -35,6 +35,10 @@ pub(crate) struct Installed {
     end_scope: Function,
     /// The host ends the library made, as the keys of a weak table.
     host_ends: Table,
+    /// Lets go of a scope `end_scope` could not end: `drop_scope()`.
+    drop_scope: Function,
+    /// Tells whether the running request is being stopped.
+    interrupter: Arc<Interrupter>,
     _preempt: Option<preempt::Registration>,
 }
 
@@ -136,8 +140,13 @@ pub(crate) fn install(
         include_str!("task.lua"),
         crate::interrupt::LIBRARY_CHUNK,
     )?;
-    let (task, end_scope, wrap, host_ends): (Table, Function, Function, Table) =
-        chunk.call(prims)?;
+    let (task, end_scope, wrap, host_ends, drop_scope): (
+        Table,
+        Function,
+        Function,
+        Table,
+        Function,
+    ) = chunk.call(prims)?;
     crate::interrupt::set_library_installed(true);
     // Made at once: a failure below clears the note too (the thread may serve another isle).
     let marker = LibraryMarker;
@@ -147,6 +156,8 @@ pub(crate) fn install(
         _marker: marker,
         end_scope,
         host_ends,
+        drop_scope,
+        interrupter: interrupter.clone(),
         _preempt: preempt,
     })
 }
@@ -170,6 +181,12 @@ impl Installed {
         if !SCOPE_OPEN.get() {
             return true;
         }
+        // A request being stopped would stop the first `__close` handler at once, and
+        // meanwhile the library's own code, which the interrupt spares, runs under a hook
+        // looking for the next place to stop at: many tasks would take long to end.
+        if self.interrupter.stop_requested().is_some() {
+            return false;
+        }
         let done = self.end_scope.call::<()>(true).is_ok();
         // (Closing tasks may have run `__close` handlers.)
         self.reset_slices();
@@ -180,14 +197,23 @@ impl Installed {
     }
 
     /// Ends a scope [`end_request`](Self::end_request) could not: tasks are dropped without
-    /// running their `__close` handlers. Runs only the library's own code.
-    pub(crate) fn end_stopped(&self) {
+    /// running their `__close` handlers. Runs only the library's own code, with the memory
+    /// limit lifted: a request whose tasks filled the VM (or ending them did, in
+    /// `end_request`) leaves no memory for it, and a scope not ended keeps every task alive.
+    /// Should it fail all the same, the scope is let go rather than kept.
+    pub(crate) fn end_stopped(&self, lua: &Lua) {
         self.reset_slices();
         host::end_request();
         if !SCOPE_OPEN.replace(false) {
             return;
         }
-        let _ = self.end_scope.call::<()>(false);
+        let limit = lua.set_memory_limit(0).ok();
+        if self.end_scope.call::<()>(false).is_err() {
+            let _ = self.drop_scope.call::<()>(());
+        }
+        if let Some(limit) = limit {
+            let _ = lua.set_memory_limit(limit);
+        }
         self.reset_slices();
     }
 }

@@ -1554,8 +1554,15 @@ local function detach_raw(w)
 end
 
 -- `close_tasks`: whether to close the tasks' coroutines (running their pending `__close`
--- handlers, Lua 5.4+); false when the request is being stopped. Touches task records (which
--- scripts can reach) with raw operations only.
+-- handlers, Lua 5.4+); false when the request is being stopped, or when a first call could
+-- not finish. Touches task records (which scripts can reach) with raw operations only.
+--
+-- It writes only fields every record has (or clears them): a request whose tasks filled the
+-- VM leaves no memory for a new one, and a record that grew would cost an allocation per
+-- task. (A record is not marked `cancelling`: no code of its task runs any more, except
+-- `__close` handlers run by closing it, for which the scope is gone already.) Its allocations
+-- are few (values put back into channels); the host lifts the memory limit for the call
+-- without `close_tasks`, which runs no script code.
 local function end_scope(close_tasks)
   local s = ending or scope
   if not s then return end
@@ -1564,12 +1571,13 @@ local function end_scope(close_tasks)
   current = nil
   depth = 0
   s.ended = true
-  local rec = next(s.tasks)
+  local tasks = s.tasks
+  local rec = next(tasks)
   while rec do
-    rawset(rec, "cancelling", true)
     rawset(rec, "st", "cancelled")
     local w = rawget(rec, "w")
-    rawset(rec, "w", nil)
+    -- (Only if present: Lua 5.1 and LuaJIT add a key even to assign it nil.)
+    if w ~= nil then rawset(rec, "w", nil) end
     if type(w) == "table" then
       put_back_raw(w)
       detach_raw(w)
@@ -1578,8 +1586,11 @@ local function end_scope(close_tasks)
     if close_tasks and co_close and type(co) == "thread" and co_status(co) == "suspended" then
       pcall(co_close, co)
     end
-    s.tasks[rec] = nil
-    rec = next(s.tasks)
+    tasks[rec] = nil
+    -- On from the record just cleared (clearing fields while traversing is allowed; nothing
+    -- adds one: no task can be made while the scope ends). Starting over from the first slot
+    -- each time would scan every slot emptied so far: quadratic in the number of tasks.
+    rec = next(tasks, rec)
   end
   for k = 1, s.nip do
     local w = s.in_place[k]
@@ -1594,4 +1605,16 @@ local function end_scope(close_tasks)
   ending = nil
 end
 
-return task, end_scope, wrap_host_end, ports
+-- The last resort if `end_scope` failed even so: the scope is let go (it was marked ended
+-- first, so that nothing of it fires again), with whatever it still holds. Assigns only.
+local function drop_scope()
+  local s = ending or scope
+  if s then s.ended = true end
+  ending = nil
+  scope = nil
+  current = nil
+  depth = 0
+  cancels = false
+end
+
+return task, end_scope, wrap_host_end, ports, drop_scope
