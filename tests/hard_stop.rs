@@ -224,7 +224,11 @@ fn a_finalizer_that_ends_within_the_grace_period_closes_the_vm_normally() {
                 .timeout(Duration::from_millis(20))
                 .grace_period(Duration::from_secs(10)),
         );
-        isle.eval::<()>(finalized_on_close("sleep_ms(200)"))
+        // Planted under a deadline of its own: the default one is short (and a slow machine
+        // or valgrind can take longer than that to run the script).
+        isle.request()
+            .timeout(Duration::from_secs(10))
+            .eval::<()>(finalized_on_close("sleep_ms(200)"))
             .unwrap();
         let start = std::time::Instant::now();
         isle.shutdown().unwrap();
