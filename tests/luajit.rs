@@ -63,3 +63,37 @@ fn resumes_nested_without_end_fail_instead_of_overflowing_the_stack() {
     assert!(deepest.contains("C stack overflow"), "{deepest}");
     assert_eq!(isle.eval::<i64>("1").unwrap(), 1);
 }
+
+/// A recursion through `string.gsub` would end with the Lua stack after about 8 000 levels,
+/// and LuaJIT takes about a second to unwind that error, with no hook running. An isle stops
+/// it at 16 MiB of stack, about 1 900 levels, and every level below stays usable.
+#[test]
+fn recursion_through_gsub_stops_long_before_the_lua_stack_is_full() {
+    within_hang_guard(|| {
+        let isle = Isle::spawn(|_| Ok(())).unwrap();
+        let (depth, err): (i64, String) = isle
+            .eval(
+                "local depth = 0
+                 local function f(s) depth = depth + 1 return (s:gsub('.', f)) end
+                 local ok, err = pcall(f, 'ab')
+                 return depth, err",
+            )
+            .unwrap();
+        assert_eq!(err, "C stack overflow");
+        assert!((1000..4000).contains(&depth), "{depth}");
+        // 900 levels, as deep as plain LuaJIT gets on an 8 MiB main thread.
+        let depth: i64 = isle
+            .eval(
+                "local depth = 0
+                 local function f(s)
+                   depth = depth + 1
+                   if depth < 900 then s:gsub('.', f) end
+                   return s
+                 end
+                 f('a')
+                 return depth",
+            )
+            .unwrap();
+        assert_eq!(depth, 900);
+    });
+}

@@ -29,8 +29,8 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// can take several KiB of C stack. The LuaJIT default is therefore 256 MiB; it is only
 /// reserved address space until a script really recurses that deep. As every coroutine has a
 /// Lua stack of its own, such a recursion could go on in coroutine after coroutine: on LuaJIT
-/// `string.gsub`, `load` and resuming a coroutine raise "C stack overflow" once less than
-/// 16 MiB (a quarter of a smaller stack) is left.
+/// `string.gsub`, `load` and resuming a coroutine raise "C stack overflow" once 16 MiB of the
+/// stack is in use, or less than 16 MiB (a quarter of a smaller stack) is left.
 pub const DEFAULT_STACK_SIZE: usize = if cfg!(any(feature = "luajit", feature = "luajit52")) {
     256 << 20
 } else {

@@ -11,7 +11,10 @@
 //! - **LuaJIT** — nothing limits how deeply C calls nest: every coroutine has a Lua stack of its
 //!   own, so recursion through a C function that calls back into Lua (each `string.gsub` level
 //!   holds an 8 KiB buffer, each nested `load` its parser state) can be repeated in every
-//!   coroutine of a chain until the thread's stack overflows.
+//!   coroutine of a chain until the thread's stack overflows. Within one coroutine it ends
+//!   with the Lua stack, but an error raised there takes LuaJIT's unwinder a time quadratic in
+//!   the C calls it crosses (8 000 `string.gsub` levels: about a second, during which no hook
+//!   runs), so the guarded functions also stop once [`LUAJIT_NESTING`] of stack is in use.
 //!
 //! The other versions have none that a script can reach: Lua 5.2 to 5.5 and Luau count nested
 //! C calls (and pattern recursion) and raise "C stack overflow" or "pattern too complex".
@@ -23,10 +26,17 @@ use mlua::Lua;
 
 #[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
 thread_local! {
-    /// The lowest stack address this (Lua) thread may safely use, and the room to keep free
-    /// above it; 0 where nothing was recorded.
-    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// The lowest stack address the guards let this (Lua) thread reach; 0 where nothing was
+    /// recorded.
+    static STACK: Cell<usize> = const { Cell::new(0) };
 }
+
+/// The most stack the guarded LuaJIT functions let the Lua thread use: twice the 8 MiB main
+/// thread stack on which plain LuaJIT runs out after about 900 nested `string.gsub` calls. An
+/// isle stops the same recursion after about 1 900 levels, whose error unwinds in tens of
+/// milliseconds.
+#[cfg(any(feature = "luajit", feature = "luajit52"))]
+const LUAJIT_NESTING: usize = 16 << 20;
 
 /// Records the stack of the calling thread, which was started with `stack_size` bytes of
 /// stack, for the guards that check how much of it is left. Called first thing on the Lua
@@ -38,7 +48,13 @@ pub(crate) fn record_stack(stack_size: usize) {
         // The frames above this one (the thread's start, a few KiB) are counted as used twice
         // over by this estimate; the reserve covers that.
         let floor = here.saturating_sub(stack_size);
-        STACK.with(|s| s.set((floor, reserve(stack_size))));
+        #[allow(unused_mut)]
+        let mut limit = floor.saturating_add(reserve(stack_size));
+        #[cfg(any(feature = "luajit", feature = "luajit52"))]
+        {
+            limit = limit.max(here.saturating_sub(LUAJIT_NESTING));
+        }
+        STACK.with(|s| s.set(limit));
     }
     #[cfg(not(any(feature = "lua51", feature = "luajit", feature = "luajit52")))]
     let _ = stack_size;
@@ -67,17 +83,15 @@ fn stack_address() -> usize {
     std::hint::black_box(&marker) as *const u8 as usize
 }
 
-/// Bytes of stack left above the reserve, or `usize::MAX` when this thread's stack was not
-/// recorded.
+/// Bytes of stack the guards still let this thread use, or `usize::MAX` when its stack was
+/// not recorded.
 #[cfg(any(feature = "lua51", feature = "luajit", feature = "luajit52"))]
 fn stack_left() -> usize {
-    let (floor, reserve) = STACK.with(Cell::get);
-    if floor == 0 {
+    let limit = STACK.with(Cell::get);
+    if limit == 0 {
         return usize::MAX;
     }
-    stack_address()
-        .saturating_sub(floor)
-        .saturating_sub(reserve)
+    stack_address().saturating_sub(limit)
 }
 
 /// Installs the guards of this Lua version into `lua`. Runs after the isle's other wrappers,
@@ -394,8 +408,8 @@ mod luajit {
         crate::interrupt::load_own_chunk(lua, &COMPILED, GUARDS, name)?.call((check, type_of))
     }
 
-    /// Raises "C stack overflow" (PUC Lua's message) when less than the reserve of the
-    /// thread's stack is left.
+    /// Raises "C stack overflow" (PUC Lua's message) once the thread's stack is in use down to
+    /// the reserve, or [`LUAJIT_NESTING`](super::LUAJIT_NESTING) of it is.
     unsafe extern "C-unwind" fn check_stack(state: *mut ffi::lua_State) -> c_int {
         // SAFETY: called by Lua as a C function.
         unsafe {
