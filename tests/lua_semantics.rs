@@ -75,6 +75,16 @@ fn yields_cross_pcall_and_xpcall_inside_coroutines() {
 #[test]
 fn xpcall_calls_its_handler_for_ordinary_errors() {
     check(
+        "local ok, msg = xpcall(function() error('oops', 0) end, function(e) return 'handled: ' .. e end)
+         return not ok and msg == 'handled: oops'",
+    );
+}
+
+/// Lua 5.1's `xpcall` passes no arguments to the function it calls.
+#[test]
+#[cfg(not(feature = "lua51"))]
+fn xpcall_passes_its_extra_arguments_on() {
+    check(
         "local ok, msg = xpcall(error, function(e) return 'handled: ' .. e end, 'oops', 0)
          local ok2, a, b = xpcall(function(x, y) return y, x end, print, 1, 2)
          return not ok and msg == 'handled: oops' and ok2 and a == 2 and b == 1",
@@ -132,10 +142,47 @@ fn error_messages_match_plain_lua() {
         "local ok, err = pcall(coroutine.create, 42) return err",
         "local ok, err = pcall(function() return coroutine.wrap({}) end) return err",
         "local ok, err = pcall(error) return tostring(err)",
+        // Argument errors of `pcall` and `xpcall` themselves, at the caller's position.
+        "local ok, err = pcall(function() pcall() end) return err",
+        "local ok, err = pcall(function() xpcall() end) return err",
+        "local ok, err = pcall(function() xpcall(print) end) return err",
+        "local ok, err = pcall(function() xpcall(print, 42) end) return tostring(err)",
+        // Handlers that are not functions, and arguments after the handler (Lua 5.1 drops them).
+        "local ok, err = pcall(function() return select(2, xpcall(error, 42, 'x')) end)
+         return tostring(err)",
+        "local h = setmetatable({}, {__call = function(_, m) return 'called: ' .. tostring(m) end})
+         local ok, err = pcall(function() return select(2, xpcall(error, h, 'x')) end)
+         return tostring(err)",
+        "return tostring(select(2, xpcall(function(...) return select('#', ...) end, print, 1, 2)))",
+        // Errors raised one level above the function `pcall` called: at the caller of `pcall`.
+        "local ok, err = pcall(error, 'up', 2) return err",
+        "local x = 1\n\nlocal ok, err = pcall(error, 'up', 2)\nreturn err",
+        "local x = 1\nlocal ok, err = xpcall(error, function(m) return 'h: ' .. m end,\n 'up', 2)\nreturn err",
+        "local ok, err = pcall(function()\n  local t = {}\n  pcall()\nend)\nreturn err",
+        "local ok, err = pcall(function()
+           local ok, err = pcall(error, 'up', 2)
+           error(err, 0)
+         end)
+         return err",
+        "local ok, err = xpcall(error, function(m) return 'h: ' .. m end, 'up', 2) return err",
+        "local ok, err = pcall(pcall, error, 'up', 2) return tostring(err)",
+        "local ok, a, b = pcall(pcall, error, 'up', 2) return tostring(a) .. ' ' .. tostring(b)",
         "local ok, err = pcall(function() local t = setmetatable({}, {__index = function() error('deep') end}) return t.x end) return err",
     ];
+    // Lua 5.2 names a function in an argument error as the caller called it (a local `p`, or
+    // `_G.pcall` when called from C); an isle names its wrapped `pcall` and `xpcall` as such.
+    let named_by_the_caller: &[&str] = if cfg!(feature = "lua52") {
+        &[]
+    } else {
+        &[
+            "local ok, err = pcall(pcall) return err",
+            "local ok, err = pcall(function() local p = pcall p() end) return err",
+            "local t = {} local ok, err = pcall(function() t.p = pcall t.p() end) return err",
+            "local ok, err = pcall(function() local x = xpcall x(print) end) return err",
+        ]
+    };
     let plain = mlua_isle::mlua::Lua::new();
-    for script in scripts {
+    for &script in scripts.iter().chain(named_by_the_caller) {
         let expected: String = plain.load(script).set_name("=s").eval().unwrap();
         for builder in modes() {
             let isle = builder.spawn(|_| Ok(())).unwrap();

@@ -135,11 +135,24 @@ unsafe extern "C-unwind" fn isle_pcall(state: *mut ffi::lua_State) -> c_int {
 /// `xpcall(f, handler, ...)`, upvalue 1 the probe, 2 the maker of guards around Lua handlers,
 /// 3 the VM's original `debug.traceback` (or `nil`).
 unsafe extern "C-unwind" fn isle_xpcall(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: called by Lua as a C function; mirrors Lua 5.4's `luaB_xpcall`, with the handler
-    // wrapped by the Lua guard or by `guarded_handler` (`debug.traceback` as it is).
+    // SAFETY: called by Lua as a C function; mirrors Lua 5.4's `luaB_xpcall` (Lua 5.1's checks
+    // on 5.1), with the handler wrapped by the Lua guard or by `guarded_handler`
+    // (`debug.traceback` as it is).
     unsafe {
-        let n = ffi::lua_gettop(state);
+        // Lua 5.1 takes any value as handler, but an error then ends as "error in error
+        // handling" without calling it (a callable table included); `f` gets no arguments.
+        #[cfg(feature = "lua51")]
+        {
+            ffi::luaL_checkany(state, 2);
+            ffi::lua_settop(state, 2);
+            if ffi::lua_type(state, 2) != ffi::LUA_TFUNCTION {
+                ffi::lua_pushcfunction(state, error_in_error_handling);
+                ffi::lua_replace(state, 2);
+            }
+        }
+        #[cfg(not(feature = "lua51"))]
         ffi::luaL_checktype(state, 2, ffi::LUA_TFUNCTION);
+        let n = ffi::lua_gettop(state);
         ffi::luaL_checkstack(state, 3, ptr::null());
         if ffi::lua_rawequal(state, 2, ffi::lua_upvalueindex(3)) != 0 {
             ffi::lua_pushvalue(state, 2);
@@ -158,6 +171,18 @@ unsafe extern "C-unwind" fn isle_xpcall(state: *mut ffi::lua_State) -> c_int {
         ffi::lua_rotate(state, 3, 2);
         let status = call_protected(state, n - 2, 2, 2);
         finish_pcall(state, status, 2)
+    }
+}
+
+/// The message handler standing for one that is not a function on Lua 5.1: the error becomes
+/// what Lua 5.1 makes of it.
+#[cfg(feature = "lua51")]
+unsafe extern "C-unwind" fn error_in_error_handling(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a message handler (through `guarded_handler`), which leaves
+    // room for the one value pushed.
+    unsafe {
+        ffi::lua_pushstring(state, c"error in error handling".as_ptr());
+        1
     }
 }
 
