@@ -173,15 +173,18 @@ fn shutdown_returns_when_the_isle_gives_up_later() {
 /// An isle with `sleep_ms(n)`, a host function that sleeps.
 #[cfg(not(feature = "luau"))]
 fn spawn_sleeping(builder: IsleBuilder) -> Isle {
-    builder
-        .spawn(|lua| {
-            let sleep = lua.create_function(|_, ms: u64| {
-                std::thread::sleep(Duration::from_millis(ms));
-                Ok(())
-            })?;
-            lua.globals().set("sleep_ms", sleep)
-        })
-        .unwrap()
+    try_spawn_sleeping(builder).unwrap()
+}
+
+#[cfg(not(feature = "luau"))]
+fn try_spawn_sleeping(builder: IsleBuilder) -> Result<Isle, IsleError> {
+    builder.spawn(|lua| {
+        let sleep = lua.create_function(|_, ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(())
+        })?;
+        lua.globals().set("sleep_ms", sleep)
+    })
 }
 
 /// Closing the VM runs the scripts' finalizers, with hooks off: with a default timeout, a
@@ -248,5 +251,116 @@ fn without_a_default_timeout_shutdown_waits_for_a_slow_finalizer() {
         let start = std::time::Instant::now();
         isle.shutdown().unwrap();
         assert!(start.elapsed() >= Duration::from_millis(300));
+    });
+}
+
+/// Randomized: isles whose VM closes with a finalizer that sleeps a random time around the
+/// default timeout plus the grace period, shut down or dropped with requests still queued, some
+/// of them cancelled by another thread meanwhile. Every shutdown returns `Ok` or `Abandoned`,
+/// within the hang guard; every request resolves once, with its value or `Cancelled`,
+/// `Timeout`, `Shutdown` or `Abandoned`; and once the finalizers' sleeps are over, no isle
+/// thread is left. `CLOSE_STRESS_SEED` replays a run.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn closes_racing_their_deadline_resolve_everything_once() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::sync::Barrier;
+
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = std::env::var("CLOSE_STRESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("CLOSE_STRESS_SEED={seed}");
+    within_hang_guard(move || {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let baseline = thread_count();
+        // The unit of the deadlines: a few times what a spawn takes here (much more under
+        // valgrind), so that `init` mostly fits in the default timeout.
+        let unit = (0..3)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                spawn_sleeping(Isle::builder()).shutdown().unwrap();
+                start.elapsed()
+            })
+            .max()
+            .unwrap()
+            .max(Duration::from_millis(1))
+            * 4;
+        // A round takes about eight units.
+        let rounds = (Duration::from_secs(3).as_nanos() / (unit * 8).as_nanos()).clamp(2, 24);
+        let (mut closed, mut abandoned) = (0, 0);
+        for _ in 0..rounds {
+            let timeout = unit * rng.random_range(1..4);
+            let grace = unit * rng.random_range(1..4);
+            let budget = (timeout + grace).as_millis() as u64;
+            let sleep = rng.random_range(0..2 * budget);
+            let isle =
+                match try_spawn_sleeping(Isle::builder().timeout(timeout).grace_period(grace)) {
+                    Ok(isle) => isle,
+                    // `init` outran the default timeout: a slow moment, not what is tested.
+                    Err(IsleError::Init(e)) if matches!(*e, IsleError::Timeout) => continue,
+                    Err(e) => panic!("spawn: {e:?}"),
+                };
+            closed += 1;
+            isle.request()
+                .timeout(Duration::from_secs(10))
+                .eval::<()>(finalized_on_close(&format!("sleep_ms({sleep})")))
+                .unwrap();
+            // Queued requests, quick or sleeping past their deadline.
+            let tasks: Vec<_> = (0..rng.random_range(0..4))
+                .map(|_| {
+                    let code = if rng.random_bool(0.5) {
+                        "return 1".to_owned()
+                    } else {
+                        format!("sleep_ms({}) return 1", rng.random_range(0..budget))
+                    };
+                    isle.spawn_eval::<i64>(code).unwrap()
+                })
+                .collect();
+            // Another thread cancels some of them while the isle closes.
+            let cancel: Vec<bool> = tasks.iter().map(|_| rng.random_bool(0.5)).collect();
+            let barrier = Arc::new(Barrier::new(2));
+            let canceller = {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for (task, cancel) in tasks.iter().zip(&cancel) {
+                        if *cancel {
+                            task.cancel();
+                        }
+                    }
+                    for task in tasks {
+                        match task.wait() {
+                            Ok(1)
+                            | Err(IsleError::Cancelled)
+                            | Err(IsleError::Timeout)
+                            | Err(IsleError::Shutdown)
+                            | Err(IsleError::Abandoned) => {}
+                            other => panic!("a request queued before the close: {other:?}"),
+                        }
+                    }
+                })
+            };
+            barrier.wait();
+            if rng.random_bool(0.5) {
+                match isle.shutdown() {
+                    Ok(()) => {}
+                    Err(IsleError::Abandoned) => abandoned += 1,
+                    Err(other) => panic!("shutdown with a {sleep} ms finalizer: {other:?}"),
+                }
+            } else {
+                drop(isle);
+            }
+            canceller.join().unwrap();
+        }
+        eprintln!("{closed} isles closed, {abandoned} shutdowns gave up on their finalizer");
+        assert!(closed > 0, "no isle started within its default timeout");
+        eventually("every isle thread to end", || thread_count() <= baseline);
     });
 }
