@@ -364,3 +364,64 @@ fn closes_racing_their_deadline_resolve_everything_once() {
         eventually("every isle thread to end", || thread_count() <= baseline);
     });
 }
+
+/// An `init` that fails leaves what it made to the VM's close: a finalizer that never returns
+/// there is given up on like any close past its deadline, and `spawn` returns instead of
+/// waiting forever.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn spawn_gives_up_on_a_finalizer_that_loops_as_a_failed_init_closes_the_vm() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let baseline = thread_count();
+        let release = Arc::new(AtomicBool::new(false));
+        let flag = release.clone();
+        let code = finalized_on_close("while not released() do end");
+        let start = std::time::Instant::now();
+        let result = Isle::builder()
+            .timeout(Duration::from_millis(100))
+            .grace_period(Duration::from_millis(100))
+            .spawn(move |lua| {
+                define_released(lua, flag)?;
+                lua.load(code.as_str()).exec()?;
+                Err(mlua_isle::mlua::Error::runtime("init fails"))
+            });
+        match result {
+            Err(IsleError::Init(e)) => assert!(matches!(*e, IsleError::Timeout), "{e:?}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        // Still looping: `spawn` did not wait for it.
+        assert!(!release.load(Ordering::SeqCst));
+        release.store(true, Ordering::SeqCst);
+        eventually("the abandoned thread to end", || thread_count() <= baseline);
+    });
+}
+
+/// A failed `init` whose finalizers end within the grace period reports its own error.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn a_failed_init_whose_finalizers_end_in_time_reports_its_own_error() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let code = finalized_on_close("sleep_ms(150)");
+        let result = Isle::builder()
+            .timeout(Duration::from_millis(100))
+            .grace_period(Duration::from_secs(10))
+            .spawn(move |lua| {
+                let sleep = lua.create_function(|_, ms: u64| {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    Ok(())
+                })?;
+                lua.globals().set("sleep_ms", sleep)?;
+                lua.load(code.as_str()).exec()?;
+                Err(mlua_isle::mlua::Error::runtime("init fails"))
+            });
+        match result {
+            Err(IsleError::Init(e)) => {
+                assert!(e.to_string().contains("init fails"), "{e}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    });
+}

@@ -292,7 +292,16 @@ impl Shared {
     /// interrupt reaches one that never returns, and the watchdog gives up on the thread once
     /// the deadline plus the grace period has passed (see [`give_up`](Self::give_up)), as it
     /// does for a request. The interrupt machinery is gone by then: nothing is delivered.
-    pub(crate) fn closing_started(self: &Arc<Self>, gen: u64, deadline: Instant) {
+    /// `waiting`, if given, is what a give-up resolves (the `spawn` whose `init` failed).
+    pub(crate) fn closing_started(
+        self: &Arc<Self>,
+        gen: u64,
+        deadline: Instant,
+        waiting: Option<Arc<dyn Resolve>>,
+    ) {
+        if waiting.is_some() {
+            *self.lock_current() = waiting;
+        }
         // As for a request: the watchdog must see the generation this deadline belongs to.
         self.interrupter.begin_unarmed(gen);
         if !self.watched.swap(true, Ordering::AcqRel) {

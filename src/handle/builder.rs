@@ -606,7 +606,11 @@ impl IsleBuilder {
     ///
     /// # Blocking
     ///
-    /// Blocks until `init` has finished.
+    /// Blocks until `init` has finished; if it failed, also until the VM is closed, which runs
+    /// the finalizers (`__gc`) of what `init` made. With a [default timeout](Self::timeout),
+    /// that close is bounded like a [`shutdown`](crate::Isle::shutdown)'s: past the deadline
+    /// plus the grace period, the isle gives up on the thread and this returns
+    /// `Init(Timeout)`.
     ///
     /// # Examples
     ///
@@ -638,7 +642,7 @@ impl IsleBuilder {
     ///
     /// # Blocking
     ///
-    /// Blocks until `init` has finished.
+    /// As [`spawn`](Self::spawn).
     ///
     /// # Examples
     ///

@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use mlua::Lua;
 
 use crate::core::queue::{Job, Queued, Shared};
-use crate::core::slot::{Completer, Slot};
+use crate::core::slot::{Completer, Resolve, Slot};
 use crate::core::token::CancelToken;
 use crate::core::wait;
 use crate::error::IsleError;
@@ -91,8 +91,9 @@ impl Worker {
         shared: &Arc<Shared>,
         ready: Arc<Slot<()>>,
         prepared: Option<Box<dyn Any>>,
-    ) -> Result<Worker, IsleError> {
-        let build = || -> Result<Worker, IsleError> {
+    ) -> Result<Worker, (IsleError, Option<Worker>)> {
+        // The VM and the isle's own machinery, and the library tables to seal after `init`.
+        let build = || -> Result<(Worker, Option<mlua::Table>), IsleError> {
             guards::record_stack(setup.stack_size);
             let lua = setup.source.create(prepared)?;
             if let Some(limit) = setup.memory_limit {
@@ -128,7 +129,7 @@ impl Worker {
                 true => Some(sandbox::library_tables(&lua)?),
                 false => None,
             };
-            let mut worker = Worker {
+            let worker = Worker {
                 #[cfg(feature = "tokio")]
                 executor: None,
                 tasks,
@@ -146,6 +147,13 @@ impl Worker {
                 ))]
                 memory_limited: setup.memory_limit.is_some(),
             };
+            Ok((worker, libraries))
+        };
+        let (mut worker, libraries) = catch_unwind(AssertUnwindSafe(build))
+            .unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
+            .map_err(|err| (err, None))?;
+        // The user's code: a VM it leaves unusable is closed by the caller, like any other.
+        let run_init = || -> Result<(), IsleError> {
             // `init` runs like a request: under the isle's default deadline.
             let deadline = shared.default_timeout.and_then(wait::deadline_after);
             let gen = worker.next_generation();
@@ -160,21 +168,24 @@ impl Worker {
                 return Err(IsleError::Timeout);
             }
             result?;
-            if sealing {
+            if let Some(libraries) = libraries {
                 let sealed = sandbox::seal(
                     worker.vm.lua(),
                     setup.sandbox.as_ref(),
                     setup.isolation,
-                    libraries,
+                    Some(libraries),
                     setup.memory_limit,
                     worker.tasks.as_ref().map(|tasks| tasks.host_ends()),
                 )?;
                 worker.vm.seal(sealed);
             }
-            Ok(worker)
+            Ok(())
         };
-        catch_unwind(AssertUnwindSafe(build))
-            .unwrap_or_else(|panic| Err(IsleError::Panic(panic_message(&*panic))))
+        match catch_unwind(AssertUnwindSafe(run_init)) {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(err)) => Err((err, Some(worker))),
+            Err(panic) => Err((IsleError::Panic(panic_message(&*panic)), Some(worker))),
+        }
     }
 
     pub(crate) fn next_generation(&self) -> u64 {
@@ -205,7 +216,16 @@ pub(crate) fn run(
     let exit = ExitGuard { shared: &shared };
     let mut worker = match Worker::new(setup, init, &shared, ready.slot(), prepared) {
         Ok(worker) => worker,
-        Err(err) => return ready.complete(Err(err)),
+        Err((err, worker)) => {
+            if let Some(worker) = worker {
+                // The finalizers of what `init` made run as the VM closes: bounded like any
+                // close, and a give-up resolves the `spawn` waiting for `init` (with
+                // `Timeout`), which then does not wait for the thread.
+                let _ = worker.vm.lua().set_memory_limit(0);
+                worker.close(Some(ready.slot()));
+            }
+            return ready.complete(Err(err));
+        }
     };
     ready.complete(Ok(()));
     // Whoever spawned the isle is waiting for it and, if it shares this core, can only take
@@ -232,7 +252,7 @@ pub(crate) fn run(
     // Finalizers run as the VM closes: lift the memory limit so that they do not fail for
     // lack of memory (Lua 5.2 mishandles the stack when many finalizers fail while closing).
     let _ = worker.vm.lua().set_memory_limit(0);
-    worker.close();
+    worker.close(None);
 }
 
 /// Serves plain requests on this thread. Returns the first request that needs the async
@@ -306,8 +326,9 @@ impl Worker {
     /// Closes the VM. Lua runs the scripts' finalizers meanwhile, with hooks off: with a
     /// default timeout, the close runs under that deadline like a request, so that a finalizer
     /// that never returns ends in a hard stop (the isle gives up on this thread) instead of
-    /// holding up a shutdown forever.
-    fn close(self) {
+    /// holding up a shutdown forever. `waiting` is resolved by a give-up (see
+    /// [`Shared::closing_started`]).
+    fn close(self, waiting: Option<Arc<dyn Resolve>>) {
         let shared = self.shared.clone();
         let gen = self.next_generation();
         // In field order, as dropping the worker would; the interrupt machinery goes before
@@ -336,7 +357,7 @@ impl Worker {
             .default_timeout
             .and_then(wait::deadline_after)
             .map(|deadline| {
-                shared.closing_started(gen, deadline);
+                shared.closing_started(gen, deadline, waiting);
                 Closing(&shared)
             });
         drop(vm);
