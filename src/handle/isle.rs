@@ -71,7 +71,7 @@ impl Isle {
     ///
     /// # Blocking
     ///
-    /// Blocks until `init` has finished.
+    /// As [`IsleBuilder::spawn`].
     ///
     /// # Examples
     ///
@@ -96,7 +96,7 @@ impl Isle {
     ///
     /// # Blocking
     ///
-    /// Blocks until `init` has finished.
+    /// As [`IsleBuilder::spawn`].
     ///
     /// # Examples
     ///

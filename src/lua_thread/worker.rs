@@ -91,7 +91,7 @@ impl Worker {
         shared: &Arc<Shared>,
         ready: Arc<Slot<()>>,
         prepared: Option<Box<dyn Any>>,
-    ) -> Result<Worker, (IsleError, Option<Worker>)> {
+    ) -> Result<Worker, (IsleError, Option<Box<Worker>>)> {
         // The VM and the isle's own machinery, and the library tables to seal after `init`.
         let build = || -> Result<(Worker, Option<mlua::Table>), IsleError> {
             guards::record_stack(setup.stack_size);
@@ -183,8 +183,11 @@ impl Worker {
         };
         match catch_unwind(AssertUnwindSafe(run_init)) {
             Ok(Ok(())) => Ok(worker),
-            Ok(Err(err)) => Err((err, Some(worker))),
-            Err(panic) => Err((IsleError::Panic(panic_message(&*panic)), Some(worker))),
+            Ok(Err(err)) => Err((err, Some(Box::new(worker)))),
+            Err(panic) => Err((
+                IsleError::Panic(panic_message(&*panic)),
+                Some(Box::new(worker)),
+            )),
         }
     }
 
