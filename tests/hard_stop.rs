@@ -425,3 +425,71 @@ fn a_failed_init_whose_finalizers_end_in_time_reports_its_own_error() {
         }
     });
 }
+
+/// A failed `init`'s VM closes like a shut-down isle's: the isle is closed first, so that a
+/// finalizer waiting for its end (here for its host channel to close) sees it and returns.
+#[cfg(not(feature = "luau"))]
+#[test]
+fn a_failed_init_closes_the_isle_before_its_vm() {
+    use mlua_isle::{host, TaskLibrary};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let code = finalized_on_close(
+            "while true do local v, ok = inbox:try_recv() if ok == false then break end end",
+        );
+        let result = Isle::builder()
+            .task_library(TaskLibrary::new())
+            .timeout(Duration::from_secs(5))
+            .grace_period(Duration::from_secs(5))
+            .spawn(move |lua| {
+                let (sender, inbox) = host::channel_to_lua::<i64>(lua, 4)?;
+                lua.globals().set("inbox", inbox)?;
+                let _ = tx.send(sender);
+                lua.load(code.as_str()).exec()?;
+                Err(mlua_isle::mlua::Error::runtime("init fails"))
+            });
+        // The host still holds the sender: the channel ends only with the isle.
+        let _sender = rx.recv().unwrap();
+        match result {
+            Err(IsleError::Init(e)) => assert!(e.to_string().contains("init fails"), "{e}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    });
+}
+
+/// Sealing the libraries after `init` (a sandbox, or per-request environments) runs Lua too,
+/// under `init`'s deadline: a metamethod `init` left on the globals cannot hold `spawn` up.
+/// (Luau's seal reads no global.)
+#[cfg(not(feature = "luau"))]
+#[test]
+fn sealing_after_init_runs_under_the_default_timeout() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    within_hang_guard(|| {
+        let release = Arc::new(AtomicBool::new(false));
+        let flag = release.clone();
+        let result = Isle::builder()
+            .isolation(mlua_isle::Isolation::FreshEnvironment)
+            .timeout(Duration::from_millis(100))
+            .grace_period(Duration::from_millis(100))
+            .spawn(move |lua| {
+                define_released(lua, flag)?;
+                lua.load(
+                    "local real = tostring
+                     setmetatable(_G, {__index = function(_, k)
+                       if k == 'tostring' then
+                         while not released() do end
+                         return real
+                       end
+                     end})
+                     tostring = nil",
+                )
+                .exec()
+            });
+        match result {
+            Err(IsleError::Init(e)) => assert!(matches!(*e, IsleError::Timeout), "{e:?}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        release.store(true, Ordering::SeqCst);
+    });
+}

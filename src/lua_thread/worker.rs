@@ -161,6 +161,26 @@ impl Worker {
             shared.request_started(ready, deadline);
             let result = init(worker.vm.lua());
             let ended = worker.end_tasks_armed();
+            let mut libraries = libraries;
+            let seal = |worker: &Worker, libraries| {
+                sandbox::seal(
+                    worker.vm.lua(),
+                    setup.sandbox.as_ref(),
+                    setup.isolation,
+                    Some(libraries),
+                    setup.memory_limit,
+                    worker.tasks.as_ref().map(|tasks| tasks.host_ends()),
+                )
+            };
+            // Sealing runs Lua too, and its allocations may run finalizers `init` left: under
+            // `init`'s deadline (unless `init`'s tasks were cut short, which fails it anyway).
+            let sealed = match (ended && result.is_ok(), libraries.take()) {
+                (true, Some(tables)) => Some(seal(&worker, tables)),
+                (_, tables) => {
+                    libraries = tables;
+                    None
+                }
+            };
             worker.armed.end();
             worker.end_tasks_stopped(ended);
             shared.request_ended();
@@ -168,15 +188,12 @@ impl Worker {
                 return Err(IsleError::Timeout);
             }
             result?;
-            if let Some(libraries) = libraries {
-                let sealed = sandbox::seal(
-                    worker.vm.lua(),
-                    setup.sandbox.as_ref(),
-                    setup.isolation,
-                    Some(libraries),
-                    setup.memory_limit,
-                    worker.tasks.as_ref().map(|tasks| tasks.host_ends()),
-                )?;
+            let sealed = match (sealed, libraries) {
+                (Some(sealed), _) => Some(sealed?),
+                (None, Some(tables)) => Some(seal(&worker, tables)?),
+                (None, None) => None,
+            };
+            if let Some(sealed) = sealed {
                 worker.vm.seal(sealed);
             }
             Ok(())
@@ -220,6 +237,9 @@ pub(crate) fn run(
     let mut worker = match Worker::new(setup, init, &shared, ready.slot(), prepared) {
         Ok(worker) => worker,
         Err((err, worker)) => {
+            // As for a shutdown: the isle is closed before its VM is (a finalizer waiting for
+            // the isle's end sees it).
+            drop(exit);
             if let Some(worker) = worker {
                 // The finalizers of what `init` made run as the VM closes: bounded like any
                 // close, and a give-up resolves the `spawn` waiting for `init` (with
