@@ -156,6 +156,12 @@ fn error_messages_match_plain_lua() {
         "return tostring(select(2, xpcall(function(...) return select('#', ...) end, print, 1, 2)))",
         // Errors raised one level above the function `pcall` called: at the caller of `pcall`.
         "local ok, err = pcall(error, 'up', 2) return err",
+        // A script's own strings that look like the wrappers' positions stay as they are.
+        "local ok, err = pcall(error, '[isle pcall]:1: x') return err",
+        "local ok, err = pcall(error, '[isle pcall]:1: x', 0) return err",
+        "local ok, err = xpcall(function() error('[isle pcall]:3: y', 0) end,
+           function(m) return 'h: ' .. m end)
+         return err",
         "local x = 1\n\nlocal ok, err = pcall(error, 'up', 2)\nreturn err",
         "local x = 1\nlocal ok, err = xpcall(error, function(m) return 'h: ' .. m end,\n 'up', 2)\nreturn err",
         "local ok, err = pcall(function()\n  local t = {}\n  pcall()\nend)\nreturn err",
@@ -238,6 +244,10 @@ fn a_host_panic_passes_through_every_protected_call() {
             "pcall(pcall, boom)",
             "coroutine.wrap(function() pcall(boom) end)()",
             "local co = coroutine.create(function() pcall(boom) end) return coroutine.resume(co)",
+            // A panic in a message handler (LuaJIT and Luau make any error there "error in
+            // error handling").
+            "xpcall(error, function(e) boom() end)",
+            "xpcall(error, function(e) pcall(boom) return e end)",
         ] {
             match isle.eval::<()>(script) {
                 Err(mlua_isle::IsleError::Panic(msg)) => assert_eq!(msg, "through", "{script}"),
@@ -245,5 +255,34 @@ fn a_host_panic_passes_through_every_protected_call() {
             }
         }
         assert_eq!(isle.eval::<i64>("1").unwrap(), 1);
+    }
+}
+
+/// Error objects keep their identity through `pcall` and `xpcall` (and their handlers), the
+/// host's error objects included.
+#[test]
+fn error_objects_keep_their_identity() {
+    for builder in modes() {
+        let isle = builder
+            .spawn(|lua| {
+                let fails = lua.create_function(|_, ()| -> mlua_isle::mlua::Result<()> {
+                    Err(mlua_isle::mlua::Error::runtime("host error"))
+                })?;
+                lua.globals().set("host_error", fails)
+            })
+            .unwrap();
+        for script in [
+            "local ok, e = pcall(host_error) local ok2, e2 = pcall(error, e) return rawequal(e, e2)",
+            "local t = {} local ok, e = pcall(host_error) t[e] = true
+             local _, e2 = pcall(error, e) return t[e2] == true",
+            "local seen local ok, e = xpcall(host_error, function(m) seen = m return m end)
+             return rawequal(seen, e)",
+            "local t = {} local ok, e = pcall(error, t) return rawequal(e, t)",
+            "local t = {} local seen
+             local ok, e = xpcall(function() error(t) end, function(m) seen = m return m end)
+             return rawequal(seen, t) and rawequal(e, t)",
+        ] {
+            assert!(isle.eval::<bool>(script).unwrap(), "{script}");
+        }
     }
 }

@@ -228,7 +228,16 @@ unsafe fn must_skip(state: *mut ffi::lua_State, probe: c_int) -> bool {
         // Probe in protected mode: if the probe fails, its error object carries the panic on.
         ffi::lua_pushvalue(state, probe);
         ffi::lua_pushvalue(state, 1);
-        ffi::lua_pcall(state, 1, 0, 0) != ffi::LUA_OK
+        if ffi::lua_pcall(state, 1, 0, 0) == ffi::LUA_OK {
+            return false;
+        }
+        // The probe did not even run (the C-call limit, say): the error object is the
+        // panic's own, which passes on as it is.
+        if !may_carry_panic(state, -1) {
+            ffi::lua_pop(state, 1);
+            ffi::lua_pushvalue(state, 1);
+        }
+        true
     }
 }
 

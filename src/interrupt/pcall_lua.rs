@@ -28,29 +28,63 @@ use super::hook;
 /// interrupt is pending. Every global it needs is captured, so a script that replaces `type`
 /// or `pcall` cannot change how the wrappers behave.
 const WRAPPERS: &str = r##"
-local pcall, xpcall, probe, pending, type, select, error, gsub, any_handler, tail_calls = ...
--- `probe(err, innermost)` raises a panic carried by `err` again, and otherwise returns `err`,
--- or, for an error raised at a wrapper's position (by `error(msg, 2)` in the function the
--- original called, or by a stack overflow on entering it), the same message at the position
--- of the wrapper's caller: where plain Lua, whose `pcall` has no Lua frame, puts it.
+local pcall, xpcall, probe, pending, type, select, error, gsub, traceback, any_handler,
+    tail_calls, keep_frame = ...
+-- `probe(err, innermost)` raises a panic carried by `err` again. It returns nothing, or, for
+-- an error raised at a wrapper's position (by `error(msg, 2)` in the function the original
+-- called), the same message at the position of the wrapper's caller: where plain Lua, whose
+-- `pcall` has no Lua frame, puts it.
 local function pass(ok, ...)
     if not ok then
         -- A failed call returns exactly one error object.
-        return ok, probe((...), false)
+        local moved = probe((...), false)
+        if moved ~= nil then
+            return ok, moved
+        end
     end
     return ok, ...
+end
+-- What a message handler returns when the probe failed: the probe's error object carries the
+-- panic on, unless the probe could not even run (the C-call limit): then `err` is the panic's.
+local function carried(probe_error, err)
+    if type(probe_error) == "userdata" then
+        return probe_error
+    end
+    return err
+end
+-- After a handler ran in a protected call: its results, or a panic it raised carried out as
+-- its result (an error in a handler becomes "error in error handling" on LuaJIT and Luau,
+-- which would lose the panic), or its error raised again, as in plain Lua.
+local function handled(ok, ...)
+    if ok then
+        return ...
+    end
+    local err = ...
+    if type(err) == "userdata" then
+        local probed, probe_error = pcall(probe, err, true)
+        if not probed then
+            return carried(probe_error, err)
+        end
+    end
+    error(err, 0)
 end
 local function guard(handler)
     return function(err)
         if pending() then
             return err
         end
-        local ok, checked = pcall(probe, err, true)
+        local ok, moved = pcall(probe, err, true)
         if not ok then
-            -- The probe raised the panic again: carry that error object on.
-            return checked
+            return carried(moved, err)
         end
-        return handler(checked)
+        if moved ~= nil then
+            err = moved
+        end
+        -- The VM's `debug.traceback` runs no Lua code and cannot panic.
+        if handler == traceback then
+            return handler(err)
+        end
+        return handled(pcall(handler, err))
     end
 end
 -- Where a tail call leaves the wrapper's frame in place (Luau has no proper tail calls, Lua
@@ -74,6 +108,10 @@ local function isle_pcall(...)
         end
         argument_error(pcall, "pcall", ...)
     end
+    if keep_frame then
+        -- Not a tail call: the frame stays for `probe` to see how the wrapper was called.
+        return select(1, pass(pcall(...)))
+    end
     return pass(pcall(...))
 end
 -- Lua 5.2 takes any value as handler, but an error then ends as "error in error handling"
@@ -91,6 +129,9 @@ local function isle_xpcall(...)
             argument_error(xpcall, "xpcall", ...)
         end
         handler = error_in_error_handling
+    end
+    if keep_frame then
+        return select(1, pass(xpcall(f, guard(handler), select(3, ...))))
     end
     return pass(xpcall(f, guard(handler), select(3, ...)))
 end
@@ -113,8 +154,12 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     let select = globals.get::<mlua::Function>("select")?;
     // Converting its argument, this probe raises a carried panic again (see `super::probe`).
     let check = lua.create_function(|lua, (err, innermost): (mlua::Value, bool)| {
-        Ok(relocated(lua, err, innermost))
+        Ok(relocated(lua, &err, innermost))
     })?;
+    // `debug.traceback` needs no protected call (see `handled`).
+    let traceback = globals
+        .get::<Option<mlua::Table>>("debug")?
+        .and_then(|debug| debug.get::<mlua::Function>("traceback").ok());
     static COMPILED: OnceLock<Vec<u8>> = OnceLock::new();
     let (isle_pcall, isle_xpcall): (mlua::Function, mlua::Function) =
         super::load_own_chunk(lua, &COMPILED, WRAPPERS, WRAPPER_NAME)?.call((
@@ -130,11 +175,15 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
                 .get::<Option<mlua::Table>>("string")?
                 .map(|string| string.get::<mlua::Function>("gsub"))
                 .transpose()?,
+            traceback,
             // Lua 5.2's `xpcall` takes any value as handler (a callable table, say) without
             // checking it. LuaJIT and Luau refuse non-functions themselves.
             cfg!(feature = "lua52"),
             // Where a tail call removes the wrapper's frame (see `argument_error`).
             cfg!(not(any(feature = "luau", feature = "lua52"))),
+            // Lua 5.2 tail-calls Lua functions, so a wrapper can replace its caller's frame:
+            // the wrapper's own frame is kept, for `wrapper_caller` to tell.
+            cfg!(feature = "lua52"),
         ))?;
     globals.raw_set("pcall", isle_pcall)?;
     globals.raw_set("xpcall", isle_xpcall)?;
@@ -143,52 +192,61 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
     Ok(())
 }
 
-/// `err`, or, when it is a message raised at a wrapper's position (`[isle pcall]:<line>: `),
-/// the same message at the position of the code that called that wrapper.
-fn relocated(lua: &Lua, err: mlua::Value, innermost: bool) -> mlua::Value {
-    let mlua::Value::String(text) = &err else {
-        return err;
+/// When `err` is a message raised at the position of a wrapper calling the original
+/// (`[isle pcall]:<line>: `), the same message at the position of the code that called that
+/// wrapper; `None` otherwise, and where that position is lost (Lua 5.2, for a wrapper called
+/// as a tail call, whose caller's frame it took).
+fn relocated(lua: &Lua, err: &mlua::Value, innermost: bool) -> Option<mlua::LuaString> {
+    let mlua::Value::String(text) = err else {
+        return None;
     };
     let bytes = text.as_bytes();
-    let Some(rest) = bytes
-        .strip_prefix(WRAPPER_SOURCE.as_bytes())
-        .and_then(|rest| rest.strip_prefix(b":"))
-    else {
-        return err;
-    };
+    let rest = bytes
+        .strip_prefix(WRAPPER_SOURCE.as_bytes())?
+        .strip_prefix(b":")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    let Some(message) = rest[digits..].strip_prefix(b": ").filter(|_| digits > 0) else {
-        return err;
-    };
-    let Some(position) = wrapper_caller(lua, innermost) else {
-        return err;
-    };
-    match lua.create_string([position.as_bytes(), message].concat()) {
-        Ok(text) => mlua::Value::String(text),
-        Err(_) => err,
+    let message = rest[digits..].strip_prefix(b": ")?;
+    let line: usize = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    // Only the lines where a wrapper calls the original: anything else is some other error
+    // (or a script's own string) that merely looks like one.
+    if !wrapper_lines().calls.contains(&line) {
+        return None;
     }
+    let position = wrapper_caller(lua, innermost, line)?;
+    lua.create_string([position.as_bytes(), message].concat())
+        .ok()
 }
 
 /// The position (`"chunk:line: "`, as `luaL_where` words it, or `""` for a C function) of the
-/// code that called the wrapper an error was raised at, seen from the Lua function that
-/// called this one (level 1).
+/// code that called the wrapper an error was raised at (at `line`), seen from the Lua function
+/// that called this one (level 1).
 ///
-/// From `pass`, that wrapper is level 2 where it stayed on the stack (Luau), and its caller
-/// level 2 where the wrapper tail-called `pass`. From a message handler, the error was raised
-/// at the innermost wrapper frame still on the stack: `innermost` searches for it. `None` when
-/// no such frame is found.
-fn wrapper_caller(lua: &Lua, innermost: bool) -> Option<String> {
+/// From `pass`, that wrapper is level 2 where it stayed on the stack (Lua 5.2 and Luau), and
+/// its caller level 2 where the wrapper tail-called `pass` (LuaJIT). From a message handler,
+/// the error was raised at the innermost wrapper frame still on the stack: `innermost`
+/// searches for it. `None` when no such frame is found, or when it replaced its caller's.
+fn wrapper_caller(lua: &Lua, innermost: bool, line: usize) -> Option<String> {
     // Level 0 is this function, 1 `pass` or the handler's guard.
-    let is_wrapper = |level: usize| lua.inspect_stack(level, is_wrapper_frame).unwrap_or(false);
-    let caller = if innermost {
-        (1..1 + MAX_HANDLER_DEPTH).find(|&level| is_wrapper(level))? + 1
-    } else if is_wrapper(2) {
-        3
-    } else {
-        2
+    let wrapper_at = |level: usize| {
+        lua.inspect_stack(level, |frame| {
+            is_wrapper_frame(frame).then(|| (frame.current_line(), tail_called(frame)))
+        })
+        .flatten()
     };
+    let (level, (current, tail)) = if innermost {
+        (1..1 + MAX_HANDLER_DEPTH).find_map(|level| wrapper_at(level).map(|w| (level, w)))?
+    } else {
+        match wrapper_at(2) {
+            Some(wrapper) => (2, wrapper),
+            // Tail-called away: `pass` stands where the wrapper stood.
+            None => (1, (Some(line), false)),
+        }
+    };
+    if current != Some(line) || tail {
+        return None;
+    }
     Some(
-        lua.inspect_stack(caller, |frame| {
+        lua.inspect_stack(level + 1, |frame| {
             let line = frame.current_line()?;
             Some(format!("{}:{line}: ", frame.source().short_src?))
         })
@@ -197,28 +255,67 @@ fn wrapper_caller(lua: &Lua, innermost: bool) -> Option<String> {
     )
 }
 
+/// Whether `frame` was called as a tail call (known from Lua 5.2 on).
+fn tail_called(frame: &mlua::debug::Debug<'_>) -> bool {
+    #[cfg(any(
+        feature = "lua52",
+        feature = "lua53",
+        feature = "lua54",
+        feature = "lua55"
+    ))]
+    return frame.is_tail_call();
+    #[cfg(not(any(
+        feature = "lua52",
+        feature = "lua53",
+        feature = "lua54",
+        feature = "lua55"
+    )))]
+    {
+        let _ = frame;
+        false
+    }
+}
+
 /// How far above a message handler the wrapper frame is looked for: the handler's own calls
 /// (a `tostring` or `__index` that failed) and the function the wrapper called.
 const MAX_HANDLER_DEPTH: usize = 64;
 
+/// Where the wrappers are in [`WRAPPERS`].
+struct WrapperLines {
+    /// The lines `isle_pcall` and `isle_xpcall` start at.
+    defined: [usize; 2],
+    /// The lines where they call the original `pcall` or `xpcall` (`pass(...)`).
+    calls: Vec<usize>,
+}
+
+fn wrapper_lines() -> &'static WrapperLines {
+    static LINES: OnceLock<WrapperLines> = OnceLock::new();
+    LINES.get_or_init(|| {
+        // Line 1 is the one the chunk starts on.
+        let numbered = || WRAPPERS.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
+        let defined_at = |name: &str| {
+            let start = format!("local function {name}(");
+            numbered()
+                .find(|(_, l)| l.starts_with(&start))
+                .map_or(0, |(n, _)| n)
+        };
+        WrapperLines {
+            defined: [defined_at("isle_pcall"), defined_at("isle_xpcall")],
+            calls: numbered()
+                .filter(|(_, l)| l.contains("pass(pcall(") || l.contains("pass(xpcall("))
+                .map(|(n, _)| n)
+                .collect(),
+        }
+    })
+}
+
 /// Whether `frame` runs `isle_pcall` or `isle_xpcall`.
 fn is_wrapper_frame(frame: &mlua::debug::Debug<'_>) -> bool {
-    static LINES: OnceLock<[usize; 2]> = OnceLock::new();
-    let lines = LINES.get_or_init(|| {
-        let line_of = |name: &str| {
-            let start = format!("local function {name}(");
-            WRAPPERS
-                .lines()
-                .position(|l| l.starts_with(&start))
-                .map_or(0, |i| i + 1)
-        };
-        [line_of("isle_pcall"), line_of("isle_xpcall")]
-    });
     let source = frame.source();
     source.short_src.as_deref() == Some(WRAPPER_SOURCE)
         && source
             .line_defined
-            .is_some_and(|line| lines.contains(&line))
+            .is_some_and(|line| wrapper_lines().defined.contains(&line))
 }
 
 /// The chunk name the wrappers are loaded under, and how Lua shortens it in messages.
