@@ -286,3 +286,48 @@ fn error_objects_keep_their_identity() {
         }
     }
 }
+
+/// A message handler that raises an error: LuaJIT, Luau and Lua 5.1, 5.3 to 5.5 end the call
+/// with "error in error handling" (5.1 and 5.3 to 5.5 after calling the handler again for its
+/// own error until the C-call limit, which an isle's extra levels reach sooner: the count
+/// differs there). Lua 5.2 ends it with "C stack overflow" in an isle.
+#[test]
+#[cfg(not(feature = "lua52"))]
+fn handlers_that_fail_end_as_in_plain_lua() {
+    let scripts = [
+        "local ok, e = xpcall(function() error('x') end, function(m) error('again', 0) end)
+         return tostring(ok) .. ' ' .. tostring(e)",
+        "local ok, e = xpcall(function() error('x') end, error) return tostring(ok) .. ' ' .. tostring(e)",
+        "local n = 0
+         local ok, e = xpcall(function() error('x') end, function(m)
+           n = n + 1
+           if n < 3 then error('again' .. n, 0) end
+           return 'done: ' .. m
+         end)
+         return tostring(ok) .. ' ' .. tostring(e) .. ' ' .. tostring(n == 1 or n > 3)",
+    ];
+    let plain = mlua_isle::mlua::Lua::new();
+    for script in scripts {
+        let expected: String = plain.load(script).set_name("=s").eval().unwrap();
+        for builder in modes() {
+            let isle = builder.spawn(|_| Ok(())).unwrap();
+            let got: String = isle
+                .exec(move |lua| lua.load(script).set_name("=s").eval())
+                .unwrap();
+            assert_eq!(got, expected, "{script}");
+        }
+    }
+}
+
+/// A recursion through `pcall` and `xpcall` that ends with the Lua stack: its error carries
+/// no position of the isle's wrappers.
+#[test]
+fn a_stack_overflow_through_protected_calls_names_no_wrapper() {
+    check(
+        "local a, b
+         a = function() local ok, e = xpcall(b, function(m) return m end) error(e, 0) end
+         b = function() local ok, e = pcall(a) error(e, 0) end
+         local ok, e = pcall(a)
+         return type(e) == 'string' and not e:find('isle')",
+    );
+}

@@ -29,7 +29,7 @@ use super::hook;
 /// or `pcall` cannot change how the wrappers behave.
 const WRAPPERS: &str = r##"
 local pcall, xpcall, probe, pending, type, select, error, gsub, traceback, any_handler,
-    tail_calls, keep_frame = ...
+    tail_calls, keep_frame, handler_errors_end = ...
 -- `probe(err, innermost)` raises a panic carried by `err` again. It returns nothing, or, for
 -- an error raised at a wrapper's position (by `error(msg, 2)` in the function the original
 -- called), the same message at the position of the wrapper's caller: where plain Lua, whose
@@ -45,16 +45,18 @@ local function pass(ok, ...)
     return ok, ...
 end
 -- What a message handler returns when the probe failed: the probe's error object carries the
--- panic on, unless the probe could not even run (the C-call limit): then `err` is the panic's.
+-- panic on, unless the probe could not even run (the C-call limit) on an error that may be a
+-- panic's (a userdata): that passes on as it is.
 local function carried(probe_error, err)
-    if type(probe_error) == "userdata" then
+    if type(probe_error) == "userdata" or type(err) ~= "userdata" then
         return probe_error
     end
     return err
 end
 -- After a handler ran in a protected call: its results, or a panic it raised carried out as
--- its result (an error in a handler becomes "error in error handling" on LuaJIT and Luau,
--- which would lose the panic), or its error raised again, as in plain Lua.
+-- its result (LuaJIT and Luau make any error in a handler "error in error handling", which
+-- would lose the panic), or what an error in a handler ends as: "error in error handling"
+-- where that is all it does, else the error raised again (Lua 5.2 calls the handler again).
 local function handled(ok, ...)
     if ok then
         return ...
@@ -65,6 +67,9 @@ local function handled(ok, ...)
         if not probed then
             return carried(probe_error, err)
         end
+    end
+    if handler_errors_end then
+        return "error in error handling"
     end
     error(err, 0)
 end
@@ -184,6 +189,9 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
             // Lua 5.2 tail-calls Lua functions, so a wrapper can replace its caller's frame:
             // the wrapper's own frame is kept, for `wrapper_caller` to tell.
             cfg!(feature = "lua52"),
+            // An error in a message handler ends the call at once on LuaJIT and Luau (Lua
+            // 5.2 calls the handler again with it).
+            cfg!(not(feature = "lua52")),
         ))?;
     globals.raw_set("pcall", isle_pcall)?;
     globals.raw_set("xpcall", isle_xpcall)?;
@@ -194,8 +202,9 @@ pub(super) fn install(lua: &Lua, probe: &mlua::Function) -> mlua::Result<()> {
 
 /// When `err` is a message raised at the position of a wrapper calling the original
 /// (`[isle pcall]:<line>: `), the same message at the position of the code that called that
-/// wrapper; `None` otherwise, and where that position is lost (Lua 5.2, for a wrapper called
-/// as a tail call, whose caller's frame it took).
+/// wrapper (no position where that is lost: Lua 5.2, for a wrapper called as a tail call,
+/// whose caller's frame it took); the bare message for a stack overflow on entering a
+/// wrapper; `None` otherwise.
 fn relocated(lua: &Lua, err: &mlua::Value, innermost: bool) -> Option<mlua::LuaString> {
     let mlua::Value::String(text) = err else {
         return None;
@@ -207,6 +216,10 @@ fn relocated(lua: &Lua, err: &mlua::Value, innermost: bool) -> Option<mlua::LuaS
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     let message = rest[digits..].strip_prefix(b": ")?;
     let line: usize = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    // A stack overflow on entering a wrapper: plain Lua's has no position.
+    if wrapper_lines().defined.contains(&line) {
+        return lua.create_string(message).ok();
+    }
     // Only the lines where a wrapper calls the original: anything else is some other error
     // (or a script's own string) that merely looks like one.
     if !wrapper_lines().calls.contains(&line) {
@@ -219,12 +232,12 @@ fn relocated(lua: &Lua, err: &mlua::Value, innermost: bool) -> Option<mlua::LuaS
 
 /// The position (`"chunk:line: "`, as `luaL_where` words it, or `""` for a C function) of the
 /// code that called the wrapper an error was raised at (at `line`), seen from the Lua function
-/// that called this one (level 1).
+/// that called this one (level 1); `""` where that caller's frame is gone.
 ///
 /// From `pass`, that wrapper is level 2 where it stayed on the stack (Lua 5.2 and Luau), and
 /// its caller level 2 where the wrapper tail-called `pass` (LuaJIT). From a message handler,
 /// the error was raised at the innermost wrapper frame still on the stack: `innermost`
-/// searches for it. `None` when no such frame is found, or when it replaced its caller's.
+/// searches for it. `None` when no such frame is found.
 fn wrapper_caller(lua: &Lua, innermost: bool, line: usize) -> Option<String> {
     // Level 0 is this function, 1 `pass` or the handler's guard.
     let wrapper_at = |level: usize| {
@@ -242,8 +255,12 @@ fn wrapper_caller(lua: &Lua, innermost: bool, line: usize) -> Option<String> {
             None => (1, (Some(line), false)),
         }
     };
-    if current != Some(line) || tail {
+    if current != Some(line) {
         return None;
+    }
+    // The wrapper took its caller's frame (Lua 5.2): that position is lost.
+    if tail {
+        return Some(String::new());
     }
     Some(
         lua.inspect_stack(level + 1, |frame| {
