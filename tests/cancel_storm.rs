@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use mlua_isle::{Isle, IsleError};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 /// Each script runs until it is stopped.
 const SCRIPTS: &[&str] = &[
@@ -45,16 +45,7 @@ const GRACE: Duration = Duration::from_millis(500);
 const BOUND: Duration = Duration::from_millis(600);
 
 fn rng() -> StdRng {
-    let seed = std::env::var("CANCEL_STORM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-    eprintln!("CANCEL_STORM_SEED={seed}");
-    StdRng::seed_from_u64(seed)
+    seeded_rng("CANCEL_STORM_SEED")
 }
 
 /// Spins for a random time up to about 300 µs, so that cancels land before a request starts,

@@ -263,22 +263,12 @@ fn without_a_default_timeout_shutdown_waits_for_a_slow_finalizer() {
 #[cfg(not(feature = "luau"))]
 #[test]
 fn closes_racing_their_deadline_resolve_everything_once() {
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     use std::sync::Barrier;
 
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let seed = std::env::var("CLOSE_STRESS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-    eprintln!("CLOSE_STRESS_SEED={seed}");
+    let mut rng = seeded_rng("CLOSE_STRESS_SEED");
     within_hang_guard(move || {
-        let mut rng = StdRng::seed_from_u64(seed);
         let baseline = thread_count();
         // The unit of the deadlines: a few times what a spawn takes here (much more under
         // valgrind), so that `init` mostly fits in the default timeout.

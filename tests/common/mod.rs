@@ -246,3 +246,19 @@ pub fn spawn_releasable(builder: IsleBuilder, release: &Arc<AtomicBool>) -> (Isl
         .unwrap();
     (isle, rx)
 }
+
+/// A random generator seeded from the environment variable `var` when set (to replay a run),
+/// else from the clock; the seed is printed.
+pub fn seeded_rng(var: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{var}={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
