@@ -104,8 +104,8 @@ local function argument_error(original, name, ...)
     error(err, 3)
 end
 -- Arguments are passed on exactly as given, so that Lua's own checks see them. Calls that
--- can only fail those checks are tail calls: the original raises its argument error from the
--- caller's position, naming the function as the caller called it.
+-- can only fail those checks raise the original's argument error from the caller's position:
+-- a tail call where that removes the wrapper's frame, else through `argument_error`.
 local function isle_pcall(...)
     if select("#", ...) == 0 then
         if tail_calls then
