@@ -1441,6 +1441,10 @@ const REPEATED_STACK_OVERFLOWS: &[&str] = &[
     r#"started()
     local function r() return 1 + r() end
     while true do xpcall(r, function(e) while true do end end) end"#,
+    // a handler that loops at the bottom of a full Lua stack (on Lua 5.4, a million frames:
+    // arming the hook and unwinding take tens of milliseconds each)
+    r#"local function r() return 1 + r() end
+    xpcall(r, function(e) started() while true do end end)"#,
     // a tail call growing its varargs
     r#"started()
     local function r(...) return r(1, ...) end

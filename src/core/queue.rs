@@ -391,7 +391,9 @@ impl Shared {
     /// - At the deadline the request's generation expires, which interrupts it.
     /// - While a stop (cancel, deadline, kill) is pending for the running request, the
     ///   interrupt is delivered again with backoff ([`REASSERT_FIRST`] doubling up to
-    ///   [`REASSERT_MAX`]): an arm lost to a race costs a short delay, never the stop.
+    ///   [`REASSERT_MAX`], held back while arming takes long: see
+    ///   [`redelivery_wait`](crate::interrupt::Interrupter::redelivery_wait)): an arm lost to a
+    ///   race costs a short delay, never the stop.
     /// - At the deadline plus the grace period, or a grace period after a cancel or kill, if the
     ///   same request still runs, the isle gives up on it (see [`give_up`](Self::give_up)).
     ///
@@ -473,6 +475,13 @@ impl Shared {
             };
         }
         if now >= reassert.at {
+            // Arming takes long (a deep Lua 5.4 call stack): the Lua thread first gets on.
+            let wait = self.interrupter.redelivery_wait();
+            if !wait.is_zero() {
+                let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+                reassert.at = now.saturating_add(wait);
+                return reassert.at;
+            }
             #[cfg(all(test, unix, not(feature = "luau")))]
             let disabled = self.reassert_disabled.load(Ordering::SeqCst);
             #[cfg(not(all(test, unix, not(feature = "luau"))))]

@@ -180,6 +180,17 @@ unsafe fn in_library(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> boo
 /// Instructions between two attempts to preempt a task that cannot yield where it is.
 const PREEMPT_RETRY: c_int = 100;
 
+/// Tells the isle of this thread that the signal handler begins (`true`) or ends arming the
+/// hook. Async-signal-safe.
+#[cfg(unix)]
+pub(super) fn arming(begins: bool) {
+    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
+    // SAFETY: as in `requested`.
+    if let Some(interrupter) = unsafe { interrupter.as_ref() } {
+        interrupter.arm_pace.arming(begins);
+    }
+}
+
 /// Test-only: counts an arm made by the signal handler on the isle of this thread.
 #[cfg(all(test, unix))]
 pub(super) fn count_signal_arm() {
@@ -189,6 +200,20 @@ pub(super) fn count_signal_arm() {
         interrupter
             .signal_arms
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Test-only: counts a firing of the hook with a stop pending, and whether it set itself.
+#[cfg(test)]
+fn count_stop_firing(set_again: bool) {
+    let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
+    // SAFETY: as in `requested`.
+    if let Some(interrupter) = unsafe { interrupter.as_ref() } {
+        let counters = &interrupter.stop_firings;
+        counters[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if set_again {
+            counters[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
@@ -256,9 +281,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
         // requests. It stops at its own safe points (`stop_point`), or as soon as control is
         // in other code.
         // SAFETY: `state` and `ar` come from Lua; `lua_sethook` only stores the hook fields.
-        Some(_) if unsafe { in_library(state, ar) } => unsafe {
-            ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
-        },
+        Some(_) if unsafe { in_library(state, ar) } => unsafe { keep_firing(state) },
         Some(stop) => {
             if !TOUCHED.with(|t| t.load(Ordering::Relaxed)) {
                 // First sight of this interrupt (a permanent hook found it): reach the whole
@@ -272,7 +295,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
             // `lua_error` unwinds with a longjmp; no Rust value with a destructor is alive in
             // this frame at that point.
             unsafe {
-                ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
+                keep_firing(state);
                 // Lua 5.1, 5.2 and LuaJIT cannot tell whether the coroutine may yield here:
                 // they always raise.
                 #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
@@ -287,6 +310,33 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
                 super::stop_error::push(state, stop);
                 ffi::lua_error(state)
             }
+        }
+    }
+}
+
+/// Keeps the hook firing at every instruction of `state`, from inside the hook.
+///
+/// The hook fields are left alone when they already say so: from Lua 5.4 on, `lua_sethook`
+/// also marks every frame of the coroutine's call stack, which takes milliseconds a million
+/// frames deep, and the hook runs at every instruction while a stop unwinds. Frames need no
+/// new mark here: the running one is marked (its hook runs), those made since the hook was set
+/// were marked as they began, and a mark lost to a race is put back by the stop being
+/// delivered again (see `Shared::reassert_stop`), which always sets the hook in full.
+///
+/// # Safety
+///
+/// `state` must be the running coroutine, inside the interrupt hook.
+unsafe fn keep_firing(state: *mut ffi::lua_State) {
+    // SAFETY: guaranteed by the caller; these only read or store the hook fields.
+    unsafe {
+        let firing = ffi::lua_gethook(state)
+            .is_some_and(|hook| std::ptr::fn_addr_eq(hook, interrupt_hook as ffi::lua_Hook))
+            && ffi::lua_gethookmask(state) == ffi::LUA_MASKCOUNT
+            && ffi::lua_gethookcount(state) == 1;
+        #[cfg(test)]
+        count_stop_firing(!firing);
+        if !firing {
+            ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
         }
     }
 }
@@ -390,5 +440,65 @@ impl Drop for Registration {
         ACTIVE.with(|a| a.store(ptr::null_mut(), Ordering::Release));
         EVERY.with(|e| e.store(0, Ordering::Relaxed));
         DEADLINE.set(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    use crate::{Interrupt, Isle, IsleError};
+
+    /// A stop that Lua code catches again and again (20 nested `pcall`s, each followed by a
+    /// loop) keeps the hook firing at every
+    /// instruction without setting it anew each time (which, from Lua 5.4 on, marks every
+    /// frame of the call stack): at most once, when a permanent hook turns from its interval
+    /// to every instruction.
+    #[test]
+    fn a_hook_firing_for_a_stop_does_not_set_itself_again() {
+        for interrupt in [Interrupt::default(), Interrupt::Hook { every: 1000 }] {
+            let (tx, started) = channel();
+            let isle = Isle::builder()
+                .interrupt(interrupt)
+                .spawn(move |lua| {
+                    let started = lua.create_function(move |_, ()| {
+                        let _ = tx.send(());
+                        Ok(())
+                    })?;
+                    lua.globals().set("started", started)
+                })
+                .unwrap();
+            let task = isle
+                .spawn_eval::<()>(
+                    "local function nest(n)
+                       if n == 0 then
+                         started()
+                         while true do end
+                       end
+                       pcall(nest, n - 1)
+                       while true do end
+                     end
+                     nest(20)",
+                )
+                .unwrap();
+            started.recv_timeout(Duration::from_secs(10)).unwrap();
+            task.cancel();
+            let result = task.wait_timeout(Duration::from_secs(10)).unwrap();
+            assert!(matches!(result, Err(IsleError::Cancelled)), "{result:?}");
+            let counters = &isle.shared().interrupter.stop_firings;
+            let firings = counters[0].load(Ordering::SeqCst);
+            let set_again = counters[1].load(Ordering::SeqCst);
+            // Once in the innermost loop, and once in each loop the stop reaches as it unwinds.
+            assert!(
+                firings > 20,
+                "{interrupt:?}: the hook fired {firings} times"
+            );
+            assert!(
+                set_again <= 1,
+                "{interrupt:?}: the hook set itself {set_again} times in {firings} firings"
+            );
+        }
     }
 }

@@ -54,6 +54,7 @@
 
 #[cfg(any(feature = "lua54", feature = "lua55"))]
 mod allowhook;
+mod arm_pace;
 #[cfg(not(feature = "luau"))]
 mod chain;
 #[cfg(not(feature = "luau"))]
@@ -103,6 +104,7 @@ use luau::Target;
 #[cfg(all(unix, not(feature = "luau")))]
 use signal::Target;
 
+use arm_pace::ArmPace;
 use preempt::Slices;
 pub(crate) use preempt::{
     reset as reset_slices, set_library_installed, slice_begin, slice_end, LIBRARY_CHUNK,
@@ -281,9 +283,15 @@ pub(crate) struct Interrupter {
     /// Set when the isle refuses new requests: host channels read as closed to scripts from
     /// then on, so that a script serving one ends.
     closing: std::sync::atomic::AtomicBool,
+    /// How long the signal handler takes to arm the hook, which paces deliveries.
+    arm_pace: ArmPace,
     /// Test-only: how many times the signal handler armed the hook for this isle.
     #[cfg(all(test, unix, not(feature = "luau")))]
     pub(crate) signal_arms: std::sync::atomic::AtomicUsize,
+    /// Test-only: how many times the hook fired with a stop pending, and how many of those
+    /// times it set itself again.
+    #[cfg(all(test, not(feature = "luau")))]
+    pub(crate) stop_firings: [std::sync::atomic::AtomicUsize; 2],
 }
 
 /// Whoever keeps a requested stop asserted (the watchdog, through the isle's shared state).
@@ -349,6 +357,12 @@ impl Interrupter {
     pub(crate) fn stop_since(&self) -> Option<(Stop, u64)> {
         let stop = self.stop_requested()?;
         Some((stop, self.stop_tick.load(Ordering::SeqCst)))
+    }
+
+    /// How long to wait before delivering the interrupt again: 0 unless arming the hook
+    /// takes long (see [`ArmPace`]).
+    pub(crate) fn redelivery_wait(&self) -> std::time::Duration {
+        self.arm_pace.wait()
     }
 
     /// Delivers the interrupt again to request `gen` if it still runs: an arm that was lost

@@ -51,7 +51,9 @@ fn on_signal() {
         return;
     }
     if hook::on_demand() && hook::requested().is_some() {
+        hook::arming(true);
         chain::arm_all();
+        hook::arming(false);
         #[cfg(test)]
         hook::count_signal_arm();
     } else if hook::on_demand() && hook::preempt_due() {

@@ -1,0 +1,151 @@
+//! Pacing of repeated deliveries of a stop by how long arming the hook takes.
+//!
+//! A pending stop is delivered again and again until it takes effect (see
+//! `Shared::reassert_stop`), and each delivery's signal handler arms the hook on every coroutine
+//! of the resume chain. From Lua 5.4 on, `lua_sethook` also marks every frame of a coroutine's
+//! call stack: a million frames deep that takes tens of milliseconds, longer than the interval
+//! between deliveries, and a stop unwinding such a stack spent most of its time being armed
+//! again. [`ArmPace`] records when the handler's last arm began and how long it took, and holds
+//! the next delivery back until [`SPACING`] times that long after it began.
+
+use std::time::Duration;
+
+#[cfg(all(unix, not(feature = "luau")))]
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A delivery waits, from the start of the last arm, at least this many times as long as that
+/// arm took: the handler then takes at most about a ninth of the Lua thread's time.
+#[cfg(all(unix, not(feature = "luau")))]
+const SPACING: u64 = 9;
+
+/// The longest a delivery is held back, so that an arm lost to a race is still made good well
+/// within the default grace period.
+#[cfg(all(unix, not(feature = "luau")))]
+const MAX_WAIT: u64 = 200_000_000;
+
+/// What `took` holds while an arm is in progress.
+#[cfg(all(unix, not(feature = "luau")))]
+const IN_PROGRESS: u64 = u64::MAX;
+
+/// When the signal handler's last arm began and how long it took, written by the handler and
+/// read by the watchdog.
+#[derive(Debug, Default)]
+pub(crate) struct ArmPace {
+    /// When the last arm began, in nanoseconds on the monotonic clock; 0 for never.
+    #[cfg(all(unix, not(feature = "luau")))]
+    began: AtomicU64,
+    /// How long the last arm took, in nanoseconds; [`IN_PROGRESS`] while it runs.
+    #[cfg(all(unix, not(feature = "luau")))]
+    took: AtomicU64,
+}
+
+impl ArmPace {
+    /// Records that an arm begins (`true`) or ends. Async-signal-safe.
+    #[cfg(all(unix, not(feature = "luau")))]
+    pub(super) fn arming(&self, begins: bool) {
+        let now = monotonic_nanos();
+        if begins {
+            // `began` first: whoever reads `IN_PROGRESS` reads this `began` or a later one.
+            self.began.store(now, Ordering::SeqCst);
+            self.took.store(IN_PROGRESS, Ordering::SeqCst);
+        } else {
+            let began = self.began.load(Ordering::SeqCst);
+            self.took.store(now.saturating_sub(began), Ordering::SeqCst);
+        }
+    }
+
+    /// How long the next delivery should wait (zero: deliver now).
+    pub(super) fn wait(&self) -> Duration {
+        #[cfg(all(unix, not(feature = "luau")))]
+        {
+            // `took` first (see `arming`).
+            let took = self.took.load(Ordering::SeqCst);
+            let began = self.began.load(Ordering::SeqCst);
+            if began == 0 {
+                return Duration::ZERO;
+            }
+            let now = monotonic_nanos();
+            let took = match took {
+                IN_PROGRESS => now.saturating_sub(began),
+                took => took,
+            };
+            let allowed = began.saturating_add(took.saturating_mul(SPACING));
+            Duration::from_nanos(allowed.saturating_sub(now).min(MAX_WAIT))
+        }
+        #[cfg(not(all(unix, not(feature = "luau"))))]
+        Duration::ZERO
+    }
+}
+
+/// The monotonic clock in nanoseconds. Async-signal-safe (`clock_gettime` is).
+#[cfg(all(unix, not(feature = "luau")))]
+fn monotonic_nanos() -> u64 {
+    // SAFETY: `clock_gettime` writes the time into `now`, a valid `timespec`.
+    let now = unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        now
+    };
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+#[cfg(all(test, unix, not(feature = "luau")))]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn recorded(began_ago: u64, took: u64) -> ArmPace {
+        let pace = ArmPace::default();
+        pace.began
+            .store(monotonic_nanos() - began_ago, Ordering::SeqCst);
+        pace.took.store(took, Ordering::SeqCst);
+        pace
+    }
+
+    #[test]
+    fn without_an_arm_a_delivery_never_waits() {
+        assert_eq!(ArmPace::default().wait(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_quick_arm_holds_nothing_back() {
+        let pace = ArmPace::default();
+        pace.arming(true);
+        pace.arming(false);
+        // Nanoseconds to microseconds: whatever is left is far below a watchdog's tick.
+        assert!(pace.wait() < Duration::from_millis(1), "{:?}", pace.wait());
+        assert_eq!(recorded(MS, 10_000).wait(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_slow_arm_holds_the_next_delivery_back_nine_times_as_long_from_its_start() {
+        // Began 20 ms ago (or a little more by now), took 10 ms: the next delivery is due
+        // 90 ms after it began.
+        let wait = recorded(20 * MS, 10 * MS).wait();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(70),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn an_arm_in_progress_counts_as_taking_as_long_as_it_has_so_far() {
+        // Began 10 ms ago (or more by now): the next delivery waits eight times that long.
+        let wait = recorded(10 * MS, IN_PROGRESS).wait();
+        assert!(
+            wait >= Duration::from_millis(80) && wait <= Duration::from_nanos(MAX_WAIT),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_delivery_is_never_held_back_longer_than_the_cap() {
+        assert_eq!(
+            recorded(0, 10_000 * MS).wait(),
+            Duration::from_nanos(MAX_WAIT)
+        );
+    }
+}
