@@ -1,6 +1,7 @@
 //! Thousands of cancels at random instants against coroutine-, pcall- and metamethod-heavy
 //! requests, on the sync and the async isle: every request resolves, none later than the
-//! grace period plus 100 ms after its cancel, and the isle never has to give up.
+//! grace period plus 100 ms after its cancel, and the isle never has to give up. Then stops at
+//! random depths of the Lua stack, down to a full one.
 
 mod common;
 
@@ -134,5 +135,88 @@ fn async_cancels_at_random_instants_all_resolve_in_time() {
             assert!(isle.is_alive(), "the isle gave up on a request");
             assert_eq!(isle.eval::<i64>("1").await.unwrap(), 1);
         });
+    });
+}
+
+/// Where in a deep recursion a script waits for its stop, `{depth}` frames down (a full Lua
+/// stack for the last one).
+const DEEP_SCRIPTS: &[&str] = &[
+    "local function r(n) if n == 0 then started() while true do end end return 1 + r(n - 1) end
+     r({depth})",
+    "local function r(n)
+       if n == 0 then started() while true do pcall(function() while true do end end) end end
+       if n % 2500 == 0 then pcall(r, n - 1) end
+       return 1 + r(n - 1)
+     end
+     r({depth})",
+    "local function r(n) if n == 0 then started() while true do end end return 1 + r(n - 1) end
+     xpcall(function() return r({depth}) end, function(e) while true do end end)",
+    "local function full() return 1 + full() end
+     xpcall(full, function(e) started() while true do end end)",
+];
+
+/// How deep the scripts above go at most: Lua 5.4 and 5.5 allow a million frames, the
+/// others far fewer (LuaJIT about 20 000 of these).
+const DEEPEST: u32 = if cfg!(any(feature = "lua54", feature = "lua55")) {
+    200_000
+} else {
+    5_000
+};
+
+/// Stops at random depths and instants, in both interrupt modes, by cancel and by deadline:
+/// each is obeyed (the isle does not give up), however deep the stack it has to unwind.
+#[test]
+fn stops_deep_in_the_lua_stack_are_obeyed_at_random_instants() {
+    within_hang_guard(|| {
+        let mut rng = seeded_rng("DEEP_STOP_SEED");
+        for i in 0..16 {
+            let script = DEEP_SCRIPTS[rng.random_range(0..DEEP_SCRIPTS.len())];
+            let script = script.replace("{depth}", &rng.random_range(1..DEEPEST).to_string());
+            let interrupt = match rng.random_bool(0.5) {
+                true => mlua_isle::Interrupt::default(),
+                false => mlua_isle::Interrupt::Hook { every: 1000 },
+            };
+            let (tx, started) = std::sync::mpsc::channel();
+            let isle = Isle::builder()
+                .interrupt(interrupt)
+                .spawn(move |lua| {
+                    let started = lua.create_function(move |_, ()| {
+                        let _ = tx.send(());
+                        Ok(())
+                    })?;
+                    lua.globals().set("started", started)
+                })
+                .unwrap();
+            let by_deadline = rng.random_bool(0.5);
+            let task = match by_deadline {
+                true => isle
+                    .request()
+                    .timeout(Duration::from_millis(rng.random_range(1..100)))
+                    .spawn_eval::<()>(script.as_str()),
+                false => isle.spawn_eval::<()>(script.as_str()),
+            }
+            .unwrap();
+            if !by_deadline {
+                started
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|_| panic!("stop {i}: never started; script:\n{script}"));
+                random_instant(&mut rng);
+                task.cancel();
+            }
+            let result = task
+                .wait_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("stop {i}: still running; script:\n{script}"));
+            let expected = match by_deadline {
+                true => matches!(result, Err(IsleError::Timeout)),
+                false => matches!(result, Err(IsleError::Cancelled)),
+            };
+            assert!(
+                expected && isle.is_alive(),
+                "stop {i} ({interrupt:?}, deadline: {by_deadline}): {result:?}, isle alive: {}; \
+                 script:\n{script}",
+                isle.is_alive()
+            );
+            assert_eq!(isle.eval::<i64>("1").unwrap(), 1);
+        }
     });
 }
