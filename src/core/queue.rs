@@ -475,8 +475,10 @@ impl Shared {
             };
         }
         if now >= reassert.at {
-            // Arming takes long (a deep Lua 5.4 call stack): the Lua thread first gets on.
-            let wait = self.interrupter.redelivery_wait();
+            // Arming takes long (a deep Lua 5.4 call stack): the Lua thread first gets on, for
+            // a quarter of the grace period at most, so that an arm lost meanwhile is made
+            // good before the isle gives up.
+            let wait = self.interrupter.redelivery_wait(self.grace / 4);
             if !wait.is_zero() {
                 let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
                 reassert.at = now.saturating_add(wait);

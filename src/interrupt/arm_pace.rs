@@ -6,7 +6,8 @@
 //! call stack: a million frames deep that takes tens of milliseconds, longer than the interval
 //! between deliveries, and a stop unwinding such a stack spent most of its time being armed
 //! again. [`ArmPace`] records when the handler's last arm began and how long it took, and holds
-//! the next delivery back until [`SPACING`] times that long after it began.
+//! the next delivery back until nine times that long after it began (at most 100 ms after, and
+//! at most a quarter of the grace period).
 
 use std::time::Duration;
 
@@ -18,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(all(unix, not(feature = "luau")))]
 const SPACING: u64 = 9;
 
-/// The longest a delivery is held back, so that an arm lost to a race is still made good well
-/// within the default grace period.
+/// The longest a delivery is held back after the last arm began, so that an arm lost to a race
+/// is still made good well within the grace period.
 #[cfg(all(unix, not(feature = "luau")))]
-const MAX_WAIT: u64 = 200_000_000;
+const MAX_HOLD: Duration = Duration::from_millis(100);
 
 /// What `took` holds while an arm is in progress.
 #[cfg(all(unix, not(feature = "luau")))]
@@ -54,8 +55,19 @@ impl ArmPace {
         }
     }
 
-    /// How long the next delivery should wait (zero: deliver now).
-    pub(super) fn wait(&self) -> Duration {
+    /// Test-only: records an arm that began now and took `took`.
+    #[cfg(all(test, unix, not(feature = "luau")))]
+    pub(super) fn record_slow_arm(&self, took: Duration) {
+        self.began.store(monotonic_nanos(), Ordering::SeqCst);
+        self.took.store(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// How long the next delivery should wait (zero: deliver now), so that it comes no later
+    /// than `hold` (nor [`MAX_HOLD`]) after the last arm began.
+    pub(super) fn wait(&self, hold: Duration) -> Duration {
         #[cfg(all(unix, not(feature = "luau")))]
         {
             // `took` first (see `arming`).
@@ -69,11 +81,15 @@ impl ArmPace {
                 IN_PROGRESS => now.saturating_sub(began),
                 took => took,
             };
-            let allowed = began.saturating_add(took.saturating_mul(SPACING));
-            Duration::from_nanos(allowed.saturating_sub(now).min(MAX_WAIT))
+            let hold = u64::try_from(hold.min(MAX_HOLD).as_nanos()).unwrap_or(u64::MAX);
+            let allowed = began.saturating_add(took.saturating_mul(SPACING).min(hold));
+            Duration::from_nanos(allowed.saturating_sub(now))
         }
         #[cfg(not(all(unix, not(feature = "luau"))))]
-        Duration::ZERO
+        {
+            let _ = hold;
+            Duration::ZERO
+        }
     }
 }
 
@@ -96,6 +112,8 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+    /// Longer than any hold.
+    const LONG: Duration = Duration::from_secs(10);
 
     fn recorded(began_ago: u64, took: u64) -> ArmPace {
         let pace = ArmPace::default();
@@ -107,7 +125,7 @@ mod tests {
 
     #[test]
     fn without_an_arm_a_delivery_never_waits() {
-        assert_eq!(ArmPace::default().wait(), Duration::ZERO);
+        assert_eq!(ArmPace::default().wait(LONG), Duration::ZERO);
     }
 
     #[test]
@@ -116,15 +134,19 @@ mod tests {
         pace.arming(true);
         pace.arming(false);
         // Nanoseconds to microseconds: whatever is left is far below a watchdog's tick.
-        assert!(pace.wait() < Duration::from_millis(1), "{:?}", pace.wait());
-        assert_eq!(recorded(MS, 10_000).wait(), Duration::ZERO);
+        assert!(
+            pace.wait(LONG) < Duration::from_millis(1),
+            "{:?}",
+            pace.wait(LONG)
+        );
+        assert_eq!(recorded(MS, 10_000).wait(LONG), Duration::ZERO);
     }
 
     #[test]
     fn a_slow_arm_holds_the_next_delivery_back_nine_times_as_long_from_its_start() {
         // Began 20 ms ago (or a little more by now), took 10 ms: the next delivery is due
         // 90 ms after it began.
-        let wait = recorded(20 * MS, 10 * MS).wait();
+        let wait = recorded(20 * MS, 10 * MS).wait(LONG);
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(70),
             "{wait:?}"
@@ -134,18 +156,33 @@ mod tests {
     #[test]
     fn an_arm_in_progress_counts_as_taking_as_long_as_it_has_so_far() {
         // Began 10 ms ago (or more by now): the next delivery waits eight times that long.
-        let wait = recorded(10 * MS, IN_PROGRESS).wait();
+        let wait = recorded(10 * MS, IN_PROGRESS).wait(LONG);
         assert!(
-            wait >= Duration::from_millis(80) && wait <= Duration::from_nanos(MAX_WAIT),
+            wait >= Duration::from_millis(80) && wait <= MAX_HOLD,
             "{wait:?}"
         );
     }
 
     #[test]
-    fn a_delivery_is_never_held_back_longer_than_the_cap() {
+    fn a_delivery_is_held_back_at_most_the_cap_after_the_last_arm_began() {
+        // However long the last arm took, however often the watchdog asks.
+        let pace = recorded(0, 10_000 * MS);
+        let wait = pace.wait(LONG);
+        assert!(wait > Duration::ZERO && wait <= MAX_HOLD, "{wait:?}");
+        assert_eq!(recorded(100 * MS, 10_000 * MS).wait(LONG), Duration::ZERO);
+        assert_eq!(recorded(100 * MS, IN_PROGRESS).wait(LONG), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_delivery_is_held_back_at_most_the_hold_asked_for() {
+        let wait = recorded(0, 10_000 * MS).wait(Duration::from_millis(10));
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(10),
+            "{wait:?}"
+        );
         assert_eq!(
-            recorded(0, 10_000 * MS).wait(),
-            Duration::from_nanos(MAX_WAIT)
+            recorded(10 * MS, 10_000 * MS).wait(Duration::from_millis(10)),
+            Duration::ZERO
         );
     }
 }

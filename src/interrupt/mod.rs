@@ -360,9 +360,9 @@ impl Interrupter {
     }
 
     /// How long to wait before delivering the interrupt again: 0 unless arming the hook
-    /// takes long (see [`ArmPace`]).
-    pub(crate) fn redelivery_wait(&self) -> std::time::Duration {
-        self.arm_pace.wait()
+    /// takes long (see [`ArmPace`]), and never past `hold` after the last arm began.
+    pub(crate) fn redelivery_wait(&self, hold: std::time::Duration) -> std::time::Duration {
+        self.arm_pace.wait(hold)
     }
 
     /// Delivers the interrupt again to request `gen` if it still runs: an arm that was lost

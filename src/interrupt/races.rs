@@ -138,6 +138,26 @@ fn a_lost_arm_is_made_good_by_reassertion() {
     }
 }
 
+/// A lost arm is made good soon even right after an arm that took very long (which holds
+/// deliveries back, so that arming a deep Lua 5.4 stack does not starve the Lua thread): the
+/// hold ends at most 100 ms after that arm began, however often the watchdog looks.
+#[test]
+fn a_lost_arm_after_a_slow_arm_is_made_good_soon() {
+    let (isle, started) = isle("race-slow-arm", 1, true);
+    let task = isle
+        .spawn_eval::<()>("started() while true do end")
+        .unwrap();
+    started.recv_timeout(HANG_GUARD).unwrap();
+    // Nine times this would be far past the hang guard.
+    isle.shared()
+        .interrupter
+        .arm_pace
+        .record_slow_arm(Duration::from_secs(5));
+    task.cancel();
+    assert_cancelled(task);
+    assert_usable(&isle);
+}
+
 /// A cancel lands between a coroutine request's check that it need not stop and the start of
 /// its next stretch: the stretch must start stopped.
 #[cfg(feature = "tokio")]
