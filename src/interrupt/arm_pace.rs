@@ -6,23 +6,28 @@
 //! call stack: a million frames deep that takes tens of milliseconds, longer than the interval
 //! between deliveries, and a stop unwinding such a stack spent most of its time being armed
 //! again. [`ArmPace`] records when the handler's last arm began and how long it took, and holds
-//! the next delivery back until nine times that long after it began (at most 100 ms after, and
-//! at most a quarter of the grace period).
+//! the next delivery back while an arm runs, and after it until nine times that long after it
+//! began (at most 100 ms after it ended, and at most a quarter of the grace period).
 
 use std::time::Duration;
 
 #[cfg(all(unix, not(feature = "luau")))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A delivery waits, from the start of the last arm, at least this many times as long as that
-/// arm took: the handler then takes at most about a ninth of the Lua thread's time.
+/// A delivery waits, from the start of the last arm, this many times as long as that arm took
+/// (unless [`MAX_HOLD`] comes first): the handler then takes about a ninth of the Lua thread's
+/// time at most, when arms are quicker than an eighth of the hold.
 #[cfg(all(unix, not(feature = "luau")))]
 const SPACING: u64 = 9;
 
-/// The longest a delivery is held back after the last arm began, so that an arm lost to a race
+/// The longest a delivery is held back after the last arm ended, so that an arm lost to a race
 /// is still made good well within the grace period.
 #[cfg(all(unix, not(feature = "luau")))]
 const MAX_HOLD: Duration = Duration::from_millis(100);
+
+/// How long a delivery waits, at least, while an arm runs.
+#[cfg(all(unix, not(feature = "luau")))]
+const MIN_LOOK: Duration = Duration::from_millis(1);
 
 /// What `took` holds while an arm is in progress.
 #[cfg(all(unix, not(feature = "luau")))]
@@ -55,18 +60,24 @@ impl ArmPace {
         }
     }
 
-    /// Test-only: records an arm that began now and took `took`.
+    /// Test-only: records an arm that took `took` and ended now.
     #[cfg(all(test, unix, not(feature = "luau")))]
     pub(super) fn record_slow_arm(&self, took: Duration) {
-        self.began.store(monotonic_nanos(), Ordering::SeqCst);
+        let took_nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.began.store(
+            monotonic_nanos().saturating_sub(took_nanos).max(1),
+            Ordering::SeqCst,
+        );
         self.took.store(
             u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
             Ordering::SeqCst,
         );
     }
 
-    /// How long the next delivery should wait (zero: deliver now), so that it comes no later
-    /// than `hold` (nor [`MAX_HOLD`]) after the last arm began.
+    /// How long the next delivery should wait (zero: deliver now). While an arm runs, it
+    /// cannot have been lost yet: a delivery then waits at least [`MIN_LOOK`]. Once it has
+    /// ended, the next waits until eight times as long as it took has passed since its end,
+    /// but no more than `hold` (nor [`MAX_HOLD`]).
     pub(super) fn wait(&self, hold: Duration) -> Duration {
         #[cfg(all(unix, not(feature = "luau")))]
         {
@@ -77,12 +88,13 @@ impl ArmPace {
                 return Duration::ZERO;
             }
             let now = monotonic_nanos();
-            let took = match took {
-                IN_PROGRESS => now.saturating_sub(began),
-                took => took,
-            };
             let hold = u64::try_from(hold.min(MAX_HOLD).as_nanos()).unwrap_or(u64::MAX);
-            let allowed = began.saturating_add(took.saturating_mul(SPACING).min(hold));
+            let after = |took: u64| took.saturating_mul(SPACING - 1).min(hold);
+            if took == IN_PROGRESS {
+                let so_far = after(now.saturating_sub(began));
+                return Duration::from_nanos(so_far).max(MIN_LOOK);
+            }
+            let allowed = began.saturating_add(took).saturating_add(after(took));
             Duration::from_nanos(allowed.saturating_sub(now))
         }
         #[cfg(not(all(unix, not(feature = "luau"))))]
@@ -115,6 +127,7 @@ mod tests {
     /// Longer than any hold.
     const LONG: Duration = Duration::from_secs(10);
 
+    /// An arm that began `began_ago` nanoseconds ago and took `took` (or is in progress).
     fn recorded(began_ago: u64, took: u64) -> ArmPace {
         let pace = ArmPace::default();
         pace.began
@@ -133,7 +146,7 @@ mod tests {
         let pace = ArmPace::default();
         pace.arming(true);
         pace.arming(false);
-        // Nanoseconds to microseconds: whatever is left is far below a watchdog's tick.
+        // Microseconds at most: far below a watchdog's tick.
         assert!(
             pace.wait(LONG) < Duration::from_millis(1),
             "{:?}",
@@ -143,45 +156,51 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_arm_holds_the_next_delivery_back_nine_times_as_long_from_its_start() {
-        // Began 20 ms ago (or a little more by now), took 10 ms: the next delivery is due
-        // 90 ms after it began.
-        let wait = recorded(20 * MS, 10 * MS).wait(LONG);
+    fn a_slow_arm_holds_the_next_delivery_back_eight_times_as_long_after_it_ended() {
+        // Began 10 ms ago and just ended: the next delivery is due 80 ms from now.
+        let wait = recorded(10 * MS, 10 * MS).wait(LONG);
         assert!(
-            wait > Duration::ZERO && wait <= Duration::from_millis(70),
+            wait > Duration::ZERO && wait <= Duration::from_millis(80),
             "{wait:?}"
         );
+        // Ended 90 ms ago: due already.
+        assert_eq!(recorded(100 * MS, 10 * MS).wait(LONG), Duration::ZERO);
     }
 
     #[test]
-    fn an_arm_in_progress_counts_as_taking_as_long_as_it_has_so_far() {
-        // Began 10 ms ago (or more by now): the next delivery waits eight times that long.
+    fn no_delivery_is_made_while_an_arm_runs() {
+        // Eight times as long as it has run so far, at least `MIN_LOOK`, at most the cap.
         let wait = recorded(10 * MS, IN_PROGRESS).wait(LONG);
         assert!(
             wait >= Duration::from_millis(80) && wait <= MAX_HOLD,
             "{wait:?}"
         );
+        assert_eq!(recorded(10_000 * MS, IN_PROGRESS).wait(LONG), MAX_HOLD);
+        assert_eq!(recorded(0, IN_PROGRESS).wait(LONG), MIN_LOOK);
+        assert_eq!(
+            recorded(10_000 * MS, IN_PROGRESS).wait(Duration::ZERO),
+            MIN_LOOK
+        );
     }
 
     #[test]
-    fn a_delivery_is_held_back_at_most_the_cap_after_the_last_arm_began() {
+    fn a_delivery_is_held_back_at_most_the_cap_after_the_last_arm_ended() {
         // However long the last arm took, however often the watchdog asks.
-        let pace = recorded(0, 10_000 * MS);
-        let wait = pace.wait(LONG);
+        let wait = recorded(10_000 * MS, 10_000 * MS).wait(LONG);
         assert!(wait > Duration::ZERO && wait <= MAX_HOLD, "{wait:?}");
-        assert_eq!(recorded(100 * MS, 10_000 * MS).wait(LONG), Duration::ZERO);
-        assert_eq!(recorded(100 * MS, IN_PROGRESS).wait(LONG), Duration::ZERO);
+        assert_eq!(
+            recorded(10_100 * MS, 10_000 * MS).wait(LONG),
+            Duration::ZERO
+        );
     }
 
     #[test]
     fn a_delivery_is_held_back_at_most_the_hold_asked_for() {
-        let wait = recorded(0, 10_000 * MS).wait(Duration::from_millis(10));
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_millis(10),
-            "{wait:?}"
-        );
+        let hold = Duration::from_millis(50);
+        let wait = recorded(10_000 * MS, 10_000 * MS).wait(hold);
+        assert!(wait > Duration::ZERO && wait <= hold, "{wait:?}");
         assert_eq!(
-            recorded(10 * MS, 10_000 * MS).wait(Duration::from_millis(10)),
+            recorded(10_050 * MS, 10_000 * MS).wait(hold),
             Duration::ZERO
         );
     }

@@ -333,9 +333,10 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
 ///
 /// That first time matters: an arm (from the signal handler) that lands while Lua, finding no
 /// hook set, is in `luaG_traceexec` has the mark of that frame cleared right after. The full
-/// set marks it again, as soon as the hook fires in any frame the frame calls. Later firings
-/// need no new marks: the hook stays set while the stop is pending, so nothing clears one, and
-/// frames begun since were marked as they began.
+/// set marks it again as soon as the hook fires in a Lua function the frame calls in the same
+/// coroutine; otherwise the next delivery of the stop does. Later firings need no new marks:
+/// the hook stays set while the stop is pending, so nothing clears one, and frames begun since
+/// were marked as they began.
 ///
 /// # Safety
 ///
@@ -386,6 +387,8 @@ impl Registration {
             })?;
         }
         EVERY.with(|e| e.store(every, Ordering::Relaxed));
+        // Whatever an earlier VM on this thread left.
+        REARMED.with(|r| r.store(false, Ordering::Relaxed));
         super::stop_error::install(lua)?;
         ACTIVE.with(|a| a.store(Arc::as_ptr(interrupter).cast_mut(), Ordering::Release));
         Ok(Registration {

@@ -329,8 +329,11 @@ impl Interrupter {
 
     /// Tells the request with generation `gen` that its deadline has passed.
     pub(crate) fn expire(&self, gen: u64) {
-        self.expired.fetch_max(gen, Ordering::SeqCst);
-        self.poke(gen);
+        // Delivered once: the watchdog delivers it again, paced, while it is pending (see
+        // `Shared::reassert_stop`).
+        if self.expired.fetch_max(gen, Ordering::SeqCst) < gen {
+            self.poke(gen);
+        }
     }
 
     /// Stops the running request and every later one.
@@ -359,8 +362,8 @@ impl Interrupter {
         Some((stop, self.stop_tick.load(Ordering::SeqCst)))
     }
 
-    /// How long to wait before delivering the interrupt again: 0 unless arming the hook
-    /// takes long (see [`ArmPace`]), and never past `hold` after the last arm began.
+    /// How long to wait before delivering the interrupt again: 0 unless an arm of the hook
+    /// runs or took long (see [`ArmPace`]); never more than `hold` after the last arm ended.
     pub(crate) fn redelivery_wait(&self, hold: std::time::Duration) -> std::time::Duration {
         self.arm_pace.wait(hold)
     }
