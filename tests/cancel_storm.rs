@@ -176,17 +176,7 @@ fn stops_deep_in_the_lua_stack_are_obeyed_at_random_instants() {
                 true => mlua_isle::Interrupt::default(),
                 false => mlua_isle::Interrupt::Hook { every: 1000 },
             };
-            let (tx, started) = std::sync::mpsc::channel();
-            let isle = Isle::builder()
-                .interrupt(interrupt)
-                .spawn(move |lua| {
-                    let started = lua.create_function(move |_, ()| {
-                        let _ = tx.send(());
-                        Ok(())
-                    })?;
-                    lua.globals().set("started", started)
-                })
-                .unwrap();
+            let (isle, started) = isle_with_started(Isle::builder().interrupt(interrupt));
             let by_deadline = rng.random_bool(0.5);
             let task = match by_deadline {
                 true => isle

@@ -465,7 +465,6 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-    use std::sync::mpsc::channel;
     use std::time::Duration;
 
     use crate::{Interrupt, Isle, IsleError};
@@ -478,17 +477,8 @@ mod tests {
     #[test]
     fn a_hook_firing_for_a_stop_does_not_set_itself_again() {
         for interrupt in [Interrupt::default(), Interrupt::Hook { every: 1000 }] {
-            let (tx, started) = channel();
-            let isle = Isle::builder()
-                .interrupt(interrupt)
-                .spawn(move |lua| {
-                    let started = lua.create_function(move |_, ()| {
-                        let _ = tx.send(());
-                        Ok(())
-                    })?;
-                    lua.globals().set("started", started)
-                })
-                .unwrap();
+            let builder = Isle::builder().interrupt(interrupt);
+            let (isle, started) = crate::interrupt::races::isle_with_started(builder, || {});
             let task = isle
                 .spawn_eval::<()>(
                     "local function nest(n)

@@ -18,12 +18,26 @@ const HANG_GUARD: Duration = Duration::from_secs(10);
 /// An isle on a thread named `name` with `started()`, and a grace period far beyond the hang
 /// guard, so that a lost stop shows as a hang rather than as a hard stop.
 fn isle(name: &str, drop_arms: usize, reassert: bool) -> (Isle, Receiver<()>) {
-    let (tx, rx) = channel();
-    let isle = Isle::builder()
+    let builder = Isle::builder()
         .thread_name(name)
-        .grace_period(Duration::from_secs(60))
+        .grace_period(Duration::from_secs(60));
+    let (isle, rx) = isle_with_started(builder, move || super::signal::drop_next_arms(drop_arms));
+    isle.shared()
+        .reassert_disabled
+        .store(!reassert, Ordering::SeqCst);
+    (isle, rx)
+}
+
+/// An isle from `builder` whose `init` runs `setup` on the Lua thread and installs
+/// `started()`, which reports on the returned channel.
+pub(super) fn isle_with_started(
+    builder: crate::IsleBuilder,
+    setup: impl FnOnce() + Send + 'static,
+) -> (Isle, Receiver<()>) {
+    let (tx, rx) = channel();
+    let isle = builder
         .spawn(move |lua| {
-            super::signal::drop_next_arms(drop_arms);
+            setup();
             let started = lua.create_function(move |_, ()| {
                 let _ = tx.send(());
                 Ok(())
@@ -31,9 +45,6 @@ fn isle(name: &str, drop_arms: usize, reassert: bool) -> (Isle, Receiver<()>) {
             lua.globals().set("started", started)
         })
         .unwrap();
-    isle.shared()
-        .reassert_disabled
-        .store(!reassert, Ordering::SeqCst);
     (isle, rx)
 }
 
