@@ -755,6 +755,23 @@ mod tests {
         assert_eq!(i.stop_requested(), Some(Stop::Cancelled));
     }
 
+    /// A passed deadline is delivered once by its expiry: the watchdog looks again and again
+    /// while the stop is pending, and re-delivers it on its own paced schedule.
+    #[test]
+    fn an_expiry_is_delivered_once() {
+        let i = Interrupter::new();
+        i.running.store(4, Ordering::SeqCst);
+        i.expire(4);
+        assert!(i.take_nudge(), "the first expiry is delivered");
+        i.expire(4);
+        i.expire(3);
+        assert!(
+            !i.take_nudge(),
+            "a later look at the same deadline delivers nothing"
+        );
+        assert_eq!(i.stop_requested(), Some(Stop::Timeout));
+    }
+
     #[test]
     fn an_expired_generation_is_a_timeout() {
         let i = Interrupter::new();
