@@ -171,11 +171,11 @@ fn async_shutdown_timeout_cancels_the_running_requests_token() {
 }
 
 /// A killed isle stops serving at once: its handles still exist, so it must not wait for the
-/// queue to disconnect (it did whenever the kill came while queued jobs were being drained:
-/// then every run here ended `Abandoned`, at the grace period).
-///
-/// In rare runs the killed `pcall` loop itself is not stopped in time and the isle is given up
-/// (see the README's limits): a few of those are tolerated, each still resolving every task.
+/// queue to disconnect. It did whenever the kill's drain emptied the queue between the end of
+/// the killed request and the thread's next look at the queue (about one kill in a hundred on
+/// Luau, one in a thousand elsewhere): the thread then blocked until its handles went, and the
+/// shutdown gave up on it at the grace period. The grace period here is long, so that only
+/// such a lost wake-up, never a slow machine, can make a shutdown give up.
 #[cfg(feature = "tokio")]
 #[test]
 fn async_shutdown_timeout_never_waits_on_a_connected_queue() {
@@ -186,11 +186,10 @@ fn async_shutdown_timeout_never_waits_on_a_connected_queue() {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let mut abandoned = 0;
             for _ in 0..100 {
                 let (tx, started) = mpsc::channel();
                 let (isle, driver) = mlua_isle::AsyncIsle::builder()
-                    .grace_period(Duration::from_millis(500))
+                    .grace_period(Duration::from_secs(5))
                     .spawn_async(move |lua| {
                         let f = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
                         lua.globals().set("started", f)
@@ -208,17 +207,13 @@ fn async_shutdown_timeout_never_waits_on_a_connected_queue() {
                 for _ in 0..5 {
                     queued.push(isle.spawn_eval::<()>("return").await.unwrap());
                 }
-                match driver.shutdown_timeout(Duration::from_millis(1)).await {
-                    Ok(()) => {}
-                    Err(IsleError::Abandoned) => abandoned += 1,
-                    Err(other) => panic!("shutdown_timeout: {other:?}"),
-                }
+                let shutdown = driver.shutdown_timeout(Duration::from_millis(1)).await;
+                assert!(shutdown.is_ok(), "shutdown_timeout: {shutdown:?}");
                 assert!(matches!(stuck.await, Err(IsleError::Shutdown)));
                 for task in queued {
                     assert!(matches!(task.await, Err(IsleError::Shutdown)));
                 }
             }
-            assert!(abandoned <= 5, "{abandoned} of 100 shutdowns gave up");
         });
     });
 }

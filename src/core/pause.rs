@@ -20,6 +20,8 @@ pub(crate) enum Window {
     CoroutineStretch,
     /// The Lua thread checked that the isle was not killed and is about to run a job.
     JobStart,
+    /// The Lua thread ran a job, found the isle not closed, and is about to wait for the next.
+    JobEnded,
     /// A child token is registered with its parent, but its `Arc` is not built yet.
     ChildUnbuilt,
     /// A pool's supervisor took a member out of the pool and has not yet recorded it among

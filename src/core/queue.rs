@@ -10,6 +10,7 @@
 //! sender that sees it drains the queue itself. The two fences make sure one of the two sides
 //! sees the job, at the price of one fence per submission and no shared counter.
 
+use std::convert::Infallible;
 use std::fmt;
 #[cfg(feature = "tokio")]
 use std::sync::atomic::AtomicUsize;
@@ -130,6 +131,12 @@ pub(crate) struct Shared {
     pub(crate) exited: Arc<Slot<()>>,
     /// Cancelled when the isle is killed: wakes suspended coroutine requests.
     pub(crate) killed: CancelToken,
+    /// Dropped when the isle is killed, which disconnects [`kill_alarm`](Self::kill_alarm).
+    kill_sender: Mutex<Option<Sender<Infallible>>>,
+    /// Ready for good once the isle is killed: wakes a Lua thread blocked waiting for a job.
+    /// (A message in the queue could not: the kill drains the queue, and so does any sender
+    /// that finds the isle dead, so a wake-up message can be taken before the thread sees it.)
+    pub(crate) kill_alarm: Receiver<Infallible>,
     /// Notified by the Lua thread each time it takes a job: room for async senders.
     #[cfg(feature = "tokio")]
     pub(crate) room: Wakeup,
@@ -160,6 +167,7 @@ impl Shared {
         grace: Duration,
         rx: Receiver<Queued>,
     ) -> Arc<Self> {
+        let (kill_sender, kill_alarm) = crossbeam_channel::bounded(0);
         Arc::new_cyclic(|me: &Weak<Shared>| {
             let interrupter = Arc::new(Interrupter::new());
             interrupter.set_watch(me.clone());
@@ -184,6 +192,8 @@ impl Shared {
                 reassert_disabled: AtomicBool::new(false),
                 exited: Slot::new((), None),
                 killed: CancelToken::new(),
+                kill_sender: Mutex::new(Some(kill_sender)),
+                kill_alarm,
                 #[cfg(feature = "tokio")]
                 room: Wakeup::default(),
                 #[cfg(feature = "tokio")]
@@ -225,6 +235,12 @@ impl Shared {
             job.cancel();
         }
         self.killed.cancel();
+        drop(
+            self.kill_sender
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         #[cfg(feature = "tokio")]
         self.arrived.notify(usize::MAX);
     }

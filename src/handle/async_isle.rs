@@ -57,7 +57,7 @@ pub struct AsyncIsle {
     handle: Arc<Handle>,
 }
 
-#[cfg(all(test, unix, not(feature = "luau")))]
+#[cfg(test)]
 impl AsyncIsle {
     /// The isle's shared state, for tests that look inside.
     pub(crate) fn shared(&self) -> &Arc<Shared> {

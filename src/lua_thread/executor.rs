@@ -194,7 +194,7 @@ async fn next_job(worker: &mut Worker, rx: &Receiver<Queued>) -> Option<Taken> {
         }
         if worker.idle() {
             // No coroutine needs this thread meanwhile: wait as the plain server does.
-            return feed::next_job(rx, &mut worker.feed);
+            return feed::next_job(rx, &mut worker.feed, &shared.kill_alarm);
         }
         if start.elapsed() < wait::SPIN_BUDGET {
             tokio::task::yield_now().await;

@@ -7,6 +7,7 @@
 //! whoever owns the gate always knows whether the thread is serving the feed, and can close
 //! the gate (for exclusive use, or before retiring the thread) without racing a take.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 
@@ -185,8 +186,13 @@ pub(crate) fn poll_next(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Polle
 
 /// The next job from the thread's own queue or, while the gate is open, from the feed;
 /// polling briefly before blocking. `None` once the own queue is disconnected and the feed has
-/// nothing the thread may take.
-pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option<Taken> {
+/// nothing the thread may take, or once `kill_alarm` is disconnected (the isle was killed:
+/// nothing more runs, and handles may still exist, so the queue may never disconnect).
+pub(crate) fn next_job(
+    rx: &Receiver<Queued>,
+    feed: &mut Option<Feed>,
+    kill_alarm: &Receiver<Infallible>,
+) -> Option<Taken> {
     loop {
         let mut next = None;
         let found = wait::spin_until(|| match poll_next(rx, feed) {
@@ -200,17 +206,13 @@ pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option
         if found {
             return next;
         }
-        // Block on the own queue, and on the feed while the gate is open; then poll again.
+        // Block on the own queue, on the feed while the gate is open, and on the kill alarm;
+        // then poll again.
+        let mut select = Select::new();
+        select.recv(rx);
+        let killed = select.recv(kill_alarm);
         match feed.as_ref().filter(|feed| feed.gate.open()) {
-            None => {
-                // Disconnected: the feed may still hold work for an open gate; poll again.
-                if let Ok(job) = rx.recv() {
-                    return Some(Taken {
-                        job,
-                        from_feed: false,
-                    });
-                }
-            }
+            None => {}
             Some(open) => {
                 // A disconnected feed is ready for ever: never block on one. (Looking without a
                 // claim: a claim would show this idle thread as busy.)
@@ -218,11 +220,11 @@ pub(crate) fn next_job(rx: &Receiver<Queued>, feed: &mut Option<Feed>) -> Option
                     *feed = None;
                     continue;
                 }
-                let mut select = Select::new();
-                select.recv(rx);
                 select.recv(&open.rx);
-                select.ready();
             }
+        }
+        if select.ready() == killed {
+            return None;
         }
     }
 }

@@ -281,7 +281,7 @@ pub(crate) fn run(
 /// Serves plain requests on this thread. Returns the first request that needs the async
 /// executor, or `None` once the isle is done.
 fn serve(worker: &mut Worker, rx: &Receiver<Queued>) -> Option<Queued> {
-    while let Some(taken) = feed::next_job(rx, &mut worker.feed) {
+    while let Some(taken) = feed::next_job(rx, &mut worker.feed, &worker.shared.kill_alarm) {
         if taken.job.needs_executor() {
             if taken.from_feed {
                 if let Some(feed) = &worker.feed {
@@ -342,6 +342,8 @@ pub(crate) fn handle_job(
         // is done. Late senders drain their own jobs once this thread is gone.
         return ControlFlow::Break(());
     }
+    #[cfg(test)]
+    crate::core::pause::at(crate::core::pause::Window::JobEnded);
     ControlFlow::Continue(())
 }
 
@@ -536,5 +538,122 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+    use std::time::{Duration, Instant};
+
+    use crate::core::pause::{self, Window};
+    use crate::{Isle, IsleError};
+
+    /// How long a test waits for anything before it fails instead of hanging.
+    const HANG_GUARD: Duration = Duration::from_secs(10);
+
+    /// An isle on a thread named `name` with `wait_for_cancel()` (returns once its request's
+    /// token is cancelled) and `started()`, and a grace period far beyond the hang guard, so
+    /// that a thread that does not end shows as a failed wait, not as a hard stop.
+    fn isle(name: &str) -> (Isle, std::sync::mpsc::Receiver<()>) {
+        let (tx, started) = channel();
+        let isle = Isle::builder()
+            .thread_name(name)
+            .grace_period(Duration::from_secs(60))
+            .spawn(move |lua| {
+                let wait = lua.create_function(|_, ()| {
+                    while crate::checkpoint().is_ok() {
+                        std::thread::yield_now();
+                    }
+                    Ok(())
+                })?;
+                lua.globals().set("wait_for_cancel", wait)?;
+                let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+                lua.globals().set("started", started)
+            })
+            .unwrap();
+        (isle, started)
+    }
+
+    /// A kill whose drain empties the queue after the Lua thread finished the killed request
+    /// and found the isle still open: the thread must still end, though handles exist (it
+    /// used to block on the queue until the last handle went, and the kill ended `Abandoned`).
+    #[test]
+    fn a_kill_draining_the_queue_after_the_killed_request_ends_the_thread() {
+        let name = "race-job-ended";
+        let (isle, started) = isle(name);
+        let shared = isle.shared_state().clone();
+        let paused = pause::arm(Window::JobEnded, name);
+        let stuck = isle
+            .spawn_eval::<()>("started() wait_for_cancel()")
+            .unwrap();
+        started.recv_timeout(HANG_GUARD).unwrap();
+        let queued: Vec<_> = (0..3)
+            .map(|_| isle.spawn_eval::<()>("return").unwrap())
+            .collect();
+        // The kill ends the running request; the thread stops after it, the queue still full.
+        shared.kill();
+        paused.reached();
+        shared.close_and_drain();
+        paused.release();
+        assert!(
+            shared
+                .exited
+                .wait_long_until(Some(Instant::now() + HANG_GUARD)),
+            "the killed thread kept waiting on a queue its handles keep open"
+        );
+        assert!(!shared.is_abandoned());
+        assert!(matches!(stuck.wait(), Err(IsleError::Shutdown)));
+        for task in queued {
+            assert!(matches!(task.wait(), Err(IsleError::Shutdown)));
+        }
+        drop(isle);
+    }
+
+    /// A kill of an idle isle, with no message in its queue to wake its thread (a drain may
+    /// take one before the thread does): the thread ends, though handles exist.
+    #[test]
+    fn a_kill_ends_an_idle_thread_with_nothing_queued() {
+        let (isle, _started) = isle("kill-idle");
+        assert_eq!(isle.eval::<i64>("return 1 + 1").unwrap(), 2);
+        let shared = isle.shared_state().clone();
+        shared.kill();
+        assert!(
+            shared
+                .exited
+                .wait_long_until(Some(Instant::now() + HANG_GUARD)),
+            "the killed thread kept waiting on a queue its handles keep open"
+        );
+        assert!(!shared.is_abandoned());
+        assert!(matches!(
+            isle.eval::<()>("return"),
+            Err(IsleError::Shutdown)
+        ));
+    }
+
+    /// The same for a thread serving coroutine requests (its async executor waits for jobs
+    /// the same way once no coroutine is in progress).
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn a_kill_ends_an_idle_thread_serving_coroutines() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (isle, driver) = runtime
+            .block_on(crate::AsyncIsle::builder().spawn_async(|_| Ok(())))
+            .unwrap();
+        let sum = runtime.block_on(isle.coroutine_eval::<i64>("return 1 + 1"));
+        assert_eq!(sum.unwrap(), 2);
+        let shared = isle.shared().clone();
+        shared.kill();
+        assert!(
+            shared
+                .exited
+                .wait_long_until(Some(Instant::now() + HANG_GUARD)),
+            "the killed thread kept waiting on a queue its handles keep open"
+        );
+        assert!(!shared.is_abandoned());
+        drop(driver);
     }
 }
