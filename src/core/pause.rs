@@ -22,6 +22,8 @@ pub(crate) enum Window {
     JobStart,
     /// The Lua thread ran a job, found the isle not closed, and is about to wait for the next.
     JobEnded,
+    /// The Lua thread found no job and is about to block until one comes or the isle is killed.
+    WaitingForJob,
     /// A child token is registered with its parent, but its `Arc` is not built yet.
     ChildUnbuilt,
     /// A pool's supervisor took a member out of the pool and has not yet recorded it among

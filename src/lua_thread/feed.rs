@@ -223,6 +223,8 @@ pub(crate) fn next_job(
                 select.recv(&open.rx);
             }
         }
+        #[cfg(test)]
+        crate::core::pause::at(crate::core::pause::Window::WaitingForJob);
         if select.ready() == killed {
             return None;
         }

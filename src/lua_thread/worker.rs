@@ -631,22 +631,35 @@ mod tests {
         ));
     }
 
-    /// The same for a thread serving coroutine requests (its async executor waits for jobs
-    /// the same way once no coroutine is in progress).
+    /// The same for a thread serving coroutine requests, killed as its async executor, idle
+    /// after a coroutine request, is about to block waiting for a job.
     #[cfg(feature = "tokio")]
     #[test]
     fn a_kill_ends_an_idle_thread_serving_coroutines() {
+        let name = "kill-idle-executor";
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        // The first wait is the plain server's, before any request.
+        let plain = pause::arm(Window::WaitingForJob, name);
         let (isle, driver) = runtime
-            .block_on(crate::AsyncIsle::builder().spawn_async(|_| Ok(())))
+            .block_on(
+                crate::AsyncIsle::builder()
+                    .thread_name(name)
+                    .spawn_async(|_| Ok(())),
+            )
             .unwrap();
+        plain.reached();
+        // The next one is the executor's, once the coroutine request is done.
+        let executor = pause::arm(Window::WaitingForJob, name);
+        plain.release();
         let sum = runtime.block_on(isle.coroutine_eval::<i64>("return 1 + 1"));
         assert_eq!(sum.unwrap(), 2);
+        executor.reached();
         let shared = isle.shared().clone();
         shared.kill();
+        executor.release();
         assert!(
             shared
                 .exited
