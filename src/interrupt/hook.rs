@@ -153,15 +153,8 @@ unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
         }
     }
     // Inside the scheduler's own code, a metamethod or a C call: look again a little later.
-    // SAFETY: `state` is the running coroutine.
-    unsafe {
-        ffi::lua_sethook(
-            state,
-            Some(interrupt_hook),
-            ffi::LUA_MASKCOUNT,
-            PREEMPT_RETRY,
-        )
-    };
+    // SAFETY: `state` is the running coroutine, inside the hook.
+    unsafe { keep_firing(state, PREEMPT_RETRY) };
     true
 }
 
@@ -206,13 +199,14 @@ pub(super) fn count_signal_arm() {
     }
 }
 
-/// Test-only: counts a firing of the hook with a stop pending, and whether it set itself.
+/// Test-only: counts a firing of the hook that kept itself firing (a stop pending, or a task
+/// that cannot yield yet), and whether it set itself again.
 #[cfg(test)]
-fn count_stop_firing(set_again: bool) {
+fn count_kept_firing(set_again: bool) {
     let interrupter = ACTIVE.with(|a| a.load(Ordering::Acquire));
     // SAFETY: as in `requested`.
     if let Some(interrupter) = unsafe { interrupter.as_ref() } {
-        let counters = &interrupter.stop_firings;
+        let counters = &interrupter.kept_firings;
         counters[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if set_again {
             counters[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -291,7 +285,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
         // requests. It stops at its own safe points (`stop_point`), or as soon as control is
         // in other code.
         // SAFETY: `state` and `ar` come from Lua; `lua_sethook` only stores the hook fields.
-        Some(_) if unsafe { in_library(state, ar) } => unsafe { keep_firing(state) },
+        Some(_) if unsafe { in_library(state, ar) } => unsafe { keep_firing(state, 1) },
         Some(stop) => {
             if !TOUCHED.with(|t| t.load(Ordering::Relaxed)) {
                 // First sight of this interrupt (a permanent hook found it): reach the whole
@@ -305,7 +299,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
             // `lua_error` unwinds with a longjmp; no Rust value with a destructor is alive in
             // this frame at that point.
             unsafe {
-                keep_firing(state);
+                keep_firing(state, 1);
                 // Lua 5.1, 5.2 and LuaJIT cannot tell whether the coroutine may yield here:
                 // they always raise.
                 #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
@@ -324,36 +318,38 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
     }
 }
 
-/// Keeps the hook firing at every instruction of `state`, from inside the hook.
+/// Keeps the hook firing every `count` instructions of `state`, from inside the hook: at every
+/// one while a stop unwinds, every [`PREEMPT_RETRY`] while a task that used up its time slice
+/// cannot yield.
 ///
 /// The hook is set again in full only when its fields say otherwise, or the first time it
 /// fires after an arm that found no hook set: from Lua 5.4 on, `lua_sethook` also marks every
 /// frame of the coroutine's call stack, which takes milliseconds a million frames deep, and
-/// the hook runs at every instruction while a stop unwinds.
+/// the hook keeps firing all the while.
 ///
 /// That first time matters: an arm (from the signal handler) that lands while Lua, finding no
 /// hook set, is in `luaG_traceexec` has the mark of that frame cleared right after. The full
 /// set marks it again as soon as the hook fires in a Lua function the frame calls in the same
 /// coroutine; otherwise the next delivery of the stop does. Later firings need no new marks:
-/// the hook stays set while the stop is pending, so nothing clears one, and frames begun since
-/// were marked as they began.
+/// the hook stays set meanwhile, so nothing clears one, and frames begun since were marked as
+/// they began.
 ///
 /// # Safety
 ///
 /// `state` must be the running coroutine, inside the interrupt hook.
-unsafe fn keep_firing(state: *mut ffi::lua_State) {
+unsafe fn keep_firing(state: *mut ffi::lua_State, count: c_int) {
     // SAFETY: guaranteed by the caller; these only read or store the hook fields.
     unsafe {
         let rearmed = REARMED.with(|r| r.swap(false, Ordering::Relaxed));
         let firing = ffi::lua_gethook(state)
             .is_some_and(|hook| std::ptr::fn_addr_eq(hook, interrupt_hook as ffi::lua_Hook))
             && ffi::lua_gethookmask(state) == ffi::LUA_MASKCOUNT
-            && ffi::lua_gethookcount(state) == 1;
+            && ffi::lua_gethookcount(state) == count;
         let set = rearmed || !firing;
         #[cfg(test)]
-        count_stop_firing(set);
+        count_kept_firing(set);
         if set {
-            ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, 1);
+            ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, count);
         }
     }
 }
@@ -497,8 +493,8 @@ mod tests {
             let result = task.wait_timeout(Duration::from_secs(10)).unwrap();
             assert!(matches!(result, Err(IsleError::Cancelled)), "{result:?}");
             let interrupter = &isle.shared().interrupter;
-            let firings = interrupter.stop_firings[0].load(Ordering::SeqCst);
-            let set_again = interrupter.stop_firings[1].load(Ordering::SeqCst);
+            let firings = interrupter.kept_firings[0].load(Ordering::SeqCst);
+            let set_again = interrupter.kept_firings[1].load(Ordering::SeqCst);
             let arms = interrupter.signal_arms.load(Ordering::SeqCst);
             // Once in the innermost loop, and once in each loop the stop reaches as it unwinds.
             assert!(
@@ -511,6 +507,55 @@ mod tests {
             let expected = usize::from(interrupt == Interrupt::default());
             assert_eq!(
                 set_again, expected,
+                "{interrupt:?}: the hook set itself {set_again} times in {firings} firings \
+                 ({arms} arms by a signal)"
+            );
+        }
+    }
+
+    /// A task that used up its time slice where it cannot yield (in a `string.gsub` callback,
+    /// called from C) is looked at again every hundred instructions until it can, without
+    /// the hook setting itself anew each time (from Lua 5.4 on, that marks every frame of the
+    /// call stack).
+    #[cfg(all(unix, any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+    #[test]
+    fn a_task_that_cannot_yield_yet_is_looked_at_again_without_setting_the_hook_anew() {
+        for interrupt in [Interrupt::default(), Interrupt::Hook { every: 1000 }] {
+            let isle = Isle::builder()
+                .interrupt(interrupt)
+                .task_library(crate::TaskLibrary::new().time_slice(Some(Duration::from_millis(1))))
+                .spawn(|_| Ok(()))
+                .unwrap();
+            // Spins for twenty slices in a callback, then yields to its sibling at once.
+            let order: String = isle
+                .eval(
+                    "local out = {}
+                     local spinner = task.spawn(function()
+                       string.gsub('x', 'x', function()
+                         local start = os.clock()
+                         while os.clock() - start < 0.02 do end
+                       end)
+                       for i = 1, 1e7 do if #out > 0 then break end end
+                       out[#out + 1] = 'spinner'
+                     end)
+                     local sibling = task.spawn(function() out[#out + 1] = 'sibling' end)
+                     spinner:join() sibling:join()
+                     return table.concat(out, ' ')",
+                )
+                .unwrap();
+            assert_eq!(order, "sibling spinner", "{interrupt:?}");
+            let interrupter = &isle.shared().interrupter;
+            let firings = interrupter.kept_firings[0].load(Ordering::SeqCst);
+            let set_again = interrupter.kept_firings[1].load(Ordering::SeqCst);
+            let arms = interrupter.signal_arms.load(Ordering::SeqCst);
+            assert!(
+                firings > 20,
+                "{interrupt:?}: the hook fired {firings} times"
+            );
+            // Once after each arm by a signal (which sets it to fire at the next instruction;
+            // a task due for long is signalled again), or once at all with a permanent hook.
+            assert!(
+                set_again <= arms + 1,
                 "{interrupt:?}: the hook set itself {set_again} times in {firings} firings \
                  ({arms} arms by a signal)"
             );

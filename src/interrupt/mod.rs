@@ -288,10 +288,10 @@ pub(crate) struct Interrupter {
     /// Test-only: how many times the signal handler armed the hook for this isle.
     #[cfg(all(test, unix, not(feature = "luau")))]
     pub(crate) signal_arms: std::sync::atomic::AtomicUsize,
-    /// Test-only: how many times the hook fired with a stop pending, and how many of those
-    /// times it set itself again.
+    /// Test-only: how many times the hook kept itself firing (a stop pending, or a task that
+    /// cannot yield yet), and how many of those times it set itself again.
     #[cfg(all(test, not(feature = "luau")))]
-    pub(crate) stop_firings: [std::sync::atomic::AtomicUsize; 2],
+    pub(crate) kept_firings: [std::sync::atomic::AtomicUsize; 2],
 }
 
 /// Whoever keeps a requested stop asserted (the watchdog, through the isle's shared state).
