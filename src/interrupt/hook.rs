@@ -581,4 +581,58 @@ mod tests {
             );
         }
     }
+
+    /// A task that stays due for long (here, waiting in a `string.gsub` callback, where it
+    /// cannot yield) is signalled again only every fifty slices, not at every tick of the
+    /// slice watcher once fifty have passed: each signal may cut a host function's system
+    /// call short.
+    #[cfg(all(unix, any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+    #[test]
+    fn a_task_due_for_long_is_signalled_again_only_every_fifty_slices() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        use std::time::Instant;
+
+        let slice = Duration::from_millis(1);
+        let done = Arc::new(AtomicBool::new(false));
+        let (tx, started) = std::sync::mpsc::channel();
+        let isle = Isle::builder()
+            .task_library(crate::TaskLibrary::new().time_slice(Some(slice)))
+            .spawn({
+                let done = done.clone();
+                move |lua| {
+                    let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+                    lua.globals().set("started", started)?;
+                    let done = lua.create_function(move |_, ()| Ok(done.load(Ordering::SeqCst)))?;
+                    lua.globals().set("done", done)
+                }
+            })
+            .unwrap();
+        let task = isle
+            .spawn_eval::<String>(
+                "local spinner = task.spawn(function()
+                   string.gsub('x', 'x', function() started() while not done() do end end)
+                   return 'spun'
+                 end)
+                 return spinner:join()",
+            )
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let start = Instant::now();
+        // The window watched: any scheduling delay only makes fewer signals.
+        while start.elapsed() < slice * 300 {
+            std::thread::yield_now();
+        }
+        done.store(true, Ordering::SeqCst);
+        let spun = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        let watched = start.elapsed();
+        assert_eq!(spun, "spun");
+        let arms = isle.shared().interrupter.signal_arms.load(Ordering::SeqCst);
+        // The first delivery, then one per fifty slices (and one for a window cut short).
+        let most = watched.as_millis() / (slice * 50).as_millis() + 2;
+        assert!(
+            arms as u128 <= most,
+            "{arms} signals in {watched:?} (at most {most} expected)"
+        );
+    }
 }

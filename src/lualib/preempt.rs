@@ -25,7 +25,7 @@ struct Watched {
     seen: Option<(u64, Instant)>,
 }
 
-/// Slices after which a task still running is signalled again.
+/// Slices after which a task still running is signalled again (and again after as many).
 const REDELIVER_AFTER_SLICES: u32 = 50;
 
 struct Watcher {
@@ -64,6 +64,11 @@ fn run() {
                         if ran >= watched.slice {
                             let again = ran >= watched.slice * REDELIVER_AFTER_SLICES;
                             interrupter.preempt(epoch, again);
+                            if again {
+                                // Counted anew: the next delivery comes as many slices later,
+                                // not at every tick from now on.
+                                watched.seen = Some((epoch, now));
+                            }
                         }
                     }
                     _ => watched.seen = Some((epoch, now)),
