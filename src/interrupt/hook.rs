@@ -125,8 +125,8 @@ unsafe fn preempt(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) -> bool {
     }
     if target != state {
         // A coroutine the task resumed: the task yields once control is back in it.
-        // SAFETY: as in `arm_preempt`.
-        unsafe { arm(target) };
+        // SAFETY: as in `arm_preempt`; the task's coroutine waits in a resume.
+        unsafe { keep_armed(target) };
         return false;
     }
     #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
@@ -340,18 +340,51 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
 unsafe fn keep_firing(state: *mut ffi::lua_State, count: c_int) {
     // SAFETY: guaranteed by the caller; these only read or store the hook fields.
     unsafe {
-        let rearmed = REARMED.with(|r| r.swap(false, Ordering::Relaxed));
-        let firing = ffi::lua_gethook(state)
-            .is_some_and(|hook| std::ptr::fn_addr_eq(hook, interrupt_hook as ffi::lua_Hook))
-            && ffi::lua_gethookmask(state) == ffi::LUA_MASKCOUNT
-            && ffi::lua_gethookcount(state) == count;
-        let set = rearmed || !firing;
-        #[cfg(test)]
-        count_kept_firing(set);
-        if set {
+        if must_set(state, count) {
             ffi::lua_sethook(state, Some(interrupt_hook), ffi::LUA_MASKCOUNT, count);
         }
     }
+}
+
+/// Keeps `target`, a coroutine suspended in a resume (the running task's own, while a
+/// coroutine it resumed runs), armed to fire at its next instruction once control is back in
+/// it. Armed in full only when its hook fields say otherwise, or after an arm that found no
+/// hook set (which may have raced the marking of its running frame then, see
+/// [`keep_firing`]): an arm marks every frame of its call stack from Lua 5.4 on, and the hook
+/// of the resumed coroutine may fire many times before it gives control back.
+///
+/// # Safety
+///
+/// `target` must be a live coroutine of the VM on this thread, not the running one; called
+/// from inside the hook.
+unsafe fn keep_armed(target: *mut ffi::lua_State) {
+    // SAFETY: guaranteed by the caller; these only read or store the hook fields.
+    unsafe {
+        if must_set(target, 1) {
+            arm(target);
+        }
+    }
+}
+
+/// Whether the hook of `state` must be set in full to fire every `count` instructions: its
+/// fields say otherwise, or an arm since the last look found no hook set (consumed here).
+///
+/// # Safety
+///
+/// `state` must be a live coroutine of the VM on this thread; called from inside the hook.
+unsafe fn must_set(state: *mut ffi::lua_State, count: c_int) -> bool {
+    let rearmed = REARMED.with(|r| r.swap(false, Ordering::Relaxed));
+    // SAFETY: guaranteed by the caller; these only read the hook fields.
+    let set_already = unsafe {
+        ffi::lua_gethook(state)
+            .is_some_and(|hook| std::ptr::fn_addr_eq(hook, interrupt_hook as ffi::lua_Hook))
+            && ffi::lua_gethookmask(state) == ffi::LUA_MASKCOUNT
+            && ffi::lua_gethookcount(state) == count
+    };
+    let set = rearmed || !set_already;
+    #[cfg(test)]
+    count_kept_firing(set);
+    set
 }
 
 /// This thread's registration as the home of one VM; clears it when dropped.
@@ -633,6 +666,64 @@ mod tests {
         assert!(
             arms as u128 <= most,
             "{arms} signals in {watched:?} (at most {most} expected)"
+        );
+    }
+
+    /// While a coroutine the due task resumed runs (a permanent hook fires in it), the task's
+    /// own coroutine is kept armed for when control is back in it without being armed anew
+    /// at each firing (from Lua 5.4 on, each arm marks every frame of its call stack).
+    #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+    #[test]
+    fn a_due_task_waiting_on_a_coroutine_it_resumed_is_armed_once() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        use std::time::Instant;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let (tx, started) = std::sync::mpsc::channel();
+        // A slice far beyond the test: only the test preempts.
+        let library = crate::TaskLibrary::new().time_slice(Some(Duration::from_secs(3600)));
+        let isle = Isle::builder()
+            .interrupt(Interrupt::Hook { every: 100 })
+            .task_library(library)
+            .spawn({
+                let done = done.clone();
+                move |lua| {
+                    let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+                    lua.globals().set("started", started)?;
+                    let done = lua.create_function(move |_, ()| Ok(done.load(Ordering::SeqCst)))?;
+                    lua.globals().set("done", done)
+                }
+            })
+            .unwrap();
+        let task = isle
+            .spawn_eval::<String>(
+                "local spinner = task.spawn(function()
+                   local inner = coroutine.create(function() started() while not done() do end end)
+                   assert(coroutine.resume(inner))
+                   return 'spun'
+                 end)
+                 return spinner:join()",
+            )
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let interrupter = &isle.shared().interrupter;
+        let (epoch, in_task) = interrupter.slices().observe();
+        assert!(in_task);
+        interrupter.preempt(epoch, false);
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while interrupter.kept_firings[0].load(Ordering::SeqCst) < 50 {
+            assert!(Instant::now() < give_up, "the task was never looked at");
+            std::thread::yield_now();
+        }
+        done.store(true, Ordering::SeqCst);
+        let spun = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(spun, "spun");
+        let firings = interrupter.kept_firings[0].load(Ordering::SeqCst);
+        let armed = interrupter.kept_firings[1].load(Ordering::SeqCst);
+        assert_eq!(
+            armed, 1,
+            "the task was armed {armed} times in {firings} firings"
         );
     }
 }
