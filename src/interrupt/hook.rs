@@ -498,6 +498,32 @@ mod tests {
 
     use crate::{Interrupt, Isle, IsleError};
 
+    /// An isle from `builder` with `started()`, which reports on the returned channel, and
+    /// `done()`, which returns the returned flag.
+    #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+    fn isle_waiting_for_done(
+        builder: crate::IsleBuilder,
+    ) -> (
+        Isle,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, started) = std::sync::mpsc::channel();
+        let isle = builder
+            .spawn({
+                let done = done.clone();
+                move |lua| {
+                    let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
+                    lua.globals().set("started", started)?;
+                    let done = lua.create_function(move |_, ()| Ok(done.load(Ordering::SeqCst)))?;
+                    lua.globals().set("done", done)
+                }
+            })
+            .unwrap();
+        (isle, started, done)
+    }
+
     /// A stop that Lua code catches again and again (20 nested `pcall`s, each followed by a
     /// loop) keeps the hook firing at every instruction without setting it anew each time
     /// (which, from Lua 5.4 on, marks every frame of the call stack): only once, at the first
@@ -553,29 +579,13 @@ mod tests {
     #[cfg(all(unix, any(feature = "lua53", feature = "lua54", feature = "lua55")))]
     #[test]
     fn a_task_that_cannot_yield_yet_is_looked_at_again_without_setting_the_hook_anew() {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::Arc;
         use std::time::Instant;
 
         for interrupt in [Interrupt::default(), Interrupt::Hook { every: 1000 }] {
-            let done = Arc::new(AtomicBool::new(false));
-            let (tx, started) = std::sync::mpsc::channel();
             // A slice far beyond the test: only the test preempts.
             let library = crate::TaskLibrary::new().time_slice(Some(Duration::from_secs(3600)));
-            let isle = Isle::builder()
-                .interrupt(interrupt)
-                .task_library(library)
-                .spawn({
-                    let done = done.clone();
-                    move |lua| {
-                        let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
-                        lua.globals().set("started", started)?;
-                        let done =
-                            lua.create_function(move |_, ()| Ok(done.load(Ordering::SeqCst)))?;
-                        lua.globals().set("done", done)
-                    }
-                })
-                .unwrap();
+            let (isle, started, done) =
+                isle_waiting_for_done(Isle::builder().interrupt(interrupt).task_library(library));
             let task = isle
                 .spawn_eval::<String>(
                     "local spinner = task.spawn(function()
@@ -622,25 +632,12 @@ mod tests {
     #[cfg(all(unix, any(feature = "lua53", feature = "lua54", feature = "lua55")))]
     #[test]
     fn a_task_due_for_long_is_signalled_again_only_every_fifty_slices() {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::Arc;
         use std::time::Instant;
 
         let slice = Duration::from_millis(1);
-        let done = Arc::new(AtomicBool::new(false));
-        let (tx, started) = std::sync::mpsc::channel();
-        let isle = Isle::builder()
-            .task_library(crate::TaskLibrary::new().time_slice(Some(slice)))
-            .spawn({
-                let done = done.clone();
-                move |lua| {
-                    let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
-                    lua.globals().set("started", started)?;
-                    let done = lua.create_function(move |_, ()| Ok(done.load(Ordering::SeqCst)))?;
-                    lua.globals().set("done", done)
-                }
-            })
-            .unwrap();
+        let (isle, started, done) = isle_waiting_for_done(
+            Isle::builder().task_library(crate::TaskLibrary::new().time_slice(Some(slice))),
+        );
         let task = isle
             .spawn_eval::<String>(
                 "local spinner = task.spawn(function()
@@ -675,27 +672,15 @@ mod tests {
     #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
     #[test]
     fn a_due_task_waiting_on_a_coroutine_it_resumed_is_armed_once() {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::Arc;
         use std::time::Instant;
 
-        let done = Arc::new(AtomicBool::new(false));
-        let (tx, started) = std::sync::mpsc::channel();
         // A slice far beyond the test: only the test preempts.
         let library = crate::TaskLibrary::new().time_slice(Some(Duration::from_secs(3600)));
-        let isle = Isle::builder()
-            .interrupt(Interrupt::Hook { every: 100 })
-            .task_library(library)
-            .spawn({
-                let done = done.clone();
-                move |lua| {
-                    let started = lua.create_function(move |_, ()| Ok(tx.send(()).is_ok()))?;
-                    lua.globals().set("started", started)?;
-                    let done = lua.create_function(move |_, ()| Ok(done.load(Ordering::SeqCst)))?;
-                    lua.globals().set("done", done)
-                }
-            })
-            .unwrap();
+        let (isle, started, done) = isle_waiting_for_done(
+            Isle::builder()
+                .interrupt(Interrupt::Hook { every: 100 })
+                .task_library(library),
+        );
         let task = isle
             .spawn_eval::<String>(
                 "local spinner = task.spawn(function()
