@@ -648,17 +648,17 @@ mod tests {
             )
             .unwrap();
         started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let interrupter = &isle.shared().interrupter;
+        let before = interrupter.signal_arms.load(Ordering::SeqCst);
         let start = Instant::now();
-        // The window watched: any scheduling delay only makes fewer signals.
-        while start.elapsed() < slice * 300 {
-            std::thread::yield_now();
-        }
+        // The window watched (a delay in waking up only makes it longer, counted below).
+        std::thread::sleep(slice * 300);
         done.store(true, Ordering::SeqCst);
         let spun = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
         let watched = start.elapsed();
         assert_eq!(spun, "spun");
-        let arms = isle.shared().interrupter.signal_arms.load(Ordering::SeqCst);
-        // The first delivery, then one per fifty slices (and one for a window cut short).
+        let arms = interrupter.signal_arms.load(Ordering::SeqCst) - before;
+        // One per fifty slices, plus the first delivery and one for a window cut short.
         let most = watched.as_millis() / (slice * 50).as_millis() + 2;
         assert!(
             arms as u128 <= most,
@@ -683,12 +683,16 @@ mod tests {
         );
         let task = isle
             .spawn_eval::<String>(
-                "local spinner = task.spawn(function()
+                "local out = {}
+                 local spinner = task.spawn(function()
                    local inner = coroutine.create(function() started() while not done() do end end)
                    assert(coroutine.resume(inner))
-                   return 'spun'
+                   for i = 1, 1e7 do if #out > 0 then break end end
+                   out[#out + 1] = 'spinner'
                  end)
-                 return spinner:join()",
+                 local sibling = task.spawn(function() out[#out + 1] = 'sibling' end)
+                 spinner:join() sibling:join()
+                 return table.concat(out, ' ')",
             )
             .unwrap();
         started.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -702,8 +706,9 @@ mod tests {
             std::thread::yield_now();
         }
         done.store(true, Ordering::SeqCst);
-        let spun = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
-        assert_eq!(spun, "spun");
+        // Preempted as soon as the resume returns: its sibling runs first.
+        let order = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(order, "sibling spinner");
         let firings = interrupter.kept_firings[0].load(Ordering::SeqCst);
         let armed = interrupter.kept_firings[1].load(Ordering::SeqCst);
         assert_eq!(
