@@ -524,6 +524,44 @@ mod tests {
         (isle, started, done)
     }
 
+    /// An isle from `builder` running a task that waits for `done()` in a `string.gsub`
+    /// callback, where it cannot yield; returns once the callback has started. The request
+    /// returns "spun" once the flag is set.
+    #[cfg(all(unix, any(feature = "lua53", feature = "lua54", feature = "lua55")))]
+    fn task_waiting_in_a_callback(
+        builder: crate::IsleBuilder,
+    ) -> (
+        Isle,
+        crate::Task<String>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let (isle, started, done) = isle_waiting_for_done(builder);
+        let task = isle
+            .spawn_eval::<String>(
+                "local spinner = task.spawn(function()
+                   string.gsub('x', 'x', function() started() while not done() do end end)
+                   return 'spun'
+                 end)
+                 return spinner:join()",
+            )
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        (isle, task, done)
+    }
+
+    /// Waits until the hook has kept itself firing `firings` times on `isle`.
+    #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
+    fn wait_for_kept_firings(isle: &Isle, firings: usize) {
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while isle.shared().interrupter.kept_firings[0].load(Ordering::SeqCst) < firings {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the task was never looked at"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// A stop that Lua code catches again and again (20 nested `pcall`s, each followed by a
     /// loop) keeps the hook firing at every instruction without setting it anew each time
     /// (which, from Lua 5.4 on, marks every frame of the call stack): only once, at the first
@@ -579,35 +617,17 @@ mod tests {
     #[cfg(all(unix, any(feature = "lua53", feature = "lua54", feature = "lua55")))]
     #[test]
     fn a_task_that_cannot_yield_yet_is_looked_at_again_without_setting_the_hook_anew() {
-        use std::time::Instant;
-
         for interrupt in [Interrupt::default(), Interrupt::Hook { every: 1000 }] {
             // A slice far beyond the test: only the test preempts.
             let library = crate::TaskLibrary::new().time_slice(Some(Duration::from_secs(3600)));
-            let (isle, started, done) =
-                isle_waiting_for_done(Isle::builder().interrupt(interrupt).task_library(library));
-            let task = isle
-                .spawn_eval::<String>(
-                    "local spinner = task.spawn(function()
-                       string.gsub('x', 'x', function() started() while not done() do end end)
-                       return 'spun'
-                     end)
-                     return spinner:join()",
-                )
-                .unwrap();
-            started.recv_timeout(Duration::from_secs(10)).unwrap();
+            let (isle, task, done) = task_waiting_in_a_callback(
+                Isle::builder().interrupt(interrupt).task_library(library),
+            );
             let interrupter = &isle.shared().interrupter;
             let (epoch, in_task) = interrupter.slices().observe();
             assert!(in_task);
             interrupter.preempt(epoch, false);
-            let give_up = Instant::now() + Duration::from_secs(10);
-            while interrupter.kept_firings[0].load(Ordering::SeqCst) < 50 {
-                assert!(
-                    Instant::now() < give_up,
-                    "{interrupt:?}: the task was never looked at"
-                );
-                std::thread::yield_now();
-            }
+            wait_for_kept_firings(&isle, 50);
             done.store(true, Ordering::SeqCst);
             let spun = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
             assert_eq!(spun, "spun");
@@ -635,19 +655,9 @@ mod tests {
         use std::time::Instant;
 
         let slice = Duration::from_millis(1);
-        let (isle, started, done) = isle_waiting_for_done(
+        let (isle, task, done) = task_waiting_in_a_callback(
             Isle::builder().task_library(crate::TaskLibrary::new().time_slice(Some(slice))),
         );
-        let task = isle
-            .spawn_eval::<String>(
-                "local spinner = task.spawn(function()
-                   string.gsub('x', 'x', function() started() while not done() do end end)
-                   return 'spun'
-                 end)
-                 return spinner:join()",
-            )
-            .unwrap();
-        started.recv_timeout(Duration::from_secs(10)).unwrap();
         let interrupter = &isle.shared().interrupter;
         let before = interrupter.signal_arms.load(Ordering::SeqCst);
         let start = Instant::now();
@@ -672,8 +682,6 @@ mod tests {
     #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
     #[test]
     fn a_due_task_waiting_on_a_coroutine_it_resumed_is_armed_once() {
-        use std::time::Instant;
-
         // A slice far beyond the test: only the test preempts.
         let library = crate::TaskLibrary::new().time_slice(Some(Duration::from_secs(3600)));
         let (isle, started, done) = isle_waiting_for_done(
@@ -700,11 +708,7 @@ mod tests {
         let (epoch, in_task) = interrupter.slices().observe();
         assert!(in_task);
         interrupter.preempt(epoch, false);
-        let give_up = Instant::now() + Duration::from_secs(10);
-        while interrupter.kept_firings[0].load(Ordering::SeqCst) < 50 {
-            assert!(Instant::now() < give_up, "the task was never looked at");
-            std::thread::yield_now();
-        }
+        wait_for_kept_firings(&isle, 50);
         done.store(true, Ordering::SeqCst);
         // Preempted as soon as the resume returns: its sibling runs first.
         let order = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();

@@ -575,6 +575,18 @@ mod tests {
         (isle, started)
     }
 
+    /// Asserts that the killed isle's thread ends on its own (not given up on), though
+    /// handles still exist.
+    fn assert_thread_ends(shared: &crate::core::queue::Shared) {
+        assert!(
+            shared
+                .exited
+                .wait_long_until(Some(Instant::now() + HANG_GUARD)),
+            "the killed thread kept waiting on a queue its handles keep open"
+        );
+        assert!(!shared.is_abandoned());
+    }
+
     /// A kill whose drain empties the queue after the Lua thread finished the killed request
     /// and found the isle still open: the thread must still end, though handles exist (it
     /// used to block on the queue until the last handle went, and the kill ended `Abandoned`).
@@ -596,13 +608,7 @@ mod tests {
         paused.reached();
         shared.close_and_drain();
         paused.release();
-        assert!(
-            shared
-                .exited
-                .wait_long_until(Some(Instant::now() + HANG_GUARD)),
-            "the killed thread kept waiting on a queue its handles keep open"
-        );
-        assert!(!shared.is_abandoned());
+        assert_thread_ends(&shared);
         assert!(matches!(stuck.wait(), Err(IsleError::Shutdown)));
         for task in queued {
             assert!(matches!(task.wait(), Err(IsleError::Shutdown)));
@@ -618,13 +624,7 @@ mod tests {
         assert_eq!(isle.eval::<i64>("return 1 + 1").unwrap(), 2);
         let shared = isle.shared_state().clone();
         shared.kill();
-        assert!(
-            shared
-                .exited
-                .wait_long_until(Some(Instant::now() + HANG_GUARD)),
-            "the killed thread kept waiting on a queue its handles keep open"
-        );
-        assert!(!shared.is_abandoned());
+        assert_thread_ends(&shared);
         assert!(matches!(
             isle.eval::<()>("return"),
             Err(IsleError::Shutdown)
@@ -660,13 +660,7 @@ mod tests {
         let shared = isle.shared().clone();
         shared.kill();
         executor.release();
-        assert!(
-            shared
-                .exited
-                .wait_long_until(Some(Instant::now() + HANG_GUARD)),
-            "the killed thread kept waiting on a queue its handles keep open"
-        );
-        assert!(!shared.is_abandoned());
+        assert_thread_ends(&shared);
         drop(driver);
     }
 }
