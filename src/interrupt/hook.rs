@@ -549,17 +549,23 @@ mod tests {
         (isle, task, done)
     }
 
-    /// Waits until the hook has kept itself firing `firings` times on `isle`.
+    /// Preempts the task running on `isle` now, waits until the hook has looked at it fifty
+    /// times (where it cannot yield yet), then sets `done`.
     #[cfg(any(feature = "lua53", feature = "lua54", feature = "lua55"))]
-    fn wait_for_kept_firings(isle: &Isle, firings: usize) {
+    fn preempt_until_looked_at(isle: &Isle, done: &std::sync::atomic::AtomicBool) {
+        let interrupter = &isle.shared().interrupter;
+        let (epoch, in_task) = interrupter.slices().observe();
+        assert!(in_task);
+        interrupter.preempt(epoch, false);
         let give_up = std::time::Instant::now() + Duration::from_secs(10);
-        while isle.shared().interrupter.kept_firings[0].load(Ordering::SeqCst) < firings {
+        while interrupter.kept_firings[0].load(Ordering::SeqCst) < 50 {
             assert!(
                 std::time::Instant::now() < give_up,
                 "the task was never looked at"
             );
             std::thread::yield_now();
         }
+        done.store(true, Ordering::SeqCst);
     }
 
     /// A stop that Lua code catches again and again (20 nested `pcall`s, each followed by a
@@ -623,12 +629,8 @@ mod tests {
             let (isle, task, done) = task_waiting_in_a_callback(
                 Isle::builder().interrupt(interrupt).task_library(library),
             );
+            preempt_until_looked_at(&isle, &done);
             let interrupter = &isle.shared().interrupter;
-            let (epoch, in_task) = interrupter.slices().observe();
-            assert!(in_task);
-            interrupter.preempt(epoch, false);
-            wait_for_kept_firings(&isle, 50);
-            done.store(true, Ordering::SeqCst);
             let spun = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
             assert_eq!(spun, "spun");
             let firings = interrupter.kept_firings[0].load(Ordering::SeqCst);
@@ -704,12 +706,8 @@ mod tests {
             )
             .unwrap();
         started.recv_timeout(Duration::from_secs(10)).unwrap();
+        preempt_until_looked_at(&isle, &done);
         let interrupter = &isle.shared().interrupter;
-        let (epoch, in_task) = interrupter.slices().observe();
-        assert!(in_task);
-        interrupter.preempt(epoch, false);
-        wait_for_kept_firings(&isle, 50);
-        done.store(true, Ordering::SeqCst);
         // Preempted as soon as the resume returns: its sibling runs first.
         let order = task.wait_timeout(Duration::from_secs(10)).unwrap().unwrap();
         assert_eq!(order, "sibling spinner");
