@@ -27,8 +27,8 @@ thread_local! {
     static YIELDED: Cell<bool> = const { Cell::new(false) };
     /// Set while the hook must raise even where it could yield (see [`raising`]).
     static RAISE_ONLY: Cell<bool> = const { Cell::new(false) };
-    /// Whether the hook was armed where none was set since it last fired for a stop (see
-    /// [`keep_firing`]).
+    /// Whether the hook was armed where none was set since the hook last looked at its
+    /// fields (see [`must_set`]).
     static REARMED: AtomicBool = const { AtomicBool::new(false) };
     /// Whether the hook raised while `RAISE_ONLY` was set.
     static RAISED: Cell<bool> = const { Cell::new(false) };
@@ -330,7 +330,7 @@ unsafe extern "C-unwind" fn interrupt_hook(state: *mut ffi::lua_State, ar: *mut 
 /// That first time matters: an arm (from the signal handler) that lands while Lua, finding no
 /// hook set, is in `luaG_traceexec` has the mark of that frame cleared right after. The full
 /// set marks it again as soon as the hook fires in a Lua function the frame calls in the same
-/// coroutine; otherwise the next delivery of the stop does. Later firings need no new marks:
+/// coroutine; otherwise the next delivery (of the stop, or of the task's time slice) does. Later firings need no new marks:
 /// the hook stays set meanwhile, so nothing clears one, and frames begun since were marked as
 /// they began.
 ///
